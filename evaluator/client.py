@@ -1,0 +1,269 @@
+"""One streamed chat completion against any OpenAI-compatible endpoint, with one retry layer.
+
+The `openai` client's own retries are switched off (`max_retries=0`) so tenacity is the only
+retry layer: attempts and waits are then counted in one place and recorded per turn.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import random
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any
+
+import httpx
+import openai
+from openai import AsyncOpenAI
+from tenacity import (
+    AsyncRetrying,
+    RetryCallState,
+    retry_if_exception,
+    stop_after_attempt,
+    stop_after_delay,
+)
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    max_attempts: int = 6
+    max_total_wait_s: float = 300.0
+    initial_backoff_s: float = 1.0
+    max_backoff_s: float = 60.0
+
+
+@dataclass
+class Completion:
+    text: str
+    finish_reason: str | None
+    prompt_tokens: int | None
+    completion_tokens: int | None
+    cached_tokens: int | None
+    ttft_s: float | None
+    latency_s: float
+    timings: dict[str, Any] | None
+    attempts: int = 1
+
+
+class StreamIncomplete(Exception):
+    """The stream ended without a finish reason: a cut connection, retried like one."""
+
+
+class ContextOverflow(Exception):
+    """The endpoint refused the prompt as too long for its context (HTTP 400)."""
+
+
+@dataclass
+class FatalRequestError(Exception):
+    """Not worth retrying: bad request, bad key, no permission, unknown model."""
+
+    status: int | None
+    message: str
+    aborts_model: bool = False  # 401/403/404: every later request to this model fails alike
+
+    def __str__(self) -> str:
+        return self.message
+
+
+@dataclass
+class GaveUp(Exception):
+    """Retries exhausted; carries what the last attempt said."""
+
+    message: str
+    attempts: int
+    waited_s: float = field(default=0.0)
+
+    def __str__(self) -> str:
+        return self.message
+
+
+def make_client(base_url: str, api_key: str | None, timeout_s: float) -> AsyncOpenAI:
+    # Long generations need a long read timeout; connecting should fail fast.
+    timeout = httpx.Timeout(timeout_s, connect=10.0)
+    return AsyncOpenAI(
+        base_url=base_url, api_key=api_key or "not-needed", max_retries=0, timeout=timeout
+    )
+
+
+def _is_transient(exc: BaseException) -> bool:
+    if isinstance(exc, (openai.RateLimitError, openai.InternalServerError)):
+        return True
+    if isinstance(exc, openai.APIStatusError):
+        return exc.status_code in (408, 409, 425, 429) or exc.status_code >= 500
+    return isinstance(
+        exc,
+        (
+            openai.APIConnectionError,  # includes APITimeoutError
+            openai.APIResponseValidationError,  # malformed JSON / missing fields
+            StreamIncomplete,
+            httpx.TransportError,
+        ),
+    )
+
+
+def retry_after_s(exc: BaseException | None) -> float | None:
+    """Seconds the server asked us to wait (Retry-After / retry-after-ms), if it said."""
+    response = getattr(exc, "response", None)
+    if response is None:
+        return None
+    headers = response.headers
+    ms = headers.get("retry-after-ms")
+    if ms:
+        try:
+            return max(0.0, float(ms) / 1000.0)
+        except ValueError:
+            pass
+    value = headers.get("retry-after")
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        parsed = email.utils.parsedate_to_datetime(value)
+        if parsed is None:
+            return None
+        return max(0.0, (parsed - datetime.now(timezone.utc)).total_seconds())
+
+
+def _wait(policy: RetryPolicy):  # type: ignore[no-untyped-def]
+    def wait(state: RetryCallState) -> float:
+        exc = state.outcome.exception() if state.outcome else None
+        asked = retry_after_s(exc)
+        if asked is not None:
+            return min(asked, policy.max_backoff_s)
+        # Exponential backoff with full jitter.
+        ceiling = min(policy.max_backoff_s, policy.initial_backoff_s * 2 ** (state.attempt_number - 1))
+        return random.uniform(policy.initial_backoff_s / 2, max(ceiling, policy.initial_backoff_s))
+
+    return wait
+
+
+def describe_error(exc: BaseException) -> str:
+    if isinstance(exc, openai.APIStatusError):
+        body = exc.body
+        message = None
+        if isinstance(body, dict):
+            err = body.get("error", body)
+            message = err.get("message") if isinstance(err, dict) else str(err)
+        return f"HTTP {exc.status_code}: {message or exc.message}"
+    if isinstance(exc, openai.APITimeoutError):
+        return "request timed out"
+    if isinstance(exc, openai.APIConnectionError):
+        cause = exc.__cause__
+        return f"connection failed: {cause or exc.message}"
+    return f"{type(exc).__name__}: {exc}"
+
+
+def _classify_status(exc: openai.APIStatusError) -> Exception:
+    message = describe_error(exc)
+    code = None
+    if isinstance(exc.body, dict):
+        err = exc.body.get("error", exc.body)
+        if isinstance(err, dict):
+            code = err.get("code")
+    if exc.status_code == 400 and (
+        code == "context_length_exceeded" or "context" in message.lower() and "token" in message.lower()
+    ):
+        return ContextOverflow(message)
+    return FatalRequestError(
+        status=exc.status_code, message=message, aborts_model=exc.status_code in (401, 403, 404)
+    )
+
+
+async def stream_chat(
+    client: AsyncOpenAI, model: str, messages: list[dict[str, str]], params: dict[str, Any]
+) -> Completion:
+    """One attempt: stream the answer, timing the first content token and keeping usage/timings."""
+    started = time.perf_counter()
+    ttft: float | None = None
+    parts: list[str] = []
+    finish_reason: str | None = None
+    usage: Any = None
+    timings: dict[str, Any] | None = None
+    extra_body = dict(params.get("extra_body") or {})
+    kwargs = {k: v for k, v in params.items() if k != "extra_body" and v is not None}
+    stream = await client.chat.completions.create(
+        model=model,
+        messages=messages,  # type: ignore[arg-type]
+        stream=True,
+        stream_options={"include_usage": True},
+        extra_body=extra_body or None,
+        **kwargs,
+    )
+    async for chunk in stream:
+        extra = chunk.model_extra or {}
+        if extra.get("timings"):
+            timings = extra["timings"]
+        if chunk.usage is not None:
+            usage = chunk.usage
+        for choice in chunk.choices:
+            delta = choice.delta.content if choice.delta else None
+            if delta:
+                if ttft is None:
+                    ttft = time.perf_counter() - started
+                parts.append(delta)
+            if choice.finish_reason:
+                finish_reason = choice.finish_reason
+    latency = time.perf_counter() - started
+    if finish_reason is None:
+        raise StreamIncomplete("the stream ended before the model finished (no finish_reason)")
+    cached = None
+    if timings and timings.get("cache_n") is not None:
+        cached = int(timings["cache_n"])
+    elif usage is not None and getattr(usage, "prompt_tokens_details", None) is not None:
+        cached = getattr(usage.prompt_tokens_details, "cached_tokens", None)
+    return Completion(
+        text="".join(parts),
+        finish_reason=finish_reason,
+        prompt_tokens=getattr(usage, "prompt_tokens", None),
+        completion_tokens=getattr(usage, "completion_tokens", None),
+        cached_tokens=cached,
+        ttft_s=ttft,
+        latency_s=latency,
+        timings=timings,
+    )
+
+
+async def chat_with_retries(
+    client: AsyncOpenAI,
+    model: str,
+    messages: list[dict[str, str]],
+    params: dict[str, Any],
+    policy: RetryPolicy,
+) -> Completion:
+    """Retry transient failures; raise FatalRequestError, ContextOverflow or GaveUp otherwise."""
+    started = time.monotonic()
+    attempts = 0
+    retrying = AsyncRetrying(
+        retry=retry_if_exception(_is_transient),
+        stop=stop_after_attempt(policy.max_attempts) | stop_after_delay(policy.max_total_wait_s),
+        wait=_wait(policy),
+        reraise=True,
+        sleep=asyncio.sleep,
+    )
+    try:
+        async for attempt in retrying:
+            with attempt:
+                attempts = attempt.retry_state.attempt_number
+                try:
+                    result = await stream_chat(client, model, messages, params)
+                except openai.APIStatusError as exc:
+                    if _is_transient(exc):
+                        raise
+                    raise _classify_status(exc) from exc
+                result.attempts = attempts
+                return result
+    except (FatalRequestError, ContextOverflow):
+        raise
+    except Exception as exc:
+        if not _is_transient(exc):
+            raise
+        waited = time.monotonic() - started
+        raise GaveUp(
+            f"gave up after {attempts} attempt(s) over {waited:.0f}s: {describe_error(exc)}",
+            attempts=attempts,
+            waited_s=waited,
+        ) from exc
+    raise AssertionError("unreachable: tenacity either returns or raises")

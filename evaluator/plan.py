@@ -1,0 +1,118 @@
+"""The plan of work: which (model, sequence, run) conversations to play, before anything is sent."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from evaluator.budget import TEMPLATE_TOKENS_PER_MESSAGE, estimate_tokens
+from evaluator.config import ModelEntry, Sequence
+from evaluator.records import config_hash, experiment_key
+
+
+@dataclass(frozen=True)
+class SequenceRun:
+    """One conversation: a sequence played once against one model with one seed."""
+
+    model: ModelEntry
+    sequence: Sequence
+    run_index: int
+    seed: int | None
+    config_hash: str
+    generation: int
+
+    @property
+    def experiment_key(self) -> str:
+        return experiment_key(self.config_hash, self.generation)
+
+    @property
+    def key(self) -> tuple[str, str, str, int]:
+        return (self.experiment_key, self.model.name, self.sequence.name, self.run_index)
+
+
+@dataclass(frozen=True)
+class Plan:
+    models: list[ModelEntry]
+    sequences: list[Sequence]
+    runs: int
+    items: list[SequenceRun]
+
+    @property
+    def total_turns(self) -> int:
+        return sum(len(item.sequence.turns) for item in self.items)
+
+    def turns_for(self, model: ModelEntry) -> int:
+        return sum(len(i.sequence.turns) for i in self.items if i.model.name == model.name)
+
+
+def run_seed(base: int | None, run_index: int) -> int | None:
+    """Run k of a sequence uses seed base+k, so runs differ but each is reproducible."""
+    return None if base is None else base + run_index
+
+
+def model_config_hashes(models: list[ModelEntry], sequences: list[Sequence]) -> dict[str, str]:
+    """config hash per (model name, sequence name), joined as 'model/sequence'."""
+    return {
+        f"{m.name}/{s.name}": config_hash(m.fingerprint(), s.content_hash)
+        for m in models
+        for s in sequences
+    }
+
+
+def build_plan(
+    models: list[ModelEntry],
+    sequences: list[Sequence],
+    runs: int,
+    generations: dict[str, int] | None = None,
+) -> Plan:
+    """`generations` maps a config hash to the generation to play (default 1)."""
+    generations = generations or {}
+    items: list[SequenceRun] = []
+    for model in models:
+        for sequence in sequences:
+            cfg = config_hash(model.fingerprint(), sequence.content_hash)
+            for run_index in range(runs):
+                items.append(
+                    SequenceRun(
+                        model=model,
+                        sequence=sequence,
+                        run_index=run_index,
+                        seed=run_seed(model.seed, run_index),
+                        config_hash=cfg,
+                        generation=generations.get(cfg, 1),
+                    )
+                )
+    return Plan(models=models, sequences=sequences, runs=runs, items=items)
+
+
+@dataclass(frozen=True)
+class Estimate:
+    model: str
+    conversations: int
+    requests: int
+    prompt_tokens: int
+    completion_tokens: int
+    cost_usd: float | None
+
+
+def estimate(plan: Plan) -> list[Estimate]:
+    """Upper-bound tokens: every answer is assumed to use its full max_tokens."""
+    rows = []
+    for model in plan.models:
+        items = [i for i in plan.items if i.model.name == model.name]
+        prompt = completion = requests = 0
+        for item in items:
+            history = estimate_tokens(item.sequence.system or "") if item.sequence.system else 0
+            for turn in item.sequence.turns:
+                history += estimate_tokens(turn.text) + TEMPLATE_TOKENS_PER_MESSAGE
+                prompt += history
+                completion += model.max_tokens
+                history += model.max_tokens + TEMPLATE_TOKENS_PER_MESSAGE
+                requests += 1
+        cost = None
+        if model.price_input_per_mtok is not None or model.price_output_per_mtok is not None:
+            cost = (
+                prompt * (model.price_input_per_mtok or 0.0)
+                + completion * (model.price_output_per_mtok or 0.0)
+            ) / 1_000_000
+        rows.append(Estimate(model.name, len(items), requests, prompt, completion, cost))
+    return rows
