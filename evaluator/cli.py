@@ -1,4 +1,4 @@
-"""`storybench-eval`: play multi-turn creative-writing sequences against models and store every turn."""
+"""`storybench-eval`: play multi-turn creative-writing sequences against models; store every turn."""
 
 from __future__ import annotations
 
@@ -108,7 +108,10 @@ def _load(
 
 
 def _snapshot(
-    models: list[ModelEntry], sequences: list[Sequence], runs: int, concurrency: int,
+    models: list[ModelEntry],
+    sequences: list[Sequence],
+    runs: int,
+    concurrency: int,
     settings: EvalSettings,
 ) -> dict[str, Any]:
     """Everything that shaped the run; model entries hold env-var names, never keys."""
@@ -127,28 +130,66 @@ async def _probe_all(models: list[ModelEntry]) -> dict[str, EndpointInfo]:
 
 
 @cli.command()
-@click.option("--config", "models_path", type=click.Path(path_type=Path), default=DEFAULT_MODELS,
-              show_default=True, help="Models to evaluate (YAML).")
-@click.option("--prompts", "prompts_path", type=click.Path(path_type=Path),
-              default=DEFAULT_PROMPTS, show_default=True, help="Prompt sequences (JSON).")
-@click.option("--models", "models_csv", default=None, help="Comma-separated model names (default: all).")
-@click.option("--sequences", "sequences_csv", default=None,
-              help="Comma-separated sequence names (default: all).")
-@click.option("--runs", type=click.IntRange(min=1), default=None,
-              help="Runs per sequence (default: settings.default_runs, 3). Run k uses seed+k.")
-@click.option("--concurrency", type=click.IntRange(min=1), default=None,
-              help="Conversations in flight overall (default: settings.concurrency). Each endpoint "
-              "is also bounded by its max_concurrency (our local server: its slot count, 1).")
-@click.option("--dry-run", is_flag=True, help="Print the plan with token and cost estimates; send nothing.")
-@click.option("--restart", is_flag=True,
-              help="Start a new generation of the same configuration instead of resuming; "
-              "earlier results are kept.")
+@click.option(
+    "--config",
+    "models_path",
+    type=click.Path(path_type=Path),
+    default=DEFAULT_MODELS,
+    show_default=True,
+    help="Models to evaluate (YAML).",
+)
+@click.option(
+    "--prompts",
+    "prompts_path",
+    type=click.Path(path_type=Path),
+    default=DEFAULT_PROMPTS,
+    show_default=True,
+    help="Prompt sequences (JSON).",
+)
+@click.option(
+    "--models", "models_csv", default=None, help="Comma-separated model names (default: all)."
+)
+@click.option(
+    "--sequences",
+    "sequences_csv",
+    default=None,
+    help="Comma-separated sequence names (default: all).",
+)
+@click.option(
+    "--runs",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Runs per sequence (default: settings.default_runs, 3). Run k uses seed+k.",
+)
+@click.option(
+    "--concurrency",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Conversations in flight overall (default: settings.concurrency). Each endpoint "
+    "is also bounded by its max_concurrency (our local server: its slot count, 1).",
+)
+@click.option(
+    "--dry-run", is_flag=True, help="Print the plan with token and cost estimates; send nothing."
+)
+@click.option(
+    "--restart",
+    is_flag=True,
+    help="Start a new generation of the same configuration instead of resuming; "
+    "earlier results are kept.",
+)
 @mongo_option
 @db_option
 def run(
-    models_path: Path, prompts_path: Path, models_csv: str | None, sequences_csv: str | None,
-    runs: int | None, concurrency: int | None, dry_run: bool, restart: bool,
-    mongo_uri: str | None, db_name: str,
+    models_path: Path,
+    prompts_path: Path,
+    models_csv: str | None,
+    sequences_csv: str | None,
+    runs: int | None,
+    concurrency: int | None,
+    dry_run: bool,
+    restart: bool,
+    mongo_uri: str | None,
+    db_name: str,
 ) -> None:
     """Play the sequences against the models and store every turn (resumes by default)."""
     try:
@@ -175,8 +216,14 @@ def run(
 
 
 def _run(
-    store: Store, models: list[ModelEntry], sequences: list[Sequence], settings: EvalSettings,
-    runs: int, concurrency: int, restart: bool, endpoints: dict[str, EndpointInfo],
+    store: Store,
+    models: list[ModelEntry],
+    sequences: list[Sequence],
+    settings: EvalSettings,
+    runs: int,
+    concurrency: int,
+    restart: bool,
+    endpoints: dict[str, EndpointInfo],
 ) -> int:
     hashes = model_config_hashes(models, sequences)
     generations = {
@@ -201,8 +248,10 @@ def _run(
             experiments=[
                 {"model": m, "sequence": s, "experiment_key": k, "generation": g}
                 for (m, s, k, g) in sorted(
-                    {(i.model.name, i.sequence.name, i.experiment_key, i.generation)
-                     for i in plan.items}
+                    {
+                        (i.model.name, i.sequence.name, i.experiment_key, i.generation)
+                        for i in plan.items
+                    }
                 )
             ],
             models=[m.name for m in models],
@@ -214,8 +263,10 @@ def _run(
             },
         )
     )
-    console.print(f"Run [bold]{run_id}[/bold]: {len(models)} model(s), {len(sequences)} "
-                  f"sequence(s), {runs} run(s), {plan.total_turns} turns planned.")
+    console.print(
+        f"Run [bold]{run_id}[/bold]: {len(models)} model(s), {len(sequences)} "
+        f"sequence(s), {runs} run(s), {plan.total_turns} turns planned."
+    )
     policy = RetryPolicy(
         max_attempts=settings.retry_max_attempts,
         max_total_wait_s=settings.retry_max_wait_s,
@@ -226,15 +277,16 @@ def _run(
     status, message = "completed", None
     stats: dict[str, ModelStats] = {}
     with RunProgress(console, [m.name for m in models], totals) as bars:
-        runner = Runner(plan, store, run_id, endpoints, policy, concurrency, on_progress=bars.update)
+        runner = Runner(
+            plan, store, run_id, endpoints, policy, concurrency, on_progress=bars.update
+        )
         stats = runner.stats
         try:
             asyncio.run(runner.run())
         except KeyboardInterrupt:
             status, message = "interrupted", "stopped by Ctrl-C; re-run the same command to resume"
-        except* RunAborted as group:
-            status = "failed"
-            message = f"{group.exceptions[0]}"
+        except RunAborted as exc:
+            status, message = "failed", str(exc)
     counts: dict[str, int] = {}
     for s in stats.values():
         for outcome, n in s.outcomes.items():
@@ -245,7 +297,9 @@ def _run(
         status = "incomplete"
         message = "some turns failed or were not played; re-run the same command to retry them"
     try:
-        store.update_run(run_id, status=status, finished_at=utcnow(), counts=counts, message=message)
+        store.update_run(
+            run_id, status=status, finished_at=utcnow(), counts=counts, message=message
+        )
     except StoreError as exc:
         err_console.print(f"[red]could not record the run's end: {exc}[/red]")
     console.print(summary_table(stats))
@@ -301,10 +355,15 @@ def show(run_id: str, mongo_uri: str | None, db_name: str) -> None:
 
 @cli.command()
 @click.option("--run", "run_id", default=None, help="Only this run's turns (default: all).")
-@click.option("--format", "fmt", type=click.Choice(["jsonl", "csv"]), default="jsonl",
-              show_default=True)
-@click.option("--out", type=click.Path(path_type=Path, dir_okay=False), required=True,
-              help="Output file (refuses to overwrite unless --force).")
+@click.option(
+    "--format", "fmt", type=click.Choice(["jsonl", "csv"]), default="jsonl", show_default=True
+)
+@click.option(
+    "--out",
+    type=click.Path(path_type=Path, dir_okay=False),
+    required=True,
+    help="Output file (refuses to overwrite unless --force).",
+)
 @click.option("--force", is_flag=True, help="Overwrite --out if it exists.")
 @mongo_option
 @db_option

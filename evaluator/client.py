@@ -132,9 +132,13 @@ def _wait(policy: RetryPolicy):  # type: ignore[no-untyped-def]
         exc = state.outcome.exception() if state.outcome else None
         asked = retry_after_s(exc)
         if asked is not None:
-            return min(asked, policy.max_backoff_s)
+            return min(
+                asked, policy.max_total_wait_s
+            )  # the server knows best; the total cap still holds
         # Exponential backoff with full jitter.
-        ceiling = min(policy.max_backoff_s, policy.initial_backoff_s * 2 ** (state.attempt_number - 1))
+        ceiling = min(
+            policy.max_backoff_s, policy.initial_backoff_s * 2 ** (state.attempt_number - 1)
+        )
         return random.uniform(policy.initial_backoff_s / 2, max(ceiling, policy.initial_backoff_s))
 
     return wait
@@ -164,7 +168,9 @@ def _classify_status(exc: openai.APIStatusError) -> Exception:
         if isinstance(err, dict):
             code = err.get("code")
     if exc.status_code == 400 and (
-        code == "context_length_exceeded" or "context" in message.lower() and "token" in message.lower()
+        code == "context_length_exceeded"
+        or "context" in message.lower()
+        and "token" in message.lower()
     ):
         return ContextOverflow(message)
     return FatalRequestError(
@@ -184,7 +190,7 @@ async def stream_chat(
     timings: dict[str, Any] | None = None
     extra_body = dict(params.get("extra_body") or {})
     kwargs = {k: v for k, v in params.items() if k != "extra_body" and v is not None}
-    stream = await client.chat.completions.create(
+    stream = await client.chat.completions.create(  # type: ignore[call-overload]
         model=model,
         messages=messages,  # type: ignore[arg-type]
         stream=True,

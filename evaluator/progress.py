@@ -59,8 +59,17 @@ class RunProgress:
 
 def summary_table(stats: dict[str, ModelStats]) -> Table:
     table = Table(title="Run summary (turns written by this run)")
-    for col in ("model", "ok", "empty", "ctx exhausted", "errors", "tok/s", "median TTFT",
-                "cache reuse", "cost"):
+    for col in (
+        "model",
+        "ok",
+        "empty",
+        "ctx exhausted",
+        "errors",
+        "tok/s",
+        "median TTFT",
+        "cache reuse",
+        "cost",
+    ):
         table.add_column(col, justify="left" if col == "model" else "right")
     for name, s in stats.items():
         reuse = f"{100 * s.cached_tokens / s.prompt_tokens:.0f}%" if s.prompt_tokens else "-"
@@ -86,8 +95,15 @@ def plan_table(plan: Plan, estimates: list[Estimate]) -> Table:
             f"({turns} turns) x {plan.runs} run(s) = {plan.total_turns} requests (dry run: nothing sent)"
         )
     )
-    for col in ("model", "endpoint", "conversations", "requests", "prompt tokens (est.)",
-                "completion tokens (max)", "cost (max)"):
+    for col in (
+        "model",
+        "endpoint",
+        "conversations",
+        "requests",
+        "prompt tokens (est.)",
+        "completion tokens (max)",
+        "cost (max)",
+    ):
         table.add_column(col, justify="left" if col in ("model", "endpoint") else "right")
     by_name = {m.name: m for m in plan.models}
     for e in estimates:

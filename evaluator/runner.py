@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -102,7 +102,9 @@ def history_messages(
     return messages
 
 
-def resume_point(item: SequenceRun, stored: list[dict[str, Any]]) -> tuple[int, list[dict[str, Any]]]:
+def resume_point(
+    item: SequenceRun, stored: list[dict[str, Any]]
+) -> tuple[int, list[dict[str, Any]]]:
     """First turn still to play, and the finished turns before it. len(turns) means complete."""
     by_index = {t["turn_index"]: t for t in stored if t.get("outcome") in FINAL_OUTCOMES}
     done: list[dict[str, Any]] = []
@@ -114,6 +116,18 @@ def resume_point(item: SequenceRun, stored: list[dict[str, Any]]) -> tuple[int, 
             return len(item.sequence.turns), done
         done.append(turn)
     return len(item.sequence.turns), done
+
+
+async def run_all(coros: Iterable[Coroutine[Any, Any, None]]) -> None:
+    """Run concurrently; the first failure cancels the rest and propagates (like a TaskGroup)."""
+    tasks = [asyncio.ensure_future(c) for c in coros]
+    try:
+        await asyncio.gather(*tasks)
+    except BaseException:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        raise
 
 
 class RunAborted(Exception):
@@ -176,7 +190,11 @@ class Runner:
         groups: dict[str, list[ModelContext]] = defaultdict(list)
         for model in self.plan.models:
             ctx = self.contexts[model.name]
-            key = server_root(model.base_url) if ctx.info.is_storybench_server else f"hosted:{model.name}"
+            key = (
+                server_root(model.base_url)
+                if ctx.info.is_storybench_server
+                else f"hosted:{model.name}"
+            )
             groups[key].append(ctx)
         endpoint_sems: dict[str, asyncio.Semaphore] = {}
         for model in self.plan.models:
@@ -188,11 +206,14 @@ class Runner:
 
         async def play_model(ctx: ModelContext) -> None:
             sem = endpoint_sems[server_root(ctx.entry.base_url)]
-            ctx.client = make_client(ctx.entry.base_url, ctx.entry.api_key(), ctx.entry.request_timeout_s)
+            ctx.client = make_client(
+                ctx.entry.base_url, ctx.entry.api_key(), ctx.entry.request_timeout_s
+            )
             try:
-                async with asyncio.TaskGroup() as tg:
-                    for item, start, done in pending.get(ctx.entry.name, []):
-                        tg.create_task(self._bounded(overall, sem, ctx, item, start, done))
+                await run_all(
+                    self._bounded(overall, sem, ctx, item, start, done)
+                    for item, start, done in pending.get(ctx.entry.name, [])
+                )
             finally:
                 await ctx.client.close()
 
@@ -200,9 +221,7 @@ class Runner:
             for ctx in contexts:
                 await play_model(ctx)
 
-        async with asyncio.TaskGroup() as tg:
-            for contexts in groups.values():
-                tg.create_task(play_group(contexts))
+        await run_all(play_group(contexts) for contexts in groups.values())
         return self.stats
 
     async def _bounded(
@@ -346,7 +365,9 @@ class Runner:
         params["max_tokens"] = budget.max_tokens
         attempts = 0
         try:
-            completion = await chat_with_retries(ctx.client, entry.model, messages, params, self.policy)
+            completion = await chat_with_retries(
+                ctx.client, entry.model, messages, params, self.policy
+            )
             attempts += completion.attempts
             if is_blank(completion.text):
                 # One more try; a different seed, since the same seed replays the same answer.
@@ -388,7 +409,9 @@ class Runner:
             )
         except FatalRequestError as exc:
             if exc.aborts_model:
-                self.stats[entry.name].aborted = (
+                self.stats[
+                    entry.name
+                ].aborted = (
                     f"{entry.name}: {exc} (stopped this model: every request would fail alike)"
                 )
             return record(

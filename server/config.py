@@ -1,0 +1,397 @@
+"""`config/local_models.json`: the schema, its defaults, and validation with readable errors.
+
+Every problem is reported at once, each naming the file, the model, the field and what would be
+valid (see docs/local_models.md for the fields). Nothing here loads a model: files are checked
+for existence, the GGUF magic and a readable GGUF header only.
+"""
+
+from __future__ import annotations
+
+import difflib
+import functools
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from server import bundled
+from server.errors import ConfigError
+from server.gguf_info import GGUFInfo, has_gguf_magic, read_info
+
+DEFAULT_CONFIG = Path("config/local_models.json")
+DOCS = "docs/local_models.md"
+
+KVCacheType = Literal["f32", "f16", "bf16", "q8_0", "q4_0", "q4_1", "iq4_nl", "q5_0", "q5_1"]
+# ggml's type ids (ggml.h); the bindings lack GGML_TYPE_BF16, so they are spelled out here.
+KV_CACHE_TYPE_IDS: dict[str, int] = {
+    "f32": 0, "f16": 1, "q4_0": 2, "q4_1": 3, "q5_0": 6, "q5_1": 7, "q8_0": 8,
+    "iq4_nl": 20, "bf16": 30,
+}  # fmt: skip
+SPLIT_MODE_IDS: dict[str, int] = {"none": 0, "layer": 1, "row": 2}
+# Chat formats that need a CLIP model or a Hugging Face tokenizer: settings this schema omits.
+_UNSUPPORTED_CHAT_FORMATS = {
+    "llava-1-5", "llava-1-6", "obsidian", "mtmd", "gemma4", "moondream", "nanollava",
+    "llama-3-vision-alpha", "minicpm-v-2.6", "qwen2.5-vl", "hf-autotokenizer",
+    "hf-tokenizer-config",
+}  # fmt: skip
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:/@+-]*$"
+
+
+@functools.cache
+def gpu_offload_supported() -> bool:
+    """Whether this llama-cpp-python build can offload layers to a GPU (CUDA, Metal, ...)."""
+    import llama_cpp
+
+    return bool(llama_cpp.llama_supports_gpu_offload())
+
+
+def _default_n_gpu_layers() -> int:
+    return -1 if gpu_offload_supported() else 0
+
+
+def _default_flash_attn() -> bool:
+    return gpu_offload_supported()
+
+
+def default_threads() -> int:
+    """All CPU cores available to this process."""
+    try:
+        return max(len(os.sched_getaffinity(0)), 1)
+    except AttributeError:  # not Linux
+        return max(os.cpu_count() or 1, 1)
+
+
+class ModelEntry(BaseModel):
+    """One entry of `models`; the field docs live in docs/local_models.md."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    name: str = Field(min_length=1, max_length=128, pattern=NAME_PATTERN)
+    gguf: str = Field(min_length=1)
+    enabled: bool = True
+    description: str | None = None
+    chat_format: str | None = None
+    n_ctx: int = Field(4096, ge=0)
+    n_gpu_layers: int = Field(default_factory=_default_n_gpu_layers, ge=-1)
+    n_batch: int = Field(512, ge=1)
+    n_ubatch: int = Field(512, ge=1)
+    n_threads: int | None = Field(None, ge=1)
+    n_threads_batch: int | None = Field(None, ge=1)
+    flash_attn: bool = Field(default_factory=_default_flash_attn)
+    offload_kqv: bool = True
+    type_k: KVCacheType | None = None
+    type_v: KVCacheType | None = None
+    use_mmap: bool = True
+    use_mlock: bool = False
+    split_mode: Literal["none", "layer", "row"] = "layer"
+    main_gpu: int = Field(0, ge=0)
+    tensor_split: list[float] | None = None
+    seed: int = Field(-1, ge=-1, le=2**32 - 1)
+
+
+class ConfigFile(BaseModel):
+    """The whole file."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    description: str | None = None
+    host: str = Field("127.0.0.1", min_length=1)
+    port: int = Field(8080, ge=1, le=65535)
+    api_key_env: str | None = Field(None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+    models: list[ModelEntry] = Field(min_length=1)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """An enabled model whose file was found and read."""
+
+    entry: ModelEntry
+    path: Path
+    info: GGUFInfo
+
+    @property
+    def name(self) -> str:
+        return self.entry.name
+
+    @property
+    def n_ctx(self) -> int:
+        """The context the server will allocate (0 in the file means the trained context)."""
+        if self.entry.n_ctx == 0 and self.info.context_length:
+            return int(self.info.context_length)
+        return self.entry.n_ctx
+
+    @property
+    def n_threads(self) -> int:
+        return self.entry.n_threads or default_threads()
+
+    @property
+    def n_threads_batch(self) -> int:
+        return self.entry.n_threads_batch or default_threads()
+
+    @property
+    def chat_template_source(self) -> str:
+        """Where the chat template comes from, in words."""
+        fmt = self.entry.chat_format
+        if fmt is not None and not fmt.startswith("chat_template."):
+            return f'named chat_format "{fmt}" (llama-cpp-python built-in)'
+        if fmt is not None:
+            return f"GGUF-embedded (tokenizer.{fmt})"
+        if self.info.chat_template is not None:
+            return "GGUF-embedded (tokenizer.chat_template)"
+        return 'none in the GGUF: llama-cpp-python falls back to "llama-2"'
+
+
+@dataclass
+class ServerConfig:
+    file: Path
+    host: str
+    port: int
+    api_key_env: str | None
+    models: list[ModelConfig]
+    disabled: list[str] = field(default_factory=list)
+
+    @property
+    def model_names(self) -> list[str]:
+        return [m.name for m in self.models]
+
+    def api_key(self) -> str | None:
+        """The key from the environment variable named by `api_key_env`."""
+        if self.api_key_env is None:
+            return None
+        key = os.environ.get(self.api_key_env, "")
+        if not key:
+            raise ConfigError(
+                f'{self.file}: "api_key_env" names the environment variable '
+                f"{self.api_key_env}, which is not set (or empty). Export it "
+                f"(export {self.api_key_env}=...) or remove api_key_env to serve without a key."
+            )
+        return key
+
+
+def valid_chat_formats() -> list[str]:
+    from llama_cpp import llama_chat_format
+
+    registry = llama_chat_format.LlamaChatCompletionHandlerRegistry()._chat_handlers
+    return sorted(set(registry) - _UNSUPPORTED_CHAT_FORMATS)
+
+
+# --- loading -------------------------------------------------------------------------------
+
+
+def load_config(path: Path, *, check_files: bool = True) -> ServerConfig:
+    """Parse and validate a config file; ConfigError lists every problem found."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(
+            f"{path}: config file not found. Pass --config PATH, or start from {DEFAULT_CONFIG}."
+        ) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read the config file: {exc}") from None
+    try:
+        raw = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ConfigError(_json_error(path, text, exc)) from None
+    if not isinstance(raw, dict):
+        raise ConfigError(
+            f"{path}: the top level must be a JSON object with a \"models\" list, "
+            f"got {_json_kind(raw)}. See {DOCS}."
+        )
+    try:
+        parsed = ConfigFile.model_validate_json(text)
+    except ValidationError as exc:
+        problems = [_describe_error(e, raw) for e in exc.errors()]
+        raise ConfigError(_report(path, problems)) from None
+
+    problems = _semantic_problems(parsed)
+    models: list[ModelConfig] = []
+    if not problems and check_files:
+        for i, entry in enumerate(parsed.models):
+            if not entry.enabled:
+                continue
+            where = _where(i, entry.name)
+            try:
+                models.append(_check_model_file(entry, path.parent))
+            except ConfigError as exc:
+                problems.append(f'{where}, field "gguf": {exc}')
+    if problems:
+        raise ConfigError(_report(path, problems))
+    return ServerConfig(
+        file=path,
+        host=parsed.host,
+        port=parsed.port,
+        api_key_env=parsed.api_key_env,
+        models=models,
+        disabled=[m.name for m in parsed.models if not m.enabled],
+    )
+
+
+def resolve_gguf(source: str, base: Path) -> Path:
+    """`bundled:<name>` or a path; relative paths resolve against the config file's folder."""
+    if bundled.is_bundled(source):
+        return bundled.locate(source)
+    p = Path(os.path.expanduser(source))
+    return (p if p.is_absolute() else base / p).resolve()
+
+
+def _check_model_file(entry: ModelEntry, base: Path) -> ModelConfig:
+    path = resolve_gguf(entry.gguf, base)
+    relative_note = (
+        ""
+        if bundled.is_bundled(entry.gguf) or Path(os.path.expanduser(entry.gguf)).is_absolute()
+        else f" (relative paths resolve against the config file's folder, {base.resolve()})"
+    )
+    if not path.exists():
+        raise ConfigError(f"file not found: {path}{relative_note}")
+    if not path.is_file():
+        raise ConfigError(f"{path} is not a file; expected a .gguf model file")
+    try:
+        magic_ok = has_gguf_magic(path)
+    except OSError as exc:
+        raise ConfigError(f"cannot read {path}: {exc}") from None
+    if not magic_ok:
+        with path.open("rb") as f:
+            head = f.read(4)
+        raise ConfigError(
+            f"{path} is not a GGUF file (it starts with {head!r}; a GGUF file starts with "
+            "b'GGUF'). llama.cpp only loads GGUF: convert the model or download a .gguf build."
+        )
+    try:
+        info = read_info(path)
+    except Exception as exc:  # gguf raises ValueError, struct.error, IndexError... on bad files
+        raise ConfigError(f"{path} has a GGUF magic but an unreadable header: {exc}") from None
+    fmt = entry.chat_format
+    if fmt is not None and fmt.startswith("chat_template."):
+        name = fmt[len("chat_template.") :]
+        available = ["chat_template.default"] if info.chat_template else []
+        available += [f"chat_template.{n}" for n in info.named_chat_templates]
+        if name != "default" and name not in info.named_chat_templates or (
+            name == "default" and info.chat_template is None
+        ):
+            raise ConfigError(
+                f'chat_format "{fmt}" names a template this GGUF does not contain; '
+                f"it has: {', '.join(available) or 'no templates'}"
+            )
+    return ModelConfig(entry=entry, path=path, info=info)
+
+
+def _semantic_problems(cfg: ConfigFile) -> list[str]:
+    problems: list[str] = []
+    seen: dict[str, int] = {}
+    formats: list[str] | None = None
+    for i, m in enumerate(cfg.models):
+        where = _where(i, m.name)
+        if m.name in seen:
+            problems.append(
+                f'{where}, field "name": duplicate model name, already used by '
+                f"models[{seen[m.name]}]; names must be unique because clients choose a model "
+                "by its name"
+            )
+        else:
+            seen[m.name] = i
+        if m.n_ubatch > m.n_batch:
+            problems.append(
+                f'{where}, field "n_ubatch": {m.n_ubatch} is larger than n_batch ({m.n_batch}); '
+                f"n_ubatch must be <= n_batch (e.g. n_ubatch {m.n_batch} or n_batch {m.n_ubatch})"
+            )
+        if m.type_v not in (None, "f16", "f32", "bf16") and not m.flash_attn:
+            problems.append(
+                f'{where}, field "type_v": a quantized V cache ("{m.type_v}") needs '
+                '"flash_attn": true in llama.cpp; enable flash_attn or use "f16"'
+            )
+        if m.tensor_split is not None and any(x < 0 for x in m.tensor_split):
+            problems.append(
+                f'{where}, field "tensor_split": proportions must be >= 0, got {m.tensor_split}'
+            )
+        fmt = m.chat_format
+        if fmt is not None and not fmt.startswith("chat_template."):
+            formats = formats if formats is not None else valid_chat_formats()
+            if fmt not in formats:
+                close = difflib.get_close_matches(fmt, formats, n=1)
+                hint = f'did you mean "{close[0]}"? ' if close else ""
+                problems.append(
+                    f'{where}, field "chat_format": unknown chat format "{fmt}"; {hint}'
+                    "leave it out to use the template stored in the GGUF, or use one of: "
+                    + ", ".join(formats)
+                )
+    if not any(m.enabled for m in cfg.models):
+        problems.append('no model is enabled: set "enabled": true on at least one entry of "models"')
+    return problems
+
+
+# --- error messages ------------------------------------------------------------------------
+
+
+def _report(path: Path, problems: list[str]) -> str:
+    lines = [f"Invalid config {path}:"]
+    lines += [f"  - {p}" for p in problems]
+    lines.append(f"See {DOCS} for every field.")
+    return "\n".join(lines)
+
+
+def _where(index: int, name: Any) -> str:
+    if isinstance(name, str) and name:
+        return f'model "{name}" (models[{index}])'
+    return f"models[{index}]"
+
+
+def _json_kind(value: Any) -> str:
+    kinds = {dict: "an object", list: "an array", str: "a string", bool: "a boolean",
+             int: "a number", float: "a number", type(None): "null"}  # fmt: skip
+    return kinds.get(type(value), type(value).__name__)
+
+
+def _json_error(path: Path, text: str, exc: json.JSONDecodeError) -> str:
+    lines = text.splitlines()
+    shown = ""
+    if 0 < exc.lineno <= len(lines):
+        src = lines[exc.lineno - 1].expandtabs(1)
+        shown = f"\n    {src}\n    {' ' * (exc.colno - 1)}^"
+    hint = ""
+    if "//" in text or "/*" in text:
+        hint = (
+            '\nJSON has no comments: use a "description" field, or "enabled": false on an '
+            "example model entry."
+        )
+    return (
+        f"{path}: invalid JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}{shown}{hint}"
+    )
+
+
+def _describe_error(err: Any, raw: dict[str, Any]) -> str:
+    loc: tuple[Any, ...] = tuple(err["loc"])
+    kind: str = err["type"]
+    where = "top level"
+    fields: list[str] = list(ConfigFile.model_fields)
+    rest = loc
+    if len(loc) >= 2 and loc[0] == "models" and isinstance(loc[1], int):
+        models = raw.get("models")
+        item = models[loc[1]] if isinstance(models, list) and loc[1] < len(models) else None
+        where = _where(loc[1], item.get("name") if isinstance(item, dict) else None)
+        fields = list(ModelEntry.model_fields)
+        rest = loc[2:]
+    if not rest:
+        if kind in ("model_type", "dict_type", "model_attributes_type"):
+            return f"{where}: must be a JSON object, got {_json_kind(err.get('input'))}"
+        return f"{where}: {_clean_msg(err['msg'])}"
+    name = str(rest[0])
+    label = f'{where}, field "{name}"' + "".join(f"[{r}]" for r in rest[1:])
+    if kind == "extra_forbidden":
+        close = difflib.get_close_matches(name, fields, n=1, cutoff=0.6)
+        if close:
+            return f"{label}: unknown field; did you mean \"{close[0]}\"?"
+        return f"{label}: unknown field; valid fields: {', '.join(fields)}"
+    if kind == "missing":
+        return f"{label}: required field is missing"
+    got = json.dumps(err.get("input"))
+    return f"{label}: {_clean_msg(err['msg'])}, got {got}"
+
+
+def _clean_msg(msg: str) -> str:
+    msg = msg.removeprefix("Value error, ")
+    msg = msg.replace("Input should be", "must be").replace("input should be", "must be")
+    msg = msg.replace("List should have", "must have").replace("String should", "must")
+    return msg

@@ -1,0 +1,223 @@
+"""Per-request measurements inside llama-cpp-python, and a model proxy that never guesses.
+
+`InstrumentedLlama` is llama-cpp-python's `Llama` with two overrides:
+
+- `generate` records what llama.cpp's native server reports as `timings`: prompt tokens,
+  tokens reused from the KV cache, prompt-eval time (until the first generated token),
+  generation time and generated tokens. They go into the `RequestMetrics` found in the
+  `CURRENT_METRICS` context variable, which the ASGI middleware sets per request (starlette's
+  thread pool and the SSE sender task run with a copy of the request's context, so the same
+  object is reached from every thread that steps the generator).
+- In a *preflight* (`PREFLIGHT` set), `generate` raises `PromptMeasured` with the exact prompt
+  token count before evaluating anything: the middleware renders and tokenizes a request the
+  same way the real call will, and rejects it before a (streaming) response has started.
+
+`StoryBenchProxy` is llama-cpp-python's `LlamaProxy` (one resident model; a request for another
+model unloads it and loads the other) that refuses unknown model names instead of silently
+answering with the default model, and logs and counts every swap.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import logging
+import time
+from collections.abc import Generator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import llama_cpp
+from fastapi import HTTPException
+from llama_cpp.server.model import LlamaProxy
+from llama_cpp.server.settings import ModelSettings
+
+log = logging.getLogger("storybench.server")
+
+
+@dataclass
+class RequestMetrics:
+    """What one completion cost. Times in milliseconds."""
+
+    prompt_tokens: int = 0
+    prompt_evaluated: int | None = None  # tokens actually decoded for the prompt
+    prompt_ms: float = 0.0
+    predicted_n: int = 0  # generated tokens, the end-of-generation token excluded
+    predicted_ms: float = 0.0
+    generations: int = 0  # how many times generate() ran for this request
+
+    @property
+    def cache_n(self) -> int:
+        """Prompt tokens reused from the KV cache of the previous request."""
+        if self.prompt_evaluated is None:
+            return 0
+        return self.prompt_tokens - self.prompt_evaluated
+
+    def timings(self) -> dict[str, Any]:
+        """The `timings` object, with llama.cpp's native server's field names."""
+        prompt_n = self.prompt_tokens - self.cache_n
+        return {
+            "prompt_n": prompt_n,
+            "cache_n": self.cache_n,
+            "prompt_ms": round(self.prompt_ms, 3),
+            "prompt_per_second": _per_second(prompt_n, self.prompt_ms),
+            "predicted_n": self.predicted_n,
+            "predicted_ms": round(self.predicted_ms, 3),
+            "predicted_per_second": _per_second(self.predicted_n, self.predicted_ms),
+        }
+
+    def usage(self) -> dict[str, int]:
+        return {
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.predicted_n,
+            "total_tokens": self.prompt_tokens + self.predicted_n,
+        }
+
+
+def _per_second(n: int, ms: float) -> float | None:
+    return round(n * 1000.0 / ms, 3) if ms > 0 else None
+
+
+CURRENT_METRICS: contextvars.ContextVar[RequestMetrics | None] = contextvars.ContextVar(
+    "storybench_request_metrics", default=None
+)
+PREFLIGHT: contextvars.ContextVar[bool] = contextvars.ContextVar(
+    "storybench_preflight", default=False
+)
+
+
+class PromptMeasured(Exception):
+    """Raised by a preflight instead of generating: carries the prompt's token count."""
+
+    def __init__(self, prompt_tokens: int) -> None:
+        super().__init__(prompt_tokens)
+        self.prompt_tokens = prompt_tokens
+
+
+class InstrumentedLlama(llama_cpp.Llama):
+    """`Llama` that measures each generation (never constructed: instances are re-classed)."""
+
+    _sb_first_eval: int | None = None
+    _sb_in_prompt: bool = False
+
+    def eval(self, tokens: Sequence[int]) -> None:
+        if self._sb_in_prompt:
+            # generate() evaluates the prompt suffix it could not reuse first, then one token
+            # per step: the first call's length is the number of prompt tokens decoded.
+            self._sb_in_prompt = False
+            self._sb_first_eval = len(tokens)
+        super().eval(tokens)
+
+    def generate(  # type: ignore[override]
+        self, tokens: Sequence[int], *args: Any, **kwargs: Any
+    ) -> Generator[int, Sequence[int] | None, None]:
+        if PREFLIGHT.get():
+            raise PromptMeasured(len(tokens))
+        metrics = CURRENT_METRICS.get()
+        if metrics is None:  # not called through the server (e.g. a direct Llama call)
+            metrics = RequestMetrics()
+        metrics.generations += 1
+        metrics.prompt_tokens = len(tokens)
+        self._sb_first_eval = None
+        self._sb_in_prompt = True
+        start = time.perf_counter()
+        first: float | None = None
+        last_token: int | None = None
+        count = 0
+        inner = super().generate(tokens, *args, **kwargs)
+        try:
+            sent: Sequence[int] | None = None
+            while True:
+                try:
+                    token = inner.send(sent)  # type: ignore[arg-type]
+                except StopIteration:
+                    return
+                if first is None:
+                    first = time.perf_counter()
+                    metrics.prompt_ms = (first - start) * 1000.0
+                    metrics.prompt_evaluated = self._sb_first_eval
+                count += 1
+                last_token = token
+                sent = yield token
+        finally:
+            inner.close()
+            self._sb_in_prompt = False
+            end = time.perf_counter()
+            if first is None:
+                metrics.prompt_ms = (end - start) * 1000.0
+                metrics.prompt_evaluated = self._sb_first_eval
+            else:
+                metrics.predicted_ms = (end - first) * 1000.0
+            if last_token is not None and llama_cpp.llama_vocab_is_eog(
+                self._model.vocab, last_token
+            ):
+                count -= 1
+            metrics.predicted_n = count
+
+
+class UnknownModelError(HTTPException):
+    def __init__(self, model: str, known: list[str]) -> None:
+        super().__init__(
+            status_code=404,
+            detail=f"The model `{model}` does not exist on this server. "
+            f"Known models: {', '.join(known)}",
+        )
+
+
+class StoryBenchProxy(LlamaProxy):
+    """One resident model; unknown names are refused, swaps are logged and counted."""
+
+    def __init__(self, models: list[ModelSettings]) -> None:
+        self.swap_count = 0
+        self.last_swap_s: float | None = None
+        self.load_seconds: dict[str, float] = {}
+        super().__init__(models=models)
+
+    @property
+    def current_model_name(self) -> str | None:
+        return self._current_model_alias
+
+    @property
+    def model_names(self) -> list[str]:
+        return list(self._model_settings_dict)
+
+    def __call__(self, model: str | None = None) -> llama_cpp.Llama:
+        name = self._default_model_alias if model is None else model
+        if name not in self._model_settings_dict:
+            raise UnknownModelError(name, self.model_names)
+        if name == self._current_model_alias and self._current_model is not None:
+            return self._current_model
+        previous = self._current_model_alias
+        start = time.perf_counter()
+        if self._current_model is not None:
+            self._current_model.close()
+        self._current_model = None
+        self._current_model_alias = None
+        self._current_model = self.load_llama_from_model_settings(self._model_settings_dict[name])
+        self._current_model_alias = name
+        self.swap_count += 1
+        self.last_swap_s = time.perf_counter() - start
+        log.info(
+            "model swap #%d: unloaded %r, loaded %r in %.2f s",
+            self.swap_count,
+            previous,
+            name,
+            self.last_swap_s,
+        )
+        return self._current_model
+
+    def load_llama_from_model_settings(  # type: ignore[override]
+        self, settings: ModelSettings
+    ) -> llama_cpp.Llama:
+        start = time.perf_counter()
+        model = LlamaProxy.load_llama_from_model_settings(settings)
+        model.__class__ = InstrumentedLlama
+        seconds = time.perf_counter() - start
+        self.load_seconds[str(settings.model_alias)] = seconds
+        log.info("loaded model %r from %s in %.2f s", settings.model_alias, settings.model, seconds)
+        return model
+
+    def free(self) -> None:
+        if self._current_model is not None:
+            self._current_model.close()
+        self._current_model = None
+        self._current_model_alias = None
