@@ -78,9 +78,7 @@ mongo_option = click.option(
     help="MongoDB URI (also STORYBENCH_MONGO_URI). Default: the embedded MongoDB-wire server "
     "(nx-27017) with data under ~/.local/share/storybench (STORYBENCH_DATA_DIR).",
 )
-db_option = click.option(
-    "--db", "db_name", default="storybench", show_default=True, help="Database name."
-)
+db_option = click.option("--db", "db_name", default="storybench", show_default=True, help="Database name.")
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -146,9 +144,7 @@ async def _probe_all(models: list[ModelEntry]) -> dict[str, EndpointInfo]:
     show_default=True,
     help="Prompt sequences (JSON).",
 )
-@click.option(
-    "--models", "models_csv", default=None, help="Comma-separated model names (default: all)."
-)
+@click.option("--models", "models_csv", default=None, help="Comma-separated model names (default: all).")
 @click.option(
     "--sequences",
     "sequences_csv",
@@ -168,14 +164,11 @@ async def _probe_all(models: list[ModelEntry]) -> dict[str, EndpointInfo]:
     help="Conversations in flight overall (default: settings.concurrency). Each endpoint "
     "is also bounded by its max_concurrency (our local server: its slot count, 1).",
 )
-@click.option(
-    "--dry-run", is_flag=True, help="Print the plan with token and cost estimates; send nothing."
-)
+@click.option("--dry-run", is_flag=True, help="Print the plan with token and cost estimates; send nothing.")
 @click.option(
     "--restart",
     is_flag=True,
-    help="Start a new generation of the same configuration instead of resuming; "
-    "earlier results are kept.",
+    help="Start a new generation of the same configuration instead of resuming; earlier results are kept.",
 )
 @mongo_option
 @db_option
@@ -248,10 +241,7 @@ def _run(
             experiments=[
                 {"model": m, "sequence": s, "experiment_key": k, "generation": g}
                 for (m, s, k, g) in sorted(
-                    {
-                        (i.model.name, i.sequence.name, i.experiment_key, i.generation)
-                        for i in plan.items
-                    }
+                    {(i.model.name, i.sequence.name, i.experiment_key, i.generation) for i in plan.items}
                 )
             ],
             models=[m.name for m in models],
@@ -277,9 +267,7 @@ def _run(
     status, message = "completed", None
     stats: dict[str, ModelStats] = {}
     with RunProgress(console, [m.name for m in models], totals) as bars:
-        runner = Runner(
-            plan, store, run_id, endpoints, policy, concurrency, on_progress=bars.update
-        )
+        runner = Runner(plan, store, run_id, endpoints, policy, concurrency, on_progress=bars.update)
         stats = runner.stats
         try:
             asyncio.run(runner.run())
@@ -297,9 +285,7 @@ def _run(
         status = "incomplete"
         message = "some turns failed or were not played; re-run the same command to retry them"
     try:
-        store.update_run(
-            run_id, status=status, finished_at=utcnow(), counts=counts, message=message
-        )
+        store.update_run(run_id, status=status, finished_at=utcnow(), counts=counts, message=message)
     except StoreError as exc:
         err_console.print(f"[red]could not record the run's end: {exc}[/red]")
     console.print(summary_table(stats))
@@ -319,7 +305,7 @@ def _run(
     if status == "incomplete":
         err_console.print(f"[yellow]{message}[/yellow]")
         return EXIT_INCOMPLETE
-    console.print(f"Stored in MongoDB. See the turns with: storybench-eval show {run_id}")
+    console.print(f"Stored in the {store.describe()}.\nSee the turns with: storybench-eval show {run_id}")
     return 0
 
 
@@ -348,16 +334,20 @@ def show(run_id: str, mongo_uri: str | None, db_name: str) -> None:
             if found is None:
                 fail(f"no run '{run_id}'; list them with `storybench-eval runs`", code=1)
                 return
-            console.print(format_run_detail(found, store.responses(run_id=found["_id"])))
+            console.print(format_run_detail(found, store.run_responses(found["_id"])))
     except StoreError as exc:
         fail(str(exc), code=1)
 
 
 @cli.command()
-@click.option("--run", "run_id", default=None, help="Only this run's turns (default: all).")
 @click.option(
-    "--format", "fmt", type=click.Choice(["jsonl", "csv"]), default="jsonl", show_default=True
+    "--run",
+    "run_id",
+    default=None,
+    help="Only the turns of this run's plan, including turns an earlier interrupted "
+    "invocation wrote (default: everything stored).",
 )
+@click.option("--format", "fmt", type=click.Choice(["jsonl", "csv"]), default="jsonl", show_default=True)
 @click.option(
     "--out",
     type=click.Path(path_type=Path, dir_okay=False),
@@ -367,9 +357,7 @@ def show(run_id: str, mongo_uri: str | None, db_name: str) -> None:
 @click.option("--force", is_flag=True, help="Overwrite --out if it exists.")
 @mongo_option
 @db_option
-def export(
-    run_id: str | None, fmt: str, out: Path, force: bool, mongo_uri: str | None, db_name: str
-) -> None:
+def export(run_id: str | None, fmt: str, out: Path, force: bool, mongo_uri: str | None, db_name: str) -> None:
     """Export stored turns (and judgements when present) with a stable column order."""
     try:
         with open_store(mongo_uri, db_name=db_name) as store:
@@ -380,7 +368,7 @@ def export(
                     return
                 run_id = found["_id"]
             n = export_responses(store, run_id, fmt, out, overwrite=force)
-    except (StoreError, FileExistsError) as exc:
+    except StoreError as exc:
         fail(str(exc), code=1)
     console.print(f"Wrote {n} row(s) to {out}")
 

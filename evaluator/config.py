@@ -91,9 +91,7 @@ class ModelEntry(_Strict):
     def _check_url(cls, value: str) -> str:
         parts = urlsplit(value)
         if parts.scheme not in ("http", "https") or not parts.netloc:
-            raise ValueError(
-                "must be an http:// or https:// URL with a host, e.g. http://127.0.0.1:8080/v1"
-            )
+            raise ValueError("must be an http:// or https:// URL with a host, e.g. http://127.0.0.1:8080/v1")
         if parts.path.rstrip("/").endswith("/chat/completions"):
             raise ValueError("must stop before /chat/completions (the client appends it)")
         return value.rstrip("/")
@@ -174,8 +172,7 @@ class ModelEntry(_Strict):
         if self.price_input_per_mtok is None or self.price_output_per_mtok is None:
             return None
         return (
-            prompt_tokens * self.price_input_per_mtok
-            + completion_tokens * self.price_output_per_mtok
+            prompt_tokens * self.price_input_per_mtok + completion_tokens * self.price_output_per_mtok
         ) / 1e6
 
 
@@ -319,9 +316,7 @@ def load_prompts(path: Path) -> list[Sequence]:
     path = Path(path)
     text = _read(path, "prompts")
     if not text.strip():
-        raise ConfigError(
-            f'{path}: the file is empty; it needs {{"sequences": [...]}} - see {_DOCS}'
-        )
+        raise ConfigError(f'{path}: the file is empty; it needs {{"sequences": [...]}} - see {_DOCS}')
     data = _parse_json(path, text)
     if not isinstance(data, dict):
         raise ConfigError(
@@ -351,8 +346,7 @@ def select(items: list[N], names_csv: str | None, kind: str, path: Path | str) -
     valid = [item.name for item in items]
     if not wanted:
         raise ConfigError(
-            f"no {kind} names given; pass a comma-separated list of names from {path}: "
-            + ", ".join(valid)
+            f"no {kind} names given; pass a comma-separated list of names from {path}: " + ", ".join(valid)
         )
     unknown = [name for name in wanted if name not in valid]
     if unknown:
@@ -410,9 +404,7 @@ def _parse_yaml(path: Path, text: str) -> Any:
         mark = exc.problem_mark or exc.context_mark
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         hint = "" if isinstance(exc, yaml.constructor.ConstructorError) else _YAML_HINT
-        raise ConfigError(
-            f"{path}: invalid YAML{where}: {exc.problem or exc.context}{hint}"
-        ) from None
+        raise ConfigError(f"{path}: invalid YAML{where}: {exc.problem or exc.context}{hint}") from None
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: invalid YAML: {exc}") from None
 
@@ -605,9 +597,7 @@ def _expected(owner: type[BaseModel], field: str) -> str:
 
 
 def _dotted(rest: list[int | str]) -> str:
-    return "".join(f"[{part}]" if isinstance(part, int) else f".{part}" for part in rest).lstrip(
-        "."
-    )
+    return "".join(f"[{part}]" if isinstance(part, int) else f".{part}" for part in rest).lstrip(".")
 
 
 def _kind(value: Any) -> str:

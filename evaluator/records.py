@@ -19,7 +19,7 @@ Outcome = Literal["ok", "empty", "context_exhausted", "error"]
 FINAL_OUTCOMES: frozenset[str] = frozenset({"ok", "empty", "context_exhausted"})
 SEQUENCE_ENDING_OUTCOMES: frozenset[str] = frozenset({"empty", "context_exhausted"})
 
-RUN_STATUSES = ("running", "completed", "interrupted", "failed")
+RUN_STATUSES = ("running", "completed", "incomplete", "interrupted", "failed")
 
 
 def utcnow() -> datetime:
@@ -49,6 +49,11 @@ def experiment_key(cfg_hash: str, generation: int) -> str:
 def response_id(exp_key: str, model: str, sequence: str, run_index: int, turn_index: int) -> str:
     """Deterministic `_id`: a resumed or retried turn maps to the same document on any MongoDB."""
     return f"{exp_key}:{model}:{sequence}:r{run_index}:t{turn_index}"
+
+
+def sequence_run_id(exp_key: str, model: str, sequence: str, run_index: int) -> str:
+    """Target id of a judgement of a whole sequence run: a turn's `_id` without `:t<turn>`."""
+    return f"{exp_key}:{model}:{sequence}:r{run_index}"
 
 
 @dataclass

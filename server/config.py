@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from server import bundled
 from server.errors import ConfigError
-from server.gguf_info import GGUFInfo, has_gguf_magic, read_info
+from server.gguf_info import GGUFInfo, has_gguf_magic, read_info, sha256_text
 
 DEFAULT_CONFIG = Path("config/local_models.json")
 DOCS = "docs/local_models.md"
@@ -86,6 +86,7 @@ class ModelEntry(BaseModel):
     type_v: KVCacheType | None = None
     use_mmap: bool = True
     use_mlock: bool = False
+    use_extra_bufts: bool = True
     split_mode: Literal["none", "layer", "row"] = "layer"
     main_gpu: int = Field(0, ge=0)
     tensor_split: list[float] | None = None
@@ -125,7 +126,9 @@ class ModelConfig:
 
     @property
     def n_threads(self) -> int:
-        return self.entry.n_threads or default_threads()
+        """Generation threads: half the cores unless set (llama-cpp-python's default; roughly
+        the physical cores, and more threads than free cores makes OpenMP spin-waits slow)."""
+        return self.entry.n_threads or max(default_threads() // 2, 1)
 
     @property
     def n_threads_batch(self) -> int:
@@ -137,11 +140,27 @@ class ModelConfig:
         fmt = self.entry.chat_format
         if fmt is not None and not fmt.startswith("chat_template."):
             return f'named chat_format "{fmt}" (llama-cpp-python built-in)'
-        if fmt is not None:
+        if fmt is not None and fmt != "chat_template.default":
             return f"GGUF-embedded (tokenizer.{fmt})"
-        if self.info.chat_template is not None:
-            return "GGUF-embedded (tokenizer.chat_template)"
-        return 'none in the GGUF: llama-cpp-python falls back to "llama-2"'
+        if self.info.chat_template is None:
+            return 'none in the GGUF: llama-cpp-python falls back to its "llama-2" format'
+        if fmt is None:
+            from llama_cpp import llama_chat_format
+
+            guessed = llama_chat_format.guess_chat_format_from_gguf_metadata(
+                {"tokenizer.chat_template": self.info.chat_template}
+            )
+            if guessed is not None:
+                return (
+                    f'GGUF-embedded template, recognised by llama-cpp-python as "{guessed}" '
+                    "and rendered by its built-in formatter"
+                )
+        return "GGUF-embedded (tokenizer.chat_template)"
+
+    @property
+    def chat_template_sha256(self) -> str | None:
+        """SHA-256 of the Jinja template from the GGUF that renders prompts (None if built-in)."""
+        return sha256_text(self.info.template(self.entry.chat_format))
 
 
 @dataclass
@@ -265,12 +284,9 @@ def _check_model_file(entry: ModelEntry, base: Path) -> ModelConfig:
         raise ConfigError(f"{path} has a GGUF magic but an unreadable header: {exc}") from None
     fmt = entry.chat_format
     if fmt is not None and fmt.startswith("chat_template."):
-        name = fmt[len("chat_template.") :]
         available = ["chat_template.default"] if info.chat_template else []
         available += [f"chat_template.{n}" for n in info.named_chat_templates]
-        if name != "default" and name not in info.named_chat_templates or (
-            name == "default" and info.chat_template is None
-        ):
+        if info.template(fmt) is None:
             raise ConfigError(
                 f'chat_format "{fmt}" names a template this GGUF does not contain; '
                 f"it has: {', '.join(available) or 'no templates'}"

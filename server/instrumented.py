@@ -19,14 +19,17 @@ answering with the default model, and logs and counts every swap.
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import logging
+import threading
 import time
-from collections.abc import Generator, Sequence
+from collections.abc import Generator, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import llama_cpp
+import llama_cpp.llama_cpp as llama_bindings
 from fastapi import HTTPException
 from llama_cpp.server.model import LlamaProxy
 from llama_cpp.server.settings import ModelSettings
@@ -65,11 +68,12 @@ class RequestMetrics:
             "predicted_per_second": _per_second(self.predicted_n, self.predicted_ms),
         }
 
-    def usage(self) -> dict[str, int]:
+    def usage(self) -> dict[str, Any]:
         return {
             "prompt_tokens": self.prompt_tokens,
             "completion_tokens": self.predicted_n,
             "total_tokens": self.prompt_tokens + self.predicted_n,
+            "prompt_tokens_details": {"cached_tokens": self.cache_n},
         }
 
 
@@ -163,10 +167,42 @@ class UnknownModelError(HTTPException):
         )
 
 
+_PARAMS_LOCK = threading.Lock()
+
+
+@contextlib.contextmanager
+def model_params_override(**fields: Any) -> Iterator[None]:
+    """Set llama_model_params fields that `Llama()` does not expose, for the loads inside.
+
+    `Llama.__init__` starts from `llama_model_default_params()`; this wraps that function.
+    """
+    if not fields:
+        yield
+        return
+    with _PARAMS_LOCK:
+        original = llama_bindings.llama_model_default_params
+
+        def patched() -> Any:
+            params = original()
+            for key, value in fields.items():
+                setattr(params, key, value)
+            return params
+
+        llama_bindings.llama_model_default_params = patched  # type: ignore[assignment]
+        try:
+            yield
+        finally:
+            llama_bindings.llama_model_default_params = original  # type: ignore[assignment]
+
+
 class StoryBenchProxy(LlamaProxy):
     """One resident model; unknown names are refused, swaps are logged and counted."""
 
-    def __init__(self, models: list[ModelSettings]) -> None:
+    def __init__(
+        self, models: list[ModelSettings], model_params: dict[str, dict[str, Any]] | None = None
+    ) -> None:
+        # Extra llama_model_params per model alias (e.g. {"use_extra_bufts": False}).
+        self.model_params = model_params or {}
         self.swap_count = 0
         self.last_swap_s: float | None = None
         self.load_seconds: dict[str, float] = {}
@@ -175,6 +211,10 @@ class StoryBenchProxy(LlamaProxy):
     @property
     def current_model_name(self) -> str | None:
         return self._current_model_alias
+
+    @property
+    def current_model(self) -> llama_cpp.Llama | None:
+        return self._current_model
 
     @property
     def model_names(self) -> list[str]:
@@ -209,7 +249,8 @@ class StoryBenchProxy(LlamaProxy):
         self, settings: ModelSettings
     ) -> llama_cpp.Llama:
         start = time.perf_counter()
-        model = LlamaProxy.load_llama_from_model_settings(settings)
+        with model_params_override(**self.model_params.get(str(settings.model_alias), {})):
+            model = LlamaProxy.load_llama_from_model_settings(settings)
         model.__class__ = InstrumentedLlama
         seconds = time.perf_counter() - start
         self.load_seconds[str(settings.model_alias)] = seconds

@@ -42,7 +42,14 @@ def server_settings(cfg: ServerConfig, api_key: str | None) -> ServerSettings:
     )
 
 
-def model_settings(model: ModelConfig) -> ModelSettings:
+def extra_model_params(model: ModelConfig) -> dict[str, Any]:
+    """llama_model_params fields that ModelSettings lacks (see StoryBenchProxy)."""
+    if model.entry.use_extra_bufts:
+        return {}
+    return {"use_extra_bufts": False}
+
+
+def model_settings(model: ModelConfig, verbose: bool = False) -> ModelSettings:
     e = model.entry
     return ExactModelSettings(
         model=str(model.path),
@@ -67,5 +74,5 @@ def model_settings(model: ModelConfig) -> ModelSettings:
         # Upstream's server default (True) keeps every prompt token's logits: an
         # n_ctx x n_vocab float array (gigabytes at long contexts) and slower decoding.
         logits_all=False,
-        verbose=False,
+        verbose=verbose,
     )

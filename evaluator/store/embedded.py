@@ -101,8 +101,11 @@ class EmbeddedServer:
         if self._released:
             return
         self._released = True
-        with contextlib.suppress(Exception):
-            atexit.unregister(self.release)
+        atexit.unregister(self.release)
+        if not self.data_dir.is_dir():  # folder removed under us (a test's temp dir)
+            if self.started_here and _pid_alive(self.pid) and _is_nx_process(self.pid):
+                _stop_pid(self.pid)
+            return
         with _locked(self.data_dir):
             if self.lease is not None:
                 self.lease.unlink(missing_ok=True)
@@ -285,14 +288,19 @@ def _read_pid(pid_file: Path) -> int | None:
         return None
 
 
-def _log_tail(log: Path, offset: int, limit: int = 1500) -> str:
+def _log_since(log: Path, offset: int) -> str:
     try:
         with open(log, "rb") as fh:
             fh.seek(offset)
-            text = fh.read().decode("utf-8", "replace")
+            return fh.read().decode("utf-8", "replace")
     except OSError:
         return ""
-    return text[-limit:].strip()
+
+
+def _log_error(log: Path, offset: int) -> str:
+    """The last line nx-27017 logged since `offset` (the exception of a traceback)."""
+    lines = [line.strip() for line in _log_since(log, offset).splitlines() if line.strip()]
+    return lines[-1][:300] if lines else ""
 
 
 def _stop_pid(pid: int, timeout: float = STOP_TIMEOUT_S) -> None:
@@ -360,9 +368,9 @@ def _start(root: Path, *, timeout: float, attempts: int = 3) -> EmbeddedServer:
         if "address already in use" not in error.lower():
             break  # only a lost race for the port is worth another try
     raise EmbeddedServerError(
-        f"the embedded database (nx-27017 {nx_version()}) did not start within {timeout:.0f} s: "
-        f"{last_error or 'no error was logged'}. See {root / LOG_FILE}. "
-        "Fix: check that folder is writable and nx-27017 is installed, or pass --mongo-uri."
+        f"the embedded database (nx-27017 {nx_version()}) did not start: {last_error}. "
+        f"Its log: {root / LOG_FILE}. Fix: check that folder is writable and nx-27017 is "
+        "installed, or pass --mongo-uri."
     )
 
 
@@ -387,7 +395,7 @@ def _spawn(root: Path, port: int, timeout: float) -> tuple[int | None, str]:
     except (OSError, subprocess.TimeoutExpired) as exc:
         return None, f"could not run {sys.executable}: {exc}"
     if first.returncode != 0:
-        return None, _log_tail(log, offset) or f"exit status {first.returncode}"
+        return None, _log_error(log, offset) or f"exit status {first.returncode}"
     seen_pid: int | None = None
     while time.monotonic() < deadline:
         pid = _read_pid(pid_file)
@@ -395,12 +403,12 @@ def _spawn(root: Path, port: int, timeout: float) -> tuple[int | None, str]:
             seen_pid = pid
             if _answers_ping(port, timeout=0.5):
                 return pid, ""
-        else:
-            tail = _log_tail(log, offset)
-            if "Traceback" in tail or "Error" in tail or (seen_pid and not _pid_alive(seen_pid)):
-                return None, tail or "the server exited"
+        elif "Traceback" in _log_since(log, offset) or seen_pid is not None:
+            time.sleep(0.3)  # let it finish writing the traceback
+            return None, _log_error(log, offset) or "the server exited"
         time.sleep(0.1)
     if seen_pid is not None and _pid_alive(seen_pid):
         with contextlib.suppress(EmbeddedServerError):
             _stop_pid(seen_pid)
-    return None, _log_tail(log, offset) or "it never answered a ping"
+    last = _log_error(log, offset)
+    return None, f"no answer to a ping within {timeout:.0f} s" + (f" (last log line: {last})" if last else "")

@@ -1,9 +1,9 @@
 """The store's exceptions. The CLI catches `StoreError` once and prints its message.
 
-    StoreError                  anything the store cannot do; the message names the fix
-    ├── StoreUnavailableError   the database cannot be reached, or stopped answering
-    ├── EmbeddedServerError     the embedded nx-27017 server could not be started or reused
-    └── ExportError             an export could not be written (e.g. the file exists)
+StoreError                  anything the store cannot do; the message names the fix
+├── StoreUnavailableError   the database cannot be reached, or stopped answering
+├── EmbeddedServerError     the embedded nx-27017 server could not be started or reused
+└── ExportError             an export could not be written (e.g. the file exists)
 """
 
 from __future__ import annotations

@@ -1,0 +1,156 @@
+"""A lean streaming chat client for the benchmarks (httpx, no SDK): times what the user sees.
+
+Both servers speak the same OpenAI-compatible SSE and end the stream with `usage` and llama.cpp's
+`timings` (prompt_n, cache_n, prompt_ms, predicted_n, predicted_ms), so one parser serves both.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+
+# The same explicit sampler for both servers (their defaults differ: llama-cpp-python's server
+# uses repeat_penalty 1.1, native 1.0).
+SAMPLING: dict[str, Any] = {
+    "temperature": 0.7,
+    "top_p": 0.95,
+    "top_k": 40,
+    "min_p": 0.05,
+    "repeat_penalty": 1.0,
+    "seed": 1234,
+}
+
+
+@dataclass
+class StreamResult:
+    start: float  # perf_counter at send
+    first: float | None = None  # first content chunk
+    last: float | None = None  # last content chunk
+    end: float = 0.0  # stream closed
+    chunks: int = 0
+    text_parts: list[str] = field(default_factory=list)
+    finish_reason: str | None = None
+    usage: dict[str, Any] | None = None
+    timings: dict[str, Any] | None = None
+
+    @property
+    def text(self) -> str:
+        return "".join(self.text_parts)
+
+    @property
+    def completion_tokens(self) -> int:
+        if self.usage and self.usage.get("completion_tokens") is not None:
+            return int(self.usage["completion_tokens"])
+        if self.timings and self.timings.get("predicted_n") is not None:
+            return int(self.timings["predicted_n"])
+        return self.chunks
+
+    @property
+    def prompt_tokens(self) -> int | None:
+        if self.timings and self.timings.get("prompt_n") is not None:
+            return int(self.timings["prompt_n"]) + int(self.timings.get("cache_n") or 0)
+        if self.usage and self.usage.get("prompt_tokens") is not None:
+            return int(self.usage["prompt_tokens"])
+        return None
+
+    @property
+    def prompt_evaluated(self) -> int | None:
+        """Prompt tokens the server actually decoded (the rest came from its KV cache)."""
+        if self.timings and self.timings.get("prompt_n") is not None:
+            return int(self.timings["prompt_n"])
+        return None
+
+    @property
+    def ttft_s(self) -> float:
+        return (self.first if self.first is not None else self.end) - self.start
+
+    @property
+    def total_s(self) -> float:
+        return self.end - self.start
+
+    @property
+    def e2e_tps(self) -> float:
+        return self.completion_tokens / self.total_s if self.total_s > 0 else 0.0
+
+    @property
+    def decode_tps(self) -> float:
+        """Tokens after the first over the time after the first, as the client saw them."""
+        if self.first is None or self.last is None or self.last <= self.first:
+            return 0.0
+        return (self.completion_tokens - 1) / (self.last - self.first)
+
+    @property
+    def server_decode_tps(self) -> float | None:
+        t = self.timings or {}
+        if t.get("predicted_ms"):
+            return float(t["predicted_n"]) * 1000.0 / float(t["predicted_ms"])
+        return None
+
+    @property
+    def server_prompt_tps(self) -> float | None:
+        t = self.timings or {}
+        if t.get("prompt_ms") and t.get("prompt_n"):
+            return float(t["prompt_n"]) * 1000.0 / float(t["prompt_ms"])
+        return None
+
+
+def chat_body(
+    model: str,
+    messages: list[dict[str, str]],
+    max_tokens: int,
+    logit_bias: dict[str, float] | None = None,
+    sampling: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "model": model,
+        "messages": messages,
+        "max_tokens": max_tokens,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+        **(SAMPLING if sampling is None else sampling),
+    }
+    if logit_bias:
+        body["logit_bias"] = logit_bias
+    return body
+
+
+async def stream_chat(client: httpx.AsyncClient, base_url: str, body: dict[str, Any]) -> StreamResult:
+    result = StreamResult(start=time.perf_counter())
+    async with client.stream("POST", f"{base_url}/chat/completions", json=body) as response:
+        if response.status_code != 200:
+            detail = (await response.aread()).decode(errors="replace")[:500]
+            raise RuntimeError(f"HTTP {response.status_code} from {base_url}: {detail}")
+        async for line in response.aiter_lines():
+            if not line.startswith("data:"):
+                continue
+            data = line[5:].strip()
+            if data == "[DONE]":
+                break
+            chunk = json.loads(data)
+            if chunk.get("timings"):
+                result.timings = chunk["timings"]
+            if chunk.get("usage"):
+                result.usage = chunk["usage"]
+            for choice in chunk.get("choices") or []:
+                content = (choice.get("delta") or {}).get("content")
+                if content:
+                    now = time.perf_counter()
+                    if result.first is None:
+                        result.first = now
+                    result.last = now
+                    result.chunks += 1
+                    result.text_parts.append(content)
+                if choice.get("finish_reason"):
+                    result.finish_reason = choice["finish_reason"]
+    result.end = time.perf_counter()
+    return result
+
+
+def new_client() -> httpx.AsyncClient:
+    return httpx.AsyncClient(
+        timeout=httpx.Timeout(900.0, connect=10.0), limits=httpx.Limits(max_connections=64)
+    )

@@ -1,0 +1,206 @@
+"""Start and stop the servers under test: ours (`python -m server`) and native `llama-server`.
+
+Both get the same GGUF and the same settings: context per conversation, batch, ubatch, flash
+attention, GPU layers and threads. Native for concurrency runs with `-np N` slots (each of the same
+context) and continuous batching, its default.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shlex
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO
+
+import httpx
+
+from benchmarks.common import ROOT
+from benchmarks.native import NativeTools
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """One model as both servers serve it."""
+
+    name: str  # the API model name (our config's `name`, native's `--alias`)
+    path: Path
+    n_ctx: int  # per conversation
+    n_gpu_layers: int  # -1 = all
+    flash_attn: bool
+    threads: int
+    n_batch: int = 512
+    n_ubatch: int = 512
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class ServerProcess:
+    label: str
+    model: ModelSpec
+    command: list[str]
+    log_path: Path
+    port: int
+    parallel: int = 1
+    proc: subprocess.Popen[bytes] | None = None
+    _log: IO[bytes] | None = field(default=None, repr=False)
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/v1"
+
+    @property
+    def root_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def shown_command(self) -> str:
+        return " ".join(shlex.quote(c) for c in self.command)
+
+    def start(self, env: dict[str, str] | None = None) -> ServerProcess:
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        self._log = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
+        self.proc = subprocess.Popen(
+            self.command,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            cwd=ROOT,
+            env={**os.environ, **(env or {})},
+            start_new_session=True,
+        )
+        return self
+
+    def wait_ready(self, timeout: float = 300.0) -> None:
+        """Until /health says 200 and a tiny completion answers (loads, warms up, hashes)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            if self.proc is not None and self.proc.poll() is not None:
+                raise RuntimeError(
+                    f"{self.label} exited with {self.proc.returncode}; log:\n{self.log_tail()}"
+                )
+            try:
+                if httpx.get(f"{self.root_url}/health", timeout=5).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{self.label} not ready after {timeout:.0f}s; log:\n{self.log_tail()}")
+            time.sleep(0.25)
+        # Our server hashes the model file after loading (for /storybench/models): let that
+        # finish before anything is timed, and warm both servers up with a short answer.
+        if self.label.startswith("ours"):
+            httpx.get(f"{self.root_url}/storybench/models", timeout=timeout)
+        body = {
+            "model": self.model.name,
+            "messages": [{"role": "user", "content": "Warm up."}],
+            "max_tokens": 8,
+        }
+        httpx.post(f"{self.base_url}/chat/completions", json=body, timeout=timeout).raise_for_status()
+
+    def log_tail(self, n: int = 3000) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")[-n:]
+        except OSError:
+            return ""
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(10)
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+
+    def __enter__(self) -> ServerProcess:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def ours(model: ModelSpec, workdir: Path, port: int | None = None) -> ServerProcess:
+    """Our server with a config file holding exactly this model's settings."""
+    port = port or free_port()
+    cfg = {
+        "description": "written by benchmarks/servers.py",
+        "host": "127.0.0.1",
+        "port": port,
+        "models": [
+            {
+                "name": model.name,
+                "gguf": str(model.path),
+                "n_ctx": model.n_ctx,
+                "n_gpu_layers": model.n_gpu_layers,
+                "flash_attn": model.flash_attn,
+                "n_batch": model.n_batch,
+                "n_ubatch": model.n_ubatch,
+                "n_threads": model.threads,
+                "n_threads_batch": model.threads,
+            }
+        ],
+    }
+    workdir.mkdir(parents=True, exist_ok=True)
+    path = workdir / f"ours-{model.name}.json"
+    path.write_text(json.dumps(cfg, indent=2), encoding="utf-8")
+    command = [sys.executable, "-m", "server", "--config", str(path), "--log-level", "warning"]
+    return ServerProcess("ours", model, command, workdir / f"ours-{model.name}.log", port)
+
+
+def native(
+    tools: NativeTools, model: ModelSpec, workdir: Path, parallel: int = 1, port: int | None = None
+) -> ServerProcess:
+    """Native llama-server; `parallel` slots of `n_ctx` each, continuous batching (default on)."""
+    port = port or free_port()
+    command = [
+        str(tools.server),
+        "-m", str(model.path),
+        "-a", model.name,
+        "--host", "127.0.0.1",
+        "--port", str(port),
+        "-c", str(model.n_ctx * parallel),
+        "-np", str(parallel),
+        "-b", str(model.n_batch),
+        "-ub", str(model.n_ubatch),
+        "-fa", "on" if model.flash_attn else "off",
+        "-ngl", str(999 if model.n_gpu_layers < 0 else model.n_gpu_layers),
+        "-t", str(model.threads),
+        "-tb", str(model.threads),
+        "-fit", "off",
+        "--no-webui",
+    ]  # fmt: skip
+    label = f"native-np{parallel}"
+    return ServerProcess(label, model, command, workdir / f"{label}-{model.name}.log", port, parallel)
+
+
+def eog_token_ids(path: Path) -> list[int]:
+    """End-of-generation token ids of a GGUF, the way llama.cpp finds them (ids and known texts)."""
+    import gguf
+
+    reader = gguf.GGUFReader(str(path))
+    ids: set[int] = set()
+    for key in ("tokenizer.ggml.eos_token_id", "tokenizer.ggml.eot_token_id", "tokenizer.ggml.eom_token_id"):
+        f = reader.fields.get(key)
+        if f is not None:
+            ids.add(int(f.contents()))
+    texts = {"<|eot_id|>", "<|eom_id|>", "<|end_of_text|>", "<|im_end|>", "<|endoftext|>", "</s>", "<|end|>",
+             "<end_of_turn>", "<|return|>", "<|call|>"}  # fmt: skip
+    tokens = reader.fields.get("tokenizer.ggml.tokens")
+    if tokens is not None:
+        ids |= {i for i, t in enumerate(tokens.contents()) if t in texts}
+    return sorted(ids)

@@ -1,0 +1,150 @@
+"""Rich renderings of stored runs for `storybench-eval runs` and `storybench-eval show RUN`."""
+
+from __future__ import annotations
+
+from collections import Counter
+from datetime import datetime
+from typing import Any
+
+from rich import box
+from rich.console import Group, RenderableType
+from rich.table import Table
+from rich.text import Text
+
+_STATUS_STYLE = {
+    "running": "yellow",
+    "completed": "green",
+    "incomplete": "yellow",
+    "interrupted": "magenta",
+    "failed": "red",
+}
+_OUTCOME_STYLE = {"ok": "green", "empty": "yellow", "context_exhausted": "yellow", "error": "red"}
+
+
+def _when(value: Any, seconds: bool = True) -> str:
+    if isinstance(value, datetime):
+        return value.astimezone().strftime("%Y-%m-%d %H:%M:%S" if seconds else "%Y-%m-%d %H:%M")
+    return "" if value is None else str(value)
+
+
+def _duration(run: dict[str, Any]) -> str:
+    start, end = run.get("started_at"), run.get("finished_at")
+    if not isinstance(start, datetime) or not isinstance(end, datetime):
+        return ""
+    seconds = int((end - start).total_seconds())
+    minutes, seconds = divmod(seconds, 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{seconds:02d}s"
+
+
+def _num(value: Any, fmt: str = "{:,}") -> str:
+    return "" if value is None else fmt.format(value)
+
+
+def _progress(run: dict[str, Any]) -> str:
+    counts = run.get("counts") or {}
+    done = sum(int(v) for v in counts.values())
+    planned = run.get("planned_turns")
+    return f"{done}/{planned}" if planned is not None else str(done)
+
+
+def _errors(run: dict[str, Any]) -> str:
+    errors = int((run.get("counts") or {}).get("error", 0))
+    return str(errors) if errors else ""
+
+
+def _status(value: Any) -> Text:
+    status = str(value or "")
+    return Text(status, style=_STATUS_STYLE.get(status, ""))
+
+
+def format_runs_table(runs: list[dict[str, Any]]) -> Table:
+    """Runs newest first: id, start, models, plan (sequences x runs), turns written/planned
+    with errors, status. Durations are in `format_run_detail`."""
+    table = Table(
+        title="StoryBench runs",
+        title_justify="left",
+        box=box.SIMPLE_HEAD,
+        pad_edge=False,
+        collapse_padding=True,
+    )
+    table.add_column("run", no_wrap=True, min_width=8)
+    table.add_column("started", no_wrap=True, min_width=10)
+    table.add_column("models", min_width=8, ratio=1)
+    table.add_column("plan", no_wrap=True, justify="right", min_width=4)
+    table.add_column("turns", no_wrap=True, justify="right", min_width=5)
+    table.add_column("status", no_wrap=True, min_width=6)
+    for run in runs:
+        errors = _errors(run)
+        table.add_row(
+            str(run.get("_id", "")),
+            _when(run.get("started_at"), seconds=False),
+            ", ".join(run.get("models") or []),
+            f"{len(run.get('sequences') or [])}x{run.get('runs_per_sequence', '?')}",
+            _progress(run) + (f" {errors}err" if errors else ""),
+            _status(run.get("status")),
+        )
+    if not runs:
+        table.caption = "no runs stored yet: `storybench-eval run` starts one"
+    return table
+
+
+def _preview(text: Any, width: int = 70) -> str:
+    flat = " ".join(str(text or "").split())
+    return flat if len(flat) <= width else flat[: width - 1] + "…"
+
+
+def format_run_detail(run: dict[str, Any], responses: list[dict[str, Any]]) -> RenderableType:
+    """A run's facts, then one line per stored turn (ordered as given)."""
+    facts = Table.grid(padding=(0, 2))
+    facts.add_column(style="bold")
+    facts.add_column()
+    outcomes = Counter(str(r.get("outcome")) for r in responses)
+    for label, value in (
+        ("run", str(run.get("_id", ""))),
+        ("status", _status(run.get("status"))),
+        ("started", _when(run.get("started_at"))),
+        ("finished", _when(run.get("finished_at"))),
+        ("duration", _duration(run)),
+        ("command", str(run.get("command", ""))),
+        ("code version", str(run.get("code_version", ""))),
+        ("models", ", ".join(run.get("models") or [])),
+        ("sequences", ", ".join(run.get("sequences") or [])),
+        ("runs per sequence", str(run.get("runs_per_sequence", ""))),
+        ("written this run", _progress(run) + (f", {_errors(run)} errors" if _errors(run) else "")),
+        ("stored turns", ", ".join(f"{k} {v}" for k, v in sorted(outcomes.items())) or "none"),
+        ("message", str(run.get("message") or "")),
+    ):
+        if value:
+            facts.add_row(label, value)
+
+    turns = Table(
+        title="turns", title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True
+    )
+    for name, justify in (
+        ("model", "left"), ("sequence", "left"), ("run", "right"), ("turn", "right"),
+        ("outcome", "left"), ("in/out", "right"), ("cached", "right"), ("secs", "right"),
+        ("tok/s", "right"),
+    ):  # fmt: skip
+        turns.add_column(name, justify=justify, no_wrap=True, min_width=len(name))  # type: ignore[arg-type]
+    turns.add_column("answer (or error)", min_width=12, ratio=1, no_wrap=True, overflow="ellipsis")
+    for r in responses:
+        outcome = str(r.get("outcome", ""))
+        shown = r.get("error") if outcome == "error" else r.get("response_text")
+        attempts = r.get("attempts")
+        turns.add_row(
+            str(r.get("model", "")),
+            str(r.get("sequence", "")),
+            str(r.get("run_index", "")),
+            str(r.get("turn_index", "")),
+            Text(outcome + (f" x{attempts}" if attempts and attempts > 1 else ""),
+                 style=_OUTCOME_STYLE.get(outcome, "")),
+            f"{_num(r.get('prompt_tokens'))}/{_num(r.get('completion_tokens'))}",
+            _num(r.get("cached_tokens")),
+            _num(r.get("latency_s"), "{:.1f}"),
+            _num(r.get("tokens_per_s"), "{:.0f}"),
+            _preview(shown, 200),
+        )  # fmt: skip
+    if not responses:
+        turns.caption = "no turns stored for this run"
+    return Group(facts, turns)

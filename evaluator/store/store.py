@@ -1,0 +1,411 @@
+"""The results store: runs, per-turn responses and judgements in MongoDB through pymongo.
+
+Every query here is one that the embedded nx-27017 server answers like MongoDB does:
+string cross-references, single-document writes (no transactions), explicit index names,
+no `find_one_and_replace`, no `$set` (it loses bool and datetime types on nx-27017), `ping`
+instead of `server_info()`.
+docs/store.md documents the collections, their indexes and the gaps.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass, fields
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+from pymongo import ASCENDING, DESCENDING, MongoClient
+from pymongo.collection import Collection
+from pymongo.errors import ConnectionFailure, DuplicateKeyError, OperationFailure
+
+from evaluator.records import (
+    RUN_STATUSES,
+    EvaluationRecord,
+    ResponseRecord,
+    RunRecord,
+)
+from evaluator.store import embedded as embedded_mod
+from evaluator.store.connect import DEFAULT_DB_NAME, connect, redact_uri, resolve_uri, short_cause
+from evaluator.store.errors import StoreError, StoreUnavailableError
+
+SCHEMA_VERSION = 1
+RUNS, RESPONSES, EVALUATIONS = "runs", "responses", "evaluations"
+OUTCOMES = frozenset({"ok", "empty", "context_exhausted", "error"})
+TurnKey = tuple[str, str, str, int]  # (experiment_key, model, sequence, run_index)
+
+RESPONSE_KEY = ("experiment_key", "model", "sequence", "run_index", "turn_index")
+_TURN_ORDER = [(name, ASCENDING) for name in RESPONSE_KEY]
+_EXPERIMENT_KEY_RE = re.compile(r"^(?P<hash>.+)-g(?P<generation>\d+)$")
+
+
+@dataclass(frozen=True)
+class IndexSpec:
+    collection: str
+    name: str
+    keys: tuple[tuple[str, int], ...]
+    unique: bool = False
+
+
+# Created by name at start-up (`ensure_indexes`). nx-27017 stores its own names
+# (`idx_<collection>_<fields>`), so presence is verified by key pattern, never by name.
+INDEXES: tuple[IndexSpec, ...] = (
+    IndexSpec(RUNS, "runs_started_at", (("started_at", DESCENDING),)),
+    IndexSpec(RESPONSES, "responses_turn_unique", tuple(_TURN_ORDER), unique=True),
+    IndexSpec(RESPONSES, "responses_run_id", (("run_id", ASCENDING),)),
+    IndexSpec(
+        RESPONSES,
+        "responses_config_generation",
+        (("config_hash", ASCENDING), ("generation", DESCENDING)),
+    ),  # fmt: skip
+    IndexSpec(
+        EVALUATIONS,
+        "evaluations_target_judge_rubric_unique",
+        (("target_id", ASCENDING), ("judge_model", ASCENDING), ("rubric_version", ASCENDING)),
+        unique=True,
+    ),  # fmt: skip
+)
+
+_RUN_FIELDS = frozenset(f.name for f in fields(RunRecord)) - {"_id"}
+_UPDATE_ATTEMPTS = 5
+
+
+def parse_experiment_key(key: str) -> tuple[str, int] | None:
+    """`<config hash>-g<generation>` -> (config hash, generation)."""
+    match = _EXPERIMENT_KEY_RE.match(key)
+    return (match["hash"], int(match["generation"])) if match else None
+
+
+def run_experiment_keys(run: dict[str, Any]) -> list[str]:
+    """The experiment keys a run document covers (its plan), in plan order."""
+    keys = run.get("experiment_keys")
+    if isinstance(keys, list):
+        return [str(k) for k in keys]
+    return [str(e["experiment_key"]) for e in run.get("experiments", []) if "experiment_key" in e]
+
+
+def _derived_run_fields(experiments: list[dict[str, Any]]) -> dict[str, list[str]]:
+    """Flat string lists (queryable on nx-27017, which cannot match inside arrays of documents)."""
+    keys = [str(e["experiment_key"]) for e in experiments if "experiment_key" in e]
+    hashes = dict.fromkeys(parsed[0] for parsed in map(parse_experiment_key, keys) if parsed)
+    return {"experiment_keys": keys, "experiment_config_hashes": list(hashes)}
+
+
+class Store:
+    """Runs, responses and evaluations in one MongoDB database. Use through `open_store`."""
+
+    def __init__(
+        self,
+        client: MongoClient[dict[str, Any]],
+        db_name: str = DEFAULT_DB_NAME,
+        *,
+        uri: str,
+        embedded: embedded_mod.EmbeddedServer | None = None,
+    ) -> None:
+        self.client = client
+        self.db = client[db_name]
+        self.db_name = db_name
+        self.uri = uri
+        self.embedded = embedded
+        self._runs: Collection[dict[str, Any]] = self.db[RUNS]
+        self._responses: Collection[dict[str, Any]] = self.db[RESPONSES]
+        self._evaluations: Collection[dict[str, Any]] = self.db[EVALUATIONS]
+        self._closed = False
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    @property
+    def display_uri(self) -> str:
+        return redact_uri(self.uri)
+
+    def describe(self) -> str:
+        """One line for logs and summaries: where the results are."""
+        if self.embedded is not None:
+            return (
+                f"embedded nx-27017 at {self.display_uri} "
+                f"(data in {self.embedded.data_dir / embedded_mod.DB_SUBDIR}), "
+                f"database {self.db_name}"
+            )
+        return f"MongoDB at {self.display_uri}, database {self.db_name}"
+
+    def close(self) -> None:
+        """Close the client; release the embedded server (stopped if no one else uses it)."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            self.client.close()
+        finally:
+            if self.embedded is not None:
+                self.embedded.release()
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    @contextlib.contextmanager
+    def _guard(self, action: str) -> Iterator[None]:
+        """pymongo's connection and server errors -> StoreError with the next step."""
+        try:
+            yield
+        except ConnectionFailure as exc:
+            where = self.display_uri
+            if self.embedded is not None:
+                where += f" (embedded; log: {self.embedded.log_file})"
+            raise StoreUnavailableError(
+                f"the database at {where} stopped answering while {action}: "
+                f"{short_cause(exc)}; finished turns are kept; re-run the same command to resume"
+            ) from exc
+        except DuplicateKeyError:
+            raise
+        except OperationFailure as exc:
+            raise StoreError(
+                f"the database at {self.display_uri} refused {action}: {short_cause(exc)}"
+            ) from exc
+
+    def ping(self) -> None:
+        """Raise StoreUnavailableError if the database went away."""
+        with self._guard("answering a ping"):
+            self.client.admin.command("ping")
+
+    def ensure_indexes(self) -> None:
+        """Create every index in INDEXES by name (idempotent); verify the unique ones exist."""
+        with self._guard("creating indexes"):
+            for spec in INDEXES:
+                self.db[spec.collection].create_index(list(spec.keys), name=spec.name, unique=spec.unique)
+            for spec in INDEXES:
+                if spec.unique and not self._has_unique_index(spec):
+                    raise StoreError(
+                        f"the database at {self.display_uri} did not keep the unique index "
+                        f"{spec.name} on {spec.collection}; writes would not be idempotent"
+                    )
+
+    def _has_unique_index(self, spec: IndexSpec) -> bool:
+        """By field names: nx-27017 keeps neither our index names nor key directions."""
+        wanted = [name for name, _ in spec.keys]
+        return any(
+            [name for name, _ in info["key"]] == wanted and info.get("unique")
+            for info in self.db[spec.collection].index_information().values()
+        )
+
+    # -- runs ------------------------------------------------------------------------------
+
+    def create_run(self, run: RunRecord) -> None:
+        doc = run.to_doc()
+        doc.update(_derived_run_fields(doc["experiments"]))
+        doc["revision"] = 0
+        doc["schema_version"] = SCHEMA_VERSION
+        with self._guard(f"recording run {run._id}"):
+            try:
+                self._runs.insert_one(doc)
+            except DuplicateKeyError as exc:
+                raise StoreError(f"a run with id {run._id!r} already exists") from exc
+
+    def update_run(self, run_id: str, **values: Any) -> None:
+        """Change RunRecord fields (status, finished_at, counts, message, ...).
+
+        Replaces the whole document (guarded by its `revision`) instead of `$set`: nx-27017
+        turns a datetime or bool written by `$set` into a string or an int.
+        """
+        unknown = set(values) - _RUN_FIELDS
+        if unknown:
+            raise TypeError(f"update_run: not RunRecord fields: {sorted(unknown)}")
+        if "status" in values and values["status"] not in RUN_STATUSES:
+            raise ValueError(f"update_run: status must be one of {RUN_STATUSES}")
+        if "experiments" in values:
+            values.update(_derived_run_fields(values["experiments"]))
+        with self._guard(f"updating run {run_id}"):
+            for _ in range(_UPDATE_ATTEMPTS):
+                doc = self._runs.find_one({"_id": run_id})
+                if doc is None:
+                    raise StoreError(f"no run {run_id!r} to update")
+                revision = doc.get("revision")
+                doc.update(values)
+                doc["revision"] = (revision or 0) + 1
+                doc.pop("_id")
+                guard = {"$exists": False} if revision is None else revision
+                if self._runs.replace_one({"_id": run_id, "revision": guard}, doc).matched_count:
+                    return
+        raise StoreError(f"run {run_id!r} kept changing under us; nothing was updated")
+
+    def list_runs(self, limit: int = 50) -> list[dict[str, Any]]:
+        """Newest first."""
+        with self._guard("listing runs"):
+            return list(self._runs.find({}).sort("started_at", DESCENDING).limit(limit))
+
+    def get_run(self, run_id: str) -> dict[str, Any] | None:
+        """By exact id or unique prefix; StoreError if the prefix matches several runs."""
+        if not run_id:
+            return None
+        with self._guard(f"reading run {run_id}"):
+            doc = self._runs.find_one({"_id": run_id})
+            if doc is not None:
+                return doc
+            matches = list(self._runs.find({"_id": {"$regex": "^" + re.escape(run_id)}}).limit(6))
+        if len(matches) > 1:
+            ids = ", ".join(str(m["_id"]) for m in matches[:5])
+            raise StoreError(f"run id prefix {run_id!r} matches several runs ({ids}); give more")
+        return matches[0] if matches else None
+
+    # -- generations -----------------------------------------------------------------------
+
+    def _max_generation(self, config_hash: str) -> int | None:
+        found: list[int] = []
+        with self._guard("reading generations"):
+            doc = self._responses.find_one(
+                {"config_hash": config_hash},
+                projection={"generation": 1},
+                sort=[("generation", DESCENDING)],
+            )
+            if doc is not None:
+                found.append(int(doc["generation"]))
+            # A `run --restart` registers its generation before the first turn is written.
+            # $in, not equality: nx-27017 finds no array element by equality once indexed.
+            for run in self._runs.find(
+                {"experiment_config_hashes": {"$in": [config_hash]}}, projection={"experiments": 1}
+            ):
+                for entry in run.get("experiments", []):
+                    parsed = parse_experiment_key(str(entry.get("experiment_key", "")))
+                    if parsed and parsed[0] == config_hash:
+                        found.append(parsed[1])
+        return max(found) if found else None
+
+    def current_generation(self, config_hash: str) -> int:
+        """Highest generation stored for that configuration, or 1 if none."""
+        return self._max_generation(config_hash) or 1
+
+    def next_generation(self, config_hash: str) -> int:
+        """1 + the highest generation stored for that configuration (1 if none)."""
+        highest = self._max_generation(config_hash)
+        return 1 if highest is None else highest + 1
+
+    # -- responses -------------------------------------------------------------------------
+
+    def save_response(self, rec: ResponseRecord) -> bool:
+        """Store one turn exactly once; True if written.
+
+        Inserts; an existing document with outcome "error" is replaced (a retried turn); an
+        existing final outcome is left untouched and False is returned. Each write is one
+        single-document operation, so a turn is never half-written.
+        """
+        if rec.outcome not in OUTCOMES:
+            raise ValueError(f"save_response: unknown outcome {rec.outcome!r}")
+        doc = rec.to_doc()
+        doc["schema_version"] = SCHEMA_VERSION
+        with self._guard(f"saving turn {rec._id}"):
+            try:
+                self._responses.insert_one(doc)
+                return True
+            except DuplicateKeyError:
+                pass
+            replacement = {k: v for k, v in doc.items() if k != "_id"}
+            result = self._responses.replace_one({"_id": rec._id, "outcome": "error"}, replacement)
+            return result.matched_count == 1
+
+    def turns_for(
+        self, experiment_key: str, model: str, sequence: str, run_index: int
+    ) -> list[dict[str, Any]]:
+        """Stored turns of one sequence run, by turn_index: the history to rebuild."""
+        query = {
+            "experiment_key": experiment_key,
+            "model": model,
+            "sequence": sequence,
+            "run_index": run_index,
+        }
+        with self._guard("reading turns"):
+            return list(self._responses.find(query).sort("turn_index", ASCENDING))
+
+    def done_turns(self, experiment_keys: list[str]) -> dict[TurnKey, list[dict[str, Any]]]:
+        """(experiment_key, model, sequence, run_index) -> stored turns by turn_index."""
+        out: dict[TurnKey, list[dict[str, Any]]] = {}
+        if not experiment_keys:
+            return out
+        with self._guard("reading finished turns"):
+            cursor = self._responses.find({"experiment_key": {"$in": list(experiment_keys)}})
+            for doc in cursor.sort(_TURN_ORDER):
+                key = (doc["experiment_key"], doc["model"], doc["sequence"], doc["run_index"])
+                out.setdefault(key, []).append(doc)
+        return out
+
+    def responses(
+        self, run_id: str | None = None, experiment_keys: list[str] | None = None
+    ) -> list[dict[str, Any]]:
+        """Turns written by `run_id` and/or of `experiment_keys` (all when both None),
+        ordered by model, sequence, run_index, turn_index, experiment_key."""
+        query: dict[str, Any] = {}
+        if run_id is not None:
+            query["run_id"] = run_id
+        if experiment_keys is not None:
+            query["experiment_key"] = {"$in": list(experiment_keys)}
+        order = [
+            ("model", ASCENDING), ("sequence", ASCENDING), ("run_index", ASCENDING),
+            ("turn_index", ASCENDING), ("experiment_key", ASCENDING),
+        ]  # fmt: skip
+        with self._guard("reading responses"):
+            return list(self._responses.find(query).sort(order))
+
+    def run_responses(self, run_id: str) -> list[dict[str, Any]]:
+        """Every stored turn of a run's plan, whichever invocation (resume) wrote it."""
+        run = self.get_run(run_id)
+        if run is None:
+            raise StoreError(f"no run {run_id!r}; `storybench-eval runs` lists them")
+        return self.responses(experiment_keys=run_experiment_keys(run))
+
+    # -- evaluations -----------------------------------------------------------------------
+
+    def save_evaluation(self, rec: EvaluationRecord) -> bool:
+        """Insert one judgement; False if (target, judge, rubric version) is already stored."""
+        doc = rec.to_doc()
+        doc["schema_version"] = SCHEMA_VERSION
+        with self._guard(f"saving evaluation {rec._id}"):
+            try:
+                self._evaluations.insert_one(doc)
+            except DuplicateKeyError:
+                return False
+        return True
+
+    def evaluations(self, target_ids: list[str]) -> list[dict[str, Any]]:
+        """Judgements of those targets, ordered by target, judge, rubric version."""
+        out: list[dict[str, Any]] = []
+        ids = list(dict.fromkeys(target_ids))
+        order = [("target_id", ASCENDING), ("judge_model", ASCENDING), ("rubric_version", 1)]
+        with self._guard("reading evaluations"):
+            for start in range(0, len(ids), 500):
+                chunk = ids[start : start + 500]
+                out.extend(self._evaluations.find({"target_id": {"$in": chunk}}).sort(order))
+        return out
+
+
+def open_store(
+    uri: str | None = None,
+    db_name: str = DEFAULT_DB_NAME,
+    data_dir: Path | None = None,
+) -> Store:
+    """Connect (or start the embedded server) and return a Store; use it as a context manager.
+
+    `uri` None -> `STORYBENCH_MONGO_URI` -> the embedded nx-27017 on `data_dir` (default
+    `STORYBENCH_DATA_DIR` or ~/.local/share/storybench/mongo). Raises StoreError within a few
+    seconds when the database is unreachable or refuses us. Closing the store releases the
+    embedded server: it stops when no other StoryBench command still uses it.
+    """
+    resolved, source = resolve_uri(uri)
+    server = None
+    if resolved is None:
+        server = embedded_mod.acquire(data_dir)
+        resolved = server.uri
+    try:
+        client = connect(resolved, source)
+    except BaseException:
+        if server is not None:
+            server.release()
+        raise
+    return Store(client, db_name, uri=resolved, embedded=server)

@@ -1,0 +1,82 @@
+"""`storybench-serve --check`: the effective settings of every model, without loading any."""
+
+from __future__ import annotations
+
+import llama_cpp
+
+from server.config import ModelConfig, ServerConfig, gpu_offload_supported
+from server.errors import ConfigError
+
+
+def _mb(n: int) -> str:
+    return f"{n / 1e6:,.1f} MB" if n < 1e9 else f"{n / 1e9:,.2f} GB"
+
+
+def _layers(model: ModelConfig) -> str:
+    e, blocks = model.entry, model.info.block_count
+    if not gpu_offload_supported():
+        return f"0 of {blocks} (CPU-only llama-cpp-python build; n_gpu_layers {e.n_gpu_layers})"
+    if e.n_gpu_layers == -1 or (blocks is not None and e.n_gpu_layers > blocks):
+        return f"all {blocks} + output (n_gpu_layers {e.n_gpu_layers})"
+    return f"{e.n_gpu_layers} of {blocks}"
+
+
+def model_report(model: ModelConfig, default: bool) -> tuple[list[str], list[str]]:
+    """Lines describing one model, and warnings about it."""
+    e, info = model.entry, model.info
+    warnings: list[str] = []
+    ctx = f"{model.n_ctx}" + (" (0 in the file: the trained context)" if e.n_ctx == 0 else "")
+    if info.context_length:
+        ctx += f"; trained for {info.context_length}"
+        if model.n_ctx > info.context_length:
+            warnings.append(
+                f"{e.name}: n_ctx {model.n_ctx} exceeds the {info.context_length} tokens the "
+                "model was trained for; quality usually drops beyond it"
+            )
+    if e.n_gpu_layers != 0 and not gpu_offload_supported():
+        warnings.append(
+            f"{e.name}: n_gpu_layers is {e.n_gpu_layers} but this llama-cpp-python build has no "
+            'GPU support: everything runs on the CPU (rebuild with CMAKE_ARGS="-DGGML_CUDA=on")'
+        )
+    kinds = f"{info.architecture or '?'}, {info.quantization or '?'}"
+    lines = [
+        f"{e.name}{'  (default model)' if default else ''}",
+        f"  gguf            {model.path} ({_mb(model.path.stat().st_size)}, {kinds})",
+        f"  context         n_ctx {ctx}",
+        f"  GPU layers      {_layers(model)}",
+        f"  attention       flash_attn {'on' if e.flash_attn else 'off'}, "
+        f"offload_kqv {'on' if e.offload_kqv else 'off'}, "
+        f"KV cache {e.type_k or 'f16'}/{e.type_v or 'f16'}",
+        f"  batch           n_batch {e.n_batch}, n_ubatch {e.n_ubatch}",
+        f"  threads         n_threads {model.n_threads}, n_threads_batch {model.n_threads_batch}",
+        f"  chat template   {model.chat_template_source}",
+    ]
+    return lines, warnings
+
+
+def check_report(cfg: ServerConfig) -> tuple[str, bool]:
+    """The --check text, and whether the server would start."""
+    ok = True
+    lines = [f"Config {cfg.file}: valid"]
+    try:
+        key = cfg.api_key()
+        auth = f"bearer key from ${cfg.api_key_env}" if key else "none (no api_key_env)"
+    except ConfigError as exc:
+        auth, ok = f"ERROR: {exc}", False
+    lines += [
+        f"Server          http://{cfg.host}:{cfg.port}/v1   API key: {auth}",
+        f"llama-cpp-python {llama_cpp.__version__}; GPU offload "
+        + ("available" if gpu_offload_supported() else "not available (CPU build)"),
+        "",
+    ]
+    warnings: list[str] = []
+    for i, model in enumerate(cfg.models):
+        model_lines, model_warnings = model_report(model, default=i == 0)
+        lines += model_lines + [""]
+        warnings += model_warnings
+    if cfg.disabled:
+        lines.append("Disabled (shape validated, file not checked): " + ", ".join(cfg.disabled))
+    lines += [f"warning: {w}" for w in warnings]
+    n = len(cfg.models)
+    lines.append(f"OK: {n} model(s) ready to serve." if ok else "FAILED: the server would not start.")
+    return "\n".join(lines), ok
