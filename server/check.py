@@ -12,6 +12,10 @@ def _mb(n: int) -> str:
     return f"{n / 1e6:,.1f} MB" if n < 1e9 else f"{n / 1e9:,.2f} GB"
 
 
+def _on(flag: bool) -> str:
+    return "on" if flag else "off"
+
+
 def _layers(model: ModelConfig) -> str:
     e, blocks = model.entry, model.info.block_count
     if not gpu_offload_supported():
@@ -44,11 +48,12 @@ def model_report(model: ModelConfig, default: bool) -> tuple[list[str], list[str
         f"  gguf            {model.path} ({_mb(model.path.stat().st_size)}, {kinds})",
         f"  context         n_ctx {ctx}",
         f"  GPU layers      {_layers(model)}",
-        f"  attention       flash_attn {'on' if e.flash_attn else 'off'}, "
-        f"offload_kqv {'on' if e.offload_kqv else 'off'}, "
+        f"  attention       flash_attn {_on(e.flash_attn)}, offload_kqv {_on(e.offload_kqv)}, "
         f"KV cache {e.type_k or 'f16'}/{e.type_v or 'f16'}",
         f"  batch           n_batch {e.n_batch}, n_ubatch {e.n_ubatch}",
         f"  threads         n_threads {model.n_threads}, n_threads_batch {model.n_threads_batch}",
+        f"  weights         mmap {_on(e.use_mmap)}, mlock {_on(e.use_mlock)}, "
+        f"extra buffer types (repack/AMX) {_on(e.use_extra_bufts)}",
         f"  chat template   {model.chat_template_source}",
     ]
     return lines, warnings

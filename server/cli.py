@@ -79,9 +79,7 @@ def serve(cfg: ServerConfig, api_key: str | None, log_level: str = "info") -> in
         )
     )
     outcome = {"rc": 0}
-    watcher = threading.Thread(
-        target=_announce_when_ready, args=(app, server, api_key, outcome), daemon=True
-    )
+    watcher = threading.Thread(target=_announce_when_ready, args=(app, server, api_key, outcome), daemon=True)
     watcher.start()
 
     # uvicorn shuts down gracefully on SIGINT/SIGTERM, then re-raises the signal for the
@@ -124,18 +122,14 @@ def serve(cfg: ServerConfig, api_key: str | None, log_level: str = "info") -> in
     default="info",
     show_default=True,
 )
-def main(
-    config_path: Path, host: str | None, port: int | None, check: bool, log_level: str
-) -> None:
+def main(config_path: Path, host: str | None, port: int | None, check: bool, log_level: str) -> None:
     """Serve local GGUF models through llama-cpp-python's OpenAI-compatible API.
 
     Prints "Serving on http://HOST:PORT/v1 (models: ...)" once requests are answered.
     Exit codes: 0 clean shutdown (SIGINT/SIGTERM) or --check passed; 1 --check failed or a
     model could not be loaded; 2 invalid configuration.
     """
-    logging.basicConfig(
-        level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # the readiness probe
     try:
         cfg = load_config(config_path)

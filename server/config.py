@@ -132,7 +132,10 @@ class ModelConfig:
 
     @property
     def n_threads_batch(self) -> int:
-        return self.entry.n_threads_batch or default_threads()
+        """Prompt threads: as many as for generation unless set (llama.cpp's own default).
+        llama-cpp-python would use every core, which made prompts 10-20x slower on a busy
+        2-core machine."""
+        return self.entry.n_threads_batch or self.n_threads
 
     @property
     def chat_template_source(self) -> str:
@@ -216,7 +219,7 @@ def load_config(path: Path, *, check_files: bool = True) -> ServerConfig:
         raise ConfigError(_json_error(path, text, exc)) from None
     if not isinstance(raw, dict):
         raise ConfigError(
-            f"{path}: the top level must be a JSON object with a \"models\" list, "
+            f'{path}: the top level must be a JSON object with a "models" list, '
             f"got {_json_kind(raw)}. See {DOCS}."
         )
     try:
@@ -319,9 +322,7 @@ def _semantic_problems(cfg: ConfigFile) -> list[str]:
                 '"flash_attn": true in llama.cpp; enable flash_attn or use "f16"'
             )
         if m.tensor_split is not None and any(x < 0 for x in m.tensor_split):
-            problems.append(
-                f'{where}, field "tensor_split": proportions must be >= 0, got {m.tensor_split}'
-            )
+            problems.append(f'{where}, field "tensor_split": proportions must be >= 0, got {m.tensor_split}')
         fmt = m.chat_format
         if fmt is not None and not fmt.startswith("chat_template."):
             formats = formats if formats is not None else valid_chat_formats()
@@ -372,9 +373,7 @@ def _json_error(path: Path, text: str, exc: json.JSONDecodeError) -> str:
             '\nJSON has no comments: use a "description" field, or "enabled": false on an '
             "example model entry."
         )
-    return (
-        f"{path}: invalid JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}{shown}{hint}"
-    )
+    return f"{path}: invalid JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}{shown}{hint}"
 
 
 def _describe_error(err: Any, raw: dict[str, Any]) -> str:
@@ -398,7 +397,7 @@ def _describe_error(err: Any, raw: dict[str, Any]) -> str:
     if kind == "extra_forbidden":
         close = difflib.get_close_matches(name, fields, n=1, cutoff=0.6)
         if close:
-            return f"{label}: unknown field; did you mean \"{close[0]}\"?"
+            return f'{label}: unknown field; did you mean "{close[0]}"?'
         return f"{label}: unknown field; valid fields: {', '.join(fields)}"
     if kind == "missing":
         return f"{label}: required field is missing"

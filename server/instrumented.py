@@ -84,9 +84,7 @@ def _per_second(n: int, ms: float) -> float | None:
 CURRENT_METRICS: contextvars.ContextVar[RequestMetrics | None] = contextvars.ContextVar(
     "storybench_request_metrics", default=None
 )
-PREFLIGHT: contextvars.ContextVar[bool] = contextvars.ContextVar(
-    "storybench_preflight", default=False
-)
+PREFLIGHT: contextvars.ContextVar[bool] = contextvars.ContextVar("storybench_preflight", default=False)
 
 
 class PromptMeasured(Exception):
@@ -151,9 +149,7 @@ class InstrumentedLlama(llama_cpp.Llama):
                 metrics.prompt_evaluated = self._sb_first_eval
             else:
                 metrics.predicted_ms = (end - first) * 1000.0
-            if last_token is not None and llama_cpp.llama_vocab_is_eog(
-                self._model.vocab, last_token
-            ):
+            if last_token is not None and llama_cpp.llama_vocab_is_eog(self._model.vocab, last_token):
                 count -= 1
             metrics.predicted_n = count
 
@@ -162,8 +158,7 @@ class UnknownModelError(HTTPException):
     def __init__(self, model: str, known: list[str]) -> None:
         super().__init__(
             status_code=404,
-            detail=f"The model `{model}` does not exist on this server. "
-            f"Known models: {', '.join(known)}",
+            detail=f"The model `{model}` does not exist on this server. Known models: {', '.join(known)}",
         )
 
 

@@ -123,6 +123,8 @@ class StoryBenchMiddleware:
         if "max_completion_tokens" in body and body.get("max_tokens") is None:
             body["max_tokens"] = body["max_completion_tokens"]
             raw = json.dumps(body).encode("utf-8")
+            headers = [(k, v) for k, v in scope["headers"] if k != b"content-length"]
+            scope = {**scope, "headers": [*headers, (b"content-length", str(len(raw)).encode())]}
 
         rejection = await _preflight(kind, body)
         if rejection is not None:

@@ -62,9 +62,7 @@ def test_defaults_are_explicit(tmp_path: Path) -> None:
     assert (cfg.host, cfg.port, cfg.api_key_env) == ("127.0.0.1", 8080, None)
 
 
-def test_relative_paths_resolve_against_the_config_folder(
-    tmp_path: Path, bundled_gguf: Path
-) -> None:
+def test_relative_paths_resolve_against_the_config_folder(tmp_path: Path, bundled_gguf: Path) -> None:
     (tmp_path / "models").mkdir()
     (tmp_path / "models" / "m.gguf").symlink_to(bundled_gguf)
     elsewhere = tmp_path / "conf"
@@ -83,9 +81,7 @@ def test_disabled_model_needs_no_file(tmp_path: Path) -> None:
     assert cfg.model_names == ["a"] and cfg.disabled == ["gpu"]
 
 
-def test_llama_cpp_settings_fix_upstream_defaults(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_llama_cpp_settings_fix_upstream_defaults(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # Upstream's settings classes read env vars named like their fields; ours must not.
     for name, value in {"N_CTX": "99", "API_KEY": "leak", "CACHE": "true", "VERBOSE": "true"}.items():
         monkeypatch.setenv(name, value)
@@ -143,9 +139,7 @@ def test_missing_config_file(tmp_path: Path) -> None:
     ("field", "suggestion"),
     [("n_cxt", "n_ctx"), ("flash_attention", "flash_attn"), ("n_gpu_layer", "n_gpu_layers")],
 )
-def test_unknown_model_field_suggests_the_closest(
-    tmp_path: Path, field: str, suggestion: str
-) -> None:
+def test_unknown_model_field_suggests_the_closest(tmp_path: Path, field: str, suggestion: str) -> None:
     msg = error_of(cfg_file(tmp_path, [model_entry("story", **{field: 1})]))
     assert f'model "story" (models[0]), field "{field}": unknown field' in msg
     assert f'did you mean "{suggestion}"?' in msg
@@ -267,9 +261,7 @@ def test_no_enabled_model(tmp_path: Path) -> None:
 
 
 def test_all_problems_are_reported_at_once(tmp_path: Path) -> None:
-    msg = error_of(
-        cfg_file(tmp_path, [model_entry("a", n_cxt=1), model_entry("b", n_batch="x")])
-    )
+    msg = error_of(cfg_file(tmp_path, [model_entry("a", n_cxt=1), model_entry("b", n_batch="x")]))
     assert msg.count("\n  - ") == 2 and "docs/local_models.md" in msg
 
 

@@ -77,7 +77,10 @@ def test_health_needs_no_key(keyed: RunningServer) -> None:
 
 
 def _port_is_free(port: int) -> bool:
+    """A new server could listen there (with SO_REUSEADDR, as uvicorn does: connections the
+    old server closed may linger in TIME_WAIT)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind(("127.0.0.1", port))
         except OSError:
@@ -86,16 +89,22 @@ def _port_is_free(port: int) -> bool:
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
-def test_signal_during_a_stream_shuts_down_cleanly(
-    start: Callable[..., RunningServer], sig: int
-) -> None:
+def test_signal_during_a_stream_shuts_down_cleanly(start: Callable[..., RunningServer], sig: int) -> None:
     running = start([model_entry()])
-    with httpx.Client(timeout=60) as client, client.stream(
-        "POST",
-        f"{running.base_url}/completions",
-        json={"model": MAIN_MODEL, "prompt": "Once", "max_tokens": 16, "stream": True,
-              "logit_bias": {"0": -100, "2": -100}},  # fmt: skip
-    ) as response:
+    with (
+        httpx.Client(timeout=60) as client,
+        client.stream(
+            "POST",
+            f"{running.base_url}/completions",
+            json={
+                "model": MAIN_MODEL,
+                "prompt": "Once",
+                "max_tokens": 16,
+                "stream": True,
+                "logit_bias": {"0": -100, "2": -100},
+            },  # fmt: skip
+        ) as response,
+    ):
         lines = response.iter_lines()
         assert next(line for line in lines if line.startswith("data: "))
         running.proc.send_signal(sig)

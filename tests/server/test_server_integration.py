@@ -62,7 +62,10 @@ def test_five_turn_conversation_answers_every_turn_and_reuses_the_cache(
     for i, question in enumerate(TURNS):
         messages.append({"role": "user", "content": question})
         resp = openai_client.chat.completions.create(
-            model=MAIN_MODEL, messages=messages, max_tokens=48, seed=7  # type: ignore[arg-type]
+            model=MAIN_MODEL,
+            messages=messages,
+            max_tokens=48,
+            seed=7,  # type: ignore[arg-type]
         )
         answer = resp.choices[0].message.content or ""
         assert answer.strip(), f"turn {i + 1} got an empty answer"
@@ -138,9 +141,7 @@ def _overflow(client: openai.OpenAI, stream: bool, content: str, max_tokens: int
 
 
 @pytest.mark.parametrize("stream", [False, True])
-def test_prompt_plus_max_tokens_over_n_ctx_is_a_400(
-    openai_client: openai.OpenAI, stream: bool
-) -> None:
+def test_prompt_plus_max_tokens_over_n_ctx_is_a_400(openai_client: openai.OpenAI, stream: bool) -> None:
     body = _overflow(openai_client, stream, "tell me a story " * 100, max_tokens=N_CTX - 100)
     prompt = body["prompt_tokens"]
     assert 300 < prompt < N_CTX and body["max_tokens"] == N_CTX - 100
@@ -162,12 +163,17 @@ def test_request_that_fits_exactly_is_served(openai_client: openai.OpenAI) -> No
     # The boundary: prompt + max_tokens == n_ctx is allowed.
     messages = [{"role": "user", "content": "Say hi."}]
     probe = openai_client.chat.completions.create(
-        model=MAIN_MODEL, messages=messages, max_tokens=1  # type: ignore[arg-type]
+        model=MAIN_MODEL,
+        messages=messages,
+        max_tokens=1,  # type: ignore[arg-type]
     )
     assert probe.usage is not None
     room = N_CTX - probe.usage.prompt_tokens
     resp = openai_client.chat.completions.create(
-        model=MAIN_MODEL, messages=messages, max_tokens=room, stop=["."]  # type: ignore[arg-type]
+        model=MAIN_MODEL,
+        messages=messages,
+        max_tokens=room,
+        stop=["."],  # type: ignore[arg-type]
     )
     assert resp.choices[0].message.content is not None
 
