@@ -145,7 +145,14 @@ def machine_name() -> str:
 
 
 def git_commit() -> str:
-    return _run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"]) or "unknown"
+    """HEAD, '+dirty' when the tree has changes; $STORYBENCH_COMMIT where the checkout has no .git."""
+    if os.environ.get("STORYBENCH_COMMIT"):
+        return os.environ["STORYBENCH_COMMIT"]
+    head = _run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"])
+    if not head:
+        return "unknown"
+    dirty = _run(["git", "-C", str(ROOT), "status", "--porcelain", "--untracked-files=no"])
+    return head + ("+dirty" if dirty else "")
 
 
 def utc_now() -> str:

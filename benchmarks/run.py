@@ -51,14 +51,8 @@ def bundled_model(name: str = "smollm2-135m") -> Path:
 
 
 def model_label(path: Path) -> str:
-    """'SmolLM2-135M-Instruct Q4_1' style: general.name and the file type."""
-    try:
-        from server.gguf_info import read_info
-
-        info = read_info(path)
-        return f"{info.model_name or path.stem} {info.quantization or ''}".strip()
-    except Exception:
-        return path.stem
+    """'SmolLM2-135M-Instruct.Q4_1' style: the file name, which names the model and its quantisation."""
+    return path.name.removesuffix(".gguf")
 
 
 def is_synthetic(path: Path) -> bool:

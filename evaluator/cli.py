@@ -12,6 +12,7 @@ from typing import Any
 
 import click
 from rich.console import Console
+from rich.markup import escape
 
 from evaluator.client import RetryPolicy
 from evaluator.config import (
@@ -48,7 +49,7 @@ EXIT_INCOMPLETE = 3
 
 
 def fail(message: str, code: int = EXIT_CONFIG) -> None:
-    err_console.print(f"[bold red]error:[/bold red] {message}", highlight=False)
+    err_console.print(f"[bold red]error:[/bold red] {escape(message)}", highlight=False)
     sys.exit(code)
 
 
@@ -287,17 +288,17 @@ def _run(
     try:
         store.update_run(run_id, status=status, finished_at=utcnow(), counts=counts, message=message)
     except StoreError as exc:
-        err_console.print(f"[red]could not record the run's end: {exc}[/red]")
+        err_console.print(f"[red]could not record the run's end: {escape(str(exc))}[/red]")
     console.print(summary_table(stats))
     for s in stats.values():
         for line in s.messages[:10]:
-            console.print(f"  [yellow]{line}[/yellow]", highlight=False)
+            console.print(f"  [yellow]{escape(line)}[/yellow]", highlight=False)
         if len(s.messages) > 10:
             console.print(f"  ... and {len(s.messages) - 10} more (storybench-eval show {run_id})")
     for line in aborted:
-        err_console.print(f"[bold red]{line}[/bold red]", highlight=False)
+        err_console.print(f"[bold red]{escape(line)}[/bold red]", highlight=False)
     if status == "failed":
-        err_console.print(f"[bold red]run failed:[/bold red] {message}", highlight=False)
+        err_console.print(f"[bold red]run failed:[/bold red] {escape(str(message))}", highlight=False)
         return 1
     if status == "interrupted":
         err_console.print(f"[yellow]{message}[/yellow]")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
+import json
 import random
 import time
 from dataclasses import dataclass, field
@@ -17,6 +18,7 @@ from typing import Any
 import httpx
 import openai
 from openai import AsyncOpenAI
+from openai.types.chat import ChatCompletionChunk
 from tenacity import (
     AsyncRetrying,
     RetryCallState,
@@ -51,8 +53,16 @@ class StreamIncomplete(Exception):
     """The stream ended without a finish reason: a cut connection, retried like one."""
 
 
+class MalformedStream(Exception):
+    """A stream event that is not a chat completion chunk (not JSON, not an object): retried."""
+
+
 class ContextOverflow(Exception):
     """The endpoint refused the prompt as too long for its context (HTTP 400)."""
+
+    def __init__(self, message: str, attempts: int = 1) -> None:
+        super().__init__(message)
+        self.attempts = attempts  # requests sent, the refused one included
 
 
 @dataclass
@@ -62,6 +72,7 @@ class FatalRequestError(Exception):
     status: int | None
     message: str
     aborts_model: bool = False  # 401/403/404: every later request to this model fails alike
+    attempts: int = 1  # requests sent, the refused one included (earlier ones were retried)
 
     def __str__(self) -> str:
         return self.message
@@ -95,9 +106,12 @@ def _is_transient(exc: BaseException) -> bool:
     return isinstance(
         exc,
         (
-            openai.APIConnectionError,  # includes APITimeoutError
-            openai.APIResponseValidationError,  # malformed JSON / missing fields
+            # APIConnectionError (and APITimeoutError), APIResponseValidationError (malformed
+            # JSON / missing fields), and a plain APIError: an error event inside a 200 stream
+            # (OpenRouter reports a failing upstream provider that way).
+            openai.APIError,
             StreamIncomplete,
+            MalformedStream,
             httpx.TransportError,
         ),
     )
@@ -156,11 +170,14 @@ def describe_error(exc: BaseException) -> str:
         return "request timed out"
     if isinstance(exc, openai.APIConnectionError):
         cause = exc.__cause__
-        return f"connection failed: {cause or exc.message}"
-    return f"{type(exc).__name__}: {exc}"
+        detail = (str(cause) or type(cause).__name__) if cause is not None else exc.message
+        return f"connection failed: {detail}"
+    if isinstance(exc, httpx.TimeoutException):
+        return f"timed out waiting for the rest of the answer ({type(exc).__name__})"
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
 
 
-def _classify_status(exc: openai.APIStatusError) -> Exception:
+def _classify_status(exc: openai.APIStatusError, attempts: int = 1) -> Exception:
     message = describe_error(exc)
     code = None
     if isinstance(exc.body, dict):
@@ -172,9 +189,12 @@ def _classify_status(exc: openai.APIStatusError) -> Exception:
         or "context" in message.lower()
         and "token" in message.lower()
     ):
-        return ContextOverflow(message)
+        return ContextOverflow(message, attempts)
     return FatalRequestError(
-        status=exc.status_code, message=message, aborts_model=exc.status_code in (401, 403, 404)
+        status=exc.status_code,
+        message=message,
+        aborts_model=exc.status_code in (401, 403, 404),
+        attempts=attempts,
     )
 
 
@@ -198,23 +218,32 @@ async def stream_chat(
         extra_body=extra_body or None,
         **kwargs,
     )
-    async for chunk in stream:
-        extra = chunk.model_extra or {}
-        if extra.get("timings"):
-            timings = extra["timings"]
-        if chunk.usage is not None:
-            usage = chunk.usage
-        for choice in chunk.choices:
-            delta = choice.delta.content if choice.delta else None
-            if delta:
-                if ttft is None:
-                    ttft = time.perf_counter() - started
-                parts.append(delta)
-            if choice.finish_reason:
-                finish_reason = choice.finish_reason
+    without_choices = 0
+    try:
+        async for chunk in stream:
+            if not isinstance(chunk, ChatCompletionChunk):
+                raise MalformedStream(f"a stream event is not a JSON object: {str(chunk)[:80]}")
+            extra = chunk.model_extra or {}
+            if extra.get("timings"):
+                timings = extra["timings"]
+            if chunk.usage is not None:
+                usage = chunk.usage
+            if chunk.choices is None:  # the SDK does not validate chunks
+                without_choices += 1
+            for choice in chunk.choices or []:
+                delta = choice.delta.content if choice.delta else None
+                if delta:
+                    if ttft is None:
+                        ttft = time.perf_counter() - started
+                    parts.append(delta)
+                if choice.finish_reason:
+                    finish_reason = choice.finish_reason
+    except json.JSONDecodeError as exc:
+        raise MalformedStream(f"a stream event is not valid JSON ({exc.msg} at char {exc.pos})") from exc
     latency = time.perf_counter() - started
     if finish_reason is None:
-        raise StreamIncomplete("the stream ended before the model finished (no finish_reason)")
+        detail = f"; {without_choices} chunk(s) had no 'choices'" if without_choices else ""
+        raise StreamIncomplete(f"the stream ended before the model finished (no finish_reason){detail}")
     cached = None
     if timings and timings.get("cache_n") is not None:
         cached = int(timings["cache_n"])
@@ -258,7 +287,7 @@ async def chat_with_retries(
                 except openai.APIStatusError as exc:
                     if _is_transient(exc):
                         raise
-                    raise _classify_status(exc) from exc
+                    raise _classify_status(exc, attempts) from exc
                 result.attempts = attempts
                 return result
     except (FatalRequestError, ContextOverflow):

@@ -130,6 +130,14 @@ async def run_all(coros: Iterable[Coroutine[Any, Any, None]]) -> None:
         raise
 
 
+def redact(text: str, secret: str | None) -> str:
+    """`text` with the endpoint's API key masked: some providers echo the key in their errors,
+    and error texts are stored and printed. Keys shorter than 8 characters are left alone."""
+    if not secret or len(secret) < 8:
+        return text
+    return text.replace(secret, "***")
+
+
 class RunAborted(Exception):
     """Stops the whole run (e.g. the database went away)."""
 
@@ -288,6 +296,7 @@ class Runner:
         self, ctx: ModelContext, item: SequenceRun, index: int, messages: list[dict[str, str]]
     ) -> ResponseRecord:
         entry = ctx.entry
+        secret = entry.api_key()
         started_at = utcnow()
         turn = item.sequence.turns[index]
         params = entry.generation_params()
@@ -345,6 +354,8 @@ class Runner:
                 "max_tokens_sent": None,
             }
             fields.update(extra)
+            if fields["error"]:
+                fields["error"] = redact(fields["error"], secret)
             return ResponseRecord(**fields)
 
         try:
@@ -403,7 +414,7 @@ class Runner:
                 "context_exhausted",
                 None,
                 error=f"the endpoint refused the history as too long: {exc}",
-                attempts=attempts + 1,
+                attempts=attempts + exc.attempts,
                 prompt_tokens_estimated=prompt_tokens,
                 max_tokens_sent=budget.max_tokens,
             )
@@ -411,14 +422,15 @@ class Runner:
             if exc.aborts_model:
                 self.stats[
                     entry.name
-                ].aborted = (
-                    f"{entry.name}: {exc} (stopped this model: every request would fail alike)"
+                ].aborted = redact(
+                    f"{entry.name}: {exc} (stopped this model: every request would fail alike)",
+                    secret,
                 )
             return record(
                 "error",
                 None,
                 error=str(exc),
-                attempts=attempts + 1,
+                attempts=attempts + exc.attempts,
                 prompt_tokens_estimated=prompt_tokens,
                 max_tokens_sent=budget.max_tokens,
             )

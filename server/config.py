@@ -38,6 +38,10 @@ _UNSUPPORTED_CHAT_FORMATS = {
     "hf-tokenizer-config",
 }  # fmt: skip
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:/@+-]*$"
+# Sequences one llama.cpp context can hold (llama_max_parallel_sequences()).
+MAX_PARALLEL = 256
+# Slots of the batched engine when n_parallel is not set.
+DEFAULT_PARALLEL = 4
 
 
 @functools.cache
@@ -91,6 +95,9 @@ class ModelEntry(BaseModel):
     main_gpu: int = Field(0, ge=0)
     tensor_split: list[float] | None = None
     seed: int = Field(-1, ge=-1, le=2**32 - 1)
+    engine: Literal["llama-cpp-python", "batched"] = "llama-cpp-python"
+    n_parallel: int | None = Field(None, ge=1, le=MAX_PARALLEL)
+    kv_unified: bool = False
 
 
 class ConfigFile(BaseModel):
@@ -123,6 +130,13 @@ class ModelConfig:
         if self.entry.n_ctx == 0 and self.info.context_length:
             return int(self.info.context_length)
         return self.entry.n_ctx
+
+    @property
+    def n_parallel(self) -> int:
+        """Conversations decoded together (slots); the llama-cpp-python engine serves one."""
+        if self.entry.engine != "batched":
+            return 1
+        return self.entry.n_parallel or DEFAULT_PARALLEL
 
     @property
     def n_threads(self) -> int:
@@ -316,6 +330,14 @@ def _semantic_problems(cfg: ConfigFile) -> list[str]:
                 f'{where}, field "n_ubatch": {m.n_ubatch} is larger than n_batch ({m.n_batch}); '
                 f"n_ubatch must be <= n_batch (e.g. n_ubatch {m.n_batch} or n_batch {m.n_ubatch})"
             )
+        if m.engine == "llama-cpp-python" and (m.n_parallel or 1) > 1:
+            problems.append(
+                f'{where}, field "n_parallel": {m.n_parallel} slots need "engine": "batched"; '
+                'llama-cpp-python\'s server answers one request at a time (remove n_parallel or '
+                'set "engine": "batched")'
+            )
+        if m.kv_unified and m.engine != "batched":
+            problems.append(f'{where}, field "kv_unified": only used by "engine": "batched"')
         if m.type_v not in (None, "f16", "f32", "bf16") and not m.flash_attn:
             problems.append(
                 f'{where}, field "type_v": a quantized V cache ("{m.type_v}") needs '
@@ -334,6 +356,14 @@ def _semantic_problems(cfg: ConfigFile) -> list[str]:
                     "leave it out to use the template stored in the GGUF, or use one of: "
                     + ", ".join(formats)
                 )
+    engines = {m.engine for m in cfg.models if m.enabled}
+    if len(engines) > 1:
+        problems.append(
+            'the enabled models use different "engine"s ('
+            + ", ".join(f"{m.name}: {m.engine}" for m in cfg.models if m.enabled)
+            + "); one server process runs one engine: give them the same engine, or serve "
+            "them from two config files on two ports"
+        )
     if not any(m.enabled for m in cfg.models):
         problems.append('no model is enabled: set "enabled": true on at least one entry of "models"')
     return problems

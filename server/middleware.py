@@ -92,10 +92,15 @@ async def send_unauthorized(send: Send) -> None:
 
 
 class StoryBenchMiddleware:
-    def __init__(self, app: ASGIApp, *, model_names: list[str], api_key: str | None) -> None:
+    def __init__(
+        self, app: ASGIApp, *, model_names: list[str], api_key: str | None, instrumented: bool = True
+    ) -> None:
         self.app = app
         self.model_names = model_names
         self.api_key = api_key
+        # False: the app (the batched engine) checks the context and adds timings and the
+        # usage chunk itself; only the request checks above apply.
+        self.instrumented = instrumented
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = GENERATION_PATHS.get(scope.get("path", "")) if scope["type"] == "http" else None
@@ -126,6 +131,9 @@ class StoryBenchMiddleware:
             headers = [(k, v) for k, v in scope["headers"] if k != b"content-length"]
             scope = {**scope, "headers": [*headers, (b"content-length", str(len(raw)).encode())]}
 
+        if not self.instrumented:
+            await self.app(scope, _replay(raw, receive), send)
+            return
         rejection = await _preflight(kind, body)
         if rejection is not None:
             await send_json(send, *rejection)
@@ -230,6 +238,13 @@ async def _preflight(kind: str, body: dict[str, Any]) -> tuple[int, bytes] | Non
         return None
     prompt_tokens, n_ctx = measured
     max_tokens = request.max_tokens if request.max_tokens and request.max_tokens > 0 else None
+    return context_overflow(kind, prompt_tokens, max_tokens, n_ctx)
+
+
+def context_overflow(
+    kind: str, prompt_tokens: int, max_tokens: int | None, n_ctx: int
+) -> tuple[int, bytes] | None:
+    """The 400 `context_length_exceeded` answer when a request does not fit n_ctx, else None."""
     if prompt_tokens < n_ctx and (max_tokens is None or prompt_tokens + max_tokens <= n_ctx):
         return None
     param = "messages" if kind == "chat" else "prompt"

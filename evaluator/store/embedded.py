@@ -115,6 +115,8 @@ class EmbeddedServer:
             if state is not None and state.get("pid") == self.pid:
                 _stop_pid(self.pid)
                 _clear_state(self.data_dir)
+                # nx-27017 removes its pid file on a clean exit, not after SIGKILL or when slow.
+                (self.data_dir / PID_FILE).unlink(missing_ok=True)
 
 
 def acquire(data_dir: Path | None = None, *, start_timeout: float = START_TIMEOUT_S) -> EmbeddedServer:

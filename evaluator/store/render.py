@@ -106,14 +106,14 @@ def format_run_detail(run: dict[str, Any], responses: list[dict[str, Any]]) -> R
         ("started", _when(run.get("started_at"))),
         ("finished", _when(run.get("finished_at"))),
         ("duration", _duration(run)),
-        ("command", str(run.get("command", ""))),
+        ("command", Text(str(run.get("command", "")))),
         ("code version", str(run.get("code_version", ""))),
         ("models", ", ".join(run.get("models") or [])),
         ("sequences", ", ".join(run.get("sequences") or [])),
         ("runs per sequence", str(run.get("runs_per_sequence", ""))),
         ("written this run", _progress(run) + (f", {_errors(run)} errors" if _errors(run) else "")),
         ("stored turns", ", ".join(f"{k} {v}" for k, v in sorted(outcomes.items())) or "none"),
-        ("message", str(run.get("message") or "")),
+        ("message", Text(str(run.get("message") or ""))),
     ):
         if value:
             facts.add_row(label, value)
@@ -143,7 +143,7 @@ def format_run_detail(run: dict[str, Any], responses: list[dict[str, Any]]) -> R
             _num(r.get("cached_tokens")),
             _num(r.get("latency_s"), "{:.1f}"),
             _num(r.get("tokens_per_s"), "{:.0f}"),
-            _preview(shown, 200),
+            Text(_preview(shown, 200)),  # stored text, never console markup
         )  # fmt: skip
     if not responses:
         turns.caption = "no turns stored for this run"

@@ -76,12 +76,14 @@ def test_every_turn_of_a_five_turn_sequence_gets_a_real_answer(
                             capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout + result.stderr
     docs = turns(mongo.uri)
+    has_system = 1 if five_turn_sequence().get("system") else 0
     assert [d["turn_index"] for d in docs] == [0, 1, 2, 3, 4]
     for doc in docs:
         assert doc["outcome"] == "ok", doc.get("error")
         assert doc["response_text"].strip(), f"turn {doc['turn_index']} is empty"
         assert doc["completion_tokens"] >= 5, f"turn {doc['turn_index']}: {doc['completion_tokens']} tokens"
-        assert doc["messages_sent"] == 2 + 2 * doc["turn_index"]  # system + full history + new turn
+        # (system) + every earlier user turn and answer + the new turn: the full history
+        assert doc["messages_sent"] == has_system + 1 + 2 * doc["turn_index"]
     prompt_tokens = [d["prompt_tokens"] for d in docs]
     assert prompt_tokens == sorted(prompt_tokens) and prompt_tokens[4] > prompt_tokens[0] + 100
     # The server kept the conversation's prefix: later turns reuse most of their prompt.

@@ -1,0 +1,143 @@
+"""Which model is resident: one at a time, as with llama-cpp-python's server.
+
+A request for another model waits until the resident model's requests have finished, then
+the model is swapped (logged and counted). Waiters are served in arrival order: while an
+older request waits for another model, newer requests for the resident one wait too, so a
+swap is never starved.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import time
+from typing import Any
+
+import anyio
+import llama_cpp
+
+from server.config import ModelConfig, ServerConfig
+from server.engine.model import BatchedModel
+from server.engine.scheduler import Engine
+from server.instrumented import UnknownModelError
+
+log = logging.getLogger("storybench.server")
+
+
+class EngineHost:
+    def __init__(self, cfg: ServerConfig, verbose: bool = False) -> None:
+        self.cfg = cfg
+        self.verbose = verbose
+        self.models: dict[str, ModelConfig] = {m.name: m for m in cfg.models}
+        self.engine: Engine | None = None
+        self.swap_count = 0
+        self.last_swap_s: float | None = None
+        self.load_seconds: dict[str, float] = {}
+        self._users = 0
+        self._waiters: dict[int, str] = {}
+        self._tickets = itertools.count()
+        self._cond: asyncio.Condition | None = None
+
+    @property
+    def current_model_name(self) -> str | None:
+        return None if self.engine is None else self.engine.model.name
+
+    @property
+    def model_names(self) -> list[str]:
+        return list(self.models)
+
+    def resolve(self, name: str | None) -> str:
+        name = self.cfg.models[0].name if name is None else name
+        if name not in self.models:
+            raise UnknownModelError(name, self.model_names)
+        return name
+
+    # --- residency ------------------------------------------------------------------------
+
+    def load(self, name: str) -> Engine:
+        """Make `name` the resident model (blocking; no request may be using the current one)."""
+        if self.engine is not None and self.engine.model.name == name:
+            return self.engine
+        previous = self.current_model_name
+        start = time.perf_counter()
+        self.free()
+        config = self.models[name]
+        model = BatchedModel(config, verbose=self.verbose)
+        self.load_seconds[name] = model.load_seconds
+        log.info(
+            "loaded model %r from %s in %.2f s (batched engine: %d slots of %d tokens)",
+            name, config.path, model.load_seconds, model.n_parallel, model.n_ctx_slot,
+        )  # fmt: skip
+        self.engine = Engine(model)
+        self.swap_count += 1
+        self.last_swap_s = time.perf_counter() - start
+        log.info(
+            "model swap #%d: unloaded %r, loaded %r in %.2f s",
+            self.swap_count, previous, name, self.last_swap_s,
+        )  # fmt: skip
+        return self.engine
+
+    def free(self) -> None:
+        if self.engine is not None:
+            self.engine.close()
+            self.engine.model.close()
+            self.engine = None
+
+    async def acquire(self, name: str | None) -> Engine:
+        """The engine of `name`, swapping models if needed; pair with `release()`."""
+        name = self.resolve(name)
+        if self._cond is None:
+            self._cond = asyncio.Condition()
+        ticket = next(self._tickets)
+        self._waiters[ticket] = name
+        async with self._cond:
+            try:
+                while True:
+                    older_other = any(n != name for t, n in self._waiters.items() if t < ticket)
+                    if self.current_model_name == name and not older_other:
+                        break
+                    if self._users == 0 and next(iter(self._waiters)) == ticket:
+                        await anyio.to_thread.run_sync(self.load, name)
+                        continue
+                    await self._cond.wait()
+            finally:
+                del self._waiters[ticket]
+                self._cond.notify_all()
+            self._users += 1
+        assert self.engine is not None
+        return self.engine
+
+    async def release(self) -> None:
+        assert self._cond is not None
+        async with self._cond:
+            self._users -= 1
+            self._cond.notify_all()
+
+    # --- what /storybench/models reports ---------------------------------------------------
+
+    def loaded_settings(self) -> dict[str, Any]:
+        engine = self.engine
+        if engine is None:
+            return {"interrupt_requests": False, "logits_all": False, "n_ctx": None}
+        ctx = engine.model.ctx
+        return {
+            # Requests never interrupt each other, and only sampled rows get logits.
+            "interrupt_requests": False,
+            "logits_all": False,
+            "engine": "batched",
+            "n_parallel": engine.model.n_parallel,
+            "n_ctx": engine.model.n_ctx_slot,
+            "n_ctx_seq": llama_cpp.llama_n_ctx_seq(ctx),
+            "n_ctx_total": llama_cpp.llama_n_ctx(ctx),
+            "n_batch": llama_cpp.llama_n_batch(ctx),
+            "n_ubatch": llama_cpp.llama_n_ubatch(ctx),
+            "n_threads": llama_cpp.llama_n_threads(ctx),
+            "n_threads_batch": llama_cpp.llama_n_threads_batch(ctx),
+            "slots": [
+                {"id": s.seq, "busy": s.gen is not None, "cached_tokens": len(s.cache)}
+                for s in engine.slots
+            ],
+            "queued": engine.queued,
+            "stats": engine.stats.summary(),
+        }

@@ -1,0 +1,445 @@
+"""Continuous batching over one llama.cpp context with `n_parallel` sequences (slots).
+
+One thread owns the context. Every step it builds one `llama_batch` from the next token of
+every generating slot and then, within `n_batch`, chunks of the prompts still being evaluated,
+calls `llama_decode` once, and samples every slot that produced logits with that slot's own
+sampler chain. Requests wait in a FIFO queue for a free slot; a slot keeps the tokens it has
+evaluated after its request ends, so the next request that starts with them (the next turn of
+the same conversation) evaluates only what follows (see `choose_slot`).
+
+The HTTP side talks to this thread only through `submit`, `cancel` and each generation's
+`sink`, which receives the events of one step at a time: `("text", str)`, `("done",
+finish_reason)` or `("error", message)`.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import llama_cpp
+import numpy as np
+from llama_cpp import _internals as internals
+
+from server.engine.model import BatchedModel
+from server.engine.text import Pieces, TextStream
+
+log = logging.getLogger("storybench.server")
+
+Event = tuple[str, Any]
+Sink = Callable[[list[Event]], None]
+
+# A slot whose cache shares at least this fraction of a new prompt is reused even when the
+# request does not simply continue its cache (a retried or edited turn).
+REUSE_FRACTION = 0.5
+
+
+@dataclass
+class Generation:
+    """One request inside the engine, and what it cost (llama.cpp server `timings`)."""
+
+    prompt: list[int]
+    max_tokens: int
+    sampler: internals.LlamaSampler
+    sink: Sink
+    stop: list[str] = field(default_factory=list)
+    cancelled: bool = False
+    # filled by the engine
+    slot: int | None = None
+    cache_n: int = 0
+    predicted_n: int = 0
+    finish_reason: str | None = None
+    t_submit: float = field(default_factory=time.perf_counter)
+    t_admit: float | None = None
+    t_first: float | None = None
+    t_end: float | None = None
+    _text: TextStream | None = None
+    _out: list[Event] = field(default_factory=list)
+
+    @property
+    def prompt_n(self) -> int:
+        return len(self.prompt) - self.cache_n
+
+    def timings(self) -> dict[str, Any]:
+        end = self.t_end or time.perf_counter()
+        first = self.t_first or end
+        prompt_ms = (first - (self.t_admit or first)) * 1000.0
+        predicted_ms = (end - first) * 1000.0
+        return {
+            "prompt_n": self.prompt_n,
+            "cache_n": self.cache_n,
+            "prompt_ms": round(prompt_ms, 3),
+            "prompt_per_second": _per_second(self.prompt_n, prompt_ms),
+            "predicted_n": self.predicted_n,
+            "predicted_ms": round(predicted_ms, 3),
+            "predicted_per_second": _per_second(self.predicted_n, predicted_ms),
+            "queue_ms": round(((self.t_admit or end) - self.t_submit) * 1000.0, 3),
+            "slot": self.slot,
+        }
+
+    def usage(self) -> dict[str, Any]:
+        return {
+            "prompt_tokens": len(self.prompt),
+            "completion_tokens": self.predicted_n,
+            "total_tokens": len(self.prompt) + self.predicted_n,
+            "prompt_tokens_details": {"cached_tokens": self.cache_n},
+        }
+
+
+def _per_second(n: int, ms: float) -> float | None:
+    return round(n * 1000.0 / ms, 3) if ms > 0 else None
+
+
+@dataclass
+class Slot:
+    seq: int
+    cache: list[int] = field(default_factory=list)  # tokens whose K/V the sequence holds
+    gen: Generation | None = None
+    at: int = 0  # prompt tokens evaluated so far (while prefilling)
+    next_token: int | None = None  # sampled, to be decoded next step
+    last_used: float = 0.0
+
+
+def common_prefix(a: list[int], b: list[int]) -> int:
+    """Length of the longest common prefix (slice comparisons run in C)."""
+    n = min(len(a), len(b))
+    if a[:n] == b[:n]:
+        return n
+    lo, hi = 0, n  # a[:lo] == b[:lo], a[:hi] != b[:hi]
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if a[lo:mid] == b[lo:mid]:
+            lo = mid
+        else:
+            hi = mid
+    return lo
+
+
+def choose_slot(idle: list[Slot], prompt: list[int]) -> tuple[Slot, int]:
+    """The idle slot for a prompt, and how many of its cached tokens it can keep.
+
+    1. a slot whose whole cache starts the prompt (the next turn of its conversation): the
+       longest such cache;
+    2. else a slot sharing at least half the prompt (a retried turn): the longest share;
+    3. else an empty slot, else the least recently used one (which loses its conversation).
+    """
+    best: tuple[Slot, int] | None = None
+    for slot in idle:
+        if slot.cache and len(slot.cache) <= len(prompt) and prompt[: len(slot.cache)] == slot.cache:
+            if best is None or len(slot.cache) > best[1]:
+                best = (slot, len(slot.cache))
+    if best is not None:
+        return best
+    shared = [(slot, common_prefix(slot.cache, prompt)) for slot in idle]
+    slot, n = max(shared, key=lambda s: (s[1], -s[0].last_used))
+    if n >= REUSE_FRACTION * len(prompt):
+        return slot, n
+    empty = [s for s in idle if not s.cache]
+    slot = empty[0] if empty else min(idle, key=lambda s: s.last_used)
+    return slot, common_prefix(slot.cache, prompt)
+
+
+class _Batch:
+    """A `llama_batch` over numpy buffers, refilled every step."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self.token = np.zeros(capacity, np.int32)
+        self.pos = np.zeros(capacity, np.int32)
+        self.n_seq_id = np.ones(capacity, np.int32)
+        self.seq = np.zeros(capacity, np.int32)
+        self.logits = np.zeros(capacity, np.int8)
+        i32 = ctypes.POINTER(ctypes.c_int32)
+        base = self.seq.ctypes.data
+        self._seq_ptrs = (i32 * capacity)(*[ctypes.cast(base + 4 * i, i32) for i in range(capacity)])
+        self.struct = llama_cpp.llama_batch(
+            n_tokens=0,
+            token=self.token.ctypes.data_as(i32),
+            embd=None,
+            pos=self.pos.ctypes.data_as(i32),
+            n_seq_id=self.n_seq_id.ctypes.data_as(i32),
+            seq_id=self._seq_ptrs,
+            logits=self.logits.ctypes.data_as(ctypes.POINTER(ctypes.c_int8)),
+        )
+        self.n = 0
+
+    def clear(self) -> None:
+        self.n = 0
+
+    def add(self, token: int, pos: int, seq: int) -> int:
+        i = self.n
+        self.token[i], self.pos[i], self.seq[i], self.logits[i] = token, pos, seq, 1
+        self.n += 1
+        return i
+
+    def add_run(self, tokens: list[int], pos: int, seq: int, output_last: bool) -> int:
+        i, k = self.n, len(tokens)
+        self.token[i : i + k] = tokens
+        self.pos[i : i + k] = np.arange(pos, pos + k, dtype=np.int32)
+        self.seq[i : i + k] = seq
+        self.logits[i : i + k] = 0
+        if output_last:
+            self.logits[i + k - 1] = 1
+        self.n += k
+        return i + k - 1
+
+    def decode(self, ctx: llama_cpp.llama_context_p) -> int:
+        self.struct.n_tokens = self.n
+        return int(llama_cpp.llama_decode(ctx, self.struct))
+
+
+@dataclass
+class EngineStats:
+    steps: int = 0
+    tokens_generated: int = 0
+    tokens_prompt: int = 0
+    decode_s: float = 0.0
+    sample_s: float = 0.0
+    step_s: float = 0.0
+    sequences_per_step: float = 0.0  # running sum of generating sequences per step
+
+    def summary(self) -> dict[str, Any]:
+        steps = max(self.steps, 1)
+        return {
+            "steps": self.steps,
+            "tokens_generated": self.tokens_generated,
+            "tokens_prompt": self.tokens_prompt,
+            "mean_sequences_per_step": round(self.sequences_per_step / steps, 3),
+            "ms_per_step": {
+                "decode": round(self.decode_s * 1000 / steps, 3),
+                "sample": round(self.sample_s * 1000 / steps, 3),
+                "other": round((self.step_s - self.decode_s - self.sample_s) * 1000 / steps, 3),
+            },
+        }
+
+
+class Engine:
+    """The scheduler and its thread; one per loaded model."""
+
+    def __init__(self, model: BatchedModel) -> None:
+        self.model = model
+        self.slots = [Slot(seq=i) for i in range(model.n_parallel)]
+        self.stats = EngineStats()
+        self._pending: deque[Generation] = deque()
+        self._cond = threading.Condition()
+        self._stopping = False
+        self._batch = _Batch(model.n_batch)
+        self._pieces = Pieces(model.vocab)
+        self._eog: dict[int, bool] = {}
+        self._thread = threading.Thread(target=self._run, name=f"engine:{model.name}", daemon=True)
+        self._thread.start()
+
+    # --- the HTTP side -------------------------------------------------------------------
+
+    def submit(self, gen: Generation) -> None:
+        if not gen.prompt or len(gen.prompt) + gen.max_tokens > self.model.n_ctx_slot:
+            raise ValueError(
+                f"prompt of {len(gen.prompt)} tokens + max_tokens {gen.max_tokens} does not fit "
+                f"the slot context of {self.model.n_ctx_slot} tokens"
+            )
+        gen._text = TextStream(self._pieces, gen.stop)
+        with self._cond:
+            if self._stopping:
+                raise RuntimeError("the engine is shutting down")
+            self._pending.append(gen)
+            self._cond.notify()
+
+    def cancel(self, gen: Generation) -> None:
+        """Stop a generation (its client went away); its slot is free at the next step."""
+        with self._cond:
+            gen.cancelled = True
+            self._cond.notify()
+
+    @property
+    def busy_slots(self) -> int:
+        return sum(1 for s in self.slots if s.gen is not None)
+
+    @property
+    def queued(self) -> int:
+        return len(self._pending)
+
+    def close(self, timeout: float = 30.0) -> None:
+        """Stop the thread; generations still running or queued end with an error."""
+        with self._cond:
+            self._stopping = True
+            self._cond.notify()
+        self._thread.join(timeout)
+        if self._thread.is_alive():
+            log.warning("engine thread of %r did not stop within %.0f s", self.model.name, timeout)
+            return
+        for slot in self.slots:
+            if slot.gen is not None:
+                self._fail(slot, "the server is shutting down")
+        while self._pending:
+            gen = self._pending.popleft()
+            gen.sampler.close()
+            gen.sink([("error", "the server is shutting down")])
+
+    # --- the engine thread ---------------------------------------------------------------
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while not self._stopping and not self._pending and not self._has_work():
+                    self._cond.wait()
+                if self._stopping:
+                    return
+                self._admit()
+            try:
+                self._drop_cancelled()
+                if self._has_work():
+                    self._step()
+            except Exception as exc:  # keep serving: fail what was in the batch
+                log.exception("engine step failed")
+                for slot in self.slots:
+                    if slot.gen is not None:
+                        self._fail(slot, f"generation failed: {exc}")
+            self._publish()
+
+    def _has_work(self) -> bool:
+        return any(s.gen is not None for s in self.slots)
+
+    def _admit(self) -> None:
+        """Move queued requests into idle slots (called with the lock held)."""
+        while self._pending:
+            idle = [s for s in self.slots if s.gen is None]
+            if not idle:
+                return
+            gen = self._pending.popleft()
+            if gen.cancelled:
+                gen.sampler.close()
+                continue
+            slot, keep = choose_slot(idle, gen.prompt)
+            keep = min(keep, len(gen.prompt) - 1)  # the last prompt token gives the logits
+            if keep < len(slot.cache):
+                mem = self.model.memory
+                if not llama_cpp.llama_memory_seq_rm(mem, slot.seq, keep, -1):
+                    llama_cpp.llama_memory_seq_rm(mem, slot.seq, -1, -1)
+                    keep = 0
+                del slot.cache[keep:]
+            slot.gen, slot.at, slot.next_token = gen, keep, None
+            gen.slot, gen.cache_n, gen.t_admit = slot.seq, keep, time.perf_counter()
+
+    def _drop_cancelled(self) -> None:
+        for slot in self.slots:
+            if slot.gen is not None and slot.gen.cancelled:
+                self._release(slot, None)
+
+    def _step(self) -> None:
+        start = time.perf_counter()
+        model, batch = self.model, self._batch
+        batch.clear()
+        outputs: list[tuple[Slot, int]] = []
+        fed: list[tuple[Slot, list[int]]] = []
+        for slot in self.slots:
+            if slot.gen is not None and slot.next_token is not None:
+                outputs.append((slot, batch.add(slot.next_token, len(slot.cache), slot.seq)))
+                fed.append((slot, [slot.next_token]))
+        generating = len(outputs)
+        prefilling = sorted(
+            (s for s in self.slots if s.gen is not None and s.next_token is None),
+            key=lambda s: s.gen.t_admit or 0.0 if s.gen else 0.0,
+        )
+        for slot in prefilling:
+            room = batch.capacity - batch.n
+            if room <= 0:
+                break
+            assert slot.gen is not None
+            prompt = slot.gen.prompt
+            chunk = prompt[slot.at : slot.at + room]
+            done = slot.at + len(chunk) == len(prompt)
+            last = batch.add_run(chunk, len(slot.cache), slot.seq, output_last=done)
+            slot.at += len(chunk)
+            fed.append((slot, chunk))
+            if done:
+                outputs.append((slot, last))
+            self.stats.tokens_prompt += len(chunk)
+        t0 = time.perf_counter()
+        rc = batch.decode(model.ctx)
+        if rc != 0:
+            raise RuntimeError(f"llama_decode returned {rc} for a batch of {batch.n} tokens")
+        llama_cpp.llama_synchronize(model.ctx)
+        t1 = time.perf_counter()
+        for slot, tokens in fed:
+            slot.cache.extend(tokens)
+        now = time.perf_counter()
+        for slot, i in outputs:
+            gen = slot.gen
+            assert gen is not None
+            token = llama_cpp.llama_sampler_sample(gen.sampler.sampler, model.ctx, i)
+            if gen.t_first is None:
+                gen.t_first = now
+            self._accept(slot, gen, token)
+        t2 = time.perf_counter()
+        st = self.stats
+        st.steps += 1
+        st.sequences_per_step += generating
+        st.decode_s += t1 - t0
+        st.sample_s += t2 - t1
+        st.step_s += t2 - start
+
+    def _is_eog(self, token: int) -> bool:
+        eog = self._eog.get(token)
+        if eog is None:
+            eog = self._eog[token] = self.model.is_eog(token)
+        return eog
+
+    def _accept(self, slot: Slot, gen: Generation, token: int) -> None:
+        if self._is_eog(token):
+            self._release(slot, "stop")
+            return
+        gen.predicted_n += 1
+        self.stats.tokens_generated += 1
+        assert gen._text is not None
+        text, stopped = gen._text.push(token)
+        if text:
+            gen._out.append(("text", text))
+        if stopped:
+            self._release(slot, "stop")
+        elif gen.predicted_n >= gen.max_tokens:
+            self._release(slot, "length")
+        else:
+            slot.next_token = token
+
+    def _release(self, slot: Slot, reason: str | None) -> None:
+        """End the slot's generation (reason None: cancelled); its cache stays for reuse."""
+        gen = slot.gen
+        assert gen is not None
+        slot.gen, slot.next_token, slot.last_used = None, None, time.perf_counter()
+        gen.t_end = time.perf_counter()
+        gen.sampler.close()
+        if reason is None:
+            return
+        assert gen._text is not None
+        tail = gen._text.finish()
+        if tail:
+            gen._out.append(("text", tail))
+        gen.finish_reason = reason
+        gen._out.append(("done", reason))
+        gen.sink(gen._out)
+        gen._out = []
+
+    def _fail(self, slot: Slot, message: str) -> None:
+        gen = slot.gen
+        assert gen is not None
+        llama_cpp.llama_memory_seq_rm(self.model.memory, slot.seq, -1, -1)
+        slot.cache.clear()
+        slot.gen, slot.next_token = None, None
+        gen.sampler.close()
+        gen.t_end = time.perf_counter()
+        gen._out.append(("error", message))
+        gen.sink(gen._out)
+        gen._out = []
+
+    def _publish(self) -> None:
+        for slot in self.slots:
+            gen = slot.gen
+            if gen is not None and gen._out:
+                out, gen._out = gen._out, []
+                gen.sink(out)
