@@ -58,10 +58,18 @@ class MalformedStream(Exception):
 
 
 class ContextOverflow(Exception):
-    """The endpoint refused the prompt as too long for its context (HTTP 400)."""
+    """The endpoint refused the prompt as too long for its context (HTTP 400).
 
-    def __init__(self, message: str, attempts: int = 1) -> None:
+    Our server also says exactly how long the prompt is and how big the context is; with those
+    the caller can size `max_tokens` exactly instead of trusting its own estimate.
+    """
+
+    def __init__(
+        self, message: str, attempts: int = 1, prompt_tokens: int | None = None, n_ctx: int | None = None
+    ) -> None:
         super().__init__(message)
+        self.prompt_tokens = prompt_tokens
+        self.n_ctx = n_ctx
         self.attempts = attempts  # requests sent, the refused one included
 
 
@@ -93,9 +101,7 @@ class GaveUp(Exception):
 def make_client(base_url: str, api_key: str | None, timeout_s: float) -> AsyncOpenAI:
     # Long generations need a long read timeout; connecting should fail fast.
     timeout = httpx.Timeout(timeout_s, connect=10.0)
-    return AsyncOpenAI(
-        base_url=base_url, api_key=api_key or "not-needed", max_retries=0, timeout=timeout
-    )
+    return AsyncOpenAI(base_url=base_url, api_key=api_key or "not-needed", max_retries=0, timeout=timeout)
 
 
 def _is_transient(exc: BaseException) -> bool:
@@ -146,13 +152,9 @@ def _wait(policy: RetryPolicy):  # type: ignore[no-untyped-def]
         exc = state.outcome.exception() if state.outcome else None
         asked = retry_after_s(exc)
         if asked is not None:
-            return min(
-                asked, policy.max_total_wait_s
-            )  # the server knows best; the total cap still holds
+            return min(asked, policy.max_total_wait_s)  # the server knows best; the total cap still holds
         # Exponential backoff with full jitter.
-        ceiling = min(
-            policy.max_backoff_s, policy.initial_backoff_s * 2 ** (state.attempt_number - 1)
-        )
+        ceiling = min(policy.max_backoff_s, policy.initial_backoff_s * 2 ** (state.attempt_number - 1))
         return random.uniform(policy.initial_backoff_s / 2, max(ceiling, policy.initial_backoff_s))
 
     return wait
@@ -179,17 +181,21 @@ def describe_error(exc: BaseException) -> str:
 
 def _classify_status(exc: openai.APIStatusError, attempts: int = 1) -> Exception:
     message = describe_error(exc)
-    code = None
+    err: dict[str, Any] = {}
     if isinstance(exc.body, dict):
-        err = exc.body.get("error", exc.body)
-        if isinstance(err, dict):
-            code = err.get("code")
+        inner = exc.body.get("error", exc.body)
+        err = inner if isinstance(inner, dict) else {}
+    code = err.get("code")
     if exc.status_code == 400 and (
-        code == "context_length_exceeded"
-        or "context" in message.lower()
-        and "token" in message.lower()
+        code == "context_length_exceeded" or "context" in message.lower() and "token" in message.lower()
     ):
-        return ContextOverflow(message, attempts)
+        prompt_tokens, n_ctx = err.get("prompt_tokens"), err.get("n_ctx")
+        return ContextOverflow(
+            message,
+            attempts,
+            prompt_tokens=prompt_tokens if isinstance(prompt_tokens, int) else None,
+            n_ctx=n_ctx if isinstance(n_ctx, int) else None,
+        )
     return FatalRequestError(
         status=exc.status_code,
         message=message,

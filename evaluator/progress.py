@@ -59,18 +59,10 @@ class RunProgress:
 
 def summary_table(stats: dict[str, ModelStats]) -> Table:
     table = Table(title="Run summary (turns written by this run)")
-    for col in (
-        "model",
-        "ok",
-        "empty",
-        "ctx exhausted",
-        "errors",
-        "tok/s",
-        "median TTFT",
-        "cache reuse",
-        "cost",
-    ):
-        table.add_column(col, justify="left" if col == "model" else "right")
+    width = max([5, *(len(name) for name in stats)])
+    table.add_column("model", no_wrap=True, min_width=min(width, 32))
+    for col in ("ok", "empty", "ctx full", "errors", "tok/s", "TTFT p50", "cache", "cost"):
+        table.add_column(col, justify="right", no_wrap=True)
     for name, s in stats.items():
         reuse = f"{100 * s.cached_tokens / s.prompt_tokens:.0f}%" if s.prompt_tokens else "-"
         table.add_row(

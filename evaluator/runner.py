@@ -89,9 +89,7 @@ class ModelContext:
         return self.info.context_window or self.entry.context_window
 
 
-def history_messages(
-    sequence_system: str | None, done: list[dict[str, Any]]
-) -> list[dict[str, str]]:
+def history_messages(sequence_system: str | None, done: list[dict[str, Any]]) -> list[dict[str, str]]:
     """Rebuild the conversation from stored turns: the model's own earlier answers included."""
     messages: list[dict[str, str]] = []
     if sequence_system:
@@ -102,9 +100,7 @@ def history_messages(
     return messages
 
 
-def resume_point(
-    item: SequenceRun, stored: list[dict[str, Any]]
-) -> tuple[int, list[dict[str, Any]]]:
+def resume_point(item: SequenceRun, stored: list[dict[str, Any]]) -> tuple[int, list[dict[str, Any]]]:
     """First turn still to play, and the finished turns before it. len(turns) means complete."""
     by_index = {t["turn_index"]: t for t in stored if t.get("outcome") in FINAL_OUTCOMES}
     done: list[dict[str, Any]] = []
@@ -168,9 +164,7 @@ class Runner:
                 else None
             )
             self.contexts[model.name] = ModelContext(model, info, counter, policy)
-        self.stats: dict[str, ModelStats] = {
-            m.name: ModelStats(total=plan.turns_for(m)) for m in plan.models
-        }
+        self.stats: dict[str, ModelStats] = {m.name: ModelStats(total=plan.turns_for(m)) for m in plan.models}
 
     # ---- scheduling -------------------------------------------------------------------------
 
@@ -198,11 +192,7 @@ class Runner:
         groups: dict[str, list[ModelContext]] = defaultdict(list)
         for model in self.plan.models:
             ctx = self.contexts[model.name]
-            key = (
-                server_root(model.base_url)
-                if ctx.info.is_storybench_server
-                else f"hosted:{model.name}"
-            )
+            key = server_root(model.base_url) if ctx.info.is_storybench_server else f"hosted:{model.name}"
             groups[key].append(ctx)
         endpoint_sems: dict[str, asyncio.Semaphore] = {}
         for model in self.plan.models:
@@ -214,9 +204,7 @@ class Runner:
 
         async def play_model(ctx: ModelContext) -> None:
             sem = endpoint_sems[server_root(ctx.entry.base_url)]
-            ctx.client = make_client(
-                ctx.entry.base_url, ctx.entry.api_key(), ctx.entry.request_timeout_s
-            )
+            ctx.client = make_client(ctx.entry.base_url, ctx.entry.api_key(), ctx.entry.request_timeout_s)
             try:
                 await run_all(
                     self._bounded(overall, sem, ctx, item, start, done)
@@ -362,9 +350,7 @@ class Runner:
             prompt_tokens = await count_prompt_tokens(messages, ctx.counter)
         except Exception:  # a tokenizer hiccup must not lose the turn: fall back to the estimate
             prompt_tokens = await count_prompt_tokens(messages, None)
-        budget = plan_budget(
-            prompt_tokens, entry.max_tokens, ctx.context_window, entry.min_output_tokens
-        )
+        budget = plan_budget(prompt_tokens, entry.max_tokens, ctx.context_window, entry.min_output_tokens)
         if budget.exhausted:
             return record(
                 "context_exhausted",
@@ -376,9 +362,26 @@ class Runner:
         params["max_tokens"] = budget.max_tokens
         attempts = 0
         try:
-            completion = await chat_with_retries(
-                ctx.client, entry.model, messages, params, self.policy
-            )
+            try:
+                completion = await chat_with_retries(ctx.client, entry.model, messages, params, self.policy)
+            except ContextOverflow as overflow:
+                # Our count was an estimate; the endpoint said exactly how long the prompt is.
+                if overflow.prompt_tokens is None or overflow.n_ctx is None:
+                    raise
+                attempts += overflow.attempts
+                prompt_tokens = overflow.prompt_tokens
+                budget = plan_budget(prompt_tokens, entry.max_tokens, overflow.n_ctx, entry.min_output_tokens)
+                if budget.exhausted:
+                    return record(
+                        "context_exhausted",
+                        None,
+                        error=budget.message,
+                        attempts=attempts,
+                        prompt_tokens_estimated=prompt_tokens,
+                        max_tokens_sent=0,
+                    )
+                params["max_tokens"] = budget.max_tokens
+                completion = await chat_with_retries(ctx.client, entry.model, messages, params, self.policy)
             attempts += completion.attempts
             if is_blank(completion.text):
                 # One more try; a different seed, since the same seed replays the same answer.
@@ -420,9 +423,7 @@ class Runner:
             )
         except FatalRequestError as exc:
             if exc.aborts_model:
-                self.stats[
-                    entry.name
-                ].aborted = redact(
+                self.stats[entry.name].aborted = redact(
                     f"{entry.name}: {exc} (stopped this model: every request would fail alike)",
                     secret,
                 )

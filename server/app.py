@@ -31,6 +31,7 @@ from starlette_context.plugins import RequestIdPlugin
 
 from server import llama_settings
 from server.config import ServerConfig
+from server.engine.host import EngineHost
 from server.gguf_info import file_sha256
 from server.instrumented import StoryBenchProxy
 from server.metadata import server_metadata
@@ -68,6 +69,7 @@ class StoryBenchApp:
         self.state = "loading"  # -> "ready" | "failed"
         self.error: str | None = None
         self.proxy: StoryBenchProxy | None = None
+        self.host: EngineHost | None = None  # the batched engine ("engine": "batched")
         self.inner: ASGIApp | None = None
         self.settled = threading.Event()  # set when ready or failed
         self._loader: threading.Thread | None = None
@@ -82,10 +84,17 @@ class StoryBenchApp:
     def _load(self) -> None:
         try:
             start = time.perf_counter()
-            settings = [llama_settings.model_settings(m, self.verbose) for m in self.cfg.models]
-            extra = {m.name: llama_settings.extra_model_params(m) for m in self.cfg.models}
-            self.proxy = StoryBenchProxy(settings, extra)
-            self.inner = build_llama_app(self.cfg, self.api_key, self.proxy)
+            if self.cfg.models[0].entry.engine == "batched":
+                from server.engine.app import build_batched_app
+
+                self.host = EngineHost(self.cfg, verbose=self.verbose)
+                self.host.load(self.cfg.models[0].name)
+                self.inner = build_batched_app(self.cfg, self.api_key, self.host)
+            else:
+                settings = [llama_settings.model_settings(m, self.verbose) for m in self.cfg.models]
+                extra = {m.name: llama_settings.extra_model_params(m) for m in self.cfg.models}
+                self.proxy = StoryBenchProxy(settings, extra)
+                self.inner = build_llama_app(self.cfg, self.api_key, self.proxy)
             self.state = "ready"
             log.info("ready in %.2f s", time.perf_counter() - start)
         except Exception as exc:  # reported by /health and the CLI, which exits 1
@@ -109,6 +118,11 @@ class StoryBenchApp:
         AppStatus.should_exit = True  # end any SSE stream uvicorn's graceful shutdown left
         if self._loader is not None:
             await anyio.to_thread.run_sync(self._loader.join, 60.0)
+        if self.host is not None:  # uvicorn has let the answers in flight finish
+            await anyio.to_thread.run_sync(self.host.free)
+            self.host = None
+            log.info("model freed")
+            return
         if self.proxy is None:
             return
         with anyio.move_on_after(30):
@@ -152,8 +166,9 @@ class StoryBenchApp:
     async def _health(self, send: Send) -> None:
         status = {"loading": 503, "ready": 200, "failed": 500}[self.state]
         doc: dict[str, Any] = {"status": self.state, "models": self.cfg.model_names}
-        if self.proxy is not None:
-            doc["current_model"] = self.proxy.current_model_name
+        serving = self.proxy or self.host
+        if serving is not None:
+            doc["current_model"] = serving.current_model_name
         if self.error:
             doc["error"] = self.error
         headers = [(b"retry-after", b"1")] if status == 503 else []

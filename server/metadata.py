@@ -13,6 +13,7 @@ import llama_cpp
 from llama_cpp.server import app as llama_app
 
 from server.config import ModelConfig, ServerConfig, gpu_offload_supported
+from server.engine.host import EngineHost
 from server.gguf_info import file_sha256
 from server.instrumented import StoryBenchProxy
 
@@ -57,6 +58,11 @@ def model_entry(model: ModelConfig, current: str | None) -> dict[str, Any]:
         "use_mlock": e.use_mlock,
         "use_extra_bufts": e.use_extra_bufts,
         "seed": e.seed,
+        "engine": e.engine,
+        "n_parallel": model.n_parallel,
+        "n_ctx_per_slot": model.n_ctx,
+        "n_ctx_total": model.n_ctx * model.n_parallel,
+        "kv_unified": e.kv_unified,
         "chat_format": e.chat_format,
         "chat_template_source": model.chat_template_source,
         "chat_template_sha256": model.chat_template_sha256,
@@ -77,8 +83,9 @@ def live_settings(proxy: StoryBenchProxy) -> dict[str, Any]:
     }
 
 
-def server_metadata(cfg: ServerConfig, proxy: StoryBenchProxy) -> dict[str, Any]:
+def server_metadata(cfg: ServerConfig, proxy: StoryBenchProxy | EngineHost) -> dict[str, Any]:
     current = proxy.current_model_name
+    live = proxy.loaded_settings() if isinstance(proxy, EngineHost) else live_settings(proxy)
     return {
         "server": "storybench",
         "storybench_version": _version("storybench"),
@@ -89,6 +96,6 @@ def server_metadata(cfg: ServerConfig, proxy: StoryBenchProxy) -> dict[str, Any]
         "current_model": current,
         "swap_count": proxy.swap_count,
         "last_swap_seconds": proxy.last_swap_s,
-        "loaded_model_settings": live_settings(proxy),
+        "loaded_model_settings": live,
         "models": [model_entry(m, current) for m in cfg.models],
     }

@@ -11,6 +11,7 @@ logprobs, and mapped `max_completion_tokens`.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import random
 import time
@@ -20,8 +21,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import anyio
-from fastapi import APIRouter, FastAPI, HTTPException, Request
+import llama_cpp
+from fastapi import APIRouter, HTTPException, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
+from llama_cpp._internals import LlamaSampler
 from llama_cpp.llama_grammar import LlamaGrammar
 from llama_cpp.server.types import (
     CreateChatCompletionRequest,
@@ -173,18 +176,15 @@ def _logit_bias(model: BatchedModel, body: Any) -> dict[int, float]:
 class Stream:
     """Submits a generation and hands its events to the event loop, step by step."""
 
-    def __init__(self, engine: Engine, prepared: Prepared) -> None:
+    def __init__(self, engine: Engine, prepared: Prepared, sampler: LlamaSampler) -> None:
         self.engine = engine
         loop = asyncio.get_running_loop()
         self.queue: asyncio.Queue[list[Event]] = asyncio.Queue()
 
         def sink(events: list[Event]) -> None:
-            try:
+            with contextlib.suppress(RuntimeError):  # a closed loop: nobody listens any more
                 loop.call_soon_threadsafe(self.queue.put_nowait, events)
-            except RuntimeError:  # the loop is closed: nobody is listening any more
-                pass
 
-        sampler = build_sampler(engine.model.model, prepared.sampling)
         self.gen = Generation(
             prompt=prepared.prompt,
             max_tokens=prepared.max_tokens,
@@ -292,14 +292,24 @@ async def _until_disconnected(request: Request) -> None:
 # --- routes ------------------------------------------------------------------------------------
 
 
-def build_router(host: EngineHost, seeds: Seeds) -> APIRouter:
+def build_router(host: EngineHost) -> APIRouter:
     router = APIRouter()
+    seeds = {
+        name: Seeds(llama_cpp.LLAMA_DEFAULT_SEED if m.entry.seed == -1 else m.entry.seed)
+        for name, m in host.models.items()
+    }
 
     async def generate(request: Request, kind: str, body: Any) -> Response:
         engine = await host.acquire(body.model)
         try:
-            prepared = await anyio.to_thread.run_sync(prepare, engine.model, kind, body, seeds)
-            stream = await anyio.to_thread.run_sync(_start, engine, prepared)
+            prepared = await anyio.to_thread.run_sync(
+                prepare, engine.model, kind, body, seeds[engine.model.name]
+            )
+            try:
+                sampler = await anyio.to_thread.run_sync(build_sampler, engine.model.model, prepared.sampling)
+            except ValueError as exc:
+                raise RequestError(400, error_body(str(exc), code=None, param="grammar")) from None
+            stream = Stream(engine, prepared, sampler)
         except RequestError as exc:
             await host.release()
             return Response(exc.body, status_code=exc.status, media_type="application/json")
@@ -308,7 +318,7 @@ def build_router(host: EngineHost, seeds: Seeds) -> APIRouter:
             raise
         reply = Reply.new(kind, body.model or engine.model.name)
         if body.stream:
-            include_usage = bool(getattr(body, "stream_options", None) or {}) and _include_usage(request)
+            include_usage = await _include_usage(request)
             return _EventStream(_sse_body(stream, reply, include_usage), stream, host)
         try:
             return await _json_answer(request, stream, reply)
@@ -371,12 +381,14 @@ def build_router(host: EngineHost, seeds: Seeds) -> APIRouter:
     return router
 
 
-def _include_usage(request: Request) -> bool:
-    return True  # replaced below: kept simple for the parsed body
-
-
-def _start(engine: Engine, prepared: Prepared) -> Stream:
-    raise NotImplementedError  # replaced below
+async def _include_usage(request: Request) -> bool:
+    """`stream_options.include_usage` (not a field of llama-cpp-python's request models)."""
+    try:
+        raw = await request.json()
+    except ValueError:
+        return False
+    options = raw.get("stream_options") if isinstance(raw, dict) else None
+    return isinstance(options, dict) and options.get("include_usage") is True
 
 
 async def _sse_body(stream: Stream, reply: Reply, include_usage: bool) -> AsyncIterator[bytes]:
@@ -415,9 +427,3 @@ async def _json_answer(request: Request, stream: Stream, reply: Reply) -> Respon
     if error is not None:
         return JSONResponse(_error_doc(error), status_code=500)
     return JSONResponse(reply.document(text, stream.gen))
-
-
-def build_app(host: EngineHost, seed: int) -> FastAPI:
-    app = FastAPI(title="StoryBench local server (batched engine)")
-    app.include_router(build_router(host, Seeds(seed)))
-    return app

@@ -51,6 +51,7 @@ class Generation:
     stop: list[str] = field(default_factory=list)
     cancelled: bool = False
     # filled by the engine
+    tokens: list[int] = field(default_factory=list)  # generated, the end-of-generation one excluded
     slot: int | None = None
     cache_n: int = 0
     predicted_n: int = 0
@@ -131,9 +132,9 @@ def choose_slot(idle: list[Slot], prompt: list[int]) -> tuple[Slot, int]:
     """
     best: tuple[Slot, int] | None = None
     for slot in idle:
-        if slot.cache and len(slot.cache) <= len(prompt) and prompt[: len(slot.cache)] == slot.cache:
-            if best is None or len(slot.cache) > best[1]:
-                best = (slot, len(slot.cache))
+        n = len(slot.cache)
+        if n and n <= len(prompt) and (best is None or n > best[1]) and prompt[:n] == slot.cache:
+            best = (slot, n)
     if best is not None:
         return best
     shared = [(slot, common_prefix(slot.cache, prompt)) for slot in idle]
@@ -395,6 +396,7 @@ class Engine:
             self._release(slot, "stop")
             return
         gen.predicted_n += 1
+        gen.tokens.append(token)
         self.stats.tokens_generated += 1
         assert gen._text is not None
         text, stopped = gen._text.push(token)

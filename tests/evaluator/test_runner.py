@@ -373,3 +373,41 @@ def test_think_blocks_are_stripped_from_history_but_kept_raw() -> None:
     first = next(d for d in store.docs.values() if d["turn_index"] == 0)
     assert "<think>" in first["response_raw"] and first["response_text"] == "The twist lands."
     assert bodies(route)[1]["messages"][2]["content"] == "The twist lands."
+
+
+def overflow(prompt_tokens: int, max_tokens: int, n_ctx: int) -> httpx.Response:
+    """Our server's 400 when prompt + max_tokens does not fit: it states the exact numbers."""
+    return httpx.Response(
+        400,
+        json={
+            "error": {
+                "message": f"This request needs {prompt_tokens + max_tokens} tokens",
+                "code": "context_length_exceeded",
+                "prompt_tokens": prompt_tokens,
+                "max_tokens": max_tokens,
+                "n_ctx": n_ctx,
+            }
+        },
+    )
+
+
+@respx.mock
+def test_exact_prompt_size_from_the_server_resizes_max_tokens_once() -> None:
+    replies = iter([overflow(900, 50, 930), sse("Short but real.")])
+    route = respx.post(f"{BASE}/chat/completions").mock(side_effect=lambda req: next(replies))
+    store = MemoryStore()
+    play([entry()], [sequence(1)], store)
+    assert [b["max_tokens"] for b in bodies(route)] == [50, 30]  # 930 - 900 left for the answer
+    (doc,) = store.docs.values()
+    assert doc["outcome"] == "ok" and doc["max_tokens_sent"] == 30 and doc["attempts"] == 2
+
+
+@respx.mock
+def test_exact_prompt_size_that_leaves_too_little_room_is_context_exhausted() -> None:
+    route = respx.post(f"{BASE}/chat/completions").mock(return_value=overflow(920, 50, 930))
+    store = MemoryStore()
+    play([entry()], [sequence(2)], store)
+    assert route.call_count == 1
+    (doc,) = store.docs.values()
+    assert doc["outcome"] == "context_exhausted"
+    assert "920 tokens of a 930-token context" in doc["error"]

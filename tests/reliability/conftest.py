@@ -32,7 +32,7 @@ _FIGURES: dict[str, Any] = {}
 FIGURES_FILE = REPO / ".pytest_cache" / "reliability-figures.json"
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def figures() -> dict[str, Any]:
     """Record a figure: `figures["soak"] = {...}`; shown in the terminal summary."""
     return _FIGURES

@@ -13,7 +13,9 @@ Which fault a request gets: the next entry of `script` (a FIFO shared by all req
 `planner(request)` when set, else "ok". Faults:
 
     ok                    a streamed answer (SSE, chunked), usage chunk when asked for
-    429 / 429_retry_after / 429_retry_after_date   rate limit, without / with Retry-After
+    429 / 429_retry_after / 429_retry_after_date / 429_retry_after_ms
+                          rate limit: without Retry-After, with `Retry-After: 1`, with an
+                          HTTP-date Retry-After, with OpenAI's `retry-after-ms: 50`
     500 / 503             server errors (JSON body)
     500_html              a 500 with an HTML page (a proxy in between)
     hang                  reads the request, never answers (until the client gives up)
@@ -51,10 +53,10 @@ from datetime import datetime, timedelta, timezone
 from typing import Any
 
 FAULTS = (
-    "ok", "429", "429_retry_after", "429_retry_after_date", "500", "503", "500_html", "hang",
-    "hang_mid_stream", "reset", "cut", "done_early", "invalid_json", "non_object_event", "error_event",
-    "missing_choices", "not_sse",
-    "empty", "400", "400_markup", "401_echo_key",
+    "ok", "429", "429_retry_after", "429_retry_after_date", "429_retry_after_ms", "500", "503",
+    "500_html", "hang", "hang_mid_stream", "reset", "cut", "done_early", "invalid_json",
+    "non_object_event", "error_event", "missing_choices", "not_sse", "empty", "400", "400_markup",
+    "401_echo_key",
 )  # fmt: skip
 # Faults a retry can get past (the evaluator retries them); the others are final at once.
 TRANSIENT = frozenset(FAULTS) - {"ok", "empty", "400", "400_markup", "401_echo_key"}
@@ -83,12 +85,17 @@ class ChatRequest:
     messages: list[dict[str, Any]]
     body: dict[str, Any]
     headers: dict[str, str]
-    attempt: int  # 1 for the first request with this history, 2 for the next, ...
+    attempt: int  # 1 for the first request with this identity, 2 for the next, ...
     fault: str = "ok"
 
     @property
     def digest(self) -> str:
         return messages_digest(self.messages)
+
+    @property
+    def identity(self) -> str:
+        """One turn of one run: its history and its seed (runs of a sequence differ by seed)."""
+        return f"{self.digest}:{self.body.get('seed')}"
 
 
 @dataclass
@@ -224,9 +231,9 @@ class StandIn:
 
     def _register(self, request: ChatRequest) -> ChatRequest:
         with self._lock:
-            digest = request.digest
-            self._attempts[digest] = self._attempts.get(digest, 0) + 1
-            request.attempt = self._attempts[digest]
+            identity = request.identity
+            self._attempts[identity] = self._attempts.get(identity, 0) + 1
+            request.attempt = self._attempts[identity]
             if self.script:
                 request.fault = self.script.popleft()
             elif self.planner is not None:
@@ -241,6 +248,9 @@ class StandIn:
         elif fault == "429_retry_after":
             await self._send(writer, 429, _error("Rate limit reached.", "rate_limit_exceeded"),
                              [("Retry-After", "1")])  # fmt: skip
+        elif fault == "429_retry_after_ms":
+            await self._send(writer, 429, _error("Rate limit reached.", "rate_limit_exceeded"),
+                             [("retry-after-ms", "50")])  # fmt: skip
         elif fault == "429_retry_after_date":
             when = format_datetime(datetime.now(timezone.utc) + timedelta(seconds=2), usegmt=True)
             await self._send(writer, 429, _error("Rate limit reached.", "rate_limit_exceeded"),

@@ -40,6 +40,7 @@ CANARY = "sk-canary-0123456789abcdef0123456789abcdef"
 # What the stored error must say for a fault that never goes away.
 EXPLAINED = {
     "429": "HTTP 429: Rate limit", "429_retry_after": "HTTP 429", "429_retry_after_date": "HTTP 429",
+    "429_retry_after_ms": "HTTP 429",
     "500": "HTTP 500", "503": "HTTP 503", "500_html": "HTTP 500: <html>", "hang": "request timed out",
     "hang_mid_stream": "timed out waiting for the rest of the answer", "reset": "connection failed",
     "cut": "peer closed connection", "done_early": "no finish_reason",

@@ -1,0 +1,84 @@
+"""Fixtures for the batched engine: a real `storybench-serve` with `"engine": "batched"` (the
+server suite's integration tests run against it too), and an in-process engine for tests that
+need the generated token ids.
+
+Small contexts and one thread keep the suite bounded on a busy 2-core machine.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from server.bundled import locate
+from server.config import load_config
+from server.engine.model import BatchedModel
+from server.engine.scheduler import Engine
+from tests.support.servers import (
+    ALT_MODEL,
+    BUNDLED,
+    MAIN_MODEL,
+    N_CTX,
+    RunningServer,
+    model_entry,
+    start_server,
+    write_config,
+)
+
+N_PARALLEL = 8
+
+
+def batched_entry(name: str = MAIN_MODEL, **overrides: Any) -> dict[str, Any]:
+    return model_entry(name, engine="batched", **overrides)
+
+
+@pytest.fixture(scope="session")
+def bundled_gguf() -> Path:
+    return locate(BUNDLED)
+
+
+@pytest.fixture(scope="session")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
+    """The batched server: the main model with 8 slots of N_CTX tokens (the default), and a
+    second entry to test model swaps."""
+    tmp = tmp_path_factory.mktemp("batched-server")
+    models = [
+        batched_entry(n_parallel=N_PARALLEL),
+        batched_entry(ALT_MODEL, n_ctx=1024, n_parallel=2),
+    ]
+    running = start_server(write_config(tmp / "local_models.json", models), tmp / "server.log")
+    yield running
+    rc = running.stop()
+    assert rc == 0, running.log()
+
+
+@pytest.fixture
+def http(server: RunningServer) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=server.root, timeout=120) as client:
+        yield client
+
+
+@pytest.fixture
+def openai_client(server: RunningServer) -> Any:
+    import openai
+
+    return openai.OpenAI(base_url=server.base_url, api_key="unused", max_retries=0, timeout=120)
+
+
+@pytest.fixture(scope="session")
+def engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Engine]:
+    """An engine in this process: 8 slots of 512 tokens."""
+    tmp = tmp_path_factory.mktemp("engine")
+    config = write_config(tmp / "c.json", [batched_entry(n_ctx=512, n_parallel=N_PARALLEL)])
+    model = BatchedModel(load_config(config).models[0])
+    running = Engine(model)
+    yield running
+    running.close()
+    model.close()
+
+
+__all__ = ["ALT_MODEL", "MAIN_MODEL", "N_CTX", "N_PARALLEL", "batched_entry"]
