@@ -39,8 +39,16 @@ def five_turn_sequence() -> dict[str, Any]:
 
 
 def write_configs(tmp: Path, base_url: str, model: str, **entry: Any) -> tuple[Path, Path]:
-    fields = {"name": "local", "base_url": base_url, "model": model, "temperature": 0.7,
-              "max_tokens": 48, "min_output_tokens": 16, "seed": 42, **entry}
+    fields = {
+        "name": "local",
+        "base_url": base_url,
+        "model": model,
+        "temperature": 0.7,
+        "max_tokens": 48,
+        "min_output_tokens": 16,
+        "seed": 42,
+        **entry,
+    }
     lines = ["settings:", "  retry_max_attempts: 2", "  retry_initial_s: 0.1", "models:"]
     lines.append("  - " + "\n    ".join(f"{k}: {json.dumps(v)}" for k, v in fields.items()))
     models = tmp / "models.yaml"
@@ -51,8 +59,19 @@ def write_configs(tmp: Path, base_url: str, model: str, **entry: Any) -> tuple[P
 
 
 def eval_cmd(models: Path, prompts: Path, uri: str, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "evaluator.cli", "run", "--config", str(models),
-            "--prompts", str(prompts), "--mongo-uri", uri, *extra]
+    return [
+        sys.executable,
+        "-m",
+        "evaluator.cli",
+        "run",
+        "--config",
+        str(models),
+        "--prompts",
+        str(prompts),
+        "--mongo-uri",
+        uri,
+        *extra,
+    ]
 
 
 def turns(uri: str) -> list[dict[str, Any]]:
@@ -72,8 +91,13 @@ def test_every_turn_of_a_five_turn_sequence_gets_a_real_answer(
 ) -> None:
     clear(mongo.uri)
     models, prompts = write_configs(tmp_path, local_server.base_url, local_server.model)
-    result = subprocess.run(eval_cmd(models, prompts, mongo.uri, "--runs", "1"), cwd=REPO,
-                            capture_output=True, text=True, timeout=600)
+    result = subprocess.run(
+        eval_cmd(models, prompts, mongo.uri, "--runs", "1"),
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     docs = turns(mongo.uri)
     has_system = 1 if five_turn_sequence().get("system") else 0
@@ -98,8 +122,13 @@ def test_an_interrupted_run_resumes_and_stores_each_turn_exactly_once(
     clear(mongo.uri)
     models, prompts = write_configs(tmp_path, local_server.base_url, local_server.model)
     cmd = eval_cmd(models, prompts, mongo.uri, "--runs", "2")
-    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    proc = subprocess.Popen(
+        cmd,
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
     deadline = time.monotonic() + 300
     while len(turns(mongo.uri)) < 3 and time.monotonic() < deadline and proc.poll() is None:
         time.sleep(0.2)
@@ -130,8 +159,13 @@ def test_history_that_no_longer_fits_is_a_recorded_outcome_not_an_empty_answer(
     models, prompts = write_configs(
         tmp_path, local_server.base_url, local_server.small_model, max_tokens=200, min_output_tokens=120
     )  # ~250 tokens of prompts + answers of up to 200 cannot fit 5 turns into 640
-    result = subprocess.run(eval_cmd(models, prompts, mongo.uri, "--runs", "1"), cwd=REPO,
-                            capture_output=True, text=True, timeout=600)
+    result = subprocess.run(
+        eval_cmd(models, prompts, mongo.uri, "--runs", "1"),
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     docs = turns(mongo.uri)
     outcomes = [d["outcome"] for d in docs]

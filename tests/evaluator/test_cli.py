@@ -59,7 +59,14 @@ def test_dry_run_prints_the_plan_and_sends_nothing(tmp_path: Path) -> None:
     route = respx.route(host="hosted.test")
     models, prompts = write_configs(tmp_path)
     result = invoke(
-        "run", "--config", str(models), "--prompts", str(prompts), "--runs", "2", "--dry-run",
+        "run",
+        "--config",
+        str(models),
+        "--prompts",
+        str(prompts),
+        "--runs",
+        "2",
+        "--dry-run",
         env={"STORYBENCH_TEST_KEY": "sk-test"},
     )
     assert result.exit_code == 0, result.output
@@ -71,7 +78,12 @@ def test_dry_run_prints_the_plan_and_sends_nothing(tmp_path: Path) -> None:
 def test_missing_api_key_names_the_variable_and_exits_cleanly(tmp_path: Path) -> None:
     models, prompts = write_configs(tmp_path)
     result = invoke(
-        "run", "--config", str(models), "--prompts", str(prompts), "--dry-run",
+        "run",
+        "--config",
+        str(models),
+        "--prompts",
+        str(prompts),
+        "--dry-run",
         env={"STORYBENCH_TEST_KEY": ""},
     )
     assert result.exit_code == 2
@@ -90,8 +102,15 @@ def test_broken_config_is_a_message_not_a_traceback(tmp_path: Path) -> None:
 def test_unknown_sequence_selection_lists_the_valid_ones(tmp_path: Path) -> None:
     models, prompts = write_configs(tmp_path)
     result = invoke(
-        "run", "--config", str(models), "--prompts", str(prompts), "--sequences", "nope",
-        "--dry-run", env={"STORYBENCH_TEST_KEY": "k"},
+        "run",
+        "--config",
+        str(models),
+        "--prompts",
+        str(prompts),
+        "--sequences",
+        "nope",
+        "--dry-run",
+        env={"STORYBENCH_TEST_KEY": "k"},
     )
     assert result.exit_code == 2
     assert "nope" in result.output and "lighthouse" in result.output
@@ -103,8 +122,13 @@ def test_unreachable_database_fails_fast_before_any_model_request(tmp_path: Path
     models, prompts = write_configs(tmp_path)
     started = time.monotonic()
     result = invoke(
-        "run", "--config", str(models), "--prompts", str(prompts),
-        "--mongo-uri", "mongodb://127.0.0.1:9/?serverSelectionTimeoutMS=1000",
+        "run",
+        "--config",
+        str(models),
+        "--prompts",
+        str(prompts),
+        "--mongo-uri",
+        "mongodb://127.0.0.1:9/?serverSelectionTimeoutMS=1000",
         env={"STORYBENCH_TEST_KEY": "k"},
     )
     assert time.monotonic() - started < 15
@@ -118,3 +142,71 @@ def test_local_server_not_running_says_how_to_start_it(free_port: int) -> None:
     with pytest.raises(EndpointError) as caught:
         asyncio.run(probe(url, "m-1", None))
     assert "make serve" in str(caught.value) and url in str(caught.value)
+
+
+def sse_answer(text: str) -> httpx.Response:
+    chunks = [
+        {
+            "id": "c",
+            "object": "chat.completion.chunk",
+            "created": 1,
+            "model": "m",
+            "choices": [{"index": 0, "delta": {"content": text}, "finish_reason": None}],
+        },
+        {
+            "id": "c",
+            "object": "chat.completion.chunk",
+            "created": 1,
+            "model": "m",
+            "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}],
+        },
+        {
+            "id": "c",
+            "object": "chat.completion.chunk",
+            "created": 1,
+            "model": "m",
+            "choices": [],
+            "usage": {"prompt_tokens": 12, "completion_tokens": 4, "total_tokens": 16},
+        },
+    ]
+    body = "".join(f"data: {json.dumps(c)}\n\n" for c in chunks) + "data: [DONE]\n\n"
+    return httpx.Response(200, headers={"content-type": "text/event-stream"}, content=body.encode())
+
+
+@pytest.mark.integration
+def test_rerun_resumes_from_the_store_and_restart_starts_a_new_generation(tmp_path: Path) -> None:
+    from pymongo import MongoClient
+
+    from evaluator.store.embedded import running_server
+
+    models, prompts = write_configs(tmp_path)
+    env = {"STORYBENCH_TEST_KEY": "k"}
+    with running_server(tmp_path / "mongo") as db, respx.mock:
+        respx.get("http://hosted.test/storybench/models").mock(return_value=httpx.Response(404))
+        route = respx.post("http://hosted.test/v1/chat/completions").mock(
+            side_effect=lambda req: sse_answer("A real answer.")
+        )
+        args = [
+            "run",
+            "--config",
+            str(models),
+            "--prompts",
+            str(prompts),
+            "--runs",
+            "1",
+            "--mongo-uri",
+            db.uri,
+        ]
+        assert invoke(*args, env=env).exit_code == 0
+        assert route.call_count == 3
+        again = invoke(*args, env=env)  # everything is stored: nothing is sent
+        assert again.exit_code == 0 and route.call_count == 3
+        restarted = invoke(*args, "--restart", env=env)
+        assert restarted.exit_code == 0 and route.call_count == 6
+        with MongoClient(db.uri) as client:
+            docs = list(client["storybench"]["responses"].find({}))
+            runs = list(client["storybench"]["runs"].find({}))
+        assert sorted(d["generation"] for d in docs) == [1, 1, 1, 2, 2, 2]  # the old results kept
+        assert len(runs) == 3 and all(r["status"] == "completed" for r in runs)
+        assert runs[0]["config_snapshot"]["models"][0]["api_key_env"] == "STORYBENCH_TEST_KEY"
+        assert "k" not in {str(v) for r in runs for v in r["config_snapshot"]["models"][0].values()}
