@@ -32,6 +32,7 @@ class StreamResult:
     last: float | None = None  # last content chunk
     end: float = 0.0  # stream closed
     chunks: int = 0
+    times: list[float] = field(default_factory=list)  # arrival of every content chunk
     text_parts: list[str] = field(default_factory=list)
     finish_reason: str | None = None
     usage: dict[str, Any] | None = None
@@ -82,6 +83,10 @@ class StreamResult:
         if self.first is None or self.last is None or self.last <= self.first:
             return 0.0
         return (self.completion_tokens - 1) / (self.last - self.first)
+
+    def gaps_ms(self) -> list[float]:
+        """Time between consecutive content chunks, in milliseconds."""
+        return [(b - a) * 1000 for a, b in zip(self.times, self.times[1:], strict=False)]
 
     @property
     def server_decode_tps(self) -> float | None:
@@ -142,6 +147,7 @@ async def stream_chat(client: httpx.AsyncClient, base_url: str, body: dict[str, 
                     if result.first is None:
                         result.first = now
                     result.last = now
+                    result.times.append(now)
                     result.chunks += 1
                     result.text_parts.append(content)
                 if choice.get("finish_reason"):

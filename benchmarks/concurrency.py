@@ -33,7 +33,7 @@ async def burst(setup: Setup, who: str, n: int) -> dict[str, float]:
                     {"role": "system", "content": f"Batch {tag}, conversation {k}. You are a novelist."},
                     {"role": "user", "content": writing_request(setup.prompt_tokens // 2, seed=500 + k)},
                 ],
-                setup.max_tokens,
+                setup.concurrency_max_tokens,
                 setup.logit_bias,
             )
             for k in range(n)
@@ -42,7 +42,7 @@ async def burst(setup: Setup, who: str, n: int) -> dict[str, float]:
         results = await asyncio.gather(*(stream_chat(client, srv.base_url, b) for b in bodies))
         wall = max(r.end for r in results) - start
     for r in results:
-        setup.check_length(f"{who} x{n}", r.completion_tokens, setup.max_tokens, r.finish_reason)
+        setup.check_length(f"{who} x{n}", r.completion_tokens, setup.concurrency_max_tokens, r.finish_reason)
     tokens = sum(r.completion_tokens for r in results)
     return {
         "aggregate": tokens / wall,
@@ -59,10 +59,11 @@ async def run(setup: Setup) -> list[Record]:
             for who in ["ours", "native"] if rep % 2 == 0 else ["native", "ours"]:
                 for k, v in (await burst(setup, who, n)).items():
                     vals[who][k].append(v)
-        o, nat, m = vals["ours"], vals["native"], setup.label
+        o, nat, m, mt = vals["ours"], vals["native"], setup.label, setup.concurrency_max_tokens
         slots = setup.native_parallel.parallel if setup.native_parallel else 0
         recs += [
-            make_record(NAME, m, n, "aggregate generated tok/s", "tok/s", o["aggregate"], nat["aggregate"],
+            make_record(NAME, m, n, f"aggregate generated tok/s ({mt}-token answers)",
+                        "tok/s", o["aggregate"], nat["aggregate"],
                         note=f"native with -np {slots}"),
             make_record(NAME, m, n, "median time to first token", "ms", o["ttft"], nat["ttft"],
                         better="lower"),

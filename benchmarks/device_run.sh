@@ -11,7 +11,10 @@
 # Back on the workstation: python -m benchmarks.run --ingest <files_at>/gpu.json
 set -uo pipefail
 OUT=${OUT:-/tmp/sb-out}
-BENCH_ARGS=${BENCH_ARGS:-}
+BENCH_ARGS=${BENCH_ARGS:-}    # more harness arguments, e.g. --threads 8
+# MAIN_SHAPES: the shapes of the main run (default: all of SHAPES)
+# EXTRA_ARGS: a second harness run after the first (e.g. "--benchmarks single_stream --threads 16"),
+# its model labels suffixed with EXTRA_SUFFIX, into $OUT/gpu-extra.json
 SHAPES=${SHAPES:-"llama-1b llama-8b"}
 DEADLINE_S=${DEADLINE_S:-560}
 mkdir -p "$OUT"
@@ -33,7 +36,7 @@ stamp "setup done"
 M=/dev/shm/sb
 mkdir -p "$M" 2>/dev/null && [ "$(df -Pk /dev/shm | awk 'NR==2{print $4}')" -gt 30000000 ] || M=/tmp/sb
 mkdir -p "$M"
-models=()
+model_files=()
 pids=()
 for shape in $SHAPES; do
     python3 -m benchmarks.gen_model .device/vocab-llama-bpe.json.gz "$M/$shape-f16.gguf" --shape "$shape" &
@@ -46,17 +49,41 @@ for shape in $SHAPES; do
         || { stamp "quantize $shape failed"; tail -20 "$OUT/quantize-$shape.log"; exit 1; }
     rm -f "$M/$shape-f16.gguf"
     ls -la "$M/$shape-q4km.gguf"
-    models+=(--model "$M/$shape-q4km.gguf::synthetic ${shape/llama-/Llama-} shape Q4_K_M")
+    model_files+=("$M/$shape-q4km.gguf")
     i=$((i + 1))
 done
 stamp "models ready"
 
-remaining=$((DEADLINE_S - ($(date +%s) - start)))
+# run_bench OUT_JSON WORKDIR LABEL_SUFFIX SHAPES ARGS...: the harness on those models, within the deadline.
+run_bench() {
+    local out_json=$1 workdir=$2 suffix=$3 only=$4
+    shift 4
+    local models=() f shape label
+    for f in "${model_files[@]}"; do
+        shape=$(basename "$f" -q4km.gguf)
+        [[ " $only " == *" $shape "* ]] || continue
+        case $shape in
+            llama-1b) label="synthetic Llama-1B shape Q4_K_M" ;;
+            llama-8b) label="synthetic Llama-8B shape Q4_K_M" ;;
+            *) label="synthetic $shape Q4_K_M" ;;
+        esac
+        models+=(--model "$f::$label$suffix")
+    done
+    local remaining=$((DEADLINE_S - ($(date +%s) - start)))
+    [ "$remaining" -gt 20 ] || { stamp "no time left for $out_json"; return 124; }
+    timeout "$remaining" python3 -m benchmarks.run --gpu "${models[@]}" --workdir "$workdir" \
+        --out-json "$out_json" --results-dir none --markdown none "$@"
+}
+
 # shellcheck disable=SC2086
-timeout "$remaining" python3 -m benchmarks.run --gpu "${models[@]}" \
-    --benchmarks single_stream,prefix_reuse,concurrency --bias-check \
-    --workdir /tmp/sb-run --out-json "$OUT/gpu.json" --results-dir none --markdown none $BENCH_ARGS
+run_bench "$OUT/gpu.json" /tmp/sb-run "" "${MAIN_SHAPES:-$SHAPES}" \
+    --benchmarks "${MAIN_BENCHMARKS:-single_stream,prefix_reuse,concurrency}" --bias-check $BENCH_ARGS
 rc=$?
 stamp "benchmarks exit $rc"
-tar -czf "$OUT/server-logs.tgz" -C /tmp/sb-run . 2>/dev/null
+if [ -n "${EXTRA_ARGS:-}" ]; then
+    # shellcheck disable=SC2086
+    run_bench "$OUT/gpu-extra.json" /tmp/sb-run2 "${EXTRA_SUFFIX:-}" "$SHAPES" $EXTRA_ARGS
+    stamp "extra benchmarks exit $?"
+fi
+tar -czf "$OUT/server-logs.tgz" -C /tmp sb-run $( [ -d /tmp/sb-run2 ] && echo sb-run2 ) 2>/dev/null
 exit $rc

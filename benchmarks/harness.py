@@ -52,6 +52,7 @@ class Setup:
     native: ServerProcess  # -np 1: single stream and prefix reuse
     native_parallel: ServerProcess | None  # -np max(concurrency): concurrency
     max_tokens: int = 256
+    concurrency_max_tokens: int = 256
     prefix_max_tokens: int = 256
     repeats: int = 2
     requests: int = 2  # per repeat, for single stream

@@ -118,7 +118,8 @@ class Run:
         )
         parallel = max(a.concurrency)
         lib_dir = tools.lib_dir if a.ours_libs == "native" else None
-        ours = ours_server(spec, workdir, lib_dir)
+        engine = None if a.ours_engine == "default" else a.ours_engine
+        ours = ours_server(spec, workdir, lib_dir, engine, parallel)
         nat = native_server(tools, spec, workdir, 1)
         nat_par = native_server(tools, spec, workdir, parallel) if "concurrency" in self.selected else None
         bias_ids = eog_token_ids(path)
@@ -128,6 +129,7 @@ class Run:
         setup = Setup(
             label=label, spec=spec, tools=tools, ours=ours, native=nat, native_parallel=nat_par,
             max_tokens=a.max_tokens, prefix_max_tokens=a.prefix_max_tokens or a.max_tokens,
+            concurrency_max_tokens=a.concurrency_max_tokens or a.max_tokens,
             repeats=a.repeats, requests=a.requests, prompt_tokens=a.prompt_tokens,
             turn_tokens=a.turn_tokens, turns=a.turns, concurrency=a.concurrency,
             logit_bias={str(t): -100.0 for t in bias_ids} if ban == "bias" else None,
@@ -169,9 +171,7 @@ class Run:
                 "prefix_reuse": prefix_reuse.run,
                 "concurrency": concurrency.run,
             }
-            for name in SERVER_BENCHMARKS:
-                if name not in self.selected:
-                    continue
+            for name in [b for b in self.selected if b in SERVER_BENCHMARKS]:
                 t1 = time.perf_counter()
                 try:
                     recs = asyncio.run(steps[name](setup))
@@ -271,12 +271,18 @@ def parser() -> argparse.ArgumentParser:
     )
     ap.add_argument("--batch", type=int, default=512)
     ap.add_argument("--ubatch", type=int, default=512)
-    ap.add_argument("--threads", type=int, default=0, help="default: all cores available")
+    ap.add_argument("--threads", type=int, default=0, help="default: all cores here, half of them with --gpu")
     ap.add_argument(
         "--max-tokens", type=int, default=256, help="answer length, single stream and concurrency"
     )
     ap.add_argument("--prefix-max-tokens", type=int, default=0, help="answer length per prefix-reuse turn "
                     "(default: --max-tokens)")  # fmt: skip
+    ap.add_argument(
+        "--concurrency-max-tokens",
+        type=int,
+        default=0,
+        help="answer length for concurrency (default: --max-tokens)",
+    )
     ap.add_argument("--prompt-tokens", type=int, default=256, help="single-stream prompt size (approx.)")
     ap.add_argument(
         "--turn-tokens", type=int, default=300, help="new user tokens per prefix-reuse turn (approx.)"
@@ -290,6 +296,12 @@ def parser() -> argparse.ArgumentParser:
         choices=["auto", "bias", "none"],
         default="auto",
         help="auto: none for StoryBench synthetic models (zeroed EOG rows), else logit_bias",
+    )
+    ap.add_argument(
+        "--ours-engine",
+        choices=["default", "llama-cpp-python", "batched"],
+        default="default",
+        help="our server's engine (config field `engine`); batched gets n_parallel = max concurrency",
     )
     ap.add_argument(
         "--ours-libs",
@@ -322,7 +334,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     if args.ctx is None:
         args.ctx = 8192 if args.gpu else 4096
+    if not args.threads:
+        # GPU: half the cores, llama-cpp-python's own server default: with full offload the CPU
+        # threads only spin, and on all cores they starve the server's Python threads.
+        args.threads = max(1, _threads() // 2) if args.gpu else _threads()
     if args.smoke:
+        args.concurrency_max_tokens = min(args.concurrency_max_tokens or 16, 16)
         args.max_tokens, args.prefix_max_tokens = (
             min(args.max_tokens, 16),
             min(args.prefix_max_tokens or 16, 16),

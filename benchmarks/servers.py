@@ -137,10 +137,16 @@ class ServerProcess:
 
 
 def ours(
-    model: ModelSpec, workdir: Path, lib_dir: Path | None = None, port: int | None = None
+    model: ModelSpec,
+    workdir: Path,
+    lib_dir: Path | None = None,
+    engine: str | None = None,
+    parallel: int = 1,
+    port: int | None = None,
 ) -> ServerProcess:
     """Our server with a config file holding exactly this model's settings. `lib_dir`: load libllama
-    from there (LLAMA_CPP_LIB_PATH) instead of llama-cpp-python's own build."""
+    from there (LLAMA_CPP_LIB_PATH) instead of llama-cpp-python's own build. `engine`: the config's
+    engine (None: the server's default); "batched" gets `parallel` slots."""
     port = port or free_port()
     cfg = {
         "description": "written by benchmarks/servers.py",
@@ -160,6 +166,10 @@ def ours(
             }
         ],
     }
+    if engine:
+        cfg["models"][0]["engine"] = engine  # type: ignore[index]
+        if engine == "batched":
+            cfg["models"][0]["n_parallel"] = parallel  # type: ignore[index]
     workdir.mkdir(parents=True, exist_ok=True)
     path = workdir / f"ours-{model.name}.json"
     path.write_text(json.dumps(cfg, indent=2), encoding="utf-8")

@@ -47,8 +47,17 @@ def llama_bench(setup: Setup, reps: int) -> dict[str, list[float]]:
     return result
 
 
+def gap_summary(gaps: list[float]) -> str:
+    """Inter-token gaps of one answer: median / p90 / max ms."""
+    if not gaps:
+        return "-"
+    s = sorted(gaps)
+    return f"{s[len(s) // 2]:.1f}/{s[int(len(s) * 0.9)]:.1f}/{s[-1]:.0f}"
+
+
 async def run(setup: Setup) -> list[Record]:
     vals: dict[str, dict[str, list[float]]] = {"ours": defaultdict(list), "native": defaultdict(list)}
+    gaps: dict[str, list[str]] = {"ours": [], "native": []}
     servers = {"ours": setup.ours, "native": setup.native}
     async with new_client() as client:
         for rep in range(setup.repeats):
@@ -70,6 +79,7 @@ async def run(setup: Setup) -> list[Record]:
                     if r.server_decode_tps:
                         per["server_decode"].append(r.server_decode_tps)
                     per["prompt_len"].append(float(r.prompt_tokens or 0))
+                    gaps[who].append(gap_summary(r.gaps_ms()))
                 # Prompt evaluation: one fresh ~512-token prompt, one token out.
                 messages = [
                     {"role": "system", "content": f"Request {next(_unique)}."},
@@ -98,7 +108,9 @@ async def run(setup: Setup) -> list[Record]:
     recs = [
         make_record(NAME, m, 1, f"end-to-end tok/s ({mt}-token answers)", "tok/s", o["e2e"], n["e2e"]),
         make_record(NAME, m, 1, "decode tok/s (client-side, after the first token)", "tok/s",
-                    o["decode"], n["decode"]),
+                    o["decode"], n["decode"],
+                    note="inter-token gaps per answer, median/p90/max ms: ours " + ", ".join(gaps["ours"])
+                    + "; native " + ", ".join(gaps["native"])),
         make_record(NAME, m, 1, f"time to first token ({prompt_len}-token fresh prompt)", "ms",
                     o["ttft"], n["ttft"], better="lower"),
         make_record(NAME, m, 1, "prompt eval tok/s (~512-token fresh prompt, server timings)", "tok/s",

@@ -156,6 +156,7 @@ class Runner:
         self.concurrency = max(1, concurrency)
         self.on_progress = on_progress or (lambda name, stats: None)
         self.contexts: dict[str, ModelContext] = {}
+        self.store_failed: str | None = None  # why the first failed write failed
         for model in plan.models:
             info = endpoints.get(model.name) or EndpointInfo(base_url=model.base_url)
             counter = (
@@ -246,9 +247,14 @@ class Runner:
             turn = turns[index]
             messages.append({"role": "user", "content": turn.text})
             record = await self.play_turn(ctx, item, index, messages)
+            if self.store_failed is not None:  # another conversation's write already failed
+                raise RunAborted(self.store_failed)
             try:
                 self.store.save_response(record)
             except Exception as exc:  # the store raises StoreError; anything else is as fatal
+                # Writes block the loop: without this, every conversation whose answer is
+                # already in would wait out the database's timeout in turn before the run stops.
+                self.store_failed = str(exc)
                 raise RunAborted(str(exc)) from exc
             self._account(stats, ctx.entry, record)
             if record.outcome != "ok":

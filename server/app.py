@@ -142,13 +142,13 @@ class StoryBenchApp:
         if scope["type"] == "http" and scope["path"] == "/health":
             await self._health(send)
             return
+        # Every other route needs the key, FastAPI's own (/docs, /openapi.json) included.
+        if scope["type"] == "http" and not bearer_ok(scope, self.api_key):
+            await send_unauthorized(send)
+            return
         if self.inner is None:
-            if scope["type"] != "http":
-                return
-            if not bearer_ok(scope, self.api_key):
-                await send_unauthorized(send)
-                return
-            await self._not_ready(send)
+            if scope["type"] == "http":
+                await self._not_ready(send)
             return
         await self.inner(scope, receive, send)
 

@@ -25,6 +25,17 @@ def _layers(model: ModelConfig) -> str:
     return f"{e.n_gpu_layers} of {blocks}"
 
 
+def _engine(model: ModelConfig) -> str:
+    if model.entry.engine != "batched":
+        return "llama-cpp-python (one request at a time)"
+    kv = "one unified KV buffer" if model.entry.kv_unified else "a KV stream per slot"
+    return (
+        f"batched: {model.n_parallel} slots of n_ctx {model.n_ctx} "
+        f"({model.n_parallel * model.n_ctx} tokens of KV cache, {kv}; "
+        f"{model.n_threads_sampling} sampling thread(s))"
+    )
+
+
 def model_report(model: ModelConfig, default: bool) -> tuple[list[str], list[str]]:
     """Lines describing one model, and warnings about it."""
     e, info = model.entry, model.info
@@ -51,6 +62,7 @@ def model_report(model: ModelConfig, default: bool) -> tuple[list[str], list[str
         f"  attention       flash_attn {_on(e.flash_attn)}, offload_kqv {_on(e.offload_kqv)}, "
         f"KV cache {e.type_k or 'f16'}/{e.type_v or 'f16'}",
         f"  batch           n_batch {e.n_batch}, n_ubatch {e.n_ubatch}",
+        f"  engine          {_engine(model)}",
         f"  threads         n_threads {model.n_threads}, n_threads_batch {model.n_threads_batch}",
         f"  weights         mmap {_on(e.use_mmap)}, mlock {_on(e.use_mlock)}, "
         f"extra buffer types (repack/AMX) {_on(e.use_extra_bufts)}",

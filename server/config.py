@@ -98,6 +98,7 @@ class ModelEntry(BaseModel):
     engine: Literal["llama-cpp-python", "batched"] = "llama-cpp-python"
     n_parallel: int | None = Field(None, ge=1, le=MAX_PARALLEL)
     kv_unified: bool = False
+    n_threads_sampling: int | None = Field(None, ge=1, le=64)
 
 
 class ConfigFile(BaseModel):
@@ -137,6 +138,17 @@ class ModelConfig:
         if self.entry.engine != "batched":
             return 1
         return self.entry.n_parallel or DEFAULT_PARALLEL
+
+    @property
+    def n_threads_sampling(self) -> int:
+        """Threads sampling the slots of one step in parallel (batched engine). Unless set: 1
+        on the CPU (decoding already uses the cores), up to 8 (half the cores) when the model
+        runs on a GPU, where sampling one slot after another is most of each step."""
+        if self.entry.n_threads_sampling is not None:
+            return self.entry.n_threads_sampling
+        if self.entry.n_gpu_layers == 0 or not gpu_offload_supported():
+            return 1
+        return max(1, min(8, self.n_parallel, default_threads() // 2))
 
     @property
     def n_threads(self) -> int:
@@ -336,8 +348,15 @@ def _semantic_problems(cfg: ConfigFile) -> list[str]:
                 'llama-cpp-python\'s server answers one request at a time (remove n_parallel or '
                 'set "engine": "batched")'
             )
-        if m.kv_unified and m.engine != "batched":
-            problems.append(f'{where}, field "kv_unified": only used by "engine": "batched"')
+        for name in ("kv_unified", "n_threads_sampling"):
+            if getattr(m, name) and m.engine != "batched":
+                problems.append(f'{where}, field "{name}": only used by "engine": "batched"')
+        if m.engine == "batched" and (m.n_parallel or DEFAULT_PARALLEL) > m.n_batch:
+            problems.append(
+                f'{where}, field "n_parallel": {m.n_parallel or DEFAULT_PARALLEL} slots need '
+                f"n_batch >= n_parallel (n_batch is {m.n_batch}): every step decodes one token "
+                "per generating slot"
+            )
         if m.type_v not in (None, "f16", "f32", "bf16") and not m.flash_attn:
             problems.append(
                 f'{where}, field "type_v": a quantized V cache ("{m.type_v}") needs '

@@ -139,21 +139,36 @@ def read_metadata(path: Path) -> dict[str, Any]:
         return out
 
 
+def _str(meta: dict[str, Any], key: str) -> str | None:
+    value = meta.get(key)
+    return value if isinstance(value, str) else None
+
+
+def _int(meta: dict[str, Any], key: str) -> int | None:
+    value = meta.get(key)
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
 def read_info(path: Path) -> GGUFInfo:
-    """Metadata of a GGUF file. Raises ValueError for a corrupt or truncated header."""
+    """Metadata of a GGUF file. Raises ValueError for a corrupt or truncated header.
+
+    A known key holding a value of the wrong type (a string context length, ...) counts as
+    absent, like in llama.cpp, instead of breaking whoever reads the field."""
     meta = read_metadata(path)
-    arch = meta.get("general.architecture")
-    file_type = meta.get("general.file_type")
+    arch = _str(meta, "general.architecture")
+    file_type = _int(meta, "general.file_type")
     prefix = "tokenizer.chat_template."
     return GGUFInfo(
         architecture=arch,
         file_type=file_type,
         quantization=quantization_name(file_type),
-        model_name=meta.get("general.name"),
-        context_length=meta.get(f"{arch}.context_length") if arch else None,
-        block_count=meta.get(f"{arch}.block_count") if arch else None,
-        chat_template=meta.get("tokenizer.chat_template"),
-        named_chat_templates={k[len(prefix) :]: v for k, v in meta.items() if k.startswith(prefix)},
+        model_name=_str(meta, "general.name"),
+        context_length=_int(meta, f"{arch}.context_length") if arch else None,
+        block_count=_int(meta, f"{arch}.block_count") if arch else None,
+        chat_template=_str(meta, "tokenizer.chat_template"),
+        named_chat_templates={
+            k[len(prefix) :]: v for k, v in meta.items() if k.startswith(prefix) and isinstance(v, str)
+        },
     )
 
 

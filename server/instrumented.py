@@ -95,6 +95,24 @@ class PromptMeasured(Exception):
         self.prompt_tokens = prompt_tokens
 
 
+class InvalidGrammar(ValueError):
+    """A grammar llama.cpp cannot parse (a request's `grammar`, or one derived from its
+    `response_format` or tools). llama-cpp-python would add the NULL sampler llama.cpp returns
+    for it to the sampler chain, and the process would die with SIGSEGV."""
+
+
+def check_grammar(llama: llama_cpp.Llama, grammar: Any) -> None:
+    """Raise InvalidGrammar unless llama.cpp can build a sampler from `grammar` (LlamaGrammar)."""
+    sampler = llama_bindings.llama_sampler_init_grammar(
+        llama._model.vocab, grammar._grammar.encode("utf-8"), grammar._root.encode("utf-8")
+    )
+    if not sampler:
+        raise InvalidGrammar(
+            "the grammar is not valid GBNF (llama.cpp could not parse it; its log says where)"
+        )
+    llama_bindings.llama_sampler_free(sampler)
+
+
 class InstrumentedLlama(llama_cpp.Llama):
     """`Llama` that measures each generation (never constructed: instances are re-classed)."""
 
@@ -112,6 +130,8 @@ class InstrumentedLlama(llama_cpp.Llama):
     def generate(  # type: ignore[override]
         self, tokens: Sequence[int], *args: Any, **kwargs: Any
     ) -> Generator[int, Sequence[int] | None, None]:
+        if kwargs.get("grammar") is not None:
+            check_grammar(self, kwargs["grammar"])
         if PREFLIGHT.get():
             raise PromptMeasured(len(tokens))
         metrics = CURRENT_METRICS.get()

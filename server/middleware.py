@@ -6,7 +6,8 @@ For `POST /v1/chat/completions` and `POST /v1/completions` it:
 2. answers 404 for a `model` the server does not have (upstream silently answers with the
    first model), and 400 for `n` > 1 and logprobs (unsupported; upstream would ignore `n` or
    fail with a 500);
-3. maps `max_completion_tokens` (newer OpenAI clients) to `max_tokens`, which upstream reads;
+3. maps `max_completion_tokens` (newer OpenAI clients) to `max_tokens`, which upstream reads,
+   and drops nulls for fields that have a default (upstream would hand None to llama.cpp);
 4. runs a *preflight* under the server's model lock: the prompt is rendered and tokenized
    exactly as the real call will do it, and if it does not fit the context (prompt >= n_ctx, or
    prompt + max_tokens > n_ctx) the answer is HTTP 400 `context_length_exceeded` with the
@@ -14,6 +15,14 @@ For `POST /v1/chat/completions` and `POST /v1/completions` it:
 5. adds `timings` (and `usage.prompt_tokens_details.cached_tokens`) to JSON responses and,
    for streams with `stream_options: {"include_usage": true}`, sends a last chunk with `usage`
    and `timings` (and `choices: []`) before `data: [DONE]`.
+
+Bad requests get a 4xx with a message, never upstream's 500 (its route wrapper turns every
+exception, validation errors included, into a 500) and never a crash: bodies that are not JSON
+objects (400), invalid fields (422), an empty prompt or several prompts (400), non-integer
+`logit_bias` keys (400), a grammar llama.cpp cannot parse (400; it would SIGSEGV the process),
+a prompt the chat template or tokenizer refuses (400). The tokenizer routes get the same body
+checks and token ids outside the vocabulary are refused (detokenizing them SIGSEGVs);
+`/v1/embeddings` answers 400 (models are loaded for generation only).
 """
 
 from __future__ import annotations
@@ -25,14 +34,22 @@ import logging
 from typing import Any
 
 import anyio
+from llama_cpp.llama_grammar import LlamaGrammar
 from llama_cpp.server import app as llama_app
-from llama_cpp.server.types import CreateChatCompletionRequest, CreateCompletionRequest
-from pydantic import ValidationError
+from llama_cpp.server.types import (
+    CreateChatCompletionRequest,
+    CreateCompletionRequest,
+    CreateEmbeddingRequest,
+    DetokenizeInputRequest,
+    TokenizeInputRequest,
+)
+from pydantic import BaseModel, ValidationError
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from server.instrumented import (
     CURRENT_METRICS,
     PREFLIGHT,
+    InvalidGrammar,
     PromptMeasured,
     RequestMetrics,
 )
@@ -40,9 +57,34 @@ from server.instrumented import (
 log = logging.getLogger("storybench.server")
 
 GENERATION_PATHS = {"/v1/chat/completions": "chat", "/v1/completions": "completion"}
+# Upstream's other POST routes and their bodies. Upstream answers any invalid body with a 500
+# (its RouteErrorHandler wraps every exception, validation errors included), and a token id
+# outside the vocabulary kills the process in llama.cpp: bodies are checked here first.
+OTHER_POST_PATHS: dict[str, type[BaseModel]] = {
+    "/extras/tokenize": TokenizeInputRequest,
+    "/extras/tokenize/count": TokenizeInputRequest,
+    "/extras/detokenize": DetokenizeInputRequest,
+    "/v1/embeddings": CreateEmbeddingRequest,
+}
 # The keys upstream's routes drop before calling llama-cpp-python (llama_cpp/server/app.py).
 _CHAT_EXCLUDE = {"n", "logit_bias_type", "user", "min_tokens"}
 _COMPLETION_EXCLUDE = {"n", "best_of", "logit_bias_type", "user", "min_tokens"}
+
+
+class RequestUnservable(Exception):
+    """llama-cpp-python failed while rendering or tokenizing a request's prompt (a chat template
+    that refuses the messages, an unknown tool_choice, ...): a property of the request."""
+
+
+def invalid_request(exc: ValidationError) -> tuple[int, bytes]:
+    """422 naming the invalid fields (never echoing their values)."""
+    errors = exc.errors()
+    problems = ["/".join(str(p) for p in e["loc"]) + f": {e['msg']}" for e in errors[:5]]
+    more = f" (and {len(errors) - 5} more)" if len(errors) > 5 else ""
+    param = str(errors[0]["loc"][0]) if errors and errors[0]["loc"] else None
+    return 422, error_body(
+        "Invalid request: " + "; ".join(problems) + more, code="invalid_request", param=param
+    )
 
 
 def error_body(message: str, *, code: str | None, param: str | None = None, **extra: Any) -> bytes:
@@ -103,8 +145,13 @@ class StoryBenchMiddleware:
         self.instrumented = instrumented
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        kind = GENERATION_PATHS.get(scope.get("path", "")) if scope["type"] == "http" else None
-        if kind is None or scope["method"] != "POST":
+        path = scope.get("path", "") if scope["type"] == "http" else ""
+        kind = GENERATION_PATHS.get(path)
+        if (
+            scope["type"] != "http"
+            or scope["method"] != "POST"
+            or (kind is None and path not in OTHER_POST_PATHS)
+        ):
             await self.app(scope, receive, send)
             return
         if not bearer_ok(scope, self.api_key):
@@ -115,9 +162,18 @@ class StoryBenchMiddleware:
             return
         try:
             body = json.loads(raw)
-        except ValueError:
+        except ValueError:  # not JSON, or not UTF-8
             body = None
-        if not isinstance(body, dict):  # let upstream answer its usual 422
+        if not isinstance(body, dict):
+            await send_json(
+                send, 400, error_body("The request body must be a JSON object.", code="invalid_json")
+            )
+            return
+        if kind is None:
+            rejection = await self._check_other(path, body)
+            if rejection is not None:
+                await send_json(send, *rejection)
+                return
             await self.app(scope, _replay(raw, receive), send)
             return
 
@@ -125,8 +181,11 @@ class StoryBenchMiddleware:
         if rejection is not None:
             await send_json(send, *rejection)
             return
+        edited = _drop_nulls(kind, body)
         if "max_completion_tokens" in body and body.get("max_tokens") is None:
             body["max_tokens"] = body["max_completion_tokens"]
+            edited = True
+        if edited:
             raw = json.dumps(body).encode("utf-8")
             headers = [(k, v) for k, v in scope["headers"] if k != b"content-length"]
             scope = {**scope, "headers": [*headers, (b"content-length", str(len(raw)).encode())]}
@@ -153,7 +212,43 @@ class StoryBenchMiddleware:
         finally:
             CURRENT_METRICS.reset(token)
 
-    def _check_request(self, kind: str, body: dict[str, Any]) -> tuple[int, bytes] | None:
+    async def _check_other(self, path: str, body: dict[str, Any]) -> tuple[int, bytes] | None:
+        """Tokenizer and embedding routes: a valid body, a known model, text and token ids that
+        llama.cpp can take."""
+        try:
+            request: Any = OTHER_POST_PATHS[path].model_validate(body)
+        except ValidationError as exc:
+            return invalid_request(exc)
+        unknown = self._unknown_model(body)
+        if unknown is not None:
+            return unknown
+        if path == "/v1/embeddings":
+            return 400, error_body(
+                "Embeddings are not served: StoryBench loads models for text generation only.",
+                code="unsupported_endpoint",
+            )
+        if path != "/extras/detokenize":
+            try:
+                request.input.encode("utf-8")
+            except UnicodeEncodeError:
+                return 400, error_body(
+                    "`input` is not valid Unicode text.", code="invalid_text", param="input"
+                )
+            return None
+        if not self.instrumented:
+            return None
+        async with contextlib.asynccontextmanager(llama_app.get_llama_proxy)() as proxy:
+            n_vocab = await anyio.to_thread.run_sync(lambda: proxy(request.model).n_vocab())
+        bad = [t for t in request.tokens if not 0 <= t < n_vocab]
+        if bad:
+            return 400, error_body(
+                f"Token ids must be from 0 to {n_vocab - 1} (this model's vocabulary); got {bad[:5]}.",
+                code="invalid_token",
+                param="tokens",
+            )
+        return None
+
+    def _unknown_model(self, body: dict[str, Any]) -> tuple[int, bytes] | None:
         model = body.get("model")
         if model is not None and model not in self.model_names:
             known = ", ".join(self.model_names)
@@ -162,6 +257,30 @@ class StoryBenchMiddleware:
                 code="model_not_found",
                 param="model",
                 known_models=self.model_names,
+            )
+        return None
+
+    def _check_request(self, kind: str, body: dict[str, Any]) -> tuple[int, bytes] | None:
+        unknown = self._unknown_model(body)
+        if unknown is not None:
+            return unknown
+        if kind == "completion":
+            prompt = body.get("prompt", "")
+            if isinstance(prompt, list) and len(prompt) > 1:
+                return 400, error_body(
+                    f"{len(prompt)} prompts in one request are not supported; send one request per prompt.",
+                    code="unsupported_parameter",
+                    param="prompt",
+                )
+            if prompt in ("", [], [""]):
+                return 400, error_body("The prompt is empty.", code="empty_prompt", param="prompt")
+        bias = body.get("logit_bias")
+        by_id = body.get("logit_bias_type") in (None, "input_ids")
+        if isinstance(bias, dict) and by_id and not all(k.strip().lstrip("-").isdigit() for k in bias):
+            return 400, error_body(
+                'logit_bias keys must be token ids (integers as strings), e.g. {"50256": -100}.',
+                code="invalid_logit_bias",
+                param="logit_bias",
             )
         n = body.get("n")
         if isinstance(n, int) and n > 1:
@@ -185,6 +304,20 @@ class StoryBenchMiddleware:
                 param="logprobs",
             )
         return None
+
+
+def _drop_nulls(kind: str, body: dict[str, Any]) -> bool:
+    """A null for a field with a default means that default. Upstream would pass None on to
+    llama.cpp (`"presence_penalty": null` fails in ctypes with a 500). True if any was dropped."""
+    model = CreateChatCompletionRequest if kind == "chat" else CreateCompletionRequest
+    nulls = [
+        name
+        for name, field in model.model_fields.items()
+        if name in body and body[name] is None and field.default is not None
+    ]
+    for name in nulls:
+        del body[name]
+    return bool(nulls)
 
 
 async def _read_body(receive: Receive) -> bytes | None:
@@ -228,12 +361,20 @@ async def _preflight(kind: str, body: dict[str, Any]) -> tuple[int, bytes] | Non
                 if len(prompt) > 1:
                     return None  # upstream refuses lists of prompts itself
                 kwargs["prompt"] = prompt[0] if prompt else ""
-    except ValidationError:
-        return None  # upstream answers 422 with the details
-    # Sampling extras only shape generation, never the prompt.
-    kwargs.update(stream=False, grammar=None, logit_bias=None)
+    except ValidationError as exc:
+        return invalid_request(exc)  # upstream would answer 500
+    # Sampling extras only shape generation, never the prompt. A grammar (given, or derived from
+    # response_format or tools) is checked on the way: an invalid one would crash llama.cpp.
+    grammar = kwargs.get("grammar")
+    kwargs.update(stream=False, logit_bias=None)
+    kwargs["grammar"] = None if grammar is None else LlamaGrammar.from_string(grammar)
     async with contextlib.asynccontextmanager(llama_app.get_llama_proxy)() as proxy:
-        measured = await anyio.to_thread.run_sync(_measure_prompt, proxy, kind, kwargs)
+        try:
+            measured = await anyio.to_thread.run_sync(_measure_prompt, proxy, kind, kwargs)
+        except InvalidGrammar as exc:
+            return 400, error_body(str(exc), code="invalid_grammar", param="grammar")
+        except RequestUnservable as exc:
+            return 400, error_body(str(exc), code="invalid_request")
     if measured is None:
         return None
     prompt_tokens, n_ctx = measured
@@ -294,9 +435,14 @@ def _measure_prompt(proxy: Any, kind: str, kwargs: dict[str, Any]) -> tuple[int,
             llama.create_completion(**kwargs)
     except PromptMeasured as measured:
         return measured.prompt_tokens, n_ctx
-    except Exception:  # the real call will raise the same error and upstream formats it
+    except InvalidGrammar:
+        raise
+    except Exception as exc:  # the real call would fail alike, and upstream answer 500
         log.debug("preflight: request fails before generation", exc_info=True)
-        return None
+        raise RequestUnservable(
+            f"The request cannot be served: {str(exc) or type(exc).__name__} "
+            "(raised while preparing the prompt)"
+        ) from exc
     finally:
         PREFLIGHT.reset(flag)
         llama._n_ctx = saved_n_ctx

@@ -141,7 +141,10 @@ def export_responses(
     docs = store.responses(experiment_keys=keys)
     judged = _evaluations_by_target(store, docs)
 
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
+    try:
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
+    except OSError as exc:
+        raise ExportError(f"cannot write in the folder {out.parent}: {exc.strerror or exc}") from exc
     tmp = Path(tmp_name)
     try:
         with os.fdopen(fd, "w", encoding="utf-8", newline="") as fh:
@@ -155,6 +158,9 @@ def export_responses(
             raise ExportError(f"{out} appeared while exporting; nothing was overwritten")
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes it private; give it normal modes
         os.replace(tmp, out)
+    except OSError as exc:  # disk full, `out` is a folder, ...: nothing half-written is left
+        tmp.unlink(missing_ok=True)
+        raise ExportError(f"could not write {out}: {exc.strerror or exc}") from exc
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise

@@ -200,11 +200,25 @@ class Stream:
             raise
 
     async def events(self) -> AsyncIterator[Event]:
+        """The events so far, text merged: a client that reads slower than the engine writes
+        gets fewer, longer chunks instead of a growing backlog."""
         while not self.finished:
-            for event in await self.queue.get():
-                if event[0] in ("done", "error"):
+            events = await self.queue.get()
+            while not self.queue.empty():
+                events = events + self.queue.get_nowait()
+            text: list[str] = []
+            for kind, value in events:
+                if kind == "text":
+                    text.append(value)
+                    continue
+                if text:
+                    yield ("text", "".join(text))
+                    text = []
+                if kind in ("done", "error"):
                     self.finished = True
-                yield event
+                yield (kind, value)
+            if text:
+                yield ("text", "".join(text))
 
     def cancel(self) -> None:
         if not self.finished:
@@ -346,9 +360,7 @@ def build_router(host: EngineHost) -> APIRouter:
 
     @router.post("/v1/embeddings")
     async def create_embedding() -> Response:
-        body = error_body(
-            "Embeddings are not served by the batched engine.", code="unsupported_endpoint"
-        )
+        body = error_body("Embeddings are not served by the batched engine.", code="unsupported_endpoint")
         return Response(body, status_code=400, media_type="application/json")
 
     async def tokens_of(body: TokenizeInputRequest) -> list[int]:

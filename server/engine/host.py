@@ -135,8 +135,7 @@ class EngineHost:
             "n_threads": llama_cpp.llama_n_threads(ctx),
             "n_threads_batch": llama_cpp.llama_n_threads_batch(ctx),
             "slots": [
-                {"id": s.seq, "busy": s.gen is not None, "cached_tokens": len(s.cache)}
-                for s in engine.slots
+                {"id": s.seq, "busy": s.gen is not None, "cached_tokens": len(s.cache)} for s in engine.slots
             ],
             "queued": engine.queued,
             "stats": engine.stats.summary(),

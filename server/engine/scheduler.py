@@ -20,6 +20,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -127,8 +128,11 @@ def choose_slot(idle: list[Slot], prompt: list[int]) -> tuple[Slot, int]:
 
     1. a slot whose whole cache starts the prompt (the next turn of its conversation): the
        longest such cache;
-    2. else a slot sharing at least half the prompt (a retried turn): the longest share;
-    3. else an empty slot, else the least recently used one (which loses its conversation).
+    2. a slot sharing at least half of the prompt: one holding all of it (a retried turn), or
+       one that keeps most of its cache, or any when no slot is empty (a long shared system
+       prompt);
+    3. an empty slot;
+    4. the least recently used slot (its conversation loses its cache).
     """
     best: tuple[Slot, int] | None = None
     for slot in idle:
@@ -139,10 +143,13 @@ def choose_slot(idle: list[Slot], prompt: list[int]) -> tuple[Slot, int]:
         return best
     shared = [(slot, common_prefix(slot.cache, prompt)) for slot in idle]
     slot, n = max(shared, key=lambda s: (s[1], -s[0].last_used))
-    if n >= REUSE_FRACTION * len(prompt):
-        return slot, n
     empty = [s for s in idle if not s.cache]
-    slot = empty[0] if empty else min(idle, key=lambda s: s.last_used)
+    keeps_most = n == len(prompt) or n >= REUSE_FRACTION * len(slot.cache)
+    if n >= REUSE_FRACTION * len(prompt) and (keeps_most or not empty):
+        return slot, n
+    if empty:
+        return empty[0], 0
+    slot = min(idle, key=lambda s: s.last_used)
     return slot, common_prefix(slot.cache, prompt)
 
 
@@ -220,6 +227,10 @@ class EngineStats:
         }
 
 
+def _admitted(slot: Slot) -> float:
+    return slot.gen.t_admit or 0.0 if slot.gen is not None else 0.0
+
+
 class Engine:
     """The scheduler and its thread; one per loaded model."""
 
@@ -233,6 +244,10 @@ class Engine:
         self._batch = _Batch(model.n_batch)
         self._pieces = Pieces(model.vocab)
         self._eog: dict[int, bool] = {}
+        self._pool_size = model.config.n_threads_sampling
+        self._pool = (
+            ThreadPoolExecutor(self._pool_size, thread_name_prefix="sampler") if self._pool_size > 1 else None
+        )
         self._thread = threading.Thread(target=self._run, name=f"engine:{model.name}", daemon=True)
         self._thread.start()
 
@@ -271,6 +286,8 @@ class Engine:
             self._stopping = True
             self._cond.notify()
         self._thread.join(timeout)
+        if self._pool is not None:
+            self._pool.shutdown(wait=False)
         if self._thread.is_alive():
             log.warning("engine thread of %r did not stop within %.0f s", self.model.name, timeout)
             return
@@ -338,29 +355,34 @@ class Engine:
         batch.clear()
         outputs: list[tuple[Slot, int]] = []
         fed: list[tuple[Slot, list[int]]] = []
-        for slot in self.slots:
-            if slot.gen is not None and slot.next_token is not None:
-                outputs.append((slot, batch.add(slot.next_token, len(slot.cache), slot.seq)))
-                fed.append((slot, [slot.next_token]))
-        generating = len(outputs)
-        prefilling = sorted(
-            (s for s in self.slots if s.gen is not None and s.next_token is None),
-            key=lambda s: s.gen.t_admit or 0.0 if s.gen else 0.0,
-        )
-        for slot in prefilling:
-            room = batch.capacity - batch.n
+        active = [s for s in self.slots if s.gen is not None]
+        generating = sum(1 for s in active if s.next_token is not None)
+        # Prompt chunks share what is left of n_batch in arrival order...
+        chunks: dict[int, int] = {}
+        room = batch.capacity - generating
+        for slot in sorted((s for s in active if s.next_token is None), key=_admitted):
             if room <= 0:
                 break
             assert slot.gen is not None
-            prompt = slot.gen.prompt
-            chunk = prompt[slot.at : slot.at + room]
-            done = slot.at + len(chunk) == len(prompt)
-            last = batch.add_run(chunk, len(slot.cache), slot.seq, output_last=done)
-            slot.at += len(chunk)
-            fed.append((slot, chunk))
-            if done:
-                outputs.append((slot, last))
-            self.stats.tokens_prompt += len(chunk)
+            chunks[slot.seq] = take = min(room, len(slot.gen.prompt) - slot.at)
+            room -= take
+        # ...and go into the batch in sequence order: with a KV stream per sequence llama.cpp
+        # splits a batch into micro-batches of consecutive sequence ids.
+        for slot in active:
+            gen = slot.gen
+            assert gen is not None
+            if slot.next_token is not None:
+                outputs.append((slot, batch.add(slot.next_token, len(slot.cache), slot.seq)))
+                fed.append((slot, [slot.next_token]))
+            elif slot.seq in chunks:
+                chunk = gen.prompt[slot.at : slot.at + chunks[slot.seq]]
+                done = slot.at + len(chunk) == len(gen.prompt)
+                last = batch.add_run(chunk, len(slot.cache), slot.seq, output_last=done)
+                slot.at += len(chunk)
+                fed.append((slot, chunk))
+                if done:
+                    outputs.append((slot, last))
+                self.stats.tokens_prompt += len(chunk)
         t0 = time.perf_counter()
         rc = batch.decode(model.ctx)
         if rc != 0:
@@ -370,10 +392,9 @@ class Engine:
         for slot, tokens in fed:
             slot.cache.extend(tokens)
         now = time.perf_counter()
-        for slot, i in outputs:
+        for (slot, _), token in zip(outputs, self._sample(outputs), strict=True):
             gen = slot.gen
             assert gen is not None
-            token = llama_cpp.llama_sampler_sample(gen.sampler.sampler, model.ctx, i)
             if gen.t_first is None:
                 gen.t_first = now
             self._accept(slot, gen, token)
@@ -384,6 +405,25 @@ class Engine:
         st.decode_s += t1 - t0
         st.sample_s += t2 - t1
         st.step_s += t2 - start
+
+    def _sample(self, outputs: list[tuple[Slot, int]]) -> list[int]:
+        """Each output row through its slot's sampler chain; with a pool, the chains run in
+        parallel (ctypes releases the GIL; each chain has its own buffers, and the context's
+        output rows are only read once `llama_get_logits` has put them in order)."""
+        ctx = self.model.ctx
+        chains = [(slot.gen.sampler.sampler, i) for slot, i in outputs if slot.gen is not None]
+        if self._pool is None or len(chains) < 2:
+            return [llama_cpp.llama_sampler_sample(chain, ctx, i) for chain, i in chains]
+        llama_cpp.llama_get_logits(ctx)
+        k = min(self._pool_size, len(chains))
+        groups = [chains[j::k] for j in range(k)]
+        results = list(
+            self._pool.map(lambda g: [llama_cpp.llama_sampler_sample(c, ctx, i) for c, i in g], groups)
+        )
+        tokens = [0] * len(chains)
+        for j, group_tokens in enumerate(results):
+            tokens[j::k] = group_tokens
+        return tokens
 
     def _is_eog(self, token: int) -> bool:
         eog = self._eog.get(token)

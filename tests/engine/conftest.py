@@ -71,9 +71,11 @@ def openai_client(server: RunningServer) -> Any:
 
 @pytest.fixture(scope="session")
 def engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Engine]:
-    """An engine in this process: 8 slots of 512 tokens."""
+    """An engine in this process: 8 slots of 512 tokens, sampled by two threads."""
     tmp = tmp_path_factory.mktemp("engine")
-    config = write_config(tmp / "c.json", [batched_entry(n_ctx=512, n_parallel=N_PARALLEL)])
+    # Two sampling threads: the parallel sampling path runs in every test below.
+    entry = batched_entry(n_ctx=512, n_parallel=N_PARALLEL, n_threads_sampling=2)
+    config = write_config(tmp / "c.json", [entry])
     model = BatchedModel(load_config(config).models[0])
     running = Engine(model)
     yield running

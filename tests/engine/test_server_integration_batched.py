@@ -53,4 +53,4 @@ def test_stream_is_not_cut_short_by_a_concurrent_request(  # replaces the serial
     assert finish[-1] == "length"
     assert rest[-1].usage is not None and rest[-1].usage.completion_tokens == max_tokens
     assert result["status"] == 200
-    assert result["at"] < ended + 5  # answered alongside the stream, not queued behind it
+    assert result["at"] < ended  # answered alongside the stream, not queued behind it

@@ -48,8 +48,8 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from email.utils import format_datetime
 from datetime import datetime, timedelta, timezone
+from email.utils import format_datetime
 from typing import Any
 
 FAULTS = (
@@ -75,7 +75,9 @@ def messages_digest(messages: list[dict[str, Any]]) -> str:
 def expected_answer(messages: list[dict[str, Any]]) -> str:
     """What the stand-in answers to these messages (a function of the whole history)."""
     users = sum(1 for m in messages if m.get("role") == "user")
-    return f"Answer {users} to history {messages_digest(messages)[:16]}: the keeper lit the lamp.{ANSWER_TAIL}"
+    return (
+        f"Answer {users} to history {messages_digest(messages)[:16]}: the keeper lit the lamp.{ANSWER_TAIL}"
+    )
 
 
 @dataclass
@@ -293,7 +295,12 @@ class StandIn:
         pieces = [" ".join(words[i : i + 4]) + " " for i in range(0, len(words), 4)] if text else []
         if pieces:
             pieces[-1] = pieces[-1].rstrip(" ")
-        base = {"id": "chatcmpl-standin", "object": "chat.completion.chunk", "created": 1, "model": self.model}
+        base = {
+            "id": "chatcmpl-standin",
+            "object": "chat.completion.chunk",
+            "created": 1,
+            "model": self.model,
+        }
 
         def event(doc: dict[str, Any]) -> bytes:
             if fault == "missing_choices":
@@ -320,7 +327,10 @@ class StandIn:
             events.append(event({**base, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}))
         options = request.body.get("stream_options") or {}
         if options.get("include_usage"):
-            usage = {"prompt_tokens": 10 * len(request.messages), "completion_tokens": len(words) if text else 0}
+            usage = {
+                "prompt_tokens": 10 * len(request.messages),
+                "completion_tokens": len(words) if text else 0,
+            }
             usage["total_tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]
             events.append(b"data: " + json.dumps({**base, "choices": [], "usage": usage}).encode() + b"\n\n")
         events.append(b"data: [DONE]\n\n")

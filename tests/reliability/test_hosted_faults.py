@@ -193,4 +193,3 @@ def test_markup_in_an_error_or_an_answer_is_printed_verbatim(standin: StandIn, t
     show = run_cli([*eval_cmd(models, prompts)[:3], "show", run_id], env)
     assert show.returncode == 0, show.stdout + show.stderr
     assert "<script>alert('x')</script> [/b]" in show.stdout
-

@@ -84,10 +84,15 @@ class RunningServer:
 
 
 def start_server(
-    config: Path, log_path: Path, *, env: dict[str, str] | None = None, timeout: float = 120
+    config: Path,
+    log_path: Path,
+    *,
+    env: dict[str, str] | None = None,
+    timeout: float = 120,
+    port: int | None = None,
 ) -> RunningServer:
-    """Start `python -m server` on a free port; return once it printed its base URL."""
-    port = find_free_port()
+    """Start `python -m server` on `port` (default: a free one); return once it printed its base URL."""
+    port = port or find_free_port()
     log = log_path.open("wb")
     proc = subprocess.Popen(
         [sys.executable, "-m", "server", "--config", str(config), "--port", str(port)],
@@ -107,5 +112,3 @@ def start_server(
         time.sleep(0.1)
     server.stop(signal.SIGKILL)
     raise RuntimeError(f"server not ready after {timeout} s:\n{server.log()}")
-
-

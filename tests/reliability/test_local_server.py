@@ -1,0 +1,232 @@
+"""The local server under abuse: schemathesis against its OpenAPI schema, and SIGKILL mid-run.
+
+Real `storybench-serve` processes with the bundled SmolLM2-135M (small context, one thread, a
+few tokens per answer), a real embedded database, the evaluator as a subprocess.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import schemathesis
+from hypothesis import HealthCheck, given, settings
+from schemathesis import GenerationMode
+
+from evaluator.store.embedded import EmbeddedServer
+from tests.reliability.checks import assert_whole, duplicates
+from tests.reliability.conftest import (
+    child_env,
+    eval_cmd,
+    models_yaml,
+    prompts_json,
+    responses,
+    run_cli,
+    runs,
+)
+from tests.reliability.test_process_kills import _count, _start, _wait_for
+from tests.support.servers import RunningServer, model_entry, start_server, write_config
+
+pytestmark = pytest.mark.integration
+
+# Examples per API operation and generation mode (positive: valid per the schema; negative:
+# violating it). STORYBENCH_SCHEMATHESIS_CASES raises it for a longer hunt.
+CASES = 25
+
+
+@pytest.fixture(scope="module")
+def plain_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
+    tmp = tmp_path_factory.mktemp("schemathesis-server")
+    running = start_server(write_config(tmp / "c.json", [model_entry(n_ctx=512)]), tmp / "server.log")
+    yield running
+    running.stop(signal.SIGKILL if running.proc.poll() is None else signal.SIGTERM)
+
+
+def _tame(case: Any) -> None:
+    """Keep generation short: a valid max_tokens above 4 (or 0/absent: "until the context is
+    full") becomes 2. Invalid values are left for the negative cases."""
+    if isinstance(case.body, dict):
+        value = case.body.get("max_tokens")
+        if value is None or (type(value) is int and (value == 0 or value > 4)):
+            case.body["max_tokens"] = 2
+
+
+def _fuzz(
+    operation: Any, mode: GenerationMode, cases: int, root: str, statuses: Counter[int], failures: list[str]
+) -> None:
+    """`cases` requests generated from one operation's schema; 5xx answers go to `failures`."""
+
+    @settings(max_examples=cases, deadline=None, database=None, derandomize=True,
+              suppress_health_check=list(HealthCheck))  # fmt: skip
+    @given(case=operation.as_strategy(generation_mode=mode))
+    def probe(case: Any) -> None:
+        _tame(case)
+        try:
+            response = case.call(base_url=root, timeout=120)
+        except Exception as exc:  # the server went away: a crash
+            failures.append(f"{operation.label} ({mode.value}): {exc!r}; body {case.body!r:.300}")
+            raise
+        statuses[response.status_code] += 1
+        if response.status_code >= 500:
+            failures.append(
+                f"{operation.label} ({mode.value}) -> {response.status_code}: {response.text[:200]}; "
+                f"body {case.body!r:.300}"
+            )
+        elif response.status_code >= 400:
+            doc = response.json()
+            message = (doc.get("error") or {}).get("message") or doc.get("detail")
+            assert message, f"{operation.label}: {response.status_code} without a message"
+
+    probe()
+
+
+def test_malformed_requests_get_4xx_never_5xx_and_the_server_keeps_serving(
+    plain_server: RunningServer, figures: dict[str, Any]
+) -> None:
+    cases = int(os.environ.get("STORYBENCH_SCHEMATHESIS_CASES", CASES))
+    spec = httpx.get(f"{plain_server.root}/openapi.json", timeout=30).json()
+    schema = schemathesis.openapi.from_dict(spec)
+    statuses: Counter[int] = Counter()
+    failures: list[str] = []
+    operations = [result.ok() for result in schema.get_all_operations()]
+    assert len(operations) >= 8
+
+    for operation in operations:
+        for mode in GenerationMode:
+            try:
+                _fuzz(operation, mode, cases, plain_server.root, statuses, failures)
+            except Exception:
+                assert plain_server.proc.poll() is None, f"the server died:\n{failures[-1:]}"
+                raise
+
+    total = sum(statuses.values())
+    figures["schemathesis"] = {
+        "operations": len(operations), "cases": total, "responses_5xx": sum(n for s, n in statuses.items()
+                                                                            if s >= 500),
+        "responses_4xx": sum(n for s, n in statuses.items() if 400 <= s < 500),
+        "responses_2xx": sum(n for s, n in statuses.items() if s < 300), "server_crashes": 0,
+    }  # fmt: skip
+    assert failures == []
+    # Still serving: healthy, and a real answer.
+    assert httpx.get(f"{plain_server.root}/health", timeout=30).status_code == 200
+    answer = httpx.post(
+        f"{plain_server.base_url}/chat/completions",
+        json={"model": "smollm2", "messages": [{"role": "user", "content": "Say hi."}], "max_tokens": 4},
+        timeout=120,
+    )
+    assert answer.status_code == 200 and answer.json()["choices"][0]["message"]["content"] is not None
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "code"),
+    [
+        ({"grammar": "root ::= ["}, 400, "invalid_grammar"),  # SIGSEGV before the fix
+        ({"grammar": ")x/"}, 400, "invalid_grammar"),
+        ({"presence_penalty": None}, 200, None),  # a null that reached llama.cpp: 500
+        ({"logit_bias": {"x": 1}}, 400, "invalid_logit_bias"),
+        (
+            {"functions": [{"name": "f", "parameters": {}}], "function_call": {"name": "g"}},
+            400,
+            "invalid_request",
+        ),
+        ({"top_k": -3}, 422, "invalid_request"),
+    ],
+    ids=[
+        "bad-grammar",
+        "garbage-grammar",
+        "null-penalty",
+        "logit-bias-key",
+        "unknown-function",
+        "invalid-field",
+    ],
+)
+def test_requests_that_used_to_crash_or_500(
+    plain_server: RunningServer, body: dict[str, Any], status: int, code: str | None
+) -> None:
+    request = {"model": "smollm2", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2, **body}
+    r = httpx.post(f"{plain_server.base_url}/chat/completions", json=request, timeout=120)
+    assert r.status_code == status, r.text
+    if code is not None:
+        assert r.json()["error"]["code"] == code
+    assert plain_server.proc.poll() is None
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "status"),
+    [
+        ("/extras/detokenize", {"tokens": [99999999]}, 400),  # SIGSEGV before the fix
+        ("/extras/detokenize", {"tokens": [-1]}, 400),
+        ("/extras/tokenize", b"\x00", 400),  # 500 before the fix
+        ("/extras/tokenize/count", {"model": True}, 422),
+        ("/v1/completions", {"max_tokens": 2}, 400),  # no prompt: 500 before the fix
+        ("/v1/completions", {"prompt": ["a", "b"], "max_tokens": 2}, 400),
+        ("/v1/embeddings", {"input": "hi"}, 400),
+    ],
+)
+def test_other_routes_answer_4xx(plain_server: RunningServer, path: str, body: Any, status: int) -> None:
+    kwargs: dict[str, Any] = {"content": body} if isinstance(body, bytes) else {"json": body}
+    r = httpx.post(f"{plain_server.root}{path}", timeout=120, **kwargs)
+    assert r.status_code == status, r.text
+    assert r.json()["error"]["message"]
+    assert plain_server.proc.poll() is None
+
+
+def test_sigkill_of_the_server_mid_run_then_resume_after_restart(
+    mongo: EmbeddedServer, db_name: str, tmp_path: Path, figures: dict[str, Any]
+) -> None:
+    config = write_config(tmp_path / "local_models.json", [model_entry("story", n_ctx=1024)])
+    server = start_server(config, tmp_path / "server-1.log")
+    restarted: RunningServer | None = None
+    try:
+        models = models_yaml(
+            tmp_path / "models.yaml", server.base_url, name="local", model="story", max_tokens=12,
+            min_output_tokens=4, request_timeout_s=60.0,
+            settings={"retry_max_attempts": 2, "retry_initial_s": 0.2, "retry_max_backoff_s": 0.5},
+        )  # fmt: skip
+        prompts = prompts_json(tmp_path / "prompts.json", n_sequences=1, n_turns=3)
+        cmd = eval_cmd(models, prompts, "--runs", "3", "--mongo-uri", mongo.uri, "--db", db_name)
+        env = child_env()
+        proc = _start(cmd, env)
+        _wait_for(lambda: _count(mongo.uri, db_name) >= 2, 240, proc)
+        server.proc.send_signal(signal.SIGKILL)  # the next turn is in flight
+        server.proc.wait(10)
+        out = proc.communicate(timeout=120)[0]
+        assert proc.returncode == 3, out  # some turns failed: re-run retries them
+        assert "Traceback" not in out and "re-run the same command" in out
+        first = responses(mongo.uri, db_name)
+        failed = [d for d in first if d["outcome"] == "error"]
+        assert failed and all(d["attempts"] == 2 for d in failed), [
+            (d["error"], d["attempts"]) for d in failed
+        ]
+        assert all("gave up after 2 attempt(s)" in d["error"] for d in failed), [d["error"] for d in failed]
+        kept = {d["_id"]: d["finished_at"] for d in first if d["outcome"] == "ok"}
+
+        restarted = start_server(config, tmp_path / "server-2.log", port=server.port)
+        started = time.monotonic()
+        again = run_cli(cmd, env, timeout=300)
+        resume_s = time.monotonic() - started
+    finally:
+        for running in (server, restarted):
+            if running is not None and running.proc.poll() is None:
+                running.stop()
+    assert again.returncode == 0, again.stdout + again.stderr
+    docs = responses(mongo.uri, db_name)
+    assert len(docs) == 9 and duplicates(docs) == 0
+    assert all(d["outcome"] == "ok" for d in docs)
+    for doc in docs:
+        assert_whole(doc)
+        assert doc["messages_sent"] == 2 + 2 * doc["turn_index"]  # system + full history + new turn
+    assert all(kept[d["_id"]] == d["finished_at"] for d in docs if d["_id"] in kept)
+    last = runs(mongo.uri, db_name)[-1]
+    assert last["counts"] == {"ok": 9 - len(kept)}
+    figures["sigkill_server"] = {
+        "planned_turns": 9, "stored_before_kill": len(kept), "failed_then_retried": len(failed),
+        "lost": 9 - len(docs), "duplicated": duplicates(docs), "resume_seconds": round(resume_s, 1),
+    }  # fmt: skip
