@@ -298,8 +298,9 @@ def _key(r: dict[str, Any]) -> tuple[Any, ...]:
 
 
 def write_results(records: Sequence[Record], results_dir: Path = RESULTS_DIR, tag: str = "") -> Path:
-    """A dated file with exactly this run, and latest.json with this run replacing older rows of
-    the same machine (other machines' rows stay: the CPU and the GPU results live side by side)."""
+    """A dated file with exactly this run, and latest.json where this run's rows replace every older
+    row of the same benchmark, model, machine and GPU (other rows stay: the CPU and the GPU
+    results, and models not re-run, live side by side)."""
     results_dir.mkdir(parents=True, exist_ok=True)
     docs = [r.to_json() for r in records]
     stamp = (records[0].date if records else utc_now()).replace(":", "").replace("-", "")
@@ -313,11 +314,12 @@ def write_results(records: Sequence[Record], results_dir: Path = RESULTS_DIR, ta
         except json.JSONDecodeError:
             old = []
     new_keys = {_key(d) for d in docs}
-    replaced_runs = {(d["benchmark"], d["machine"], d.get("gpu", "")) for d in docs}
-    kept = [
-        d for d in old
-        if _key(d) not in new_keys and (d["benchmark"], d["machine"], d.get("gpu", "")) not in replaced_runs
-    ]  # fmt: skip
+
+    def run_key(d: dict[str, Any]) -> tuple[Any, ...]:
+        return (d["benchmark"], d["model"], d["machine"], d.get("gpu", ""))
+
+    replaced = {run_key(d) for d in docs}
+    kept = [d for d in old if _key(d) not in new_keys and run_key(d) not in replaced]
     latest.write_text(json.dumps(kept + docs, indent=1) + "\n", encoding="utf-8")
     return dated
 

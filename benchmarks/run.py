@@ -17,6 +17,7 @@ import asyncio
 import json
 import os
 import shlex
+import signal
 import sys
 import time
 from collections.abc import Callable, Coroutine
@@ -330,7 +331,12 @@ def parser() -> argparse.ArgumentParser:
     return ap
 
 
+def _terminate(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt  # unwind through the `finally` blocks that stop the servers
+
+
 def main(argv: list[str] | None = None) -> int:
+    signal.signal(signal.SIGTERM, _terminate)
     args = parser().parse_args(argv)
     if args.ctx is None:
         args.ctx = 8192 if args.gpu else 4096

@@ -213,15 +213,14 @@ class StoryBenchMiddleware:
             CURRENT_METRICS.reset(token)
 
     async def _check_other(self, path: str, body: dict[str, Any]) -> tuple[int, bytes] | None:
-        """Tokenizer and embedding routes: a valid body, a known model, text and token ids that
-        llama.cpp can take."""
+        """Tokenizer and embedding routes: a valid body, text and token ids that llama.cpp can
+        take."""
         try:
             request: Any = OTHER_POST_PATHS[path].model_validate(body)
         except ValidationError as exc:
             return invalid_request(exc)
-        unknown = self._unknown_model(body)
-        if unknown is not None:
-            return unknown
+        if self._unknown_model(body) is not None:
+            return None  # upstream answers 404 naming the models
         if path == "/v1/embeddings":
             return 400, error_body(
                 "Embeddings are not served: StoryBench loads models for text generation only.",

@@ -116,9 +116,12 @@ def prompts_json(path: Path, n_sequences: int = 1, n_turns: int = 3) -> Path:
     return path
 
 
+EVAL = [sys.executable, "-m", "evaluator.cli"]
+SERVE = [sys.executable, "-m", "server"]
+
+
 def eval_cmd(models: Path, prompts: Path, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "evaluator.cli", "run", "--config", str(models), "--prompts", str(prompts),
-            *extra]  # fmt: skip
+    return [*EVAL, "run", "--config", str(models), "--prompts", str(prompts), *extra]
 
 
 def child_env(**extra: str) -> dict[str, str]:
@@ -126,8 +129,10 @@ def child_env(**extra: str) -> dict[str, str]:
     return {**env, "PYTHONUNBUFFERED": "1", "COLUMNS": "200", **extra}
 
 
-def run_cli(args: list[str], env: dict[str, str], timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(args, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
+def run_cli(
+    args: list[str], env: dict[str, str], timeout: float = 120, cwd: Path = REPO
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
 
 
 def responses(uri: str, db: str = "storybench") -> list[dict[str, Any]]:

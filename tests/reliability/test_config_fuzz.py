@@ -28,7 +28,7 @@ from typing import Any
 import pytest
 import yaml
 from click.testing import CliRunner
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from evaluator.cli import cli as eval_cli
@@ -74,6 +74,7 @@ VALID_PROMPTS: dict[str, Any] = {
     ],
 }  # fmt: skip
 FIGURES: dict[str, int] = {}
+MARKUP_IN_VALUE = b'models:\n  - {name: m, base_url: "http://127.0.0.1:9/v1", model: x, max_tokens: "[/]"}\n'
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -228,6 +229,8 @@ def listener() -> Iterator[_Listener]:
     models_case=file_contents(VALID_MODELS, MODEL_LISTS, yaml_ok=True),
     prompts_case=file_contents(VALID_PROMPTS, PROMPT_LISTS, yaml_ok=False),
 )
+# Found by this property: a value shown in the error message was read as console markup.
+@example(models_case=(MARKUP_IN_VALUE, "max_tokens"), prompts_case=(json.dumps(VALID_PROMPTS).encode(), None))
 def test_the_cli_refuses_a_bad_config_before_contacting_anything(
     scratch: Path,
     listener: _Listener,
@@ -359,7 +362,18 @@ def models_dir(scratch: Path) -> Path:
     folder = scratch / "server-models"
     folder.mkdir()
     (folder / "x.txt").write_text("not a model")
+    # Found by this fuzzing: a string where the context length belongs broke --check (n_ctx 0
+    # reads it) with a TypeError.
+    kvs = [("general.architecture", "llama"), ("llama.context_length", "many")]
+    header = b"".join(_gguf_string(k) + struct.pack("<I", 8) + _gguf_string(v) for k, v in kvs)
+    (folder / "typed.gguf").write_bytes(b"GGUF" + struct.pack("<IQQ", 3, 0, len(kvs)) + header)
     return folder
+
+
+def _typed_gguf_config(models_dir: Path) -> bytes:
+    doc = copy.deepcopy(VALID_SERVER)
+    doc["models"][0].update(gguf=str(models_dir / "typed.gguf"), n_ctx=0)
+    return json.dumps(doc).encode()
 
 
 def test_server_config_loader_gives_a_config_or_a_config_error(scratch: Path, models_dir: Path) -> None:
@@ -369,6 +383,7 @@ def test_server_config_loader_gives_a_config_or_a_config_error(scratch: Path, mo
 
     @FUZZ
     @given(case=server_contents(models_dir))
+    @example(case=(_typed_gguf_config(models_dir), None))
     def check(case: tuple[bytes, str | None]) -> None:
         raw, touched = case
         path = scratch / "local_models.json"
@@ -396,6 +411,7 @@ def test_serve_check_cli_never_shows_a_traceback(scratch: Path, models_dir: Path
 
     @settings(FUZZ, max_examples=max(CASES // 3, 1))
     @given(case=server_contents(models_dir))
+    @example(case=(_typed_gguf_config(models_dir), None))
     def check(case: tuple[bytes, str | None]) -> None:
         path = scratch / "cli_local_models.json"
         path.write_bytes(case[0])
