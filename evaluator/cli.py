@@ -163,7 +163,7 @@ async def _probe_all(models: list[ModelEntry]) -> dict[str, EndpointInfo]:
     type=click.IntRange(min=1),
     default=None,
     help="Conversations in flight overall (default: settings.concurrency). Each endpoint "
-    "is also bounded by its max_concurrency (our local server: its slot count, 1).",
+    "is also bounded by its max_concurrency (default for our local server: its slot count).",
 )
 @click.option("--dry-run", is_flag=True, help="Print the plan with token and cost estimates; send nothing.")
 @click.option(

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import json
 import logging
 import time
 from typing import Any
@@ -80,6 +81,9 @@ class EngineHost:
 
     def free(self) -> None:
         if self.engine is not None:
+            log.info(
+                "engine stats for %r: %s", self.engine.model.name, json.dumps(self.engine.stats.summary())
+            )
             self.engine.close()
             self.engine.model.close()
             self.engine = None

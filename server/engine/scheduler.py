@@ -204,13 +204,41 @@ class _Batch:
 
 @dataclass
 class EngineStats:
+    """Where the engine's time goes. `other` is Python: building the batch, detokenizing,
+    stop strings, handing events over, admitting requests (between steps included)."""
+
     steps: int = 0
     tokens_generated: int = 0
     tokens_prompt: int = 0
     decode_s: float = 0.0
     sample_s: float = 0.0
-    step_s: float = 0.0
+    busy_s: float = 0.0  # steps plus the gaps between back-to-back steps
     sequences_per_step: float = 0.0  # running sum of generating sequences per step
+    # Steps that only decoded (no prompt tokens), by number of sequences:
+    # [steps, decode seconds, sample seconds, busy seconds].
+    decode_only: dict[int, list[float]] = field(default_factory=dict)
+
+    def add(self, generating: int, prompt_tokens: int, decode: float, sample: float, busy: float) -> None:
+        self.steps += 1
+        self.sequences_per_step += generating
+        self.decode_s += decode
+        self.sample_s += sample
+        self.busy_s += busy
+        if prompt_tokens == 0:
+            row = self.decode_only.setdefault(generating, [0, 0.0, 0.0, 0.0])
+            row[0] += 1
+            row[1] += decode
+            row[2] += sample
+            row[3] += busy
+
+    @staticmethod
+    def _split(steps: float, decode: float, sample: float, busy: float) -> dict[str, float]:
+        n = max(steps, 1)
+        return {
+            "decode": round(decode * 1000 / n, 3),
+            "sample": round(sample * 1000 / n, 3),
+            "other": round((busy - decode - sample) * 1000 / n, 3),
+        }
 
     def summary(self) -> dict[str, Any]:
         steps = max(self.steps, 1)
@@ -219,10 +247,10 @@ class EngineStats:
             "tokens_generated": self.tokens_generated,
             "tokens_prompt": self.tokens_prompt,
             "mean_sequences_per_step": round(self.sequences_per_step / steps, 3),
-            "ms_per_step": {
-                "decode": round(self.decode_s * 1000 / steps, 3),
-                "sample": round(self.sample_s * 1000 / steps, 3),
-                "other": round((self.step_s - self.decode_s - self.sample_s) * 1000 / steps, 3),
+            "ms_per_step": self._split(self.steps, self.decode_s, self.sample_s, self.busy_s),
+            "decode_only_ms_per_step_by_sequences": {
+                str(n): {"steps": int(row[0]), **self._split(*row)}
+                for n, row in sorted(self.decode_only.items())
             },
         }
 
@@ -244,6 +272,7 @@ class Engine:
         self._batch = _Batch(model.n_batch)
         self._pieces = Pieces(model.vocab)
         self._eog: dict[int, bool] = {}
+        self._last_step_end: float | None = None
         self._pool_size = model.config.n_threads_sampling
         self._pool = (
             ThreadPoolExecutor(self._pool_size, thread_name_prefix="sampler") if self._pool_size > 1 else None
@@ -305,6 +334,7 @@ class Engine:
         while True:
             with self._cond:
                 while not self._stopping and not self._pending and not self._has_work():
+                    self._last_step_end = None  # idle: the wait is not engine time
                     self._cond.wait()
                 if self._stopping:
                     return
@@ -399,12 +429,10 @@ class Engine:
                 gen.t_first = now
             self._accept(slot, gen, token)
         t2 = time.perf_counter()
-        st = self.stats
-        st.steps += 1
-        st.sequences_per_step += generating
-        st.decode_s += t1 - t0
-        st.sample_s += t2 - t1
-        st.step_s += t2 - start
+        # Back to back with the previous step: the gap (events, admission) counts as busy.
+        busy_from = start if self._last_step_end is None else self._last_step_end
+        self.stats.add(generating, batch.n - generating, t1 - t0, t2 - t1, t2 - busy_from)
+        self._last_step_end = t2
 
     def _sample(self, outputs: list[tuple[Slot, int]]) -> list[int]:
         """Each output row through its slot's sampler chain; with a pool, the chains run in

@@ -4,6 +4,7 @@ strings, what the evaluator reads from the metadata."""
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -131,3 +132,27 @@ def test_metadata_reports_the_slots_and_the_evaluator_uses_them(
     info = asyncio.run(probe(server.base_url, MAIN_MODEL, None))
     assert info.is_storybench_server and info.slots == N_PARALLEL
     assert info.context_window == N_CTX  # each conversation has a whole slot's context
+
+
+def test_json_schema_output_through_the_grammar(openai_client: openai.OpenAI) -> None:
+    """`response_format` with a schema (what a judge uses) constrains the answer."""
+    schema = {
+        "type": "object",
+        "properties": {"score": {"type": "integer"}, "verdict": {"type": "string", "enum": ["good", "bad"]}},
+        "required": ["score", "verdict"],
+    }
+    resp = openai_client.chat.completions.create(
+        model=MAIN_MODEL,
+        messages=[{"role": "user", "content": "Rate this story from 1 to 10: 'The cat sat.'"}],
+        response_format={"type": "json_object", "schema": schema},  # type: ignore[typeddict-unknown-key]
+        max_tokens=48,
+        temperature=0.0,
+    )
+    doc = json.loads(resp.choices[0].message.content or "")
+    assert isinstance(doc["score"], int) and doc["verdict"] in ("good", "bad")
+
+
+def test_invalid_grammar_is_a_400(http: httpx.Client) -> None:
+    body = {"model": MAIN_MODEL, "prompt": "x", "max_tokens": 2, "grammar": "root ::= ("}
+    r = http.post("/v1/completions", json=body)
+    assert r.status_code == 400, r.text

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Mapping
 from dataclasses import fields
 from typing import Any
 
@@ -36,7 +37,7 @@ def duplicates(docs: list[dict[str, Any]]) -> int:
     return sum(n - 1 for n in Counter(turn_key(d) for d in docs).values() if n > 1)
 
 
-def history_mismatches(docs: list[dict[str, Any]], systems: dict[str, str | None]) -> list[str]:
+def history_mismatches(docs: list[dict[str, Any]], systems: Mapping[str, str | None]) -> list[str]:
     """Turns whose stored answer is not what the stand-in answers to the full history rebuilt
     from the stored turns before it (proves the history sent and the answer stored)."""
     bad: list[str] = []

@@ -135,12 +135,17 @@ def run_cli(
     return subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
 
 
+def mongo_client(uri: str) -> MongoClient[dict[str, Any]]:
+    """A client of our own on the test's database (use it as a context manager)."""
+    return MongoClient(uri, serverSelectionTimeoutMS=5000, tz_aware=True)
+
+
 def responses(uri: str, db: str = "storybench") -> list[dict[str, Any]]:
-    with MongoClient(uri, serverSelectionTimeoutMS=5000, tz_aware=True) as client:
+    with mongo_client(uri) as client:
         docs = list(client[db]["responses"].find({}))
     return sorted(docs, key=lambda d: (d["sequence"], d["run_index"], d["turn_index"]))
 
 
 def runs(uri: str, db: str = "storybench") -> list[dict[str, Any]]:
-    with MongoClient(uri, serverSelectionTimeoutMS=5000, tz_aware=True) as client:
+    with mongo_client(uri) as client:
         return list(client[db]["runs"].find({}).sort("started_at", 1))

@@ -34,6 +34,7 @@ from tests.reliability.standin import FAULTS, MARKUP, TRANSIENT, ChatRequest, St
 pytestmark = pytest.mark.integration  # a real nx-27017
 
 FAST = RetryPolicy(max_attempts=3, max_total_wait_s=20, initial_backoff_s=0.01, max_backoff_s=0.05)
+PERSISTENT = RetryPolicy(max_attempts=2, max_total_wait_s=20, initial_backoff_s=0.01, max_backoff_s=0.05)
 SYSTEM = "You are a novelist."
 CANARY = "sk-canary-0123456789abcdef0123456789abcdef"
 
@@ -71,8 +72,10 @@ def sequences(n: int = 1, turns: int = 2) -> list[Sequence]:
     ]
 
 
-def play(store: Store, model: ModelEntry, seqs: list[Sequence], runs: int = 1) -> Runner:
-    runner = Runner(build_plan([model], seqs, runs), store, "run-faults", {}, FAST, concurrency=8)
+def play(
+    store: Store, model: ModelEntry, seqs: list[Sequence], runs: int = 1, policy: RetryPolicy = FAST
+) -> Runner:
+    runner = Runner(build_plan([model], seqs, runs), store, "run-faults", {}, policy, concurrency=8)
     asyncio.run(runner.run())
     return runner
 
@@ -110,8 +113,10 @@ def test_a_fault_that_persists_is_a_recorded_explained_failure(
     with pytest.MonkeyPatch.context() as mp:
         for name, value in env.items():
             mp.setenv(name, value)
-        model = entry(standin, api_key_env="STORYBENCH_REL_KEY") if key else entry(standin)
-        runner = play(store, model, sequences(1, turns=3))
+        model = entry(
+            standin, request_timeout_s=0.5, **({"api_key_env": "STORYBENCH_REL_KEY"} if key else {})
+        )
+        runner = play(store, model, sequences(1, turns=3), policy=PERSISTENT)
     docs = store.responses()
     assert len(docs) == 1, "the conversation must stop at the failed turn"
     (doc,) = docs
@@ -120,8 +125,8 @@ def test_a_fault_that_persists_is_a_recorded_explained_failure(
     assert EXPLAINED[fault] in doc["error"], doc["error"]
     assert doc["attempts"] == len(standin.requests), "every request is counted once"
     if fault in TRANSIENT:
-        assert doc["error"].startswith("gave up after 3 attempt(s)"), doc["error"]
-        assert doc["attempts"] == 3
+        assert doc["error"].startswith("gave up after 2 attempt(s)"), doc["error"]
+        assert doc["attempts"] == 2
     if fault == "401_echo_key":
         assert CANARY not in doc["error"] and "Bearer ***" in doc["error"]
         aborted = runner.stats["hosted"].aborted

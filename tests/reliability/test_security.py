@@ -24,12 +24,19 @@ import httpx
 import pytest
 from bson import json_util
 from click.testing import CliRunner
-from pymongo import MongoClient
 
 from evaluator.cli import cli as eval_cli
 from evaluator.store.embedded import running_server
 from server.cli import main as serve_main
-from tests.reliability.conftest import EVAL, child_env, eval_cmd, models_yaml, prompts_json, run_cli
+from tests.reliability.conftest import (
+    EVAL,
+    child_env,
+    eval_cmd,
+    models_yaml,
+    mongo_client,
+    prompts_json,
+    run_cli,
+)
 from tests.reliability.standin import StandIn
 from tests.server.test_server_auth_lifecycle import ROUTES
 from tests.support.servers import RunningServer, model_entry, start_server, write_config
@@ -64,7 +71,7 @@ def files_under(root: Path) -> dict[str, bytes]:
 def dump_collections(uri: str) -> dict[str, bytes]:
     """Every document of every collection of every database, as extended JSON."""
     out: dict[str, bytes] = {}
-    with MongoClient(uri, serverSelectionTimeoutMS=5000) as client:
+    with mongo_client(uri) as client:
         for db_name in client.list_database_names():
             db = client[db_name]
             for coll in db.list_collection_names():
@@ -72,10 +79,13 @@ def dump_collections(uri: str) -> dict[str, bytes]:
     return out
 
 
-def _cli_session(models: Path, prompts: Path, env: dict[str, str], tmp: Path) -> dict[str, bytes]:
-    """run (x2: the second resumes), runs, show, export jsonl/csv: everything they print and write."""
+def _cli_session(
+    models: Path, prompts: Path, env: dict[str, str], tmp: Path, runs: int = 2
+) -> dict[str, bytes]:
+    """run (`runs` times: the next ones resume), runs, show, export jsonl/csv: everything they
+    print and write."""
     printed: dict[str, bytes] = {}
-    for n in range(2):
+    for n in range(runs):
         result = run_cli(eval_cmd(models, prompts, "--runs", "1"), env, timeout=300)
         printed[f"run {n} output"] = (result.stdout + result.stderr).encode()
         assert "Traceback" not in result.stdout + result.stderr
@@ -83,7 +93,7 @@ def _cli_session(models: Path, prompts: Path, env: dict[str, str], tmp: Path) ->
     listing = run_cli([*base, "runs"], env)
     printed["runs output"] = (listing.stdout + listing.stderr).encode()
     run_ids = [line.split()[0] for line in listing.stdout.splitlines() if line.strip()[:4].isdigit()]
-    assert len(run_ids) == 2, listing.stdout
+    assert len(run_ids) == runs, listing.stdout
     shown = run_cli([*base, "show", run_ids[-1]], env)  # the first run: its errors, then resumed turns
     assert shown.returncode == 0, shown.stdout + shown.stderr
     printed["show output"] = (shown.stdout + shown.stderr).encode()
@@ -149,9 +159,9 @@ def test_a_canary_key_never_leaks_through_a_run_against_the_local_server(
     )  # fmt: skip
     prompts = prompts_json(tmp_path / "prompts.json", n_sequences=1, n_turns=2)
     with running_server(data) as server:
-        printed = _cli_session(models, prompts, env, tmp_path)
+        printed = _cli_session(models, prompts, env, tmp_path, runs=1)
         searched = {**printed, **dump_collections(server.uri)}
-        with MongoClient(server.uri) as client:
+        with mongo_client(server.uri) as client:
             run = client["storybench"]["runs"].find_one({})
             assert run is not None and run["server_metadata"], "the server's metadata is recorded"
             assert client["storybench"]["responses"].count_documents({"outcome": "ok"}) == 2
