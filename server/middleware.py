@@ -237,14 +237,11 @@ class StoryBenchMiddleware:
         if not self.instrumented:
             return None
         async with contextlib.asynccontextmanager(llama_app.get_llama_proxy)() as proxy:
-            n_vocab = await anyio.to_thread.run_sync(lambda: proxy(request.model).n_vocab())
-        bad = [t for t in request.tokens if not 0 <= t < n_vocab]
-        if bad:
-            return 400, error_body(
-                f"Token ids must be from 0 to {n_vocab - 1} (this model's vocabulary); got {bad[:5]}.",
-                code="invalid_token",
-                param="tokens",
+            problem = await anyio.to_thread.run_sync(
+                _detokenize_problem, proxy(request.model), request.tokens
             )
+        if problem is not None:
+            return 400, error_body(problem, code="invalid_token", param="tokens")
         return None
 
     def _unknown_model(self, body: dict[str, Any]) -> tuple[int, bytes] | None:
@@ -264,14 +261,14 @@ class StoryBenchMiddleware:
         if unknown is not None:
             return unknown
         if kind == "completion":
-            prompt = body.get("prompt", "")
+            prompt = body.get("prompt")  # absent or null: upstream's default, ""
             if isinstance(prompt, list) and len(prompt) > 1:
                 return 400, error_body(
                     f"{len(prompt)} prompts in one request are not supported; send one request per prompt.",
                     code="unsupported_parameter",
                     param="prompt",
                 )
-            if prompt in ("", [], [""]):
+            if prompt in (None, "", [], [""]):
                 return 400, error_body("The prompt is empty.", code="empty_prompt", param="prompt")
         bias = body.get("logit_bias")
         by_id = body.get("logit_bias_type") in (None, "input_ids")
@@ -303,6 +300,23 @@ class StoryBenchMiddleware:
                 param="logprobs",
             )
         return None
+
+
+def _detokenize_problem(llama: Any, tokens: list[int]) -> str | None:
+    """Why upstream's /extras/detokenize would fail on these tokens (SIGSEGV for ids outside the
+    vocabulary, a 500 for bytes that are not UTF-8), or None."""
+    n_vocab = llama.n_vocab()
+    bad = [t for t in tokens if not 0 <= t < n_vocab]
+    if bad:
+        return f"Token ids must be from 0 to {n_vocab - 1} (this model's vocabulary); got {bad[:5]}."
+    try:
+        llama.detokenize(tokens).decode("utf-8")
+    except UnicodeDecodeError:
+        return (
+            "These tokens do not form UTF-8 text (they split a multi-byte character); "
+            "detokenize a longer sequence."
+        )
+    return None
 
 
 def _drop_nulls(kind: str, body: dict[str, Any]) -> bool:

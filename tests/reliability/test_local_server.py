@@ -6,6 +6,7 @@ few tokens per answer), a real embedded database, the evaluator as a subprocess.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import time
@@ -18,6 +19,7 @@ import httpx
 import pytest
 import schemathesis
 from hypothesis import HealthCheck, given, settings
+from hypothesis.errors import Unsatisfiable
 from schemathesis import GenerationMode
 
 from evaluator.store.embedded import EmbeddedServer
@@ -84,44 +86,61 @@ def _fuzz(
             message = (doc.get("error") or {}).get("message") or doc.get("detail")
             assert message, f"{operation.label}: {response.status_code} without a message"
 
-    probe()
+    with contextlib.suppress(Unsatisfiable):  # nothing to vary (a GET without parameters, negative)
+        probe()
+
+
+def _schemathesis(server: RunningServer, figures: dict[str, Any], name: str) -> None:
+    """Every operation of the served schema, positive and negative cases: never a 5xx, never a
+    crash, a message with every 4xx; then the server still answers."""
+    cases = int(os.environ.get("STORYBENCH_SCHEMATHESIS_CASES", CASES))
+    spec = httpx.get(f"{server.root}/openapi.json", timeout=30).json()
+    schema = schemathesis.openapi.from_dict(spec)
+    statuses: Counter[int] = Counter()
+    failures: list[str] = []
+    operations = [cast(Any, result).ok() for result in schema.get_all_operations()]  # Ok, or raises
+    assert len(operations) >= 3
+
+    for operation in operations:
+        for mode in GenerationMode:
+            try:
+                _fuzz(operation, mode, cases, server.root, statuses, failures)
+            except Exception:
+                assert server.proc.poll() is None, f"the server died:\n{failures[-1:]}"
+                raise
+
+    figures[name] = {
+        "operations": len(operations), "cases": sum(statuses.values()),
+        "responses_5xx": sum(n for s, n in statuses.items() if s >= 500),
+        "responses_4xx": sum(n for s, n in statuses.items() if 400 <= s < 500),
+        "responses_2xx": sum(n for s, n in statuses.items() if s < 300), "server_crashes": 0,
+    }  # fmt: skip
+    assert failures == [], "\n".join(failures)
+    # Still serving: healthy, and a real answer.
+    assert httpx.get(f"{server.root}/health", timeout=30).status_code == 200
+    answer = httpx.post(
+        f"{server.base_url}/chat/completions",
+        json={"model": "smollm2", "messages": [{"role": "user", "content": "Say hi."}], "max_tokens": 4},
+        timeout=120,
+    )
+    assert answer.status_code == 200 and answer.json()["choices"][0]["message"]["content"] is not None
 
 
 def test_malformed_requests_get_4xx_never_5xx_and_the_server_keeps_serving(
     plain_server: RunningServer, figures: dict[str, Any]
 ) -> None:
-    cases = int(os.environ.get("STORYBENCH_SCHEMATHESIS_CASES", CASES))
-    spec = httpx.get(f"{plain_server.root}/openapi.json", timeout=30).json()
-    schema = schemathesis.openapi.from_dict(spec)
-    statuses: Counter[int] = Counter()
-    failures: list[str] = []
-    operations = [cast(Any, result).ok() for result in schema.get_all_operations()]  # Ok, or raises
-    assert len(operations) >= 8
+    _schemathesis(plain_server, figures, "schemathesis")
 
-    for operation in operations:
-        for mode in GenerationMode:
-            try:
-                _fuzz(operation, mode, cases, plain_server.root, statuses, failures)
-            except Exception:
-                assert plain_server.proc.poll() is None, f"the server died:\n{failures[-1:]}"
-                raise
 
-    total = sum(statuses.values())
-    figures["schemathesis"] = {
-        "operations": len(operations), "cases": total, "responses_5xx": sum(n for s, n in statuses.items()
-                                                                            if s >= 500),
-        "responses_4xx": sum(n for s, n in statuses.items() if 400 <= s < 500),
-        "responses_2xx": sum(n for s, n in statuses.items() if s < 300), "server_crashes": 0,
-    }  # fmt: skip
-    assert failures == []
-    # Still serving: healthy, and a real answer.
-    assert httpx.get(f"{plain_server.root}/health", timeout=30).status_code == 200
-    answer = httpx.post(
-        f"{plain_server.base_url}/chat/completions",
-        json={"model": "smollm2", "messages": [{"role": "user", "content": "Say hi."}], "max_tokens": 4},
-        timeout=120,
-    )
-    assert answer.status_code == 200 and answer.json()["choices"][0]["message"]["content"] is not None
+def test_the_batched_engine_gets_4xx_never_5xx(tmp_path: Path, figures: dict[str, Any]) -> None:
+    """The default engine of config/local_models.json. (A longer random hunt found one 500 here:
+    see RELIABILITY.md, open points.)"""
+    config = write_config(tmp_path / "c.json", [model_entry(n_ctx=512, engine="batched", n_parallel=2)])
+    server = start_server(config, tmp_path / "server.log")
+    try:
+        _schemathesis(server, figures, "schemathesis_batched_engine")
+    finally:
+        server.stop(signal.SIGKILL if server.proc.poll() is None else signal.SIGTERM)
 
 
 @pytest.mark.parametrize(
@@ -137,6 +156,7 @@ def test_malformed_requests_get_4xx_never_5xx_and_the_server_keeps_serving(
             "invalid_request",
         ),
         ({"top_k": -3}, 422, "invalid_request"),
+        ({"messages": [{"role": "assistant"}]}, 400, "invalid_request"),  # the template fails: 500
     ],
     ids=[
         "bad-grammar",
@@ -145,6 +165,7 @@ def test_malformed_requests_get_4xx_never_5xx_and_the_server_keeps_serving(
         "logit-bias-key",
         "unknown-function",
         "invalid-field",
+        "template-error",
     ],
 )
 def test_requests_that_used_to_crash_or_500(
@@ -163,6 +184,8 @@ def test_requests_that_used_to_crash_or_500(
     [
         ("/extras/detokenize", {"tokens": [99999999]}, 400),  # SIGSEGV before the fix
         ("/extras/detokenize", {"tokens": [-1]}, 400),
+        ("/extras/detokenize", {"tokens": [164]}, 400),  # half a UTF-8 character: 500 before
+        ("/v1/completions", {"prompt": None, "max_tokens": 2}, 400),  # 500 before
         ("/extras/tokenize", b"\x00", 400),  # 500 before the fix
         ("/extras/tokenize/count", {"model": True}, 422),
         ("/v1/completions", {"max_tokens": 2}, 400),  # no prompt: 500 before the fix
