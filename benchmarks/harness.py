@@ -57,6 +57,7 @@ class Setup:
     repeats: int = 2
     requests: int = 2  # per repeat, for single stream
     prompt_tokens: int = 256  # single-stream prompt
+    pp_tokens: int = 512  # prompt-evaluation request and llama-bench -p
     turn_tokens: int = 300  # new user tokens per prefix-reuse turn
     turns: int = 5
     concurrency: list[int] = field(default_factory=lambda: [1, 4, 16])

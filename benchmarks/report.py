@@ -19,7 +19,7 @@ HEADLINE = (
     ("single_stream", r"^end-to-end tok/s", None),
     ("single_stream", r"^decode tok/s \(client-side", None),
     ("single_stream", r"^time to first token", None),
-    ("single_stream", r"^prompt eval tok/s \(~512", None),
+    ("single_stream", r"^prompt eval tok/s \(~\d+-token", None),
     ("single_stream", r"^decode tok/s \(server timings\) vs llama-bench", None),
     ("prefix_reuse", r"^turn [15] time to first token", None),
     ("prefix_reuse", r"^turn [25] prompt tokens evaluated", None),

@@ -131,7 +131,7 @@ class Run:
             label=label, spec=spec, tools=tools, ours=ours, native=nat, native_parallel=nat_par,
             max_tokens=a.max_tokens, prefix_max_tokens=a.prefix_max_tokens or a.max_tokens,
             concurrency_max_tokens=a.concurrency_max_tokens or a.max_tokens,
-            repeats=a.repeats, requests=a.requests, prompt_tokens=a.prompt_tokens,
+            repeats=a.repeats, requests=a.requests, prompt_tokens=a.prompt_tokens, pp_tokens=a.pp_tokens,
             turn_tokens=a.turn_tokens, turns=a.turns, concurrency=a.concurrency,
             logit_bias={str(t): -100.0 for t in bias_ids} if ban == "bias" else None,
             bias_check=a.bias_check, bias_ids=bias_ids,
@@ -285,6 +285,7 @@ def parser() -> argparse.ArgumentParser:
         help="answer length for concurrency (default: --max-tokens)",
     )
     ap.add_argument("--prompt-tokens", type=int, default=256, help="single-stream prompt size (approx.)")
+    ap.add_argument("--pp-tokens", type=int, default=512, help="prompt-evaluation prompt and llama-bench -p")
     ap.add_argument(
         "--turn-tokens", type=int, default=300, help="new user tokens per prefix-reuse turn (approx.)"
     )
@@ -350,7 +351,7 @@ def main(argv: list[str] | None = None) -> int:
             min(args.max_tokens, 16),
             min(args.prefix_max_tokens or 16, 16),
         )
-        args.prompt_tokens, args.turn_tokens, args.turns = 32, 24, 2
+        args.prompt_tokens, args.turn_tokens, args.turns, args.pp_tokens = 32, 24, 2, 64
         args.concurrency, args.repeats, args.requests = [1, 2], 1, 1
         args.eval_concurrency, args.eval_conversations = [2], 2
         args.ctx = min(args.ctx, 1024)

@@ -2,8 +2,8 @@
 
 Ours and native llama-server (-np 1) alternate within each repeat (the order flips every repeat).
 Every prompt starts with a unique line, so no request reuses the previous one's KV cache: TTFT is
-a full prompt evaluation. `llama-bench` gives the raw decode (tg) and prompt (pp512) rates of the
-same GGUF with the same settings.
+a full prompt evaluation. `llama-bench` gives the raw decode (tg) and prompt (pp, 512 tokens by
+default) rates of the same GGUF with the same settings.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ def llama_bench_command(setup: Setup, reps: int) -> list[str]:
     s = setup.spec
     return [
         str(setup.tools.bench), "-m", str(s.path),
-        "-p", "512", "-n", str(setup.max_tokens), "-r", str(reps),
+        "-p", str(setup.pp_tokens), "-n", str(setup.max_tokens), "-r", str(reps),
         "-ngl", str(999 if s.n_gpu_layers < 0 else s.n_gpu_layers),
         "-fa", "1" if s.flash_attn else "0",
         "-t", str(s.threads), "-b", str(s.n_batch), "-ub", str(s.n_ubatch),
@@ -80,10 +80,10 @@ async def run(setup: Setup) -> list[Record]:
                         per["server_decode"].append(r.server_decode_tps)
                     per["prompt_len"].append(float(r.prompt_tokens or 0))
                     gaps[who].append(gap_summary(r.gaps_ms()))
-                # Prompt evaluation: one fresh ~512-token prompt, one token out.
+                # Prompt evaluation: one fresh prompt of ~pp_tokens tokens, one token out.
                 messages = [
                     {"role": "system", "content": f"Request {next(_unique)}."},
-                    {"role": "user", "content": writing_request(480, seed=7)},
+                    {"role": "user", "content": writing_request(setup.pp_tokens - 32, seed=7)},
                 ]
                 r = await stream_chat(client, srv.base_url, chat_body(srv.model.name, messages, 1))
                 if r.server_prompt_tps:
@@ -104,7 +104,7 @@ async def run(setup: Setup) -> list[Record]:
 
     m, o, n = setup.label, vals["ours"], vals["native"]
     prompt_len = int(median(o["prompt_len"] or [0]))
-    mt = setup.max_tokens
+    mt, pp = setup.max_tokens, setup.pp_tokens
     recs = [
         make_record(NAME, m, 1, f"end-to-end tok/s ({mt}-token answers)", "tok/s", o["e2e"], n["e2e"]),
         make_record(NAME, m, 1, "decode tok/s (client-side, after the first token)", "tok/s",
@@ -113,14 +113,14 @@ async def run(setup: Setup) -> list[Record]:
                     + "; native " + ", ".join(gaps["native"])),
         make_record(NAME, m, 1, f"time to first token ({prompt_len}-token fresh prompt)", "ms",
                     o["ttft"], n["ttft"], better="lower"),
-        make_record(NAME, m, 1, "prompt eval tok/s (~512-token fresh prompt, server timings)", "tok/s",
+        make_record(NAME, m, 1, f"prompt eval tok/s (~{pp}-token fresh prompt, server timings)", "tok/s",
                     o["prompt_tps"], n["prompt_tps"]),
         make_record(NAME, m, 1, f"decode tok/s (server timings) vs llama-bench tg{mt}", "tok/s",
                     o["server_decode"], bench["tg"], reference_name=f"llama-bench tg{mt}",
                     note="native llama-server's own decode (server timings): "
                     + " / ".join(f"{x:.1f}" for x in n["server_decode"]) + " tok/s"),
-        make_record(NAME, m, 1, "prompt eval tok/s vs llama-bench pp512", "tok/s",
-                    o["prompt_tps"], bench["pp"], reference_name="llama-bench pp512"),
+        make_record(NAME, m, 1, f"prompt eval tok/s vs llama-bench pp{setup.pp_tokens}", "tok/s",
+                    o["prompt_tps"], bench["pp"], reference_name=f"llama-bench pp{setup.pp_tokens}"),
     ]  # fmt: skip
     if o.get("bias_decode"):
         recs.append(
