@@ -121,7 +121,8 @@ def test_an_interrupted_run_resumes_and_stores_each_turn_exactly_once(
 ) -> None:
     clear(mongo.uri)
     models, prompts = write_configs(tmp_path, local_server.base_url, local_server.model)
-    cmd = eval_cmd(models, prompts, mongo.uri, "--runs", "2")
+    runs = 4  # 20 turns: the interrupt lands with most of them still to play
+    cmd = eval_cmd(models, prompts, mongo.uri, "--runs", str(runs))
     proc = subprocess.Popen(
         cmd,
         cwd=REPO,
@@ -130,26 +131,28 @@ def test_an_interrupted_run_resumes_and_stores_each_turn_exactly_once(
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )
     deadline = time.monotonic() + 300
-    while len(turns(mongo.uri)) < 3 and time.monotonic() < deadline and proc.poll() is None:
-        time.sleep(0.2)
+    with MongoClient(mongo.uri, serverSelectionTimeoutMS=5000) as client:
+        responses = client["storybench"]["responses"]
+        while responses.count_documents({}) < 3 and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.1)
     proc.send_signal(signal.SIGINT)
     out = proc.communicate(timeout=120)[0].decode()
     assert proc.returncode == 130, out
     assert "resume" in out
     first = turns(mongo.uri)
-    assert 3 <= len(first) < 10
+    assert 3 <= len(first) < 5 * runs
 
     result = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout + result.stderr
     docs = turns(mongo.uri)
     keys = [(d["run_index"], d["turn_index"]) for d in docs]
-    assert sorted(keys) == [(r, t) for r in range(2) for t in range(5)]  # all there, none twice
+    assert sorted(keys) == [(r, t) for r in range(runs) for t in range(5)]  # all there, none twice
     assert all(d["outcome"] == "ok" for d in docs)
     # The earlier turns are untouched, and the second invocation wrote only the missing ones.
     before = {d["_id"]: d["run_id"] for d in first}
     assert all(before[d["_id"]] == d["run_id"] for d in docs if d["_id"] in before)
     assert len({d["run_id"] for d in docs}) == 2
-    assert sum(1 for d in docs if d["_id"] not in before) == 10 - len(first)
+    assert sum(1 for d in docs if d["_id"] not in before) == 5 * runs - len(first)
 
 
 def test_history_that_no_longer_fits_is_a_recorded_outcome_not_an_empty_answer(
