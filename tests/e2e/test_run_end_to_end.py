@@ -129,6 +129,9 @@ def test_an_interrupted_run_resumes_and_stores_each_turn_exactly_once(
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        # A shell's background job ignores SIGINT and children inherit that; a user's Ctrl-C
+        # reaches a foreground command with the default disposition, so give it that here.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     deadline = time.monotonic() + 300
     with MongoClient(mongo.uri, serverSelectionTimeoutMS=5000) as client:
