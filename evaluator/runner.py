@@ -344,8 +344,9 @@ class Runner:
                 "started_at": started_at,
                 "finished_at": utcnow(),
                 "cost_usd": cost,
-                "prompt_tokens_estimated": None,
-                "max_tokens_sent": None,
+                # Read at call time: the count and budget in force when the turn ended.
+                "prompt_tokens_estimated": prompt_tokens,
+                "max_tokens_sent": budget.max_tokens,
             }
             fields.update(extra)
             if fields["error"]:
@@ -362,8 +363,6 @@ class Runner:
                 "context_exhausted",
                 None,
                 error=budget.message,
-                prompt_tokens_estimated=prompt_tokens,
-                max_tokens_sent=0,
             )
         params["max_tokens"] = budget.max_tokens
         attempts = 0
@@ -383,8 +382,6 @@ class Runner:
                         None,
                         error=budget.message,
                         attempts=attempts,
-                        prompt_tokens_estimated=prompt_tokens,
-                        max_tokens_sent=0,
                     )
                 params["max_tokens"] = budget.max_tokens
                 completion = await chat_with_retries(ctx.client, entry.model, messages, params, self.policy)
@@ -408,15 +405,11 @@ class Runner:
                             f"(finish_reason={completion.finish_reason}, "
                             f"completion_tokens={completion.completion_tokens})"
                         ),
-                        prompt_tokens_estimated=prompt_tokens,
-                        max_tokens_sent=budget.max_tokens,
                     )
             completion.attempts = attempts
             return record(
                 "ok",
                 completion,
-                prompt_tokens_estimated=prompt_tokens,
-                max_tokens_sent=budget.max_tokens,
             )
         except ContextOverflow as exc:
             return record(
@@ -424,29 +417,11 @@ class Runner:
                 None,
                 error=f"the endpoint refused the history as too long: {exc}",
                 attempts=attempts + exc.attempts,
-                prompt_tokens_estimated=prompt_tokens,
-                max_tokens_sent=budget.max_tokens,
             )
-        except FatalRequestError as exc:
-            if exc.aborts_model:
+        except (FatalRequestError, GaveUp) as exc:
+            if isinstance(exc, FatalRequestError) and exc.aborts_model:
                 self.stats[entry.name].aborted = redact(
                     f"{entry.name}: {exc} (stopped this model: every request would fail alike)",
                     secret,
                 )
-            return record(
-                "error",
-                None,
-                error=str(exc),
-                attempts=attempts + exc.attempts,
-                prompt_tokens_estimated=prompt_tokens,
-                max_tokens_sent=budget.max_tokens,
-            )
-        except GaveUp as exc:
-            return record(
-                "error",
-                None,
-                error=str(exc),
-                attempts=attempts + exc.attempts,
-                prompt_tokens_estimated=prompt_tokens,
-                max_tokens_sent=budget.max_tokens,
-            )
+            return record("error", None, error=str(exc), attempts=attempts + exc.attempts)
