@@ -12,7 +12,6 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 
 from server.bundled import locate
@@ -44,19 +43,6 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
     yield running
     rc = running.stop()
     assert rc == 0, running.log()
-
-
-@pytest.fixture
-def http(server: RunningServer) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=server.root, timeout=120) as client:
-        yield client
-
-
-@pytest.fixture
-def openai_client(server: RunningServer) -> Any:
-    import openai
-
-    return openai.OpenAI(base_url=server.base_url, api_key="unused", max_retries=0, timeout=120)
 
 
 @pytest.fixture
