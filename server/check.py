@@ -32,7 +32,8 @@ def _engine(model: ModelConfig) -> str:
     return (
         f"batched: {model.n_parallel} slots of n_ctx {model.n_ctx} "
         f"({model.n_parallel * model.n_ctx} tokens of KV cache, {kv}; "
-        f"{model.n_threads_sampling} sampling thread(s))"
+        f"{model.n_threads_sampling} sampling thread(s), "
+        f"sampling {'in the decode graph where it can' if model.backend_sampling else 'on the CPU'})"
     )
 
 

@@ -99,6 +99,7 @@ class ModelEntry(BaseModel):
     n_parallel: int | None = Field(None, ge=1, le=MAX_PARALLEL)
     kv_unified: bool = False
     n_threads_sampling: int | None = Field(None, ge=1, le=64)
+    backend_sampling: bool | None = None
 
 
 class ConfigFile(BaseModel):
@@ -149,6 +150,16 @@ class ModelConfig:
         if self.entry.n_gpu_layers == 0 or not gpu_offload_supported():
             return 1
         return max(1, min(8, self.n_parallel, default_threads() // 2))
+
+    @property
+    def backend_sampling(self) -> bool:
+        """Whether requests whose sampler chain llama.cpp can run inside the decode graph get it
+        there (batched engine). Unless set: on when the model runs on a GPU, where the graph
+        picks each slot's token and only token ids come back instead of a row of logits per
+        slot; off on the CPU, where it would only move the same work into the graph."""
+        if self.entry.backend_sampling is not None:
+            return self.entry.backend_sampling
+        return self.entry.n_gpu_layers != 0 and gpu_offload_supported()
 
     @property
     def n_threads(self) -> int:
@@ -345,10 +356,10 @@ def _semantic_problems(cfg: ConfigFile) -> list[str]:
         if m.engine == "llama-cpp-python" and (m.n_parallel or 1) > 1:
             problems.append(
                 f'{where}, field "n_parallel": {m.n_parallel} slots need "engine": "batched"; '
-                'llama-cpp-python\'s server answers one request at a time (remove n_parallel or '
+                "llama-cpp-python's server answers one request at a time (remove n_parallel or "
                 'set "engine": "batched")'
             )
-        for name in ("kv_unified", "n_threads_sampling"):
+        for name in ("kv_unified", "n_threads_sampling", "backend_sampling"):
             if getattr(m, name) and m.engine != "batched":
                 problems.append(f'{where}, field "{name}": only used by "engine": "batched"')
         if m.engine == "batched" and (m.n_parallel or DEFAULT_PARALLEL) > m.n_batch:

@@ -36,7 +36,7 @@ from starlette.types import Receive, Scope, Send
 
 from server.engine.host import EngineHost
 from server.engine.model import BatchedModel
-from server.engine.sampling import SamplingParams, build_sampler
+from server.engine.sampling import SamplingParams, backend_key, build_sampler
 from server.engine.scheduler import Engine, Event, Generation
 from server.middleware import context_overflow, error_body
 
@@ -191,6 +191,7 @@ class Stream:
             sampler=sampler,
             sink=sink,
             stop=prepared.stop,
+            backend_key=backend_key(prepared.sampling),
         )
         self.finished = False
         try:

@@ -12,6 +12,7 @@ import asyncio
 import itertools
 import json
 import logging
+import sys
 import time
 from typing import Any
 
@@ -142,5 +143,7 @@ class EngineHost:
                 {"id": s.seq, "busy": s.gen is not None, "cached_tokens": len(s.cache)} for s in engine.slots
             ],
             "queued": engine.queued,
+            "backend_sampling": engine.model.config.backend_sampling,
+            "switch_interval_ms": round(sys.getswitchinterval() * 1000.0, 3),
             "stats": engine.stats.summary(),
         }

@@ -3,8 +3,11 @@
 The order is llama-cpp-python's (`Llama._init_sampler`): logit bias, repetition penalties over
 the last 64 generated tokens, grammar, then greedy (temperature 0), a seeded draw from the raw
 distribution (temperature < 0), mirostat, or top-k, typical, top-p, min-p, temperature and a
-seeded draw. Everything runs inside llama.cpp: `llama_sampler_sample` applies the chain to one
-output row of the last decode and accepts the token it picks.
+seeded draw (typical sampling only when `typical_p` < 1: at 1 llama.cpp's sampler does nothing,
+and leaving it out keeps the chain one that llama.cpp can run on the GPU). Everything runs inside
+llama.cpp: `llama_sampler_sample` applies the chain to one output row of the last decode and
+accepts the token it picks, or, for a chain attached to its sequence with `llama_set_sampler`
+(backend sampling), takes the token the decode graph already picked.
 """
 
 from __future__ import annotations
@@ -37,6 +40,19 @@ class SamplingParams:
     grammar: LlamaGrammar | None = None
 
 
+def backend_key(p: SamplingParams) -> tuple[object, ...] | None:
+    """A hashable summary of the chain if llama.cpp can run all of it in the decode graph
+    (every sampler in it has a backend implementation), else None. Two requests with the same
+    key get chains that behave alike once reset, so a slot can keep its attached chain."""
+    if p.grammar is not None or p.typical_p < 1.0 or (p.mirostat_mode and p.temperature > 0.0):
+        return None
+    return (
+        p.temperature, p.top_k, p.top_p, p.min_p,
+        p.repeat_penalty, p.frequency_penalty, p.presence_penalty, p.seed & 0xFFFFFFFF,
+        tuple(sorted(p.logit_bias.items())),
+    )  # fmt: skip
+
+
 def build_sampler(model: internals.LlamaModel, p: SamplingParams) -> internals.LlamaSampler:
     """A new chain for one request (the caller closes it)."""
     n_vocab = llama_cpp.llama_vocab_n_tokens(model.vocab)
@@ -66,7 +82,8 @@ def build_sampler(model: internals.LlamaModel, p: SamplingParams) -> internals.L
             chain.add_mirostat_v2(seed, p.mirostat_tau, p.mirostat_eta)
         else:
             chain.add_top_k(p.top_k)
-            chain.add_typical(p.typical_p, 1)
+            if p.typical_p < 1.0:
+                chain.add_typical(p.typical_p, 1)
             chain.add_top_p(p.top_p, 1)
             chain.add_min_p(p.min_p, 1)
             chain.add_temp(p.temperature)

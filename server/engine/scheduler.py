@@ -3,9 +3,12 @@
 One thread owns the context. Every step it builds one `llama_batch` from the next token of
 every generating slot and then, within `n_batch`, chunks of the prompts still being evaluated,
 calls `llama_decode` once, and samples every slot that produced logits with that slot's own
-sampler chain. Requests wait in a FIFO queue for a free slot; a slot keeps the tokens it has
-evaluated after its request ends, so the next request that starts with them (the next turn of
-the same conversation) evaluates only what follows (see `choose_slot`).
+sampler chain. With backend sampling a slot's chain is attached to its sequence and runs inside
+the decode graph (on the GPU), so sampling it only reads back the token it picked.
+
+Requests wait in a FIFO queue for a free slot; a slot keeps the tokens it has evaluated after
+its request ends, so the next request that starts with them (the next turn of the same
+conversation) evaluates only what follows (see `choose_slot`).
 
 The HTTP side talks to this thread only through `submit`, `cancel` and each generation's
 `sink`, which receives the events of one step at a time: `("text", str)`, `("done",
@@ -50,6 +53,8 @@ class Generation:
     sampler: internals.LlamaSampler
     sink: Sink
     stop: list[str] = field(default_factory=list)
+    # `sampling.backend_key`: set when llama.cpp can run the whole chain in the decode graph
+    backend_key: tuple[object, ...] | None = None
     cancelled: bool = False
     # filled by the engine
     tokens: list[int] = field(default_factory=list)  # generated, the end-of-generation one excluded
@@ -106,6 +111,11 @@ class Slot:
     at: int = 0  # prompt tokens evaluated so far (while prefilling)
     next_token: int | None = None  # sampled, to be decoded next step
     last_used: float = 0.0
+    # The chain attached to this sequence for backend sampling, kept after its request ends:
+    # attaching another makes llama.cpp re-plan its graph, so a next request with the same
+    # settings (the next turn of the conversation) resets and reuses it instead.
+    attached: internals.LlamaSampler | None = None
+    attached_key: tuple[object, ...] | None = None
 
 
 def common_prefix(a: list[int], b: list[int]) -> int:
@@ -213,6 +223,9 @@ class EngineStats:
     decode_s: float = 0.0
     sample_s: float = 0.0
     busy_s: float = 0.0  # steps plus the gaps between back-to-back steps
+    backend_sampled: int = 0  # tokens picked in the decode graph
+    chains_attached: int = 0  # chains attached to a sequence (each re-plans the graph once)
+    chains_reused: int = 0  # requests that reused their slot's attached chain
     sequences_per_step: float = 0.0  # running sum of generating sequences per step
     # Steps that only decoded (no prompt tokens), by number of sequences:
     # [steps, decode seconds, sample seconds, busy seconds].
@@ -247,6 +260,9 @@ class EngineStats:
             "tokens_generated": self.tokens_generated,
             "tokens_prompt": self.tokens_prompt,
             "mean_sequences_per_step": round(self.sequences_per_step / steps, 3),
+            "backend_sampled": self.backend_sampled,
+            "chains_attached": self.chains_attached,
+            "chains_reused": self.chains_reused,
             "ms_per_step": self._split(self.steps, self.decode_s, self.sample_s, self.busy_s),
             "decode_only_ms_per_step_by_sequences": {
                 str(n): {"steps": int(row[0]), **self._split(*row)}
@@ -274,6 +290,7 @@ class Engine:
         self._eog: dict[int, bool] = {}
         self._last_step_end: float | None = None
         self._pool_size = model.config.n_threads_sampling
+        self._backend_sampling = model.config.backend_sampling
         self._pool = (
             ThreadPoolExecutor(self._pool_size, thread_name_prefix="sampler") if self._pool_size > 1 else None
         )
@@ -327,6 +344,8 @@ class Engine:
             gen = self._pending.popleft()
             gen.sampler.close()
             gen.sink([("error", "the server is shutting down")])
+        for slot in self.slots:
+            self._detach(slot)
 
     # --- the engine thread ---------------------------------------------------------------
 
@@ -373,6 +392,39 @@ class Engine:
                 del slot.cache[keep:]
             slot.gen, slot.at, slot.next_token = gen, keep, None
             gen.slot, gen.cache_n, gen.t_admit = slot.seq, keep, time.perf_counter()
+            self._attach(slot, gen)
+
+    def _attach(self, slot: Slot, gen: Generation) -> None:
+        """Give the slot's sequence the request's chain for backend sampling, or none."""
+        key = gen.backend_key if self._backend_sampling else None
+        if key is not None and slot.attached is not None and slot.attached_key == key:
+            llama_cpp.llama_sampler_reset(slot.attached.sampler)  # as new: the seed restarts
+            gen.sampler.close()
+            gen.sampler = slot.attached
+            self.stats.chains_reused += 1
+            return
+        self._detach(slot)
+        if key is not None:
+            if llama_cpp.llama_set_sampler(self.model.ctx, slot.seq, gen.sampler.sampler):
+                slot.attached, slot.attached_key = gen.sampler, key
+                self.stats.chains_attached += 1
+            else:
+                log.warning("llama.cpp refused backend sampling for slot %d; sampling on the CPU", slot.seq)
+
+    def _detach(self, slot: Slot) -> None:
+        """Take the slot's attached chain off its sequence and free it (engine thread only)."""
+        chain = slot.attached
+        if chain is None:
+            return
+        llama_cpp.llama_set_sampler(self.model.ctx, slot.seq, None)
+        slot.attached, slot.attached_key = None, None
+        if slot.gen is None or slot.gen.sampler is not chain:
+            chain.close()
+
+    def _close_sampler(self, slot: Slot, gen: Generation) -> None:
+        """A finished request's chain: an attached one stays with its slot for reuse."""
+        if gen.sampler is not slot.attached:
+            gen.sampler.close()
 
     def _drop_cancelled(self) -> None:
         for slot in self.slots:
@@ -440,17 +492,25 @@ class Engine:
         output rows are only read once `llama_get_logits` has put them in order)."""
         ctx = self.model.ctx
         chains = [(slot.gen.sampler.sampler, i) for slot, i in outputs if slot.gen is not None]
-        if self._pool is None or len(chains) < 2:
+        on_cpu = [n for n, (slot, _) in enumerate(outputs) if slot.attached is None]
+        self.stats.backend_sampled += len(chains) - len(on_cpu)
+        if self._pool is None or len(on_cpu) < 2:
             return [llama_cpp.llama_sampler_sample(chain, ctx, i) for chain, i in chains]
+        # Chains attached to their sequence only read back the token the graph picked.
+        tokens = [
+            -1 if slot.attached is None else llama_cpp.llama_sampler_sample(chain, ctx, i)
+            for (slot, _), (chain, i) in zip(outputs, chains, strict=True)
+        ]
         llama_cpp.llama_get_logits(ctx)
-        k = min(self._pool_size, len(chains))
-        groups = [chains[j::k] for j in range(k)]
-        results = list(
-            self._pool.map(lambda g: [llama_cpp.llama_sampler_sample(c, ctx, i) for c, i in g], groups)
-        )
-        tokens = [0] * len(chains)
-        for j, group_tokens in enumerate(results):
-            tokens[j::k] = group_tokens
+        k = min(self._pool_size, len(on_cpu))
+        groups = [on_cpu[j::k] for j in range(k)]
+
+        def sample(group: list[int]) -> list[int]:
+            return [llama_cpp.llama_sampler_sample(chains[n][0], ctx, chains[n][1]) for n in group]
+
+        for group, picked in zip(groups, self._pool.map(sample, groups), strict=True):
+            for n, token in zip(group, picked, strict=True):
+                tokens[n] = token
         return tokens
 
     def _is_eog(self, token: int) -> bool:
@@ -483,7 +543,7 @@ class Engine:
         assert gen is not None
         slot.gen, slot.next_token, slot.last_used = None, None, time.perf_counter()
         gen.t_end = time.perf_counter()
-        gen.sampler.close()
+        self._close_sampler(slot, gen)
         if reason is None:
             return
         assert gen._text is not None
@@ -500,8 +560,9 @@ class Engine:
         assert gen is not None
         llama_cpp.llama_memory_seq_rm(self.model.memory, slot.seq, -1, -1)
         slot.cache.clear()
+        self._close_sampler(slot, gen)
         slot.gen, slot.next_token = None, None
-        gen.sampler.close()
+        self._detach(slot)
         gen.t_end = time.perf_counter()
         gen._out.append(("error", message))
         gen.sink(gen._out)

@@ -1,0 +1,127 @@
+"""Backend sampling (`"backend_sampling": true`): chains run inside llama.cpp's decode graph.
+
+On the GPU this takes sampling off the CPU; here, on the CPU, the same code path runs with the
+bundled model, so these tests pin its behaviour: the same greedy tokens as sampling on the CPU,
+seeds that replay, chains kept per slot between requests with the same settings, and requests
+whose chain llama.cpp cannot run in the graph (a grammar) still sampled correctly beside them.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterator
+
+import pytest
+from llama_cpp.llama_grammar import LlamaGrammar
+
+from server.config import load_config
+from server.engine.model import BatchedModel
+from server.engine.sampling import SamplingParams, backend_key, build_sampler
+from server.engine.scheduler import Engine, Event, Generation
+from tests.engine.conftest import N_PARALLEL, batched_entry
+from tests.engine.test_engine import PROMPTS, agreeing, eog_tokens
+from tests.support.servers import write_config
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def gpu_style(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Engine]:
+    """An engine that attaches every chain it can to its sequence, as on a GPU."""
+    tmp = tmp_path_factory.mktemp("backend-sampling")
+    entry = batched_entry(n_ctx=512, n_parallel=N_PARALLEL, n_threads_sampling=2, backend_sampling=True)
+    model = BatchedModel(load_config(write_config(tmp / "c.json", [entry])).models[0])
+    assert model.config.backend_sampling
+    running = Engine(model)
+    yield running
+    running.close()
+    model.close()
+
+
+class Job:
+    def __init__(self, engine: Engine, prompt: str, max_tokens: int, params: SamplingParams) -> None:
+        self.events: list[Event] = []
+        self.done = threading.Event()
+        model = engine.model
+        self.gen = Generation(
+            prompt=model.completion_prompt(prompt),
+            max_tokens=max_tokens,
+            sampler=build_sampler(model.model, params),
+            sink=self._sink,
+            backend_key=backend_key(params),
+        )
+        engine.submit(self.gen)
+
+    def _sink(self, events: list[Event]) -> None:
+        self.events += events
+        if any(kind in ("done", "error") for kind, _ in events):
+            self.done.set()
+
+    def wait(self) -> Job:
+        assert self.done.wait(240), "generation did not finish"
+        assert self.events[-1][0] == "done", self.events[-1]
+        return self
+
+    @property
+    def text(self) -> str:
+        return "".join(v for k, v in self.events if k == "text")
+
+
+def greedy(engine: Engine) -> SamplingParams:
+    return SamplingParams(temperature=0.0, logit_bias={t: -100.0 for t in eog_tokens(engine)})
+
+
+def test_the_default_follows_the_gpu(tmp_path_factory: pytest.TempPathFactory) -> None:
+    tmp = tmp_path_factory.mktemp("defaults")
+    on_cpu = load_config(write_config(tmp / "a.json", [batched_entry(n_gpu_layers=0)])).models[0]
+    assert on_cpu.backend_sampling is False
+    forced = load_config(write_config(tmp / "b.json", [batched_entry(backend_sampling=True)])).models[0]
+    assert forced.backend_sampling is True
+
+
+def test_greedy_in_the_graph_matches_greedy_on_the_cpu(gpu_style: Engine, engine: Engine) -> None:
+    before = gpu_style.stats.backend_sampled
+    for prompt in PROMPTS[:3]:
+        ours = Job(gpu_style, prompt, 24, greedy(gpu_style)).wait()
+        reference = Job(engine, prompt, 24, greedy(engine)).wait()
+        assert ours.gen.tokens == reference.gen.tokens and len(ours.gen.tokens) == 24
+    assert gpu_style.stats.backend_sampled - before == 3 * 24  # every token picked in the graph
+    assert engine.stats.backend_sampled == 0  # the CPU engine attaches nothing
+
+
+def test_a_seed_replays_and_the_slot_keeps_its_chain(gpu_style: Engine) -> None:
+    params = SamplingParams(temperature=1.0, top_k=40, top_p=0.95, min_p=0.05, seed=77)
+    first = Job(gpu_style, PROMPTS[5], 32, params).wait()
+    attached, reused = gpu_style.stats.chains_attached, gpu_style.stats.chains_reused
+    second = Job(gpu_style, PROMPTS[5], 32, params).wait()  # the same slot: its cache matches
+    assert second.gen.slot == first.gen.slot
+    assert (gpu_style.stats.chains_attached, gpu_style.stats.chains_reused) == (attached, reused + 1)
+    assert second.gen.tokens == first.gen.tokens  # the reused chain was reset: the seed restarts
+    others = [
+        Job(gpu_style, PROMPTS[5], 32, SamplingParams(temperature=1.0, seed=seed)).wait().gen.tokens
+        for seed in (78, 79)
+    ]
+    assert any(tokens != first.gen.tokens for tokens in others)
+
+
+def test_grammar_requests_are_sampled_on_the_cpu_beside_graph_ones(gpu_style: Engine) -> None:
+    grammar = LlamaGrammar.from_json_schema(
+        json.dumps({"type": "object", "properties": {"n": {"type": "integer"}}, "required": ["n"]}),
+        verbose=False,
+    )
+    constrained = SamplingParams(temperature=0.0, grammar=grammar)
+    assert backend_key(constrained) is None
+    alone = [Job(gpu_style, p, 16, greedy(gpu_style)).wait().gen.tokens for p in PROMPTS[:4]]
+    before = gpu_style.stats.backend_sampled
+    free = [Job(gpu_style, p, 16, greedy(gpu_style)) for p in PROMPTS[:4]]
+    json_jobs = [Job(gpu_style, f"{p} As JSON:", 48, constrained) for p in PROMPTS[4:8]]
+    for job in json_jobs:
+        job.wait()
+        assert job.gen.finish_reason == "stop", job.text
+        assert isinstance(json.loads(job.text)["n"], int)
+    for job, reference in zip(free, alone, strict=True):
+        assert agreeing(job.wait().gen.tokens, reference) >= 8
+    grammar_tokens = sum(j.gen.predicted_n + 1 for j in json_jobs)  # + the end-of-generation token
+    assert gpu_style.stats.backend_sampled - before == 4 * 16  # the JSON ones were not
+    assert grammar_tokens > 0
