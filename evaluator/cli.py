@@ -25,6 +25,7 @@ from evaluator.config import (
     select,
 )
 from evaluator.endpoint import EndpointError, EndpointInfo, probe
+from evaluator.heartbeat import Heartbeat, heartbeat_interval, process_identity
 from evaluator.plan import build_plan, estimate, model_config_hashes
 from evaluator.progress import RunProgress, plan_table, summary_table
 from evaluator.records import RunRecord, utcnow
@@ -192,6 +193,10 @@ def run(
         fail(str(exc))
     runs = runs or settings.default_runs
     concurrency = concurrency or settings.concurrency
+    try:
+        heartbeat_s = heartbeat_interval()
+    except ValueError as exc:
+        fail(str(exc))
     if dry_run:
         plan = build_plan(models, sequences, runs)
         console.print(plan_table(plan, estimate(plan)))
@@ -203,7 +208,9 @@ def run(
                 endpoints = asyncio.run(_probe_all(models))
             except EndpointError as exc:
                 fail(str(exc))
-            code = _run(store, models, sequences, settings, runs, concurrency, restart, endpoints)
+            code = _run(
+                store, models, sequences, settings, runs, concurrency, restart, endpoints, heartbeat_s
+            )
     except StoreError as exc:
         fail(str(exc), code=1)
     sys.exit(code)
@@ -218,6 +225,7 @@ def _run(
     concurrency: int,
     restart: bool,
     endpoints: dict[str, EndpointInfo],
+    heartbeat_s: float,
 ) -> int:
     hashes = model_config_hashes(models, sequences)
     generations = {
@@ -226,10 +234,12 @@ def _run(
     }
     plan = build_plan(models, sequences, runs, generations)
     run_id = utcnow().strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
+    host, pid = process_identity()
+    started_at = utcnow()
     store.create_run(
         RunRecord(
             _id=run_id,
-            started_at=utcnow(),
+            started_at=started_at,
             status="running",
             command=" ".join(["storybench-eval", *sys.argv[1:]]),
             code_version=code_version(),
@@ -252,6 +262,10 @@ def _run(
             server_metadata={
                 name: info.metadata for name, info in endpoints.items() if info.is_storybench_server
             },
+            host=host,
+            pid=pid,
+            heartbeat_at=started_at,
+            heartbeat_s=heartbeat_s,
         )
     )
     console.print(
@@ -267,7 +281,9 @@ def _run(
     totals = {m.name: plan.turns_for(m) for m in models}
     status, message = "completed", None
     stats: dict[str, ModelStats] = {}
-    with RunProgress(console, [m.name for m in models], totals) as bars:
+    # The heartbeat stops before the run's end is recorded, so its last beat never races it.
+    beats = Heartbeat(lambda: store.heartbeat(run_id, utcnow()), heartbeat_s, what=f"run {run_id}")
+    with RunProgress(console, [m.name for m in models], totals) as bars, beats:
         runner = Runner(plan, store, run_id, endpoints, policy, concurrency, on_progress=bars.update)
         stats = runner.stats
         try:

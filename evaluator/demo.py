@@ -55,9 +55,7 @@ def _start_server() -> subprocess.Popen[bytes]:
     deadline = time.monotonic() + 180
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            sys.exit(
-                f"the server exited with code {proc.returncode}; see {LOG}:\n{LOG.read_text()[-2000:]}"
-            )
+            sys.exit(f"the server exited with code {proc.returncode}; see {LOG}:\n{LOG.read_text()[-2000:]}")
         try:
             if httpx.get(f"{ROOT}/health", timeout=2.0).status_code == 200:
                 print(f"Server ready at {ROOT}/v1", flush=True)

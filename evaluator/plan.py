@@ -52,9 +52,7 @@ def run_seed(base: int | None, run_index: int) -> int | None:
 def model_config_hashes(models: list[ModelEntry], sequences: list[Sequence]) -> dict[str, str]:
     """config hash per (model name, sequence name), joined as 'model/sequence'."""
     return {
-        f"{m.name}/{s.name}": config_hash(m.fingerprint(), s.content_hash)
-        for m in models
-        for s in sequences
+        f"{m.name}/{s.name}": config_hash(m.fingerprint(), s.content_hash) for m in models for s in sequences
     }
 
 

@@ -35,8 +35,7 @@ class RunProgress:
             transient=False,
         )
         self.tasks: dict[str, TaskID] = {
-            name: self.progress.add_task(name, total=totals[name], speed="", errors="")
-            for name in models
+            name: self.progress.add_task(name, total=totals[name], speed="", errors="") for name in models
         }
 
     def __enter__(self) -> RunProgress:

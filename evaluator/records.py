@@ -21,6 +21,10 @@ SEQUENCE_ENDING_OUTCOMES: frozenset[str] = frozenset({"empty", "context_exhauste
 
 RUN_STATUSES = ("running", "completed", "incomplete", "interrupted", "failed")
 
+# How often a run refreshes `heartbeat_at` unless STORYBENCH_HEARTBEAT_S says otherwise. Readers
+# use the interval a run recorded (`heartbeat_s`), this one for records written without it.
+DEFAULT_HEARTBEAT_S = 30.0
+
 
 def utcnow() -> datetime:
     return datetime.now(timezone.utc)
@@ -126,6 +130,13 @@ class RunRecord:
     finished_at: datetime | None = None
     counts: dict[str, int] = field(default_factory=dict)  # outcome -> turns written this run
     message: str | None = None
+    # Where the run's process lives and when it last said so: a run whose process was killed
+    # never records its end, and these let `runs`/`show` tell it from a live one. None in
+    # records written before they existed.
+    host: str | None = None  # socket.gethostname()
+    pid: int | None = None
+    heartbeat_at: datetime | None = None  # refreshed every heartbeat_s seconds while it plays
+    heartbeat_s: float | None = None
 
     def to_doc(self) -> dict[str, Any]:
         return asdict(self)

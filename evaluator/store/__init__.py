@@ -22,6 +22,7 @@ from evaluator.store.errors import (
 from evaluator.store.export import COLUMNS as EXPORT_COLUMNS
 from evaluator.store.export import FORMATS as EXPORT_FORMATS
 from evaluator.store.export import export_responses
+from evaluator.store.liveness import RunState, run_state
 from evaluator.store.render import format_run_detail, format_runs_table
 from evaluator.store.store import (
     INDEXES,
@@ -41,6 +42,7 @@ __all__ = [
     "EmbeddedServer",
     "EmbeddedServerError",
     "ExportError",
+    "RunState",
     "Store",
     "StoreError",
     "StoreUnavailableError",
@@ -51,4 +53,5 @@ __all__ = [
     "open_store",
     "redact_uri",
     "run_experiment_keys",
+    "run_state",
 ]

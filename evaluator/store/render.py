@@ -1,4 +1,8 @@
-"""Rich renderings of stored runs for `storybench-eval runs` and `storybench-eval show RUN`."""
+"""Rich renderings of stored runs for `storybench-eval runs` and `storybench-eval show RUN`.
+
+A run stored as "running" is shown as its process's state says (evaluator/store/liveness.py):
+"abandoned" when the process is gone, so a killed run never reads "running" forever.
+"""
 
 from __future__ import annotations
 
@@ -11,8 +15,12 @@ from rich.console import Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
+from evaluator.store.liveness import ABANDONED, RESUME, UNKNOWN, RunState, age, as_utc, run_state
+
 _STATUS_STYLE = {
     "running": "yellow",
+    ABANDONED: "red",
+    UNKNOWN: "dim",
     "completed": "green",
     "incomplete": "yellow",
     "interrupted": "magenta",
@@ -53,9 +61,32 @@ def _errors(run: dict[str, Any]) -> str:
     return str(errors) if errors else ""
 
 
-def _status(value: Any) -> Text:
-    status = str(value or "")
-    return Text(status, style=_STATUS_STYLE.get(status, ""))
+def _status(state: RunState) -> Text:
+    return Text(state.status, style=_STATUS_STYLE.get(state.status, ""))
+
+
+def _legend(states: list[RunState]) -> str | None:
+    """One line per derived status shown, so the table stays one line per run."""
+    lines = []
+    if any(s.status == ABANDONED for s in states):
+        lines.append(f"{ABANDONED}: the run's process is gone; {RESUME} (storybench-eval show RUN says why)")
+    if any(s.status == UNKNOWN for s in states):
+        lines.append(f"{UNKNOWN}: stored as running by a version without heartbeats; {RESUME} if it stopped")
+    return "\n".join(lines) or None
+
+
+def _process(run: dict[str, Any]) -> str:
+    if run.get("pid") is None and run.get("host") is None:
+        return ""
+    return f"pid {run.get('pid')} on {run.get('host')}"
+
+
+def _heartbeat(run: dict[str, Any]) -> str:
+    """Only while the run is stored as running: afterwards `finished` says more."""
+    beat = as_utc(run.get("heartbeat_at"))
+    if run.get("status") != "running" or beat is None:
+        return ""
+    return f"{_when(beat)} ({age(datetime.now(beat.tzinfo) - beat)} ago)"
 
 
 def format_runs_table(runs: list[dict[str, Any]]) -> Table:
@@ -74,7 +105,8 @@ def format_runs_table(runs: list[dict[str, Any]]) -> Table:
     table.add_column("plan", no_wrap=True, justify="right", min_width=4)
     table.add_column("turns", no_wrap=True, justify="right", min_width=5)
     table.add_column("status", no_wrap=True, min_width=6)
-    for run in runs:
+    states = [run_state(run) for run in runs]
+    for run, state in zip(runs, states, strict=True):
         errors = _errors(run)
         table.add_row(
             str(run.get("_id", "")),
@@ -82,10 +114,13 @@ def format_runs_table(runs: list[dict[str, Any]]) -> Table:
             ", ".join(run.get("models") or []),
             f"{len(run.get('sequences') or [])}x{run.get('runs_per_sequence', '?')}",
             _progress(run) + (f" {errors}err" if errors else ""),
-            _status(run.get("status")),
+            _status(state),
         )
     if not runs:
         table.caption = "no runs stored yet: `storybench-eval run` starts one"
+    else:
+        table.caption = _legend(states)
+    table.caption_justify = "left"
     return table
 
 
@@ -100,9 +135,13 @@ def format_run_detail(run: dict[str, Any], responses: list[dict[str, Any]]) -> R
     facts.add_column(style="bold")
     facts.add_column()
     outcomes = Counter(str(r.get("outcome")) for r in responses)
+    state = run_state(run)
     for label, value in (
         ("run", str(run.get("_id", ""))),
-        ("status", _status(run.get("status"))),
+        ("status", _status(state)),
+        ("why", Text(state.hint or "")),
+        ("process", _process(run)),
+        ("heartbeat", _heartbeat(run)),
         ("started", _when(run.get("started_at"))),
         ("finished", _when(run.get("finished_at"))),
         ("duration", _duration(run)),

@@ -13,6 +13,7 @@ import contextlib
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass, fields
+from datetime import datetime
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -224,17 +225,38 @@ class Store:
         if "experiments" in values:
             values.update(_derived_run_fields(values["experiments"]))
         with self._guard(f"updating run {run_id}"):
-            for _ in range(_UPDATE_ATTEMPTS):
-                doc = self._runs.find_one({"_id": run_id})
-                if doc is None:
-                    raise StoreError(f"no run {run_id!r} to update")
-                revision = doc.get("revision")
-                doc.update(values)
-                doc["revision"] = (revision or 0) + 1
-                doc.pop("_id")
-                guard = {"$exists": False} if revision is None else revision
-                if self._runs.replace_one({"_id": run_id, "revision": guard}, doc).matched_count:
-                    return
+            if self._replace_run(run_id, values, only_running=False) is None:
+                raise StoreError(f"no run {run_id!r} to update")
+
+    def heartbeat(self, run_id: str, at: datetime) -> bool:
+        """Record that the run's process is alive at `at`; False once the run is no longer
+        "running" (or gone), so a late beat never touches a finished run.
+
+        The same guarded replace as `update_run`, so `heartbeat_at` stays a BSON date on
+        nx-27017 too (a `$set` would store it as a string). Called every few tens of seconds
+        from the heartbeat thread; a failure raises StoreError like every store call.
+        """
+        with self._guard(f"refreshing the heartbeat of run {run_id}"):
+            return bool(self._replace_run(run_id, {"heartbeat_at": at}, only_running=True))
+
+    def _replace_run(self, run_id: str, values: dict[str, Any], *, only_running: bool) -> bool | None:
+        """Read, change, replace if nobody else did in between (by `revision`), else retry.
+
+        None: no such run. False: `only_running` and the run is not "running". True: written.
+        """
+        for _ in range(_UPDATE_ATTEMPTS):
+            doc = self._runs.find_one({"_id": run_id})
+            if doc is None:
+                return None
+            if only_running and doc.get("status") != "running":
+                return False
+            revision = doc.get("revision")
+            doc.update(values)
+            doc["revision"] = (revision or 0) + 1
+            doc.pop("_id")
+            guard = {"$exists": False} if revision is None else revision
+            if self._runs.replace_one({"_id": run_id, "revision": guard}, doc).matched_count:
+                return True
         raise StoreError(f"run {run_id!r} kept changing under us; nothing was updated")
 
     def list_runs(self, limit: int = 50) -> list[dict[str, Any]]:

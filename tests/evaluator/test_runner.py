@@ -65,9 +65,7 @@ def sse(
     events = [
         {
             **base,
-            "choices": [
-                {"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}
-            ],
+            "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}],
         },
     ]
     for word in text.split(" ") if text else []:
@@ -135,9 +133,7 @@ def bodies(route: respx.Route) -> list[dict[str, Any]]:
 
 @respx.mock
 def test_every_turn_sends_the_full_history_with_the_models_own_answers() -> None:
-    answers = iter(
-        ["Mara finds a brass key.", "The key opens the lighthouse.", "A sonnet of the sea."]
-    )
+    answers = iter(["Mara finds a brass key.", "The key opens the lighthouse.", "A sonnet of the sea."])
     route = respx.post(f"{BASE}/chat/completions").mock(side_effect=lambda req: sse(next(answers)))
     store = MemoryStore()
     play([entry()], [sequence(3)], store)
@@ -168,9 +164,7 @@ def test_run_k_uses_seed_plus_k() -> None:
 def test_429_with_retry_after_is_honoured_then_succeeds() -> None:
     responses = iter(
         [
-            httpx.Response(
-                429, headers={"retry-after": "0.3"}, json={"error": {"message": "slow down"}}
-            ),
+            httpx.Response(429, headers={"retry-after": "0.3"}, json={"error": {"message": "slow down"}}),
             sse("Finally an answer."),
         ]
     )
@@ -193,9 +187,7 @@ def test_401_fails_fast_with_the_providers_message_and_stops_the_model() -> None
     runner = play([entry(max_concurrency=1)], [sequence(3)], store, runs=3)
     assert route.call_count == 1  # no retry, and no other conversation of that model is sent
     (doc,) = store.docs.values()
-    assert (
-        doc["outcome"] == "error" and "401" in doc["error"] and "Incorrect API key" in doc["error"]
-    )
+    assert doc["outcome"] == "error" and "401" in doc["error"] and "Incorrect API key" in doc["error"]
     assert runner.stats["hosted"].aborted is not None
 
 

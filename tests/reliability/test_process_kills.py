@@ -19,6 +19,7 @@ from typing import Any
 
 import pytest
 
+from evaluator.store import run_state
 from evaluator.store.embedded import EmbeddedServer, running_server
 from tests.reliability.checks import assert_whole, duplicates, history_mismatches
 from tests.reliability.conftest import (
@@ -107,12 +108,15 @@ def test_sigkill_of_the_evaluator_then_resume_stores_each_turn_once(
     # conversation in flight), never stored twice.
     asked_again = sum(n - 1 for n in served_ok.values() if n > 1)
     assert asked_again <= 4 * kills
-    statuses = Counter(r["status"] for r in runs(mongo.uri, db_name))
+    # Killed runs cannot record their end; readers see that their process is gone.
+    statuses = Counter(run_state(r).status for r in runs(mongo.uri, db_name))
+    assert statuses.get("running", 0) == 0 and statuses.get("abandoned", 0) == kills, statuses
     figures["sigkill_evaluator"] = {
         "planned_turns": PLANNED, "kills": kills, "stored_before_resume": len(snapshot),
         "resumed": PLANNED - len(snapshot), "lost": PLANNED - len(docs), "duplicated": duplicates(docs),
         "half_written": 0, "answers_asked_again_after_kill": asked_again,
-        "killed_runs_left_as_running": statuses.get("running", 0),
+        "killed_runs_shown_as_running": statuses.get("running", 0),
+        "killed_runs_shown_as_abandoned": statuses.get("abandoned", 0),
     }  # fmt: skip
 
 
@@ -147,14 +151,15 @@ def test_sigkill_of_the_database_stops_the_run_clearly_then_resume_completes(
 
     with running_server(data) as server:
         docs = responses(server.uri)
-        statuses = Counter(r["status"] for r in runs(server.uri))
+        statuses = Counter(run_state(r).status for r in runs(server.uri))
     assert len(docs) == PLANNED and duplicates(docs) == 0
     for doc in docs:
         assert_whole(doc)
     assert all(d["outcome"] == "ok" for d in docs)
     assert history_mismatches(docs, SYSTEMS) == []
+    assert statuses.get("running", 0) == 0, statuses  # the run that lost its database: abandoned
     figures["sigkill_database"] = {
         "planned_turns": PLANNED, "seconds_to_clear_error": round(took, 1), "exit_code": 1,
         "lost": PLANNED - len(docs), "duplicated": duplicates(docs),
-        "failed_runs_left_as_running": statuses.get("running", 0),
+        "failed_runs_shown_as_running": statuses.get("running", 0),
     }  # fmt: skip
