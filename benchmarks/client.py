@@ -66,6 +66,17 @@ class StreamResult:
         return None
 
     @property
+    def prompt_cached(self) -> int | None:
+        """Prompt tokens served from the server's KV cache: llama.cpp's `timings.cache_n`, else the
+        OpenAI-style `usage.prompt_tokens_details.cached_tokens`; None when the server says neither."""
+        if self.timings and self.timings.get("cache_n") is not None:
+            return int(self.timings["cache_n"])
+        details = (self.usage or {}).get("prompt_tokens_details") or {}
+        if details.get("cached_tokens") is not None:
+            return int(details["cached_tokens"])
+        return None
+
+    @property
     def ttft_s(self) -> float:
         return (self.first if self.first is not None else self.end) - self.start
 

@@ -18,7 +18,7 @@ ROOT = Path(__file__).resolve().parent.parent
 RESULTS_DIR = ROOT / "benchmarks" / "results"
 LATEST = RESULTS_DIR / "latest.json"
 MARKDOWN = ROOT / "BENCHMARKS.md"
-BENCHMARKS = ("single_stream", "prefix_reuse", "concurrency", "evaluator_overhead")
+BENCHMARKS = ("single_stream", "prefix_reuse", "concurrency", "multiturn_concurrency", "evaluator_overhead")
 RUN_LOG_HEADING = "## Run log"
 
 
@@ -231,9 +231,12 @@ def table_rows(records: Iterable[Record]) -> list[list[str]]:
     rows = []
     for r in records:
         unit = f"{r.unit} ({r.better} is better)"
-        ref = f"{_fmt(r.reference)} ({_runs(r.reference_runs)})"
-        if r.reference_name != "native llama-server":
-            ref += f" [{r.reference_name}]"
+        if r.reference is None and not r.reference_runs:
+            ref = "-"  # a figure of ours alone (e.g. our engine's step profile)
+        else:
+            ref = f"{_fmt(r.reference)} ({_runs(r.reference_runs)})"
+            if r.reference_name != "native llama-server":
+                ref += f" [{r.reference_name}]"
         rows.append([
             r.benchmark, r.model, str(r.concurrency), r.metric, unit,
             f"{_fmt(r.ours)} ({_runs(r.ours_runs)})", ref, _ratio(r),

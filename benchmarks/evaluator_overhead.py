@@ -169,11 +169,11 @@ def bare_turns_per_s(base_url: str, sequences: int, turns: int, runs: int, concu
                 messages = [{"role": "system", "content": "You are a novelist."}]
                 for t in range(turns):
                     messages.append({"role": "user", "content": writing_request(150, seed=s * 100 + t)})
-                    stream = await client.chat.completions.create(
+                    stream = await client.chat.completions.create(  # type: ignore[call-overload]
                         model="standin",
                         messages=messages,
                         stream=True,
-                        max_tokens=tokens,  # type: ignore[arg-type]
+                        max_tokens=tokens,
                         stream_options={"include_usage": True},
                     )
                     parts = []

@@ -50,15 +50,18 @@ class Setup:
     tools: NativeTools
     ours: ServerProcess
     native: ServerProcess  # -np 1: single stream and prefix reuse
-    native_parallel: ServerProcess | None  # -np max(concurrency): concurrency
+    native_parallel: ServerProcess | None  # -np max(concurrency): concurrency, multiturn_concurrency
+    # -np max(concurrency) with --backend-sampling: concurrency's third server (--native-backend-sampling)
+    native_backend: ServerProcess | None = None
     max_tokens: int = 256
     concurrency_max_tokens: int = 256
     prefix_max_tokens: int = 256
+    multiturn_max_tokens: int = 256
     repeats: int = 2
     requests: int = 2  # per repeat, for single stream
     prompt_tokens: int = 256  # single-stream prompt
     pp_tokens: int = 512  # prompt-evaluation request and llama-bench -p
-    turn_tokens: int = 300  # new user tokens per prefix-reuse turn
+    turn_tokens: int = 300  # new user tokens per turn (prefix reuse, multiturn concurrency)
     turns: int = 5
     concurrency: list[int] = field(default_factory=lambda: [1, 4, 16])
     logit_bias: dict[str, float] | None = None  # EOS ban, when the weights do not ban it
@@ -68,6 +71,8 @@ class Setup:
 
     def check_length(self, who: str, got: int, want: int, finish: str | None) -> None:
         if got != want:
-            msg = f"{self.label} {who}: answer of {got} tokens (wanted {want}, finish_reason {finish})"
-            if msg not in self.warnings:
-                self.warnings.append(msg)
+            self.warn(f"{self.label} {who}: answer of {got} tokens (wanted {want}, finish_reason {finish})")
+
+    def warn(self, msg: str) -> None:
+        if msg not in self.warnings:
+            self.warnings.append(msg)

@@ -22,13 +22,13 @@ if [ "$(ls .whl/*.whl 2>/dev/null | wc -l)" -lt 15 ]; then
         typing-inspection==0.4.5 annotated-types==0.8.0 diskcache==5.6.3 python-dotenv==1.2.4 opentelemetry-api==1.45.2
 fi
 du -sh .device .whl
+commit=$(git rev-parse --short HEAD)$([ -n "$(git status --porcelain --untracked-files=no)" ] && echo +dirty)
 cat <<EOF
 
-Ready. With the device tool, run (one call per shape fits the 10-minute limit; each costs ~5-7 min):
-  run(command='STORYBENCH_COMMIT=$(git rev-parse --short HEAD) SHAPES=llama-1b bash benchmarks/device_run.sh',
-      carry=['.device', '.whl'], timeout_s=600, kind='nvidia-h100-x1')
-  run(command='STORYBENCH_COMMIT=$(git rev-parse --short HEAD) SHAPES=llama-8b BENCH_ARGS="--concurrency-max-tokens 128" bash benchmarks/device_run.sh',
-      carry=['.device', '.whl'], timeout_s=600, kind='nvidia-h100-x1')
-Then record each call's results here (files_at is in the tool's reply):
-  $PY -m benchmarks.run --ingest <files_at>/gpu.json --tag h100
+Ready. With the device tool, run both shapes (1B and 8B) in ONE call; it stays within DEADLINE_S=560 s
+(~115 s setup and models, then each shape under its own time limit; see benchmarks/device_run.sh):
+  run(command='STORYBENCH_COMMIT=$commit bash benchmarks/device_run.sh',
+      carry=['.device', '.whl'], timeout_s=600, kind='nvidia-h200')
+Then record its results here (files_at is in the tool's reply):
+  $PY -m benchmarks.run --ingest <files_at>/gpu.json --tag h200
 EOF

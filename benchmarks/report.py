@@ -25,6 +25,11 @@ HEADLINE = (
     ("prefix_reuse", r"^turn [25] prompt tokens evaluated", None),
     ("concurrency", r"^aggregate generated tok/s", None),
     ("concurrency", r"^median time to first token", 16),
+    ("concurrency", r"^ours engine step at \d+ sequences", None),
+    ("multiturn_concurrency", r"^aggregate generated tok/s", None),
+    ("multiturn_concurrency", r"^turn [15] median time to first token", None),
+    ("multiturn_concurrency", r"history served from cache", None),
+    ("multiturn_concurrency", r"^turn \d+ / turn 1 time to first token", None),
     ("evaluator_overhead", r".", None),
 )
 

@@ -1,6 +1,6 @@
 """`make bench`: our server and evaluator side by side with native llama.cpp, on this machine.
 
-    python -m benchmarks.run                      # CPU here, the bundled SmolLM2-135M, all four benchmarks
+    python -m benchmarks.run                      # CPU here, the bundled SmolLM2-135M, every benchmark
     python -m benchmarks.run --smoke              # seconds: checks the harness end to end, asserts nothing
     python -m benchmarks.run --gpu --model M.gguf::LABEL ...   # on a GPU machine (benchmarks/device_run.sh)
     python -m benchmarks.run --ingest gpu.json    # record a run made elsewhere (the GPU machine's output)
@@ -42,7 +42,8 @@ from benchmarks.servers import ModelSpec, ServerProcess, eog_token_ids
 from benchmarks.servers import native as native_server
 from benchmarks.servers import ours as ours_server
 
-SERVER_BENCHMARKS = ("single_stream", "prefix_reuse", "concurrency")
+SERVER_BENCHMARKS = ("single_stream", "prefix_reuse", "concurrency", "multiturn_concurrency")
+_PARALLEL = ("concurrency", "multiturn_concurrency")  # the benchmarks that need native -np N
 
 
 def bundled_model(name: str = "smollm2-135m") -> Path:
@@ -120,17 +121,25 @@ class Run:
         parallel = max(a.concurrency)
         lib_dir = tools.lib_dir if a.ours_libs == "native" else None
         engine = None if a.ours_engine == "default" else a.ours_engine
-        ours = ours_server(spec, workdir, lib_dir, engine, parallel)
+        backend = {"auto": None, "on": True, "off": False}[a.ours_backend_sampling]
+        ours = ours_server(spec, workdir, lib_dir, engine, parallel, backend_sampling=backend,
+                           threads_sampling=a.ours_threads_sampling or None)  # fmt: skip
         nat = native_server(tools, spec, workdir, 1)
-        nat_par = native_server(tools, spec, workdir, parallel) if "concurrency" in self.selected else None
+        wanted = set(self.selected)
+        nat_par = native_server(tools, spec, workdir, parallel) if wanted & set(_PARALLEL) else None
+        nat_bs = None
+        if a.native_backend_sampling and "concurrency" in wanted:
+            nat_bs = native_server(tools, spec, workdir, parallel, backend_sampling=True)
         bias_ids = eog_token_ids(path)
         ban = a.ban_eos
         if ban == "auto":
             ban = "none" if is_synthetic(path) else "bias"
         setup = Setup(
             label=label, spec=spec, tools=tools, ours=ours, native=nat, native_parallel=nat_par,
+            native_backend=nat_bs,
             max_tokens=a.max_tokens, prefix_max_tokens=a.prefix_max_tokens or a.max_tokens,
             concurrency_max_tokens=a.concurrency_max_tokens or a.max_tokens,
+            multiturn_max_tokens=a.multiturn_max_tokens or a.concurrency_max_tokens or a.max_tokens,
             repeats=a.repeats, requests=a.requests, prompt_tokens=a.prompt_tokens, pp_tokens=a.pp_tokens,
             turn_tokens=a.turn_tokens, turns=a.turns, concurrency=a.concurrency,
             logit_bias={str(t): -100.0 for t in bias_ids} if ban == "bias" else None,
@@ -152,12 +161,23 @@ class Run:
     def run_model(self, path: Path, label: str, tools: native_mod.NativeTools) -> None:
         setup = self.servers_for(path, label, tools)
         servers: list[ServerProcess] = [s for s in (setup.ours, setup.native, setup.native_parallel) if s]
+        optional = setup.native_backend  # experimental: its failure drops only its own figures
         try:
             t0 = time.perf_counter()
-            for s in servers:
+            for s in servers + ([optional] if optional else []):
                 s.start()
             for s in servers:
                 s.wait_ready(self.args.ready_timeout)
+            if optional is not None:
+                try:
+                    optional.wait_ready(min(self.args.ready_timeout, 180.0))
+                    servers.append(optional)
+                except Exception as exc:
+                    optional.stop()
+                    setup.native_backend = None
+                    self.notes.append(
+                        f"{label}: {optional.label} did not start, left out: {str(exc)[-1500:]}"
+                    )
             print(f"[{label}] servers ready in {time.perf_counter() - t0:.1f}s", flush=True)
             for s in servers:
                 self.commands.append(f"{s.label}: {s.shown_command()}")
@@ -165,12 +185,13 @@ class Run:
             self.commands.append(
                 f"ours config ({cfg.name}): {json.dumps(json.loads(cfg.read_text())['models'][0])}"
             )
-            from benchmarks import concurrency, prefix_reuse, single_stream
+            from benchmarks import concurrency, multiturn_concurrency, prefix_reuse, single_stream
 
             steps: dict[str, Callable[[Setup], Coroutine[Any, Any, list[Record]]]] = {
                 "single_stream": single_stream.run,
                 "prefix_reuse": prefix_reuse.run,
                 "concurrency": concurrency.run,
+                "multiturn_concurrency": multiturn_concurrency.run,
             }
             for name in [b for b in self.selected if b in SERVER_BENCHMARKS]:
                 t1 = time.perf_counter()
@@ -187,9 +208,9 @@ class Run:
                         "llama-bench: " + shlex.join(llama_bench_command(setup, max(2, setup.repeats)))
                     )
                 self.add(recs, f"{name}: {label} ({time.perf_counter() - t1:.0f}s)")
-            self.notes += setup.warnings
         finally:
-            for s in servers:
+            self.notes += setup.warnings
+            for s in servers + ([optional] if optional else []):
                 s.stop()
 
     def main(self) -> int:
@@ -202,12 +223,20 @@ class Run:
             f"settings: n_ctx {a.ctx} per conversation, n_batch {a.batch}, n_ubatch {a.ubatch}, "
             f"{'full GPU offload, flash attention on' if a.gpu else 'CPU only, flash attention off'}, "
             f"threads {a.threads or _threads()}; sampler temperature 0.7, top_p 0.95, top_k 40, min_p 0.05, "
-            f"repeat_penalty 1.0, seed 1234 (both servers); {a.repeats} repeats, ours and native alternating"
+            f"repeat_penalty 1.0, seed 1234 (both servers); {a.repeats} repeats, ours and native "
+            f"alternating; ours: engine {a.ours_engine}, backend_sampling {a.ours_backend_sampling}, "
+            f"n_threads_sampling {a.ours_threads_sampling or 'auto'}"
         )
         if tools:
             for spec in a.model or ["bundled:smollm2-135m"]:
                 path, label = parse_model(spec)
-                self.run_model(path, label or model_label(path), tools)
+                label = label or model_label(path)
+                try:
+                    self.run_model(path, label, tools)
+                except Exception as exc:  # e.g. a server that did not start: the next model still runs
+                    self.notes.append(f"{label} FAILED: {type(exc).__name__}: {str(exc)[:2000]}")
+                    print(f"[{label}] failed: {exc}", file=sys.stderr, flush=True)
+                    self.save_partial()
         if "evaluator_overhead" in self.selected:
             from benchmarks import evaluator_overhead
 
@@ -284,10 +313,19 @@ def parser() -> argparse.ArgumentParser:
         default=0,
         help="answer length for concurrency (default: --max-tokens)",
     )
+    ap.add_argument(
+        "--multiturn-max-tokens",
+        type=int,
+        default=0,
+        help="answer length per multiturn_concurrency turn (default: the concurrency answer length)",
+    )
     ap.add_argument("--prompt-tokens", type=int, default=256, help="single-stream prompt size (approx.)")
     ap.add_argument("--pp-tokens", type=int, default=512, help="prompt-evaluation prompt and llama-bench -p")
     ap.add_argument(
-        "--turn-tokens", type=int, default=300, help="new user tokens per prefix-reuse turn (approx.)"
+        "--turn-tokens",
+        type=int,
+        default=300,
+        help="new user tokens per turn of prefix_reuse and multiturn_concurrency (approx.)",
     )
     ap.add_argument("--turns", type=int, default=5)
     ap.add_argument("--concurrency", type=_ints, default=[1, 4, 16])
@@ -311,6 +349,25 @@ def parser() -> argparse.ArgumentParser:
         default="native",
         help="native (default): our server loads the very libllama/libggml the native tools use "
         "(LLAMA_CPP_LIB_PATH), so only the server layers differ; package: llama-cpp-python's own build",
+    )
+    ap.add_argument(
+        "--ours-backend-sampling",
+        choices=["auto", "on", "off"],
+        default="auto",
+        help="our config's `backend_sampling` (batched engine: sampling in the decode graph); "
+        "auto leaves it out (the server's default: on with a GPU)",
+    )
+    ap.add_argument(
+        "--ours-threads-sampling",
+        "--threads-sampling",
+        type=int,
+        default=0,
+        help="our config's `n_threads_sampling` (batched engine); 0 leaves it out (the server's default)",
+    )
+    ap.add_argument(
+        "--native-backend-sampling",
+        action="store_true",
+        help="concurrency also runs native llama-server -np N with its experimental --backend-sampling",
     )
     ap.add_argument(
         "--bias-check", action="store_true", help="also time single stream with a logit_bias EOS ban"
@@ -347,6 +404,7 @@ def main(argv: list[str] | None = None) -> int:
         args.threads = max(1, _threads() // 2) if args.gpu else _threads()
     if args.smoke:
         args.concurrency_max_tokens = min(args.concurrency_max_tokens or 16, 16)
+        args.multiturn_max_tokens = min(args.multiturn_max_tokens or 16, 16)
         args.max_tokens, args.prefix_max_tokens = (
             min(args.max_tokens, 16),
             min(args.prefix_max_tokens or 16, 16),

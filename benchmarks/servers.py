@@ -143,10 +143,14 @@ def ours(
     engine: str | None = None,
     parallel: int = 1,
     port: int | None = None,
+    backend_sampling: bool | None = None,
+    threads_sampling: int | None = None,
 ) -> ServerProcess:
     """Our server with a config file holding exactly this model's settings. `lib_dir`: load libllama
     from there (LLAMA_CPP_LIB_PATH) instead of llama-cpp-python's own build. `engine`: the config's
-    engine (None: the server's default); "batched" gets `parallel` slots."""
+    engine (None: the server's default); "batched" gets `parallel` slots. `backend_sampling` and
+    `threads_sampling` set the batched engine's `backend_sampling` and `n_threads_sampling`; None
+    leaves the key out, so the server's own default applies."""
     port = port or free_port()
     cfg = {
         "description": "written by benchmarks/servers.py",
@@ -170,6 +174,10 @@ def ours(
         cfg["models"][0]["engine"] = engine  # type: ignore[index]
         if engine == "batched":
             cfg["models"][0]["n_parallel"] = parallel  # type: ignore[index]
+    if backend_sampling is not None:
+        cfg["models"][0]["backend_sampling"] = backend_sampling  # type: ignore[index]
+    if threads_sampling is not None:
+        cfg["models"][0]["n_threads_sampling"] = threads_sampling  # type: ignore[index]
     workdir.mkdir(parents=True, exist_ok=True)
     path = workdir / f"ours-{model.name}.json"
     path.write_text(json.dumps(cfg, indent=2), encoding="utf-8")
@@ -179,9 +187,15 @@ def ours(
 
 
 def native(
-    tools: NativeTools, model: ModelSpec, workdir: Path, parallel: int = 1, port: int | None = None
+    tools: NativeTools,
+    model: ModelSpec,
+    workdir: Path,
+    parallel: int = 1,
+    port: int | None = None,
+    backend_sampling: bool = False,
 ) -> ServerProcess:
-    """Native llama-server; `parallel` slots of `n_ctx` each, continuous batching (default on)."""
+    """Native llama-server; `parallel` slots of `n_ctx` each, continuous batching (default on).
+    `backend_sampling`: its experimental `-bs` (the sampler chain runs in the decode graph)."""
     port = port or free_port()
     command = [
         str(tools.server),
@@ -201,6 +215,9 @@ def native(
         "--no-webui",
     ]  # fmt: skip
     label = f"native-np{parallel}"
+    if backend_sampling:
+        command.append("-bs")
+        label += "-bs"
     return ServerProcess(label, model, command, workdir / f"{label}-{model.name}.log", port, parallel)
 
 

@@ -1,0 +1,151 @@
+"""Our batched engine's per-step profile (decode / sampling / other ms), read around a benchmark run.
+
+Issue 6 asks that sampling and Python work stay under 15% of a step at 16 sequences. Neither the
+client nor native llama-server can see that split: only the engine times each step (llama_decode,
+the samplers, the Python around them). It keeps cumulative counters since the server started
+(`loaded_model_settings.stats` of GET /storybench/models), so one run's share is the difference of
+two snapshots taken around it. The llama-cpp-python engine has no such counters, and an older
+server may lack some keys: then nothing is recorded, silently.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import httpx
+
+from benchmarks.common import Record, make_record
+from benchmarks.servers import ServerProcess
+
+T = TypeVar("T")
+Stats = dict[str, Any]
+_PARTS = ("decode", "sample", "other")
+OURS_ONLY = "none: ours only"  # reference_name of records without a native counterpart
+
+
+@dataclass(frozen=True)
+class StepSplit:
+    """Mean milliseconds per decode-only step (no prompt tokens in the batch) over `steps` steps."""
+
+    steps: int
+    decode_ms: float
+    sample_ms: float
+    other_ms: float
+
+    @property
+    def share(self) -> float:
+        """Sampling + other (Python) as a percentage of the whole step."""
+        total = self.decode_ms + self.sample_ms + self.other_ms
+        return 100.0 * (self.sample_ms + self.other_ms) / total if total > 0 else float("nan")
+
+
+def _row(stats: Stats, n: int | None) -> dict[str, Any] | None:
+    """{steps, decode, sample, other}: of the decode-only steps with `n` sequences, or of all steps."""
+    if n is None:
+        means = stats.get("ms_per_step")
+        return {"steps": stats.get("steps"), **means} if isinstance(means, dict) else None
+    rows = stats.get("decode_only_ms_per_step_by_sequences")
+    row = rows.get(str(n)) if isinstance(rows, dict) else None
+    return row if isinstance(row, dict) else None
+
+
+def step_split(before: Stats | None, after: Stats | None, n: int | None) -> StepSplit | None:
+    """The decode-only steps with exactly `n` generating sequences (None: all steps) taken between
+    two snapshots. The server reports means per step; means times step counts give totals, whose
+    difference is the run's. None when either snapshot or the row is missing, or no such step."""
+    if before is None or after is None:
+        return None
+    a = _row(after, n)
+    if a is None:
+        return None
+    b = _row(before, n) or {"steps": 0, **dict.fromkeys(_PARTS, 0.0)}
+    try:
+        steps = int(a["steps"]) - int(b["steps"])
+        totals = {k: float(a[k]) * int(a["steps"]) - float(b[k]) * int(b["steps"]) for k in _PARTS}
+    except (KeyError, TypeError, ValueError):
+        return None
+    if steps <= 0:
+        return None
+    return StepSplit(steps, totals["decode"] / steps, totals["sample"] / steps, totals["other"] / steps)
+
+
+def counter_delta(before: Stats | None, after: Stats | None, key: str) -> int | None:
+    """How much a cumulative counter (e.g. `tokens_generated`) grew between two snapshots."""
+    if before is None or after is None:
+        return None
+    try:
+        return int(after[key]) - int(before.get(key) or 0)
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
+async def snapshot(server: ServerProcess) -> Stats | None:
+    """The engine's cumulative stats, or None (no batched engine, or the server did not answer)."""
+    try:
+        async with httpx.AsyncClient(timeout=60) as client:
+            response = await client.get(f"{server.root_url}/storybench/models")
+            stats = response.json().get("loaded_model_settings", {}).get("stats")
+    except (httpx.HTTPError, ValueError, AttributeError):
+        return None
+    return stats if isinstance(stats, dict) else None
+
+
+@dataclass
+class Profiler:
+    """One StepSplit per run of ours at `n` sequences, and records from them."""
+
+    server: ServerProcess
+    n: int
+    splits: list[StepSplit] = field(default_factory=list)
+    every: list[StepSplit] = field(default_factory=list)  # all steps, prompt chunks included
+    generated: int = 0
+    backend_sampled: int | None = None
+
+    async def measure(self, run: Awaitable[T]) -> T:
+        before = await snapshot(self.server)
+        result = await run
+        after = await snapshot(self.server)
+        split = step_split(before, after, self.n)
+        if split is not None:
+            self.splits.append(split)
+            every = step_split(before, after, None)
+            if every is not None:
+                self.every.append(every)
+            self.generated += counter_delta(before, after, "tokens_generated") or 0
+            picked = counter_delta(before, after, "backend_sampled")
+            if picked is not None:
+                self.backend_sampled = (self.backend_sampled or 0) + picked
+        return result
+
+    def records(self, benchmark: str, model: str) -> list[Record]:
+        if not self.splits:
+            return []
+        n, s = self.n, self.splits
+        note = (
+            f"our engine's own timing (GET /storybench/models stats, difference around each run): "
+            f"decode-only steps with {n} generating sequences, "
+            f"{' / '.join(str(x.steps) for x in s)} steps per run; no native counterpart"
+        )
+        if self.every:
+            e = self.every
+            note += (
+                "; all steps (prompt chunks and fewer sequences included), ms decode / sampling / other: "
+                + ", ".join(f"{x.decode_ms:.2f} / {x.sample_ms:.2f} / {x.other_ms:.2f}" for x in e)
+            )
+        if self.backend_sampled is not None:
+            picked = f"{self.backend_sampled} of {self.generated}"
+            note += f"; tokens picked in the decode graph (backend sampling): {picked}"
+        head = f"ours engine step at {n} sequences:"
+
+        def rec(metric: str, unit: str, values: list[float]) -> Record:
+            return make_record(benchmark, model, n, f"{head} {metric}", unit, values, [],
+                               better="lower", reference_name=OURS_ONLY, note=note)  # fmt: skip
+
+        return [
+            rec("decode", "ms", [x.decode_ms for x in s]),
+            rec("sampling", "ms", [x.sample_ms for x in s]),
+            rec("other (Python, between steps)", "ms", [x.other_ms for x in s]),
+            rec("sampling + other, share of the step", "%", [x.share for x in s]),
+        ]
