@@ -34,7 +34,8 @@ MAIN_BENCHMARKS=${MAIN_BENCHMARKS:-concurrency,multiturn_concurrency,single_stre
 BENCH_ARGS=${BENCH_ARGS:-}    # more harness arguments, e.g. --threads 8 --bias-check --ours-backend-sampling off
 # MAIN_SHAPES: the shapes of the main run (default: all of SHAPES)
 # EXTRA_ARGS: a second harness run after the first (e.g. "--benchmarks single_stream --threads 16"),
-# its model labels suffixed with EXTRA_SUFFIX, into $OUT/gpu-extra.json
+# its model labels suffixed with EXTRA_SUFFIX, into $OUT/gpu-extra.json; EXTRA_SHAPES: its shapes
+# (default: all of SHAPES)
 SHAPES=${SHAPES:-"llama-1b llama-8b"}
 DEADLINE_S=${DEADLINE_S:-560}
 SHAPE_RESERVE_S=${SHAPE_RESERVE_S:-200}  # kept back for each later shape of the main run
@@ -123,7 +124,7 @@ EOF
 done
 if [ -n "${EXTRA_ARGS:-}" ]; then
     # shellcheck disable=SC2086
-    run_bench "$OUT/gpu-extra.json" /tmp/sb-run2 "${EXTRA_SUFFIX:-}" "$SHAPES" 0 $EXTRA_ARGS
+    run_bench "$OUT/gpu-extra.json" /tmp/sb-run2 "${EXTRA_SUFFIX:-}" "${EXTRA_SHAPES:-$SHAPES}" 0 $EXTRA_ARGS
     stamp "extra benchmarks exit $?"
 fi
 tar -czf "$OUT/server-logs.tgz" -C /tmp sb-run $( [ -d /tmp/sb-run2 ] && echo sb-run2 ) 2>/dev/null

@@ -24,7 +24,6 @@ import anyio
 import llama_cpp
 from fastapi import APIRouter, HTTPException, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
-from llama_cpp._internals import LlamaSampler
 from llama_cpp.llama_grammar import LlamaGrammar
 from llama_cpp.server.types import (
     CreateChatCompletionRequest,
@@ -36,7 +35,7 @@ from starlette.types import Receive, Scope, Send
 
 from server.engine.host import EngineHost
 from server.engine.model import BatchedModel
-from server.engine.sampling import SamplingParams, backend_key, build_sampler
+from server.engine.sampling import Chains, SamplingParams, build_chains
 from server.engine.scheduler import Engine, Event, Generation
 from server.middleware import context_overflow, error_body
 
@@ -176,7 +175,7 @@ def _logit_bias(model: BatchedModel, body: Any) -> dict[int, float]:
 class Stream:
     """Submits a generation and hands its events to the event loop, step by step."""
 
-    def __init__(self, engine: Engine, prepared: Prepared, sampler: LlamaSampler) -> None:
+    def __init__(self, engine: Engine, prepared: Prepared, chains: Chains) -> None:
         self.engine = engine
         loop = asyncio.get_running_loop()
         self.queue: asyncio.Queue[list[Event]] = asyncio.Queue()
@@ -188,16 +187,19 @@ class Stream:
         self.gen = Generation(
             prompt=prepared.prompt,
             max_tokens=prepared.max_tokens,
-            sampler=sampler,
+            sampler=chains.sampler,
             sink=sink,
             stop=prepared.stop,
-            backend_key=backend_key(prepared.sampling),
+            graph=chains.graph,
+            graph_key=chains.graph_key,
+            accept_graph=chains.accept_graph,
+            params=prepared.sampling,
         )
         self.finished = False
         try:
             engine.submit(self.gen)
         except BaseException:
-            sampler.close()
+            chains.close()
             raise
 
     async def events(self) -> AsyncIterator[Event]:
@@ -321,10 +323,12 @@ def build_router(host: EngineHost) -> APIRouter:
                 prepare, engine.model, kind, body, seeds[engine.model.name]
             )
             try:
-                sampler = await anyio.to_thread.run_sync(build_sampler, engine.model.model, prepared.sampling)
+                chains = await anyio.to_thread.run_sync(
+                    build_chains, engine.model.model, prepared.sampling, engine.model.config.backend_sampling
+                )
             except ValueError as exc:
                 raise RequestError(400, error_body(str(exc), code=None, param="grammar")) from None
-            stream = Stream(engine, prepared, sampler)
+            stream = Stream(engine, prepared, chains)
         except RequestError as exc:
             await host.release()
             return Response(exc.body, status_code=exc.status, media_type="application/json")

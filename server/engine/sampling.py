@@ -40,17 +40,78 @@ class SamplingParams:
     grammar: LlamaGrammar | None = None
 
 
-def backend_key(p: SamplingParams) -> tuple[object, ...] | None:
-    """A hashable summary of the chain if llama.cpp can run all of it in the decode graph
-    (every sampler in it has a backend implementation), else None. Two requests with the same
-    key get chains that behave alike once reset, so a slot can keep its attached chain."""
-    if p.grammar is not None or p.typical_p < 1.0 or (p.mirostat_mode and p.temperature > 0.0):
-        return None
-    return (
-        p.temperature, p.top_k, p.top_p, p.min_p,
-        p.repeat_penalty, p.frequency_penalty, p.presence_penalty, p.seed & 0xFFFFFFFF,
-        tuple(sorted(p.logit_bias.items())),
-    )  # fmt: skip
+@dataclass
+class Chains:
+    """A request's sampler chains. `sampler` is what `llama_sampler_sample` applies on the CPU;
+    with backend sampling `graph` is attached to the slot's sequence and runs inside the decode
+    graph first, so `sampler` only sees what `graph` left: its pick, or its top-k candidates."""
+
+    sampler: internals.LlamaSampler
+    graph: internals.LlamaSampler | None = None
+    # What makes two graph chains interchangeable once reset: a slot keeps its attached chain
+    # for the next request with the same key (attaching another re-plans llama.cpp's graph).
+    graph_key: tuple[object, ...] | None = None
+    # The graph chain keeps a history (repetition penalties): each picked token goes into it.
+    accept_graph: bool = False
+
+    def close(self) -> None:
+        self.sampler.close()
+        if self.graph is not None:
+            self.graph.close()
+
+
+def in_graph(p: SamplingParams) -> bool:
+    """Whether llama.cpp can run this request's sampling in the decode graph: every sampler it
+    needs has a backend implementation (not grammar, typical or mirostat)."""
+    return p.grammar is None and p.typical_p >= 1.0 and not (p.mirostat_mode and p.temperature > 0.0)
+
+
+def build_chains(model: internals.LlamaModel, p: SamplingParams, backend: bool) -> Chains:
+    """The chains for one request (the caller closes them).
+
+    Without backend sampling, or when the graph cannot run it, one CPU chain (`build_sampler`).
+    Otherwise the graph applies the logit bias and penalties over the whole vocabulary and then
+    either picks the token itself (greedy, a plain seeded draw, or no top-k) or keeps the top-k
+    candidates, and the CPU finishes top-p, min-p, temperature and the seeded draw on those k
+    values. The split matters on a GPU: every sampler in the graph adds a dozen small kernels
+    per sequence, which at 16 sequences cost more than the CPU needs for k = 40 candidates.
+    """
+    if not (backend and in_graph(p)):
+        return Chains(build_sampler(model, p))
+    n_vocab = llama_cpp.llama_vocab_n_tokens(model.vocab)
+    seed = p.seed & 0xFFFFFFFF
+    penalties = (p.repeat_penalty, p.frequency_penalty, p.presence_penalty)
+    graph, tail = internals.LlamaSampler(), internals.LlamaSampler()
+    try:
+        if p.logit_bias:
+            graph.add_logit_bias(n_vocab, p.logit_bias)
+        if penalties != (1.0, 0.0, 0.0):
+            graph.add_penalties(n_vocab, PENALTY_LAST_N, *penalties)
+        head: tuple[object, ...] = (tuple(sorted(p.logit_bias.items())), penalties)
+        if p.temperature == 0.0:
+            graph.add_greedy()
+            key = (*head, "greedy")
+        elif p.temperature < 0.0:
+            graph.add_dist(seed)
+            key = (*head, "dist", seed)
+        elif p.top_k > 0:
+            graph.add_top_k(p.top_k)
+            tail.add_top_p(p.top_p, 1)
+            tail.add_min_p(p.min_p, 1)
+            tail.add_temp(p.temperature)
+            tail.add_dist(seed)
+            key = (*head, "top_k", p.top_k)
+        else:
+            graph.add_top_p(p.top_p, 1)
+            graph.add_min_p(p.min_p, 1)
+            graph.add_temp(p.temperature)
+            graph.add_dist(seed)
+            key = (*head, "all", p.top_p, p.min_p, p.temperature, seed)
+    except BaseException:
+        graph.close()
+        tail.close()
+        raise
+    return Chains(tail, graph, key, accept_graph=penalties != (1.0, 0.0, 0.0))
 
 
 def build_sampler(model: internals.LlamaModel, p: SamplingParams) -> internals.LlamaSampler:

@@ -3,8 +3,9 @@
 One thread owns the context. Every step it builds one `llama_batch` from the next token of
 every generating slot and then, within `n_batch`, chunks of the prompts still being evaluated,
 calls `llama_decode` once, and samples every slot that produced logits with that slot's own
-sampler chain. With backend sampling a slot's chain is attached to its sequence and runs inside
-the decode graph (on the GPU), so sampling it only reads back the token it picked.
+sampler chain. With backend sampling a chain is also attached to the slot's sequence and runs
+inside the decode graph (on the GPU): it picks the token, or leaves its top-k candidates for the
+CPU chain, so no row of logits comes back (see `sampling.build_chains`).
 
 Requests wait in a FIFO queue for a free slot; a slot keeps the tokens it has evaluated after
 its request ends, so the next request that starts with them (the next turn of the same
@@ -32,6 +33,7 @@ import numpy as np
 from llama_cpp import _internals as internals
 
 from server.engine.model import BatchedModel
+from server.engine.sampling import SamplingParams, build_sampler
 from server.engine.text import Pieces, TextStream
 
 log = logging.getLogger("storybench.server")
@@ -50,11 +52,16 @@ class Generation:
 
     prompt: list[int]
     max_tokens: int
-    sampler: internals.LlamaSampler
+    sampler: internals.LlamaSampler  # the CPU chain (`sampling.Chains.sampler`)
     sink: Sink
     stop: list[str] = field(default_factory=list)
-    # `sampling.backend_key`: set when llama.cpp can run the whole chain in the decode graph
-    backend_key: tuple[object, ...] | None = None
+    # The graph chain, its key and whether it takes accepted tokens (`sampling.Chains`); the
+    # slot owns the graph chain from admission on.
+    graph: internals.LlamaSampler | None = None
+    graph_key: tuple[object, ...] | None = None
+    accept_graph: bool = False
+    # To rebuild everything as one CPU chain should llama.cpp refuse the graph chain.
+    params: SamplingParams | None = None
     cancelled: bool = False
     # filled by the engine
     tokens: list[int] = field(default_factory=list)  # generated, the end-of-generation one excluded
@@ -68,6 +75,13 @@ class Generation:
     t_end: float | None = None
     _text: TextStream | None = None
     _out: list[Event] = field(default_factory=list)
+
+    def close_samplers(self) -> None:
+        """Free the request's own chains (a graph chain once admitted belongs to its slot)."""
+        self.sampler.close()
+        if self.graph is not None:
+            self.graph.close()
+            self.graph = None
 
     @property
     def prompt_n(self) -> int:
@@ -111,9 +125,9 @@ class Slot:
     at: int = 0  # prompt tokens evaluated so far (while prefilling)
     next_token: int | None = None  # sampled, to be decoded next step
     last_used: float = 0.0
-    # The chain attached to this sequence for backend sampling, kept after its request ends:
-    # attaching another makes llama.cpp re-plan its graph, so a next request with the same
-    # settings (the next turn of the conversation) resets and reuses it instead.
+    # The graph chain attached to this sequence, kept after its request ends: attaching another
+    # makes llama.cpp re-plan its graph, so a next request with the same key (the next turn of
+    # the conversation) resets and reuses it instead.
     attached: internals.LlamaSampler | None = None
     attached_key: tuple[object, ...] | None = None
 
@@ -342,7 +356,7 @@ class Engine:
                 self._fail(slot, "the server is shutting down")
         while self._pending:
             gen = self._pending.popleft()
-            gen.sampler.close()
+            gen.close_samplers()
             gen.sink([("error", "the server is shutting down")])
         for slot in self.slots:
             self._detach(slot)
@@ -380,7 +394,7 @@ class Engine:
                 return
             gen = self._pending.popleft()
             if gen.cancelled:
-                gen.sampler.close()
+                gen.close_samplers()
                 continue
             slot, keep = choose_slot(idle, gen.prompt)
             keep = min(keep, len(gen.prompt) - 1)  # the last prompt token gives the logits
@@ -395,36 +409,38 @@ class Engine:
             self._attach(slot, gen)
 
     def _attach(self, slot: Slot, gen: Generation) -> None:
-        """Give the slot's sequence the request's chain for backend sampling, or none."""
-        key = gen.backend_key if self._backend_sampling else None
-        if key is not None and slot.attached is not None and slot.attached_key == key:
-            llama_cpp.llama_sampler_reset(slot.attached.sampler)  # as new: the seed restarts
-            gen.sampler.close()
-            gen.sampler = slot.attached
+        """Give the slot's sequence the request's graph chain (or its own, reset), or none."""
+        graph, gen.graph = gen.graph, None  # the slot owns it from here
+        if graph is None or not self._backend_sampling:
+            if graph is not None:
+                graph.close()
+            self._detach(slot)
+            return
+        if slot.attached is not None and slot.attached_key == gen.graph_key:
+            llama_cpp.llama_sampler_reset(slot.attached.sampler)  # as new: penalties forget
+            graph.close()
             self.stats.chains_reused += 1
             return
         self._detach(slot)
-        if key is not None:
-            if llama_cpp.llama_set_sampler(self.model.ctx, slot.seq, gen.sampler.sampler):
-                slot.attached, slot.attached_key = gen.sampler, key
-                self.stats.chains_attached += 1
-            else:
-                log.warning("llama.cpp refused backend sampling for slot %d; sampling on the CPU", slot.seq)
+        if llama_cpp.llama_set_sampler(self.model.ctx, slot.seq, graph.sampler):
+            slot.attached, slot.attached_key = graph, gen.graph_key
+            self.stats.chains_attached += 1
+            return
+        log.warning("llama.cpp refused backend sampling for slot %d; sampling on the CPU", slot.seq)
+        graph.close()
+        gen.sampler.close()
+        assert gen.params is not None
+        gen.sampler = build_sampler(self.model.model, gen.params)
+        gen.accept_graph = False
 
     def _detach(self, slot: Slot) -> None:
-        """Take the slot's attached chain off its sequence and free it (engine thread only)."""
+        """Take the slot's graph chain off its sequence and free it (engine thread only)."""
         chain = slot.attached
         if chain is None:
             return
         llama_cpp.llama_set_sampler(self.model.ctx, slot.seq, None)
         slot.attached, slot.attached_key = None, None
-        if slot.gen is None or slot.gen.sampler is not chain:
-            chain.close()
-
-    def _close_sampler(self, slot: Slot, gen: Generation) -> None:
-        """A finished request's chain: an attached one stays with its slot for reuse."""
-        if gen.sampler is not slot.attached:
-            gen.sampler.close()
+        chain.close()
 
     def _drop_cancelled(self) -> None:
         for slot in self.slots:
@@ -487,30 +503,35 @@ class Engine:
         self._last_step_end = t2
 
     def _sample(self, outputs: list[tuple[Slot, int]]) -> list[int]:
-        """Each output row through its slot's sampler chain; with a pool, the chains run in
-        parallel (ctypes releases the GIL; each chain has its own buffers, and the context's
-        output rows are only read once `llama_get_logits` has put them in order)."""
+        """Each output row through its request's CPU chain. A slot whose graph chain ran in the
+        decode only reads back its pick or finishes its top-k candidates (cheap, done here);
+        full rows of logits go to the pool, when there is one, to run in parallel (ctypes
+        releases the GIL; each chain has its own buffers, and the context's output rows are
+        only read once `llama_get_logits` has put them in order)."""
         ctx = self.model.ctx
         chains = [(slot.gen.sampler.sampler, i) for slot, i in outputs if slot.gen is not None]
         on_cpu = [n for n, (slot, _) in enumerate(outputs) if slot.attached is None]
         self.stats.backend_sampled += len(chains) - len(on_cpu)
         if self._pool is None or len(on_cpu) < 2:
-            return [llama_cpp.llama_sampler_sample(chain, ctx, i) for chain, i in chains]
-        # Chains attached to their sequence only read back the token the graph picked.
-        tokens = [
-            -1 if slot.attached is None else llama_cpp.llama_sampler_sample(chain, ctx, i)
-            for (slot, _), (chain, i) in zip(outputs, chains, strict=True)
-        ]
-        llama_cpp.llama_get_logits(ctx)
-        k = min(self._pool_size, len(on_cpu))
-        groups = [on_cpu[j::k] for j in range(k)]
+            tokens = [llama_cpp.llama_sampler_sample(chain, ctx, i) for chain, i in chains]
+        else:
+            tokens = [
+                -1 if slot.attached is None else llama_cpp.llama_sampler_sample(chain, ctx, i)
+                for (slot, _), (chain, i) in zip(outputs, chains, strict=True)
+            ]
+            llama_cpp.llama_get_logits(ctx)
+            k = min(self._pool_size, len(on_cpu))
+            groups = [on_cpu[j::k] for j in range(k)]
 
-        def sample(group: list[int]) -> list[int]:
-            return [llama_cpp.llama_sampler_sample(chains[n][0], ctx, chains[n][1]) for n in group]
+            def sample(group: list[int]) -> list[int]:
+                return [llama_cpp.llama_sampler_sample(chains[n][0], ctx, chains[n][1]) for n in group]
 
-        for group, picked in zip(groups, self._pool.map(sample, groups), strict=True):
-            for n, token in zip(group, picked, strict=True):
-                tokens[n] = token
+            for group, picked in zip(groups, self._pool.map(sample, groups), strict=True):
+                for n, token in zip(group, picked, strict=True):
+                    tokens[n] = token
+        for (slot, _), token in zip(outputs, tokens, strict=True):
+            if slot.attached is not None and slot.gen is not None and slot.gen.accept_graph:
+                llama_cpp.llama_sampler_accept(slot.attached.sampler, token)  # penalties' history
         return tokens
 
     def _is_eog(self, token: int) -> bool:
@@ -543,7 +564,7 @@ class Engine:
         assert gen is not None
         slot.gen, slot.next_token, slot.last_used = None, None, time.perf_counter()
         gen.t_end = time.perf_counter()
-        self._close_sampler(slot, gen)
+        gen.close_samplers()
         if reason is None:
             return
         assert gen._text is not None
@@ -560,7 +581,7 @@ class Engine:
         assert gen is not None
         llama_cpp.llama_memory_seq_rm(self.model.memory, slot.seq, -1, -1)
         slot.cache.clear()
-        self._close_sampler(slot, gen)
+        gen.close_samplers()
         slot.gen, slot.next_token = None, None
         self._detach(slot)
         gen.t_end = time.perf_counter()

@@ -17,7 +17,7 @@ from llama_cpp.llama_grammar import LlamaGrammar
 
 from server.config import load_config
 from server.engine.model import BatchedModel
-from server.engine.sampling import SamplingParams, backend_key, build_sampler
+from server.engine.sampling import SamplingParams, build_chains, in_graph
 from server.engine.scheduler import Engine, Event, Generation
 from tests.engine.conftest import N_PARALLEL, batched_entry
 from tests.engine.test_engine import PROMPTS, agreeing, eog_tokens
@@ -44,12 +44,16 @@ class Job:
         self.events: list[Event] = []
         self.done = threading.Event()
         model = engine.model
+        chains = build_chains(model.model, params, model.config.backend_sampling)
         self.gen = Generation(
             prompt=model.completion_prompt(prompt),
             max_tokens=max_tokens,
-            sampler=build_sampler(model.model, params),
+            sampler=chains.sampler,
             sink=self._sink,
-            backend_key=backend_key(params),
+            graph=chains.graph,
+            graph_key=chains.graph_key,
+            accept_graph=chains.accept_graph,
+            params=params,
         )
         engine.submit(self.gen)
 
@@ -90,6 +94,25 @@ def test_greedy_in_the_graph_matches_greedy_on_the_cpu(gpu_style: Engine, engine
     assert engine.stats.backend_sampled == 0  # the CPU engine attaches nothing
 
 
+@pytest.mark.parametrize(
+    "params",
+    [
+        SamplingParams(temperature=0.0, repeat_penalty=1.5, frequency_penalty=0.5),  # graph picks
+        SamplingParams(temperature=0.7, top_k=40, seed=5),  # graph keeps 40, the CPU finishes
+        SamplingParams(temperature=0.7, top_k=0, seed=5),  # all in the graph
+    ],
+    ids=["greedy-penalties", "top-k-split", "no-top-k"],
+)
+def test_split_chains_sample_as_one_cpu_chain(gpu_style: Engine, engine: Engine, params: SamplingParams) -> None:
+    """The graph's share of the chain plus the CPU's share pick what the whole chain picks on
+    the CPU (penalties included: each token goes back into the graph chain's history)."""
+    params.logit_bias = {t: -100.0 for t in eog_tokens(engine)}
+    ours = Job(gpu_style, PROMPTS[7], 32, params).wait().gen.tokens
+    reference = Job(engine, PROMPTS[7], 32, params).wait().gen.tokens
+    print(f"tokens agreeing with the CPU chain: {agreeing(ours, reference)} of 32")
+    assert agreeing(ours, reference) >= 16, (ours, reference)
+
+
 def test_a_seed_replays_and_the_slot_keeps_its_chain(gpu_style: Engine) -> None:
     params = SamplingParams(temperature=1.0, top_k=40, top_p=0.95, min_p=0.05, seed=77)
     first = Job(gpu_style, PROMPTS[5], 32, params).wait()
@@ -111,7 +134,7 @@ def test_grammar_requests_are_sampled_on_the_cpu_beside_graph_ones(gpu_style: En
         verbose=False,
     )
     constrained = SamplingParams(temperature=0.0, grammar=grammar)
-    assert backend_key(constrained) is None
+    assert not in_graph(constrained)
     alone = [Job(gpu_style, p, 16, greedy(gpu_style)).wait().gen.tokens for p in PROMPTS[:4]]
     before = gpu_style.stats.backend_sampled
     free = [Job(gpu_style, p, 16, greedy(gpu_style)) for p in PROMPTS[:4]]
