@@ -103,7 +103,9 @@ def test_greedy_in_the_graph_matches_greedy_on_the_cpu(gpu_style: Engine, engine
     ],
     ids=["greedy-penalties", "top-k-split", "no-top-k"],
 )
-def test_split_chains_sample_as_one_cpu_chain(gpu_style: Engine, engine: Engine, params: SamplingParams) -> None:
+def test_split_chains_sample_as_one_cpu_chain(
+    gpu_style: Engine, engine: Engine, params: SamplingParams
+) -> None:
     """The graph's share of the chain plus the CPU's share pick what the whole chain picks on
     the CPU (penalties included: each token goes back into the graph chain's history)."""
     params.logit_bias = {t: -100.0 for t in eog_tokens(engine)}
