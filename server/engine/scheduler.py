@@ -124,6 +124,7 @@ class Slot:
     gen: Generation | None = None
     at: int = 0  # prompt tokens evaluated so far (while prefilling)
     next_token: int | None = None  # sampled, to be decoded next step
+    prompt_len: int = 0  # the last request's prompt: cache[:prompt_len]; its answer follows
     last_used: float = 0.0
     # The graph chain attached to this sequence, kept after its request ends: attaching another
     # makes llama.cpp re-plan its graph, so a next request with the same key (the next turn of
@@ -152,11 +153,14 @@ def choose_slot(idle: list[Slot], prompt: list[int]) -> tuple[Slot, int]:
 
     1. a slot whose whole cache starts the prompt (the next turn of its conversation): the
        longest such cache;
-    2. a slot sharing at least half of the prompt: one holding all of it (a retried turn), or
+    2. a slot whose last prompt starts this one, though the answer after it does not (the next
+       turn, with the previous answer re-rendered by the chat template as other tokens than
+       were generated): the longest shared prefix;
+    3. a slot sharing at least half of the prompt: one holding all of it (a retried turn), or
        one that keeps most of its cache, or any when no slot is empty (a long shared system
        prompt);
-    3. an empty slot;
-    4. the least recently used slot (its conversation loses its cache).
+    4. an empty slot;
+    5. the least recently used slot (its conversation loses its cache).
     """
     best: tuple[Slot, int] | None = None
     for slot in idle:
@@ -166,6 +170,9 @@ def choose_slot(idle: list[Slot], prompt: list[int]) -> tuple[Slot, int]:
     if best is not None:
         return best
     shared = [(slot, common_prefix(slot.cache, prompt)) for slot in idle]
+    continued = [(slot, n) for slot, n in shared if slot.prompt_len and n >= slot.prompt_len]
+    if continued:
+        return max(continued, key=lambda s: s[1])
     slot, n = max(shared, key=lambda s: (s[1], -s[0].last_used))
     empty = [s for s in idle if not s.cache]
     keeps_most = n == len(prompt) or n >= REUSE_FRACTION * len(slot.cache)
@@ -404,7 +411,7 @@ class Engine:
                     llama_cpp.llama_memory_seq_rm(mem, slot.seq, -1, -1)
                     keep = 0
                 del slot.cache[keep:]
-            slot.gen, slot.at, slot.next_token = gen, keep, None
+            slot.gen, slot.at, slot.next_token, slot.prompt_len = gen, keep, None, len(gen.prompt)
             gen.slot, gen.cache_n, gen.t_admit = slot.seq, keep, time.perf_counter()
             self._attach(slot, gen)
 
@@ -581,6 +588,7 @@ class Engine:
         assert gen is not None
         llama_cpp.llama_memory_seq_rm(self.model.memory, slot.seq, -1, -1)
         slot.cache.clear()
+        slot.prompt_len = 0
         gen.close_samplers()
         slot.gen, slot.next_token = None, None
         self._detach(slot)

@@ -80,6 +80,20 @@ def test_choose_slot_keeps_other_conversations_for_a_new_one() -> None:
     assert choose_slot([other, older, oldest], system + [50]) == (oldest, 3)
 
 
+def test_choose_slot_follows_a_conversation_whose_answer_was_re_rendered() -> None:
+    """The template re-renders the previous answer as other tokens than were generated: the
+    slot holding the previous prompt still wins over an empty one, even when that prompt is
+    less than half of the new one (the second turn of a conversation with a long answer)."""
+    first = list(range(100))
+    mine = Slot(seq=0, cache=first + list(range(500, 700)), last_used=0.5, prompt_len=100)
+    other = Slot(seq=1, cache=[0, 1, 2] + list(range(900, 1000)), last_used=1.0, prompt_len=50)
+    empty = Slot(seq=2)
+    second = first + [501, 502] + list(range(2000, 2300))  # the re-rendered answer differs at once
+    assert choose_slot([empty, other, mine], second) == (mine, 100)
+    # A slot that shares only part of its last prompt is not this conversation's.
+    assert choose_slot([empty, other], second) == (empty, 0)
+
+
 def test_choose_slot_reuses_a_retried_turn() -> None:
     prompt = list(range(100))
     answered = Slot(seq=0, cache=prompt + [500, 501], last_used=1.0)  # prompt + old answer
