@@ -56,13 +56,14 @@ lint: install
 # Benchmarks: ours against native llama.cpp built from the same source (BENCHMARKS.md).
 BENCH_ARGS ?= --threads 1
 bench: install
-	$(BIN)/python -m benchmarks.run --prefix-max-tokens 128 --concurrency-max-tokens 64 --tag cpu $(BENCH_ARGS)
+	$(BIN)/python -m benchmarks.run --prefix-max-tokens 128 --concurrency-max-tokens 64 \
+		--multiturn-max-tokens 32 --tag cpu $(BENCH_ARGS)
 
 bench-smoke: install
 	$(BIN)/python -m benchmarks.native
 	$(BIN)/python -m pytest -m integration tests/benchmarks -q
 
-# Prepares the upload folders for the lent H100 and prints the device commands to run.
+# Prepares the upload folders for the lent GPU (H100/H200) and prints the device command to run.
 bench-gpu:
 	bash benchmarks/prepare_device.sh
 

@@ -26,6 +26,9 @@ from benchmarks.common import ROOT
 from benchmarks.native import NativeTools
 
 
+NATIVE_EXTRA_ARGS_ENV = "STORYBENCH_NATIVE_EXTRA_ARGS"
+
+
 @dataclass(frozen=True)
 class ModelSpec:
     """One model as both servers serve it."""
@@ -214,6 +217,8 @@ def native(
         "-fit", "off",
         "--no-webui",
     ]  # fmt: skip
+    # More native flags for an experiment (e.g. "-cram 0"); they show in the recorded commands.
+    command += shlex.split(os.environ.get(NATIVE_EXTRA_ARGS_ENV, ""))
     label = f"native-np{parallel}"
     if backend_sampling:
         command.append("-bs")
