@@ -25,7 +25,6 @@ import httpx
 from benchmarks.common import ROOT
 from benchmarks.native import NativeTools
 
-
 NATIVE_EXTRA_ARGS_ENV = "STORYBENCH_NATIVE_EXTRA_ARGS"
 
 
