@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import anyio
+import jinja2
 import llama_cpp
 from fastapi import APIRouter, HTTPException, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
@@ -94,7 +95,8 @@ def prepare(model: BatchedModel, kind: str, body: Any, seeds: Seeds) -> Prepared
         }
         try:
             rendered = model.chat_prompt(request)
-        except (ValueError, TypeError, KeyError) as exc:  # template errors (raise_exception)
+        except (ValueError, TypeError, KeyError, jinja2.TemplateError) as exc:  # e.g. a message
+            # without content, or the template's own raise_exception
             raise RequestError(400, error_body(f"cannot render the chat: {exc}", code=None)) from None
         tokens, stop, grammar = rendered.tokens, rendered.stop, rendered.grammar
     else:

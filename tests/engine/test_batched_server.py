@@ -156,3 +156,17 @@ def test_invalid_grammar_is_a_400(http: httpx.Client) -> None:
     body = {"model": MAIN_MODEL, "prompt": "x", "max_tokens": 2, "grammar": "root ::= ("}
     r = http.post("/v1/completions", json=body)
     assert r.status_code == 400, r.text
+
+
+@pytest.mark.parametrize(
+    "messages",
+    [[{"role": "assistant"}], [{"role": "user", "content": None}]],
+    ids=["assistant-without-content", "null-content"],
+)
+def test_a_chat_the_template_cannot_render_is_a_400(
+    http: httpx.Client, messages: list[dict[str, Any]]
+) -> None:
+    """Found by schemathesis: the template's UndefinedError was a 500; the serial engine says 400."""
+    r = http.post("/v1/chat/completions", json={"messages": messages, "max_tokens": 4})
+    assert r.status_code == 400, r.text
+    assert "cannot render the chat" in r.json()["error"]["message"]
