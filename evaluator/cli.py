@@ -28,7 +28,7 @@ from evaluator.endpoint import EndpointError, EndpointInfo, probe
 from evaluator.heartbeat import Heartbeat, heartbeat_interval, process_identity
 from evaluator.plan import build_plan, estimate, model_config_hashes
 from evaluator.progress import RunProgress, plan_table, summary_table
-from evaluator.records import RunRecord, utcnow
+from evaluator.records import DEFAULT_HEARTBEAT_S, RunRecord, utcnow
 from evaluator.runner import ModelStats, RunAborted, Runner
 from evaluator.store import (
     Store,
@@ -225,7 +225,7 @@ def _run(
     concurrency: int,
     restart: bool,
     endpoints: dict[str, EndpointInfo],
-    heartbeat_s: float,
+    heartbeat_s: float = DEFAULT_HEARTBEAT_S,
 ) -> int:
     hashes = model_config_hashes(models, sequences)
     generations = {
