@@ -91,7 +91,8 @@ def cli() -> None:
     `run` plays every prompt sequence (config/prompts.json) against every model
     (config/models.yaml), several runs each, sending the full chat history every turn, and
     stores every turn in MongoDB. Re-running the same command resumes where it stopped.
-    `runs`, `show` and `export` read the stored results.
+    `runs`, `show` and `export` read the stored results; `report` writes one run as an HTML or
+    Markdown page.
     """
 
 
@@ -392,6 +393,12 @@ def export(run_id: str | None, fmt: str, out: Path, force: bool, mongo_uri: str 
 
 def main() -> None:
     cli()
+
+
+# Commands that live in their own packages (they import this module's helpers when they run).
+from evaluator.report.cli import report_command  # noqa: E402
+
+cli.add_command(report_command)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,208 @@
+"""The report's data: typed values gathered from the store, shared by the HTML and Markdown writers.
+
+Everything here is plain data so that the two renderers show the same numbers and the
+aggregation can be tested without rendering. Text fields hold stored (untrusted) strings as
+they are; escaping is the renderers' job, done once at output.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from evaluator.records import sequence_run_id
+
+# Shown first, in this order; any other outcome found in the data follows, sorted.
+KNOWN_OUTCOMES: tuple[str, ...] = ("ok", "empty", "context_exhausted", "error")
+
+
+@dataclass(frozen=True)
+class ServerSummary:
+    """What identifies a local model's weights and settings (from `server_metadata`)."""
+
+    model: str
+    sha256: str | None
+    quantization: str | None
+    n_ctx: int | None
+    engine: str | None
+    n_parallel: int | None
+    gguf: str | None
+    llama_cpp_python: str | None
+
+
+@dataclass(frozen=True)
+class EndpointSummary:
+    """Where a model was asked, as stored in the run's config snapshot (never a key)."""
+
+    model: str
+    model_id: str | None
+    base_url: str | None
+
+
+@dataclass(frozen=True)
+class RunHeader:
+    run_id: str
+    status: str  # as shown: a stored "running" whose process is gone reads "abandoned"
+    status_hint: str | None
+    stored_status: str
+    command: str
+    code_version: str
+    started_at: datetime | None
+    finished_at: datetime | None
+    process: str | None
+    message: str | None
+    models: list[str]
+    sequences: list[str]
+    runs_per_sequence: int | None
+    planned_turns: int | None
+    endpoints: list[EndpointSummary]
+    servers: list[ServerSummary]
+
+
+@dataclass(frozen=True)
+class GroupSummary:
+    """One model x sequence of a run: what was played and how fast.
+
+    Latency, time to first token and tokens/s are over "ok" turns (a failed request's timing
+    says nothing about the model); cache reuse and cost over every turn that reports them.
+    """
+
+    model: str
+    sequence: str
+    conversations: int  # sequence runs with at least one stored turn
+    runs_planned: int | None
+    turns_planned: int | None
+    turns_stored: int
+    outcomes: dict[str, int]
+    latency_mean: float | None
+    latency_p90: float | None
+    ttft_mean: float | None
+    tokens_per_s_mean: float | None
+    prompt_tokens: int  # over turns reporting both prompt and cached tokens
+    cached_tokens: int
+    cost_usd: float | None  # None when no turn has a price
+    cost_turns: int  # turns with a known cost
+
+    @property
+    def not_stored(self) -> int | None:
+        """Planned turns with no record: never reached after a sequence-ending outcome, or
+        not played yet."""
+        if self.turns_planned is None:
+            return None
+        return max(self.turns_planned - self.turns_stored, 0)
+
+    @property
+    def cached_share(self) -> float | None:
+        return self.cached_tokens / self.prompt_tokens if self.prompt_tokens else None
+
+
+@dataclass(frozen=True)
+class CriterionStat:
+    mean: float
+    count: int
+
+
+@dataclass(frozen=True)
+class ScoreGroup:
+    """Judge scores of one model x sequence by ONE judge model with ONE rubric version."""
+
+    target_kind: str  # "response" (per turn) or "sequence" (per whole conversation)
+    judge_model: str
+    rubric_version: str
+    model: str
+    sequence: str
+    judgements: int
+    criteria: dict[str, CriterionStat]
+
+
+@dataclass(frozen=True)
+class TurnCell:
+    """One turn index of one sequence for one model, over its runs."""
+
+    stored: int
+    ok: int
+    prompt_tokens_mean: float | None  # how far the history has grown
+    completion_tokens_mean: float | None  # over "ok" turns
+    # (judge model, rubric version) -> (mean of each judgement's mean criterion score, judgements)
+    scores: dict[tuple[str, str], CriterionStat]
+
+
+@dataclass(frozen=True)
+class TurnRow:
+    sequence: str
+    turn_index: int
+    turn_name: str
+    cells: dict[str, TurnCell]  # by model
+
+
+@dataclass(frozen=True)
+class Judgement:
+    target_kind: str
+    judge_model: str
+    rubric_version: str
+    scores: dict[str, Any]
+    rationale: str
+
+
+@dataclass
+class Turn:
+    """One stored turn as the report shows it. Text fields are empty in the summary pass."""
+
+    response_id: str
+    turn_index: int
+    turn_name: str
+    outcome: str
+    error: str | None
+    finish_reason: str | None
+    attempts: int | None
+    messages_sent: int | None
+    prompt_tokens: int | None
+    completion_tokens: int | None
+    cached_tokens: int | None
+    prompt_tokens_estimated: int | None
+    max_tokens_sent: int | None
+    latency_s: float | None
+    ttft_s: float | None
+    tokens_per_s: float | None
+    cost_usd: float | None
+    prompt: str = ""
+    answer: str = ""
+    raw_answer: str | None = None  # only when it differs from `answer` (e.g. <think> blocks)
+    judgements: list[Judgement] = field(default_factory=list)
+
+
+@dataclass
+class Conversation:
+    """One run of one sequence against one model: its turns in order."""
+
+    model: str
+    sequence: str
+    run_index: int
+    experiment_key: str
+    seed: int | None
+    turns: list[Turn]
+    turns_planned: int | None
+    system: str | None = None  # the sequence's system prompt, from the run's config snapshot
+    judgements: list[Judgement] = field(default_factory=list)  # of the whole conversation
+
+    @property
+    def key(self) -> str:
+        """The target id of judgements of the whole conversation."""
+        return sequence_run_id(self.experiment_key, self.model, self.sequence, self.run_index)
+
+
+@dataclass(frozen=True)
+class Summary:
+    """Everything above the transcripts: gathered in one pass that reads no answer text."""
+
+    header: RunHeader
+    models: list[str]  # the plan's, then any found only in the data
+    sequences: list[str]
+    groups: list[GroupSummary]
+    outcomes: list[str]  # the outcome columns to show, in order
+    scores: list[ScoreGroup]
+    turn_rows: list[TurnRow]
+    conversations: int
+    turns_stored: int
+    generated_at: datetime

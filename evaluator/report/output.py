@@ -1,0 +1,98 @@
+"""Writing a report file: where it goes by default, and never a half-written file.
+
+A report is a rendering of the store, regenerated at will (for example while a run is still
+playing), so an existing report file is replaced. It is written to a temporary file beside the
+target and renamed into place: an interrupted report, or one whose database stops answering
+half-way, leaves the previous file as it was. A link at the target is replaced, never followed.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tempfile
+from pathlib import Path
+from typing import Any, Literal
+
+from evaluator.report.gather import conversations, summarize
+from evaluator.report.render_html import render_html
+from evaluator.report.render_md import render_md
+from evaluator.store.errors import StoreError
+from evaluator.store.store import Store
+
+Format = Literal["html", "md"]
+FORMATS: tuple[str, ...] = ("html", "md")
+DEFAULT_DIR = Path("reports")
+_UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
+
+
+class ReportError(StoreError):
+    """A report could not be written (bad path, unwritable folder); the message says why."""
+
+
+def default_path(run_id: str, fmt: str) -> Path:
+    """reports/<run id>.<fmt>; a run id is stored text, so anything but [A-Za-z0-9._-] becomes _."""
+    name = _UNSAFE.sub("_", run_id).lstrip(".") or "run"
+    return DEFAULT_DIR / f"{name}.{fmt}"
+
+
+def format_for(path: Path | None, fmt: str | None) -> str:
+    """--format wins; else the file's suffix (.md/.markdown -> md); else html."""
+    if fmt is not None:
+        return fmt
+    if path is not None and path.suffix.lower() in (".md", ".markdown"):
+        return "md"
+    return "html"
+
+
+def write_report(
+    store: Store,
+    run: dict[str, Any],
+    out: Path,
+    fmt: str,
+    *,
+    transcripts: bool = True,
+    make_parent: bool = False,
+) -> Path:
+    """Render `run` (a `runs` document) into `out`; return the path written.
+
+    `make_parent` creates the folder (for the default reports/); a folder given by the user
+    must exist. Raises ReportError for paths, StoreError when the database fails.
+    """
+    if fmt not in FORMATS:
+        raise ReportError(f"unknown report format {fmt!r}; use one of {', '.join(FORMATS)}")
+    if out.is_dir():
+        raise ReportError(f"{out} is a folder; give a file name with -o")
+    if make_parent:
+        try:
+            out.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ReportError(f"cannot create the folder {out.parent}: {exc.strerror or exc}") from exc
+    if not out.parent.is_dir():
+        raise ReportError(f"the folder {out.parent} does not exist")
+    summary = summarize(store, run)
+    convs = conversations(store, run) if transcripts else None
+    render = render_html if fmt == "html" else render_md
+    try:
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
+    except OSError as exc:
+        raise ReportError(f"cannot write in the folder {out.parent}: {exc.strerror or exc}") from exc
+    tmp = Path(tmp_name)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", errors="replace", newline="\n") as fh:
+            render(summary, convs, fh)
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes it private; give it normal modes
+        os.replace(tmp, out)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise ReportError(f"could not write {out}: {exc.strerror or exc}") from exc
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return out
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
