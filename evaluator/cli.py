@@ -91,8 +91,8 @@ def cli() -> None:
     `run` plays every prompt sequence (config/prompts.json) against every model
     (config/models.yaml), several runs each, sending the full chat history every turn, and
     stores every turn in MongoDB. Re-running the same command resumes where it stopped.
-    `runs`, `show` and `export` read the stored results; `report` writes one run as an HTML or
-    Markdown page.
+    `judge` scores a run's answers with an LLM judge (config/rubric.json); `runs`, `show` and
+    `export` read the stored results; `report` writes one run as an HTML or Markdown page.
     """
 
 
@@ -396,8 +396,10 @@ def main() -> None:
 
 
 # Commands that live in their own packages (they import this module's helpers when they run).
+from evaluator.judge.cli import judge_command  # noqa: E402
 from evaluator.report.cli import report_command  # noqa: E402
 
+cli.add_command(judge_command)
 cli.add_command(report_command)
 
 

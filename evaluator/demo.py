@@ -1,8 +1,10 @@
 """`make demo`: the main job end to end on the embedded defaults, for a fresh machine.
 
 Starts the local server with the bundled model unless one already answers, plays a short
-evaluation with `storybench-eval run` (results go to the embedded MongoDB-wire server), lists the
-stored runs, and stops the server it started. Everything is the real product, only smaller.
+evaluation with `storybench-eval run` (results go to the embedded MongoDB-wire server), judges its
+answers with `storybench-eval judge` (the bundled model as its own judge: it shows the machinery,
+its scores mean little), writes the HTML report with `storybench-eval report`, lists the stored
+runs, and stops the server it started. Everything is the real product, only smaller.
 """
 
 from __future__ import annotations
@@ -72,6 +74,11 @@ def _first_sequences(n: int) -> str:
     return ",".join(s["name"] for s in prompts["sequences"][:n])
 
 
+def _step(cmd: list[str]) -> int:
+    print("$ " + " ".join([Path(cmd[0]).name, *cmd[1:]]), flush=True)
+    return subprocess.call(cmd)
+
+
 def main() -> int:
     proc = None
     if not _ours_is_up():
@@ -93,17 +100,27 @@ def main() -> int:
             "--runs",
             "1",
         ]
-        print("$ " + " ".join(cmd), flush=True)
-        code = subprocess.call(cmd)
-        print("$ storybench-eval runs --limit 5", flush=True)
-        subprocess.call([_bin("storybench-eval"), "runs", "--limit", "5"])
+        code = _step(cmd)
         if code == 0:
+            # A 135M judge follows the JSON grammar but not the rubric: real evaluations name a
+            # capable judge with --judge (docs/judging.md).
+            # Only the first sequence's turns, to keep the demo short on a small CPU.
+            first = sequences.split(",")[0]
+            judge = ["--judge", "smollm2-local", "--sequence", first, "--kind", "response"]
+            code = _step([_bin("storybench-eval"), "judge", "--latest", *judge])
+        report = Path("reports/demo.html")
+        report.parent.mkdir(exist_ok=True)
+        report_code = _step([_bin("storybench-eval"), "report", "--latest", "-o", str(report)])
+        _step([_bin("storybench-eval"), "runs", "--limit", "5"])
+        if code == 0 and report_code == 0:
             print(
-                "\nThe full evaluation (every sequence, 3 runs each): storybench-eval run "
-                "(with `make serve` running). Inspect: storybench-eval show RUN_ID; "
+                f"\nReport: {report.resolve()} (open it in a browser).\n"
+                "The full evaluation (every sequence, 3 runs each): storybench-eval run "
+                "(with `make serve` running), then storybench-eval judge --latest --judge MODEL "
+                "and storybench-eval report --latest. Inspect: storybench-eval show RUN_ID; "
                 "export: storybench-eval export --format csv --out results.csv"
             )
-        return code
+        return code or report_code
     finally:
         if proc is not None:
             proc.send_signal(signal.SIGTERM)

@@ -1,0 +1,354 @@
+"""`storybench-eval judge`: score a run's stored answers with an LLM judge.
+
+Registered on the `storybench-eval` group by evaluator/cli.py (`cli.add_command(judge_command)`).
+That module imports this one, so this one imports it only when the command runs (`_base()`):
+its helpers (`fail`, the consoles, the exit codes) are used as they are, and only the two
+store options, needed while this module is being defined, are repeated here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import types
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, NoReturn
+
+import click
+from rich.markup import escape
+
+from evaluator.budget import count_prompt_tokens
+from evaluator.client import RetryPolicy
+from evaluator.config import DEFAULT_MODELS_PATH, ConfigError, EvalSettings, ModelEntry, load_models, select
+from evaluator.endpoint import EndpointError, EndpointInfo, probe, token_counter
+from evaluator.judge.judging import Judge, JudgeAborted, JudgeEndpoint, KindStats, split_judged
+from evaluator.judge.progress import DryRunRow, JudgeProgress, dry_run_table, summary_table
+from evaluator.judge.prompts import render
+from evaluator.judge.rubric import DEFAULT_RUBRIC_PATH, Rubric, TargetKind, load_rubric
+from evaluator.judge.targets import Collected, SelectionError, Target, collect
+from evaluator.store import Store, StoreError, open_store
+from evaluator.store.connect import DEFAULT_DB_NAME, URI_ENV
+
+EXIT_INTERRUPTED = 130
+_SHOWN_FAILURES = 10
+
+
+def _base() -> types.ModuleType:
+    """evaluator.cli, imported on use (it imports this module to register the command)."""
+    from evaluator import cli as base
+
+    return base
+
+
+def _fail(message: str, code: int | None = None) -> NoReturn:
+    base = _base()
+    base.fail(message, base.EXIT_CONFIG if code is None else code)
+    raise SystemExit(2 if code is None else code)  # not reached: fail() exits
+
+
+# The same options as evaluator/cli.py's `mongo_option` / `db_option` (a test keeps them equal):
+# importing them would be circular, since evaluator/cli.py imports this module.
+mongo_option = click.option(
+    "--mongo-uri",
+    envvar=URI_ENV,
+    default=None,
+    help="MongoDB URI (also STORYBENCH_MONGO_URI). Default: the embedded MongoDB-wire server "
+    "(nx-27017) with data under ~/.local/share/storybench (STORYBENCH_DATA_DIR).",
+)
+db_option = click.option("--db", "db_name", default=DEFAULT_DB_NAME, show_default=True, help="Database name.")
+
+
+@click.command("judge", context_settings={"help_option_names": ["-h", "--help"]})
+@click.argument("run_id", required=False)
+@click.option("--latest", is_flag=True, help="Judge the most recent run instead of RUN_ID.")
+@click.option("--model", "models_csv", default=None, help="Only these models of the run (comma-separated).")
+@click.option(
+    "--sequence", "sequences_csv", default=None, help="Only these sequences of the run (comma-separated)."
+)
+@click.option(
+    "--kind",
+    type=click.Choice(["all", "response", "sequence"]),
+    default="all",
+    show_default=True,
+    help="What to judge: each successful turn (response), each complete sequence run (sequence), or both.",
+)
+@click.option(
+    "--judge",
+    "judge_name",
+    default=None,
+    help="The judge: a model entry name of --config. Default: the rubric's `judge`, else the "
+    "first model of --config.",
+)
+@click.option(
+    "--rubric",
+    "rubric_path",
+    type=click.Path(path_type=Path),
+    default=DEFAULT_RUBRIC_PATH,
+    show_default=True,
+    help="Criteria, scales and prompt templates (JSON; docs/judging.md).",
+)
+@click.option(
+    "--config",
+    "models_path",
+    type=click.Path(path_type=Path),
+    default=DEFAULT_MODELS_PATH,
+    show_default=True,
+    help="Models file the judge entry and the retry settings come from (YAML).",
+)
+@click.option(
+    "--concurrency",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Judge requests in flight (default: the judge entry's max_concurrency, else our "
+    "server's slot count, else settings.concurrency).",
+)
+@click.option(
+    "--dry-run",
+    is_flag=True,
+    help="Print what would be judged with token estimates; call no model.",
+)
+@mongo_option
+@db_option
+def judge_command(
+    run_id: str | None,
+    latest: bool,
+    models_csv: str | None,
+    sequences_csv: str | None,
+    kind: str,
+    judge_name: str | None,
+    rubric_path: Path,
+    models_path: Path,
+    concurrency: int | None,
+    dry_run: bool,
+    mongo_uri: str | None,
+    db_name: str,
+) -> None:
+    """Score a run's stored answers with an LLM judge (re-run to resume).
+
+    Judges each successful turn of RUN_ID (id or unique prefix; or --latest) with the
+    conversation before it as context, and each complete sequence run as a whole, against the
+    rubric's criteria. Every valid judgement is stored once per target, judge and rubric
+    version: a re-run judges only what is missing, and an edited rubric judges afresh. Exit
+    codes: 0 done; 1 database failure or no such run; 2 bad configuration or usage; 3 some
+    judgements failed (re-run to retry them); 130 interrupted (re-run to resume).
+    """
+    if (run_id is None) == (not latest):
+        _fail("give either a RUN_ID or --latest (list runs with `storybench-eval runs`)")
+    try:
+        rubric = load_rubric(rubric_path)
+        models, settings = load_models(models_path)
+        entry = _pick_judge(models, judge_name, rubric, models_path, rubric_path)
+        entry.api_key()  # a missing key fails now, naming the variable, before anything is sent
+    except ConfigError as exc:
+        _fail(str(exc))
+    kinds: list[TargetKind] = [k for k in rubric.kinds if kind in ("all", k)]
+    if not kinds:
+        _fail(f"{rubric_path}: has no '{kind}' block, so --kind {kind} judges nothing (docs/judging.md)")
+    request = JudgeRequest(
+        run_id, rubric, entry, settings, kinds, models_csv, sequences_csv, concurrency, dry_run
+    )
+    try:
+        with open_store(mongo_uri, db_name=db_name) as store:
+            code = _judge(store, request)
+    except StoreError as exc:
+        _fail(str(exc), code=1)
+    raise SystemExit(code)
+
+
+def _pick_judge(
+    models: list[ModelEntry], option: str | None, rubric: Rubric, models_path: Path, rubric_path: Path
+) -> ModelEntry:
+    """--judge, else the rubric's `judge`, else the first model of the models file."""
+    name = option or rubric.judge
+    if name is None:
+        return models[0]
+    try:
+        return select(models, name, "model", models_path)[0]
+    except ConfigError as exc:
+        where = "--judge" if option else f"{rubric_path}: judge"
+        raise ConfigError(f"{where}: {exc}") from None
+
+
+def _resolve_run(store: Store, run_id: str | None) -> dict[str, Any]:
+    if run_id is None:
+        runs = store.list_runs(limit=1)
+        if not runs:
+            _fail("no runs are stored yet; play one with `storybench-eval run`", code=1)
+        return runs[0]
+    found = store.get_run(run_id)
+    if found is None:
+        _fail(f"no run '{run_id}'; list them with `storybench-eval runs`", code=1)
+    return found
+
+
+@dataclass(frozen=True)
+class JudgeRequest:
+    """What the command line asked for, validated."""
+
+    run_id: str | None  # None: the latest run
+    rubric: Rubric
+    entry: ModelEntry  # the judge
+    settings: EvalSettings
+    kinds: list[TargetKind]
+    models_csv: str | None
+    sequences_csv: str | None
+    concurrency: int | None
+    dry_run: bool
+
+
+def _judge(store: Store, req: JudgeRequest) -> int:
+    base = _base()
+    console, err_console = base.console, base.err_console
+    rubric, entry, settings, kinds = req.rubric, req.entry, req.settings, req.kinds
+    run = _resolve_run(store, req.run_id)
+    resolved_id = str(run["_id"])
+    try:
+        collected = collect(run, store.run_responses(resolved_id), kinds, req.models_csv, req.sequences_csv)
+    except SelectionError as exc:
+        _fail(str(exc))
+    version = rubric.version_id
+    stored = store.evaluations([t.target_id for t in collected.targets])
+    pending, skipped, stored_model_ids = split_judged(collected.targets, stored, entry.name, version)
+    console.print(
+        f"Run [bold]{resolved_id}[/bold]: judge [bold]{escape(entry.name)}[/bold] "
+        f"({escape(entry.model)}), rubric {escape(version)}: {len(pending)} to judge, "
+        f"{len(skipped)} already judged, "
+        f"{sum(collected.not_judged_total(k) for k in kinds)} not judged (turn failed or run incomplete).",
+        highlight=False,
+    )
+    if stored_model_ids - {entry.model}:
+        err_console.print(
+            f"[yellow]note: judgements stored under judge '{escape(entry.name)}' were made by model id(s) "
+            f"{escape(', '.join(sorted(stored_model_ids)))}, the entry now says {escape(entry.model)}; "
+            "they are kept and not re-judged. Give the judge entry a new name to judge afresh.[/yellow]"
+        )
+    if req.dry_run:
+        console.print(_dry_run(rubric, entry, kinds, collected, pending, skipped, resolved_id))
+        return 0
+
+    stats: dict[str, KindStats] = {k: KindStats() for k in kinds}
+    for k in kinds:
+        stats[k].skipped = sum(1 for t in skipped if t.kind == k)
+        stats[k].not_judged = collected.not_judged_total(k)
+    title = f"Judge summary: {entry.name}, rubric {version}, run {resolved_id}"
+    if not pending:
+        console.print(summary_table(stats, title))
+        _print_not_judged(console, collected)
+        return 0
+
+    store.ensure_indexes()
+    try:
+        info = asyncio.run(probe(entry.base_url, entry.model, entry.api_key()))
+    except EndpointError as exc:
+        _fail(str(exc))
+    endpoint = JudgeEndpoint(
+        entry=entry,
+        info=info,
+        counter=(
+            token_counter(entry.base_url, entry.model, entry.api_key()) if info.is_storybench_server else None
+        ),
+        policy=RetryPolicy(
+            max_attempts=settings.retry_max_attempts,
+            max_total_wait_s=settings.retry_max_wait_s,
+            initial_backoff_s=settings.retry_initial_s,
+            max_backoff_s=settings.retry_max_backoff_s,
+        ),
+    )
+    limit = req.concurrency or default_concurrency(entry, info, settings)
+    window = endpoint.context_window
+    console.print(
+        f"Judge endpoint {escape(entry.base_url)}: "
+        f"{f'{window}-token context' if window else 'context window unknown (prompts are not trimmed)'}, "
+        f"{limit} request(s) in flight.",
+        highlight=False,
+    )
+    totals: dict[str, int] = {k: sum(1 for t in pending if t.kind == k) for k in kinds}
+    status, message = "completed", None
+    with JudgeProgress(console, totals) as bars:
+        judge = Judge(rubric, endpoint, store, resolved_id, limit, on_progress=bars.update)
+        try:
+            asyncio.run(judge.run(pending))
+        except KeyboardInterrupt:
+            status = "interrupted"
+            message = (
+                "stopped by Ctrl-C; the judgements made so far are stored; "
+                "re-run the same command to judge the rest"
+            )
+        except JudgeAborted as exc:
+            status, message = "failed", str(exc)
+    for k in kinds:
+        done = judge.stats[k]
+        stats[k].judged, stats[k].failed, stats[k].trimmed = done.judged, done.failed, done.trimmed
+    console.print(summary_table(stats, title))
+    _print_not_judged(console, collected)
+    for failure in judge.failures[:_SHOWN_FAILURES]:
+        console.print(
+            f"  [yellow]{escape(failure.label)}: {escape(failure.reason)}[/yellow]", highlight=False
+        )
+    if len(judge.failures) > _SHOWN_FAILURES:
+        console.print(f"  ... and {len(judge.failures) - _SHOWN_FAILURES} more failed judgements")
+    if status == "failed":
+        err_console.print(f"[bold red]judging stopped:[/bold red] {escape(str(message))}", highlight=False)
+        return 1
+    if status == "interrupted":
+        err_console.print(f"[yellow]{escape(str(message))}[/yellow]")
+        return EXIT_INTERRUPTED
+    if judge.failures:
+        err_console.print(
+            f"[yellow]{len(judge.failures)} judgement(s) failed and were not stored; "
+            "re-run the same command to retry them[/yellow]"
+        )
+        return int(base.EXIT_INCOMPLETE)
+    console.print(f"Stored in the {store.describe()}.")
+    return 0
+
+
+def default_concurrency(entry: ModelEntry, info: EndpointInfo, settings: EvalSettings) -> int:
+    """Like the runner: the entry's max_concurrency, else our server's slots, else the setting."""
+    if entry.max_concurrency:
+        return entry.max_concurrency
+    if info.is_storybench_server:
+        return info.slots or 1
+    return settings.concurrency
+
+
+def _print_not_judged(console: Any, collected: Collected) -> None:
+    for kind, reasons in collected.not_judged.items():
+        for reason, n in sorted(reasons.items()):
+            console.print(f"  not judged ({kind}): {n} x {escape(reason)}", highlight=False)
+
+
+def _dry_run(
+    rubric: Rubric,
+    entry: ModelEntry,
+    kinds: list[TargetKind],
+    collected: Collected,
+    pending: list[Target],
+    skipped: list[Target],
+    run_id: str,
+) -> Any:
+    async def estimate_all() -> list[int]:
+        return [await count_prompt_tokens(render(rubric, t), None) for t in pending]
+
+    sizes = dict(zip((t.target_id for t in pending), asyncio.run(estimate_all()), strict=True))
+    rows = []
+    for k in kinds:
+        mine = [sizes[t.target_id] for t in pending if t.kind == k]
+        completion = len(mine) * rubric.max_tokens
+        rows.append(
+            DryRunRow(
+                kind=k,
+                to_judge=len(mine),
+                already=sum(1 for t in skipped if t.kind == k),
+                not_judged=collected.not_judged_total(k),
+                prompt_tokens=sum(mine),
+                largest_prompt=max(mine, default=0),
+                completion_tokens=completion,
+                cost_usd=entry.cost_usd(sum(mine), completion),
+            )
+        )
+    return dry_run_table(
+        rows,
+        f"Judge plan for run {run_id} (dry run: nothing sent; tokens estimated at 1 per 3 "
+        "characters, before any trimming)",
+    )

@@ -1,0 +1,349 @@
+"""Judging: one request per target through the evaluator's own client, each valid judgement
+stored once.
+
+The judge is called like any evaluated model (evaluator/client.py: the same retries, Retry-After
+and error classes), with temperature 0 and the rubric's seed so a judgement repeats. An answer
+that is not a valid judgement is asked for once more, with a note saying what was wrong (at
+temperature 0 the same prompt would replay the same answer); a second invalid answer is a
+failure that is reported, never stored. Each judgement is saved as soon as it is made, so Ctrl-C
+keeps what was judged and a re-run judges only what is missing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import httpx
+
+from evaluator.budget import Counter, count_prompt_tokens
+from evaluator.client import (
+    Completion,
+    ContextOverflow,
+    FatalRequestError,
+    GaveUp,
+    RetryPolicy,
+    chat_with_retries,
+    make_client,
+)
+from evaluator.config import ModelEntry
+from evaluator.endpoint import EndpointInfo
+from evaluator.judge.prompts import DoesNotFit, Fitted, fit, render, response_format
+from evaluator.judge.rubric import KINDS, Rubric
+from evaluator.judge.targets import Target
+from evaluator.judge.verdict import InvalidJudgement, Verdict, parse_verdict
+from evaluator.records import EvaluationRecord, utcnow
+from evaluator.runner import redact, run_all
+
+__all__ = [
+    "Failure",
+    "Judge",
+    "JudgeAborted",
+    "JudgeEndpoint",
+    "JudgementRecord",
+    "KindStats",
+    "split_judged",
+]
+
+_NOTE_REASON_CHARS = 160
+_OVERFLOW_RETRIES = 4
+
+
+@dataclass
+class JudgementRecord(EvaluationRecord):
+    """An `evaluations` document plus `details`: how the judgement was made (judge model id and
+    endpoint, tokens, attempts, how much context was left out). Never a key."""
+
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+class StoreLike(Protocol):
+    def save_evaluation(self, rec: EvaluationRecord) -> bool: ...
+
+
+class JudgeAborted(Exception):
+    """Stops judging: the database went away (what was saved is kept)."""
+
+
+@dataclass
+class JudgeEndpoint:
+    """The judge model and what we know about its endpoint."""
+
+    entry: ModelEntry
+    info: EndpointInfo
+    counter: Counter | None
+    policy: RetryPolicy
+
+    @property
+    def context_window(self) -> int | None:
+        return self.info.context_window or self.entry.context_window
+
+
+@dataclass
+class KindStats:
+    to_judge: int = 0
+    judged: int = 0
+    skipped: int = 0  # already judged by this judge with this rubric version
+    failed: int = 0
+    not_judged: int = 0  # the turn failed / the sequence run is incomplete
+    trimmed: int = 0  # judged with earlier turns left out of the context
+
+    @property
+    def settled(self) -> int:
+        return self.judged + self.failed
+
+
+@dataclass(frozen=True)
+class Failure:
+    kind: str
+    label: str
+    reason: str
+
+
+def split_judged(
+    targets: list[Target], stored: list[dict[str, Any]], judge: str, rubric_version: str
+) -> tuple[list[Target], list[Target], set[str]]:
+    """(to judge, already judged, judge model ids the stored judgements name) for this judge and
+    rubric version: a re-run sends nothing for what is stored."""
+    done = {
+        str(e["target_id"]): e
+        for e in stored
+        if e.get("judge_model") == judge and e.get("rubric_version") == rubric_version
+    }
+    pending = [t for t in targets if t.target_id not in done]
+    skipped = [t for t in targets if t.target_id in done]
+    model_ids = {
+        str(e["details"]["judge_model_id"])
+        for e in done.values()
+        if isinstance(e.get("details"), dict) and e["details"].get("judge_model_id")
+    }
+    return pending, skipped, model_ids
+
+
+class Judge:
+    def __init__(
+        self,
+        rubric: Rubric,
+        endpoint: JudgeEndpoint,
+        store: StoreLike,
+        run_id: str | None,
+        concurrency: int,
+        on_progress: Callable[[str, KindStats], None] | None = None,
+    ) -> None:
+        self.rubric = rubric
+        self.endpoint = endpoint
+        self.store = store
+        self.run_id = run_id
+        self.concurrency = max(1, concurrency)
+        self.on_progress = on_progress or (lambda kind, stats: None)
+        self.version = rubric.version_id
+        self.stats: dict[str, KindStats] = {kind: KindStats() for kind in KINDS}
+        self.failures: list[Failure] = []
+        self.aborted: str | None = None  # the judge endpoint refused us for good (401/403/404)
+        self.store_failed: str | None = None
+        self._secret = endpoint.entry.api_key()
+        self._client: Any = None
+
+    async def run(self, targets: list[Target]) -> None:
+        for target in targets:
+            self.stats[target.kind].to_judge += 1
+        entry = self.endpoint.entry
+        self._client = make_client(entry.base_url, self._secret, entry.request_timeout_s)
+        gate = asyncio.Semaphore(self.concurrency)
+
+        async def bounded(target: Target) -> None:
+            async with gate:
+                await self.judge_one(target)
+
+        try:
+            await run_all(bounded(t) for t in targets)
+        finally:
+            await self._client.close()
+
+    # ---- one target -------------------------------------------------------------------------
+
+    def _fail(self, target: Target, reason: str) -> None:
+        self.stats[target.kind].failed += 1
+        self.failures.append(Failure(target.kind, target.label, redact(reason, self._secret)))
+        self.on_progress(target.kind, self.stats[target.kind])
+
+    def _params(self, kind: str) -> dict[str, Any]:
+        params: dict[str, Any] = {
+            "temperature": 0.0,
+            "seed": self.rubric.seed,
+            "max_tokens": self.rubric.max_tokens,
+        }
+        fmt = response_format(self.rubric, kind)
+        if fmt is not None:
+            params["response_format"] = fmt
+        if self.endpoint.entry.extra_body:
+            params["extra_body"] = copy.deepcopy(self.endpoint.entry.extra_body)
+        return params
+
+    async def _fit(self, target: Target, window: int | None, scale: float = 1.0) -> Fitted:
+        try:
+            return await fit(self.rubric, target, self.endpoint.counter, window, scale=scale)
+        except (httpx.HTTPError, ValueError, KeyError):
+            # A tokenizer hiccup must not lose the judgement: fall back to the estimate.
+            return await fit(self.rubric, target, None, window, scale=scale)
+
+    async def judge_one(self, target: Target) -> None:
+        if self.store_failed is not None:
+            raise JudgeAborted(self.store_failed)
+        if self.aborted is not None:
+            self._fail(target, f"not sent: {self.aborted}")
+            return
+        try:
+            fitted = await self._fit(target, self.endpoint.context_window)
+        except DoesNotFit as exc:
+            self._fail(target, str(exc))
+            return
+        entry, specs = self.endpoint.entry, self.rubric.criteria(target.kind)
+        params = self._params(target.kind)
+        first_problem: str | None = None
+        try:
+            completion, fitted, attempts = await self._send(target, fitted, params)
+            try:
+                verdict = parse_verdict(completion.text, specs, completion.finish_reason)
+            except InvalidJudgement as exc:
+                first_problem = str(exc)
+                params = {**params, "seed": self.rubric.seed + 1}
+                completion = await chat_with_retries(
+                    self._client,
+                    entry.model,
+                    _with_note(fitted.messages, first_problem),
+                    params,
+                    self.endpoint.policy,
+                )
+                attempts += completion.attempts
+                try:
+                    verdict = parse_verdict(completion.text, specs, completion.finish_reason)
+                except InvalidJudgement as again:
+                    reason = f"no valid judgement in two answers: first {first_problem}; then {again}"
+                    self._fail(target, reason)
+                    return
+        except DoesNotFit as exc:
+            self._fail(target, str(exc))
+            return
+        except ContextOverflow as exc:
+            self._fail(target, f"the judge refused the prompt as too long: {exc}")
+            return
+        except FatalRequestError as exc:
+            reason = str(exc)
+            if "response_format" in reason or "json_schema" in reason or "grammar" in reason:
+                reason += (
+                    "; this endpoint may not take the rubric's response_format: set it to "
+                    "json_object or none in the rubric"
+                )
+            if exc.aborts_model:
+                self.aborted = f"the judge endpoint refused an earlier request ({exc})"
+            self._fail(target, reason)
+            return
+        except GaveUp as exc:
+            self._fail(target, str(exc))
+            return
+        self._save(target, verdict, completion, fitted, attempts, first_problem, params["seed"])
+
+    async def _send(
+        self, target: Target, fitted: Fitted, params: dict[str, Any]
+    ) -> tuple[Completion, Fitted, int]:
+        """Send; when the endpoint says the prompt is too long, fit again with its numbers (or,
+        without them, leave out more of the oldest context) and resend."""
+        attempts = 0
+        window = self.endpoint.context_window
+        scale = 1.0
+        for _ in range(_OVERFLOW_RETRIES):
+            try:
+                completion = await chat_with_retries(
+                    self._client, self.endpoint.entry.model, fitted.messages, params, self.endpoint.policy
+                )
+            except ContextOverflow as overflow:
+                attempts += overflow.attempts
+                if target.kind == "sequence" or fitted.left_out >= len(target.history):
+                    raise
+                if overflow.prompt_tokens and overflow.n_ctx:
+                    scale *= overflow.prompt_tokens / max(1, fitted.prompt_tokens)
+                    window = overflow.n_ctx
+                    fitted = await self._fit(target, window, scale)
+                else:
+                    remaining = len(target.history) - fitted.left_out
+                    left_out = fitted.left_out + max(1, (remaining + 1) // 2)
+                    messages = render(self.rubric, target, left_out)
+                    fitted = Fitted(messages, await count_prompt_tokens(messages, None), left_out)
+                continue
+            return completion, fitted, attempts + completion.attempts
+        raise ContextOverflow(
+            f"still too long after leaving out {fitted.left_out} earlier turn(s)", attempts=attempts
+        )
+
+    def _save(
+        self,
+        target: Target,
+        verdict: Verdict,
+        completion: Completion,
+        fitted: Fitted,
+        attempts: int,
+        first_problem: str | None,
+        seed: int,
+    ) -> None:
+        entry = self.endpoint.entry
+        stats = self.stats[target.kind]
+        rationale = verdict.rationale
+        if fitted.left_out:
+            total = len(target.history)
+            rationale = (
+                f"[context trimmed: the oldest {fitted.left_out} of {total} earlier turns were left "
+                f"out to fit the judge's context] {rationale}"
+            )
+        record = JudgementRecord(
+            target_id=target.target_id,
+            target_kind=target.kind,
+            judge_model=entry.name,
+            rubric_version=self.version,
+            scores=dict(verdict.scores),
+            rationale=rationale,
+            created_at=utcnow(),
+            run_id=self.run_id,
+            details={
+                "judge_model_id": entry.model,
+                "judge_endpoint": entry.base_url,
+                "response_format": self.rubric.response_format,
+                "scales": {c.name: [c.min, c.max] for c in self.rubric.criteria(target.kind)},
+                "context_turns": len(target.history) if target.kind == "response" else None,
+                "context_turns_left_out": fitted.left_out,
+                "prompt_tokens": completion.prompt_tokens,
+                "prompt_tokens_estimated": fitted.prompt_tokens,
+                "completion_tokens": completion.completion_tokens,
+                "finish_reason": completion.finish_reason,
+                "latency_s": completion.latency_s,
+                "attempts": attempts,
+                "retried_after": first_problem,
+                "temperature": 0.0,
+                "seed": seed,
+            },
+        )
+        try:
+            self.store.save_evaluation(record)
+        except Exception as exc:  # StoreError; anything else is as fatal
+            self.store_failed = str(exc)
+            raise JudgeAborted(str(exc)) from exc
+        stats.judged += 1
+        if fitted.left_out:
+            stats.trimmed += 1
+        self.on_progress(target.kind, stats)
+
+
+def _with_note(messages: list[dict[str, str]], problem: str) -> list[dict[str, str]]:
+    """The same prompt with a note on what was wrong: at temperature 0 an unchanged prompt
+    would replay the same invalid answer."""
+    reason = problem if len(problem) <= _NOTE_REASON_CHARS else problem[: _NOTE_REASON_CHARS - 3] + "..."
+    note = (
+        f"\n\n(Your previous reply could not be used: {reason}. Reply again with only the JSON "
+        "object described above.)"
+    )
+    out = [dict(m) for m in messages]
+    out[-1]["content"] += note
+    return out

@@ -1,0 +1,334 @@
+"""The judging rubric (`config/rubric.json`): criteria, scales, prompt templates, output format.
+
+Validated completely on load, like the other config files: any problem is a `ConfigError` whose
+lines name the file, the field (with the criterion's name) and the fix. `Rubric.version_id` is
+what every stored judgement carries as `rubric_version`: the file's `version` plus a short hash
+of everything that changes a judgement, so an edited rubric judges afresh instead of mixing its
+scores with the old ones. docs/judging.md documents the file.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from evaluator.config import ConfigError, _parse_json
+from evaluator.records import stable_hash
+
+__all__ = [
+    "DEFAULT_RUBRIC_PATH",
+    "KINDS",
+    "CriterionSpec",
+    "Rubric",
+    "TargetKind",
+    "load_rubric",
+]
+
+DEFAULT_RUBRIC_PATH = Path("config/rubric.json")
+_DOCS = "docs/judging.md"
+# Bump when the code-side rendering of judge prompts (context layout, format instruction, JSON
+# schema) changes in a way that changes judgements: it is part of the rubric hash.
+RENDER_REVISION = 1
+
+TargetKind = Literal["response", "sequence"]
+KINDS: tuple[TargetKind, ...] = ("response", "sequence")
+ResponseFormat = Literal["json_schema", "openai_json_schema", "json_object", "none"]
+
+# Placeholders each kind's template may use, and the ones it must use.
+PLACEHOLDERS: dict[str, frozenset[str]] = {
+    "response": frozenset({"criteria", "system", "context", "prompt", "answer", "turn", "turns", "format"}),
+    "sequence": frozenset({"criteria", "system", "conversation", "turns", "format"}),
+}
+REQUIRED_PLACEHOLDERS: dict[str, tuple[str, ...]] = {
+    "response": ("answer", "format"),
+    "sequence": ("conversation", "format"),
+}
+PLACEHOLDER_RE = re.compile(r"\{\{\s*([^{}]*?)\s*\}\}")
+
+Name = Annotated[str, Field(pattern=r"^[A-Za-z0-9._-]+$")]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+
+class Scale(_Strict):
+    """Integer scores from `min` to `max`, both included."""
+
+    min: int
+    max: int
+
+    @model_validator(mode="after")
+    def _ordered(self) -> Scale:
+        if self.min >= self.max:
+            raise ValueError(f"min ({self.min}) must be below max ({self.max}), e.g. 1 and 10")
+        return self
+
+
+class Criterion(_Strict):
+    name: Name = Field(description="the key of this score, e.g. 'continuity'")
+    description: str = Field(description="what the judge scores, in words")
+    scale: Scale | None = None  # the rubric's `scale` when left out
+
+    @field_validator("description")
+    @classmethod
+    def _not_blank(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("must not be empty: say what the judge should score")
+        return value
+
+
+class TargetRubric(_Strict):
+    """How one kind of target is judged: its criteria and its prompt template."""
+
+    criteria: list[Criterion] = Field(min_length=1, description="what is scored")
+    template: str = Field(description="the judge's prompt, with {{placeholders}}")
+
+    @field_validator("template", mode="before")
+    @classmethod
+    def _join_lines(cls, value: Any) -> Any:
+        # JSON has no multi-line strings: a list of lines reads better in the file.
+        if isinstance(value, list) and all(isinstance(line, str) for line in value):
+            return "\n".join(value)
+        return value
+
+    @model_validator(mode="after")
+    def _unique(self) -> TargetRubric:
+        names = [c.name for c in self.criteria]
+        for name in dict.fromkeys(names):
+            places = [str(i + 1) for i, other in enumerate(names) if other == name]
+            if len(places) > 1:
+                raise ValueError(
+                    f"criteria: the name '{name}' is used by criteria {' and '.join(places)}; "
+                    "names must be unique - rename one"
+                )
+        return self
+
+
+@dataclass(frozen=True)
+class CriterionSpec:
+    """A criterion with its scale resolved."""
+
+    name: str
+    description: str
+    min: int
+    max: int
+
+
+class Rubric(_Strict):
+    description: str | None = None
+    version: Name = Field(description="your version label, e.g. '1' or '2026-03'")
+    judge: Name | None = None  # default judge: a model entry name of config/models.yaml
+    scale: Scale = Scale(min=1, max=10)
+    response_format: ResponseFormat = "json_schema"
+    max_tokens: int = Field(default=512, gt=0)
+    seed: int = 1234
+    rationale_max_chars: int = Field(default=800, ge=20)
+    system: str | None = None
+    response: TargetRubric | None = None
+    sequence: TargetRubric | None = None
+
+    @field_validator("system", mode="before")
+    @classmethod
+    def _join_system(cls, value: Any) -> Any:
+        if isinstance(value, list) and all(isinstance(line, str) for line in value):
+            return "\n".join(value)
+        return value
+
+    @model_validator(mode="after")
+    def _check_targets(self) -> Rubric:
+        if self.response is None and self.sequence is None:
+            raise ValueError(
+                "the rubric judges nothing: add a 'response' block (each turn) and/or a "
+                "'sequence' block (each whole conversation)"
+            )
+        for kind in KINDS:
+            part = self.target(kind)
+            if part is not None:
+                _check_placeholders(kind, part.template)
+        return self
+
+    def target(self, kind: str) -> TargetRubric | None:
+        return self.response if kind == "response" else self.sequence if kind == "sequence" else None
+
+    @property
+    def kinds(self) -> list[TargetKind]:
+        """The target kinds this rubric judges, in order."""
+        return [kind for kind in KINDS if self.target(kind) is not None]
+
+    def criteria(self, kind: str) -> list[CriterionSpec]:
+        part = self.target(kind)
+        if part is None:
+            return []
+        return [
+            CriterionSpec(c.name, c.description, (c.scale or self.scale).min, (c.scale or self.scale).max)
+            for c in part.criteria
+        ]
+
+    def template(self, kind: str) -> str:
+        part = self.target(kind)
+        if part is None:
+            raise KeyError(kind)
+        return part.template
+
+    @property
+    def content_hash(self) -> str:
+        """Hash of everything that changes a judgement: not `description`, not `judge` (the judge
+        is part of each judgement's id already). Defaults are filled in first, so spelling out a
+        default does not change it."""
+        content = self.model_dump(mode="json", exclude={"description", "judge"})
+        return stable_hash({"rubric": content, "render_revision": RENDER_REVISION})
+
+    @property
+    def version_id(self) -> str:
+        """`rubric_version` of the judgements made with this rubric: `<version>-<8 hex>`."""
+        return f"{self.version}-{self.content_hash[:8]}"
+
+
+def _check_placeholders(kind: str, template: str) -> None:
+    if not template.strip():
+        raise ValueError(f"{kind}.template: must not be empty")
+    valid = sorted(PLACEHOLDERS[kind])
+    used = PLACEHOLDER_RE.findall(template)
+    for name in used:
+        if name not in PLACEHOLDERS[kind]:
+            close = difflib.get_close_matches(name, valid, n=1, cutoff=0.6)
+            hint = f" - did you mean {{{{{close[0]}}}}}?" if close else ""
+            raise ValueError(
+                f"{kind}.template: unknown placeholder {{{{{name}}}}}{hint} "
+                f"(valid for {kind}: {', '.join('{{' + v + '}}' for v in valid)})"
+            )
+    for name in REQUIRED_PLACEHOLDERS[kind]:
+        if name not in used:
+            raise ValueError(
+                f"{kind}.template: must contain {{{{{name}}}}} "
+                f"(required: {', '.join('{{' + r + '}}' for r in REQUIRED_PLACEHOLDERS[kind])})"
+            )
+
+
+# Loading
+
+
+def load_rubric(path: Path) -> Rubric:
+    """Read and validate a rubric file (JSON); ConfigError naming the file and field otherwise."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(
+            f"{path}: rubric file not found (looked in {path.resolve()}). Create it - {_DOCS} "
+            f"describes the format and the repository ships a default {DEFAULT_RUBRIC_PATH} "
+            "- or point --rubric at one."
+        ) from None
+    except IsADirectoryError:
+        raise ConfigError(f"{path}: is a directory; expected the rubric file") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text (bad byte at offset {exc.start})") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read the rubric file: {exc.strerror}") from None
+    if not text.strip():
+        raise ConfigError(f"{path}: the file is empty; it needs a version and criteria - see {_DOCS}")
+    data = _parse_json(path, text)
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the top level must be an object (see {_DOCS}), got {_kind(data)}")
+    try:
+        return Rubric.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_explain(exc, data, path)) from None
+
+
+# Turning pydantic's errors into messages naming the field
+
+_OWNERS: dict[str, type[BaseModel]] = {
+    "response": TargetRubric,
+    "sequence": TargetRubric,
+    "criteria": Criterion,
+    "scale": Scale,
+}
+
+
+def _explain(exc: ValidationError, data: Any, path: Path) -> str:
+    lines = []
+    for error in exc.errors():
+        loc = list(error["loc"])
+        kind = error["type"]
+        if kind == "value_error":
+            message = str(error["ctx"]["error"])
+            where = _where(loc, data)
+            lines.append(f"{path}: {where}: {message}" if where else f"{path}: {message}")
+            continue
+        if kind == "extra_forbidden":
+            owner = _owner(loc[:-1])
+            unknown = str(loc[-1])
+            close = difflib.get_close_matches(unknown, list(owner.model_fields), n=1, cutoff=0.6)
+            hint = f" - did you mean '{close[0]}'?" if close else f" (valid: {', '.join(owner.model_fields)})"
+            where = _where(loc[:-1], data)
+            prefix = f"{path}: {where}: " if where else f"{path}: "
+            lines.append(f"{prefix}unknown field '{unknown}'{hint}")
+            continue
+        where = _where(loc, data)
+        if kind == "missing":
+            owner = _owner(loc[:-1])
+            info = owner.model_fields.get(str(loc[-1]))
+            about = f" ({info.description})" if info is not None and info.description else ""
+            lines.append(f"{path}: {where}: missing required field{about}")
+            continue
+        msg = error["msg"]
+        lines.append(f"{path}: {where}: {msg[0].lower()}{msg[1:]}, got {_shown(error.get('input'))}")
+    return "\n".join(lines[:15] + ([f"... and {len(lines) - 15} more problems"] if len(lines) > 15 else []))
+
+
+def _owner(loc: list[Any]) -> type[BaseModel]:
+    owner: type[BaseModel] = Rubric
+    for part in loc:
+        if isinstance(part, str) and part in _OWNERS and part in owner.model_fields:
+            owner = _OWNERS[part]
+    return owner
+
+
+def _where(loc: list[Any], data: Any) -> str:
+    """`response.criteria[2] ('prose').scale.max`: the dotted field, with a criterion's name."""
+    out = ""
+    node = data
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+            node = node[part] if isinstance(node, list) and part < len(node) else None
+            name = node.get("name") if isinstance(node, dict) else None
+            if isinstance(name, str) and name:
+                out += f" ('{name}')"
+        else:
+            out += f".{part}" if out else str(part)
+            node = node.get(part) if isinstance(node, dict) else None
+    return out
+
+
+def _kind(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true/false"
+    if isinstance(value, (int, float)):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list):
+        return "a list"
+    if isinstance(value, dict):
+        return "an object"
+    return type(value).__name__
+
+
+def _shown(value: Any) -> str:
+    if value is None or isinstance(value, (list, dict)):
+        return _kind(value)
+    text = json.dumps(value, ensure_ascii=False)
+    text = text if len(text) <= 40 else text[:37] + "..."
+    numeric = isinstance(value, (int, float)) and not isinstance(value, bool)
+    return text if numeric else f"{text} ({_kind(value)})"
