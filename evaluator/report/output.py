@@ -8,9 +8,7 @@ half-way, leaves the previous file as it was. A link at the target is replaced, 
 
 from __future__ import annotations
 
-import os
 import re
-import tempfile
 from pathlib import Path
 from typing import Any, Literal
 
@@ -19,6 +17,7 @@ from evaluator.report.render_html import render_html
 from evaluator.report.render_md import render_md
 from evaluator.store.errors import StoreError
 from evaluator.store.store import Store
+from evaluator.whole_file import WriteError, written_whole
 
 Format = Literal["html", "md"]
 FORMATS: tuple[str, ...] = ("html", "md")
@@ -74,25 +73,8 @@ def write_report(
     convs = conversations(store, run) if transcripts else None
     render = render_html if fmt == "html" else render_md
     try:
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
-    except OSError as exc:
-        raise ReportError(f"cannot write in the folder {out.parent}: {exc.strerror or exc}") from exc
-    tmp = Path(tmp_name)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", errors="replace", newline="\n") as fh:
+        with written_whole(out, errors="replace") as fh:
             render(summary, convs, fh)
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes it private; give it normal modes
-        os.replace(tmp, out)
-    except OSError as exc:
-        tmp.unlink(missing_ok=True)
-        raise ReportError(f"could not write {out}: {exc.strerror or exc}") from exc
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    except WriteError as exc:
+        raise ReportError(str(exc)) from exc
     return out
-
-
-def _umask() -> int:
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask

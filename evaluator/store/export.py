@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import csv
 import json
-import os
-import tempfile
 from collections.abc import Iterable
 from datetime import datetime
 from pathlib import Path
@@ -21,6 +19,7 @@ from typing import IO, Any, Literal
 from evaluator.records import sequence_run_id
 from evaluator.store.errors import ExportError
 from evaluator.store.store import Store, run_experiment_keys
+from evaluator.whole_file import WriteError, written_whole
 
 Format = Literal["jsonl", "csv"]
 FORMATS: tuple[str, ...] = ("jsonl", "csv")
@@ -141,36 +140,18 @@ def export_responses(
     docs = store.responses(experiment_keys=keys)
     judged = _evaluations_by_target(store, docs)
 
+    def refuse_a_file_that_appeared() -> None:
+        if out.exists() and not overwrite:
+            raise ExportError(f"{out} appeared while exporting; nothing was overwritten")
+
     try:
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
-    except OSError as exc:
-        raise ExportError(f"cannot write in the folder {out.parent}: {exc.strerror or exc}") from exc
-    tmp = Path(tmp_name)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as fh:
+        with written_whole(out, newline="", sync=True, before_replace=refuse_a_file_that_appeared) as fh:
             rows = (
                 response_row(d, judged.get(d["_id"], ()), judged.get(sequence_run_key(d), ())) for d in docs
             )
-            count = _write_csv(fh, rows) if fmt == "csv" else _write_jsonl(fh, rows)
-            fh.flush()
-            os.fsync(fh.fileno())
-        if out.exists() and not overwrite:
-            raise ExportError(f"{out} appeared while exporting; nothing was overwritten")
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes it private; give it normal modes
-        os.replace(tmp, out)
-    except OSError as exc:  # disk full, `out` is a folder, ...: nothing half-written is left
-        tmp.unlink(missing_ok=True)
-        raise ExportError(f"could not write {out}: {exc.strerror or exc}") from exc
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return count
-
-
-def _umask() -> int:
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
+            return _write_csv(fh, rows) if fmt == "csv" else _write_jsonl(fh, rows)
+    except WriteError as exc:  # disk full, `out` is a folder, ...: nothing half-written is left
+        raise ExportError(str(exc)) from exc
 
 
 def _evaluations_by_target(store: Store, docs: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
