@@ -14,6 +14,7 @@ import click
 from rich.console import Console
 from rich.markup import escape
 
+from evaluator.cli_options import db_option, mongo_option
 from evaluator.client import RetryPolicy
 from evaluator.config import (
     ConfigError,
@@ -71,16 +72,6 @@ def code_version() -> str:
     except OSError:
         commit = ""
     return f"{version}+{commit}" if commit else version
-
-
-mongo_option = click.option(
-    "--mongo-uri",
-    envvar="STORYBENCH_MONGO_URI",
-    default=None,
-    help="MongoDB URI (also STORYBENCH_MONGO_URI). Default: the embedded MongoDB-wire server "
-    "(nx-27017) with data under ~/.local/share/storybench (STORYBENCH_DATA_DIR).",
-)
-db_option = click.option("--db", "db_name", default="storybench", show_default=True, help="Database name.")
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})

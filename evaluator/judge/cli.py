@@ -18,6 +18,7 @@ import click
 from rich.markup import escape
 
 from evaluator.budget import count_prompt_tokens
+from evaluator.cli_options import db_option, mongo_option
 from evaluator.client import RetryPolicy
 from evaluator.config import DEFAULT_MODELS_PATH, ConfigError, EvalSettings, ModelEntry, load_models, select
 from evaluator.endpoint import EndpointError, EndpointInfo, probe, token_counter
@@ -27,7 +28,6 @@ from evaluator.judge.prompts import render
 from evaluator.judge.rubric import DEFAULT_RUBRIC_PATH, Rubric, TargetKind, load_rubric
 from evaluator.judge.targets import Collected, SelectionError, Target, collect
 from evaluator.store import Store, StoreError, open_store
-from evaluator.store.connect import DEFAULT_DB_NAME, URI_ENV
 
 EXIT_INTERRUPTED = 130
 _SHOWN_FAILURES = 10
@@ -44,18 +44,6 @@ def _fail(message: str, code: int | None = None) -> NoReturn:
     base = _base()
     base.fail(message, base.EXIT_CONFIG if code is None else code)
     raise SystemExit(2 if code is None else code)  # not reached: fail() exits
-
-
-# The same options as evaluator/cli.py's `mongo_option` / `db_option` (a test keeps them equal):
-# importing them would be circular, since evaluator/cli.py imports this module.
-mongo_option = click.option(
-    "--mongo-uri",
-    envvar=URI_ENV,
-    default=None,
-    help="MongoDB URI (also STORYBENCH_MONGO_URI). Default: the embedded MongoDB-wire server "
-    "(nx-27017) with data under ~/.local/share/storybench (STORYBENCH_DATA_DIR).",
-)
-db_option = click.option("--db", "db_name", default=DEFAULT_DB_NAME, show_default=True, help="Database name.")
 
 
 @click.command("judge", context_settings={"help_option_names": ["-h", "--help"]})

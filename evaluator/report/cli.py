@@ -11,26 +11,14 @@ from pathlib import Path
 
 import click
 
+from evaluator.cli_options import db_option, mongo_option
 from evaluator.report.output import FORMATS, default_path, format_for, write_report
-from evaluator.store.connect import DEFAULT_DB_NAME, URI_ENV
 from evaluator.store.errors import StoreError
 from evaluator.store.store import open_store
 
-# The same options as evaluator/cli.py's `mongo_option`/`db_option` (a test keeps them equal).
-# They are not imported from there because evaluator/cli.py imports this module to register the
-# command: importing its names here at import time would be circular.
-mongo_option = click.option(
-    "--mongo-uri",
-    envvar=URI_ENV,
-    default=None,
-    help="MongoDB URI (also STORYBENCH_MONGO_URI). Default: the embedded MongoDB-wire server "
-    "(nx-27017) with data under ~/.local/share/storybench (STORYBENCH_DATA_DIR).",
-)
-db_option = click.option("--db", "db_name", default=DEFAULT_DB_NAME, show_default=True, help="Database name.")
-
 
 def _fail(message: str, code: int = 1) -> None:
-    from evaluator.cli import fail  # at call time: see the note on the options above
+    from evaluator.cli import fail  # at call time: evaluator/cli.py imports this module
 
     fail(message, code=code)
 

@@ -186,16 +186,13 @@ class Stream:
             with contextlib.suppress(RuntimeError):  # a closed loop: nobody listens any more
                 loop.call_soon_threadsafe(self.queue.put_nowait, events)
 
-        self.gen = Generation(
+        self.gen = Generation.sampled_by(
+            chains,
+            prepared.sampling,
             prompt=prepared.prompt,
             max_tokens=prepared.max_tokens,
-            sampler=chains.sampler,
             sink=sink,
             stop=prepared.stop,
-            graph=chains.graph,
-            graph_key=chains.graph_key,
-            accept_graph=chains.accept_graph,
-            params=prepared.sampling,
         )
         self.finished = False
         try:

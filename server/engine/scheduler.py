@@ -33,7 +33,7 @@ import numpy as np
 from llama_cpp import _internals as internals
 
 from server.engine.model import BatchedModel
-from server.engine.sampling import SamplingParams, build_sampler
+from server.engine.sampling import Chains, SamplingParams, build_sampler
 from server.engine.text import Pieces, TextStream
 
 log = logging.getLogger("storybench.server")
@@ -75,6 +75,18 @@ class Generation:
     t_end: float | None = None
     _text: TextStream | None = None
     _out: list[Event] = field(default_factory=list)
+
+    @classmethod
+    def sampled_by(cls, chains: Chains, params: SamplingParams, **fields: Any) -> Generation:
+        """A generation that samples with `chains` (built from `params` by `build_chains`)."""
+        return cls(
+            sampler=chains.sampler,
+            graph=chains.graph,
+            graph_key=chains.graph_key,
+            accept_graph=chains.accept_graph,
+            params=params,
+            **fields,
+        )
 
     def close_samplers(self) -> None:
         """Free the request's own chains (a graph chain once admitted belongs to its slot)."""

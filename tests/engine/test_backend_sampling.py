@@ -45,15 +45,12 @@ class Job:
         self.done = threading.Event()
         model = engine.model
         chains = build_chains(model.model, params, model.config.backend_sampling)
-        self.gen = Generation(
+        self.gen = Generation.sampled_by(
+            chains,
+            params,
             prompt=model.completion_prompt(prompt),
             max_tokens=max_tokens,
-            sampler=chains.sampler,
             sink=self._sink,
-            graph=chains.graph,
-            graph_key=chains.graph_key,
-            accept_graph=chains.accept_graph,
-            params=params,
         )
         engine.submit(self.gen)
 

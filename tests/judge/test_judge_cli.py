@@ -356,17 +356,3 @@ def test_the_command_registers_on_a_group_and_explains_itself() -> None:
     assert result.exit_code == 0
     for option in ("--latest", "--model", "--sequence", "--judge", "--rubric", "--concurrency", "--dry-run"):
         assert option in result.output
-
-
-def test_the_store_options_are_the_same_as_the_other_commands() -> None:
-    """judge repeats evaluator/cli.py's --mongo-uri / --db (importing them would be circular)."""
-    from evaluator import cli as base
-
-    def options(command: click.Command) -> dict[str, dict[str, Any]]:
-        return {
-            p.name: {"opts": p.opts, "default": p.default, "envvar": p.envvar, "help": p.help}  # type: ignore[attr-defined]
-            for p in command.params
-            if p.name in ("mongo_uri", "db_name")
-        }
-
-    assert options(judge_command) == options(base.run) and len(options(judge_command)) == 2

@@ -11,7 +11,6 @@ import time
 from datetime import timedelta
 from pathlib import Path
 
-import click
 import pytest
 from click.testing import CliRunner, Result
 
@@ -166,21 +165,6 @@ def test_nothing_from_the_environment_reaches_the_report(
         assert canary not in text and "canary" not in text
         assert "https://api.example.test/v1" in text  # endpoints are shown as stored
     assert canary not in said(result)
-
-
-def test_options_match_the_other_commands() -> None:
-    """--mongo-uri and --db are defined here (evaluator/cli.py imports this module); same as theirs."""
-    theirs = {p.name: p for p in cli.commands["show"].params if isinstance(p, click.Option)}
-    ours = {p.name: p for p in report_command.params if isinstance(p, click.Option)}
-    for name in ("mongo_uri", "db_name"):
-        a, b = ours[name], theirs[name]
-        assert (a.opts, a.envvar, a.default, a.help, a.show_default) == (
-            b.opts,
-            b.envvar,
-            b.default,
-            b.help,
-            b.show_default,
-        )
 
 
 def test_registers_in_the_cli_group_without_an_import_cycle() -> None:
