@@ -1,29 +1,45 @@
-"""The store's schema: the documents the evaluator writes and the keys that make writes idempotent.
+"""The store's schema: one typed model per stored document kind, used to write AND to read.
 
-Everything that crosses from the run loop into MongoDB goes through these types, so the store
-and the runner agree on one shape. Cross-references are plain strings, never ObjectIds: the
-embedded MongoDB-wire server cannot filter on ObjectId fields other than `_id`.
+Everything that crosses between the evaluator and MongoDB goes through these models, so the
+runner, the judge, the store, the export and the report agree on one shape: the store writes
+`model.to_doc()` and returns `Model.from_doc(doc)` (after `evaluator.store.migrations` upgraded
+an older document). Each field's docstring is the documentation of the stored field
+(docs/store.md points here). Cross-references are plain strings, never ObjectIds: the embedded
+MongoDB-wire server cannot filter on ObjectId fields other than `_id`.
+
+Bump SCHEMA_VERSION only together with a migration in evaluator/store/migrations.py.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass, field
+import re
 from datetime import datetime, timezone
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal, get_args
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+# The version every document is written with; older ones are upgraded when read.
+SCHEMA_VERSION = 2
 
 # How a turn ended. Only "ok" lets the sequence continue; "error" is retried on resume;
 # "empty" and "context_exhausted" are final outcomes that end the sequence and are reported.
 Outcome = Literal["ok", "empty", "context_exhausted", "error"]
+OUTCOMES: tuple[str, ...] = get_args(Outcome)
 FINAL_OUTCOMES: frozenset[str] = frozenset({"ok", "empty", "context_exhausted"})
 SEQUENCE_ENDING_OUTCOMES: frozenset[str] = frozenset({"empty", "context_exhausted"})
 
-RUN_STATUSES = ("running", "completed", "incomplete", "interrupted", "failed")
+RunStatus = Literal["running", "completed", "incomplete", "interrupted", "failed"]
+RUN_STATUSES: tuple[str, ...] = get_args(RunStatus)
+
+TargetKind = Literal["response", "sequence"]
 
 # How often a run refreshes `heartbeat_at` unless STORYBENCH_HEARTBEAT_S says otherwise. Readers
 # use the interval a run recorded (`heartbeat_s`), this one for records written without it.
 DEFAULT_HEARTBEAT_S = 30.0
+
+_EXPERIMENT_KEY_RE = re.compile(r"^(?P<hash>.+)-g(?P<generation>\d+)$")
 
 
 def utcnow() -> datetime:
@@ -50,6 +66,12 @@ def experiment_key(cfg_hash: str, generation: int) -> str:
     return f"{cfg_hash}-g{generation}"
 
 
+def parse_experiment_key(key: str) -> tuple[str, int] | None:
+    """`<config hash>-g<generation>` -> (config hash, generation)."""
+    match = _EXPERIMENT_KEY_RE.match(key)
+    return (match["hash"], int(match["generation"])) if match else None
+
+
 def response_id(exp_key: str, model: str, sequence: str, run_index: int, turn_index: int) -> str:
     """Deterministic `_id`: a resumed or retried turn maps to the same document on any MongoDB."""
     return f"{exp_key}:{model}:{sequence}:r{run_index}:t{turn_index}"
@@ -60,105 +82,254 @@ def sequence_run_id(exp_key: str, model: str, sequence: str, run_index: int) -> 
     return f"{exp_key}:{model}:{sequence}:r{run_index}"
 
 
-@dataclass
-class ResponseRecord:
-    """One turn of one run of one sequence against one model (collection `responses`)."""
+class StoredDocument(BaseModel):
+    """Common behaviour of every stored document: `_id` in MongoDB, `.id` in Python.
 
+    Fields unknown to this version are ignored on read (a document written by a newer minor
+    version still reads); a document whose `schema_version` is newer than SCHEMA_VERSION is
+    refused by the migrations before it gets here.
+    """
+
+    model_config = ConfigDict(populate_by_name=True, use_attribute_docstrings=True, extra="ignore")
+    collection: ClassVar[str]
+
+    id: str = Field(default="", alias="_id")
+    """The document's `_id`: a deterministic string, so writes are idempotent."""
+    schema_version: int = SCHEMA_VERSION
+    """The version of this schema the document was written with (older ones are upgraded on read)."""
+
+    @field_validator("*", mode="after")
+    @classmethod
+    def _bson_time(cls, value: Any) -> Any:
+        """Times as MongoDB keeps them: UTC, whole milliseconds (a naive time is UTC). So a
+        document reads back equal to what was written, on any MongoDB."""
+        if isinstance(value, datetime):
+            if value.tzinfo is None:
+                value = value.replace(tzinfo=timezone.utc)
+            return value.astimezone(timezone.utc).replace(microsecond=value.microsecond // 1000 * 1000)
+        return value
+
+    def to_doc(self) -> dict[str, Any]:
+        """The MongoDB document (datetimes stay datetimes, `_id` by its Mongo name)."""
+        return self.model_dump(by_alias=True)
+
+    @classmethod
+    def from_doc(cls, doc: dict[str, Any]) -> Any:
+        """Validate a stored (already upgraded) document into this model."""
+        return cls.model_validate(doc)
+
+    @classmethod
+    def field_names(cls) -> tuple[str, ...]:
+        """Stored field names in declaration order (`_id` first): export columns and projections
+        derive from this, so a new field needs no second list."""
+        return tuple(f.alias or name for name, f in cls.model_fields.items())
+
+
+class ResponseRecord(StoredDocument):
+    """One turn of one run of one sequence against one model (collection `responses`).
+
+    Field order is the export's column order (evaluator/store/export.py): append new fields.
+    """
+
+    collection: ClassVar[str] = "responses"
+    # The texts a summary pass leaves out (`Store.iter_responses(with_text=False)`).
+    TEXT_FIELDS: ClassVar[tuple[str, ...]] = ("prompt", "response_raw", "response_text")
+
+    run_id: str
+    """The `runs` document of the invocation that wrote this turn."""
     experiment_key: str
+    """`<config hash>-g<generation>`: the configuration and generation this turn belongs to."""
     config_hash: str
+    """Hash of what determines an answer: endpoint, model id, generation parameters, sequence."""
     generation: int
-    run_id: str  # the `runs` document of the invocation that wrote this turn
-    model: str  # entry name in config/models.yaml
-    model_id: str  # id the endpoint expects
-    endpoint: str  # base URL, never the key
+    """1 + the number of `run --restart`s of this configuration before this turn was written."""
+    model: str
+    """Model entry name in config/models.yaml."""
+    model_id: str
+    """The model id the endpoint expects."""
+    endpoint: str
+    """Base URL of the endpoint; never the key."""
     sequence: str
+    """Prompt sequence name (config/prompts.json)."""
     sequence_hash: str
+    """Content hash of the sequence: an edited prompt is a new experiment."""
     run_index: int
+    """Which of the runs of this sequence (0-based); run k uses seed + k."""
     seed: int | None
+    """The seed sent with every turn of this run, when the model entry sets one."""
     turn_index: int
+    """Position of this turn in the sequence (0-based)."""
     turn_name: str
-    prompt: str  # this turn's user text; the full history is rebuilt from earlier turns
-    messages_sent: int  # number of chat messages sent (proves full history)
-    response_raw: str
-    response_text: str  # `<think>` blocks removed
-    finish_reason: str | None
-    prompt_tokens: int | None
-    completion_tokens: int | None
-    cached_tokens: int | None  # prompt tokens the server reused from its cache, when reported
-    prompt_tokens_estimated: int | None  # our count before sending (context budget)
-    max_tokens_sent: int | None
-    latency_s: float | None
-    ttft_s: float | None
-    tokens_per_s: float | None
-    attempts: int
+    """The turn's name in the sequence."""
     outcome: Outcome
+    """How the turn ended: ok, empty, context_exhausted (final) or error (retried on resume)."""
+    finish_reason: str | None
+    """The endpoint's finish reason (`stop`, `length`, ...)."""
+    attempts: int
+    """Requests made for this turn (retries included)."""
     error: str | None
-    params: dict[str, Any]
-    started_at: datetime
-    finished_at: datetime
-    server_timings: dict[str, Any] | None = None
+    """What went wrong, for any outcome but ok; API keys masked."""
+    messages_sent: int
+    """Chat messages sent with this turn (system + every earlier turn + this one): proves full history."""
+    prompt_tokens: int | None
+    """Prompt tokens as the endpoint reported them."""
+    completion_tokens: int | None
+    """Completion tokens as the endpoint reported them."""
+    cached_tokens: int | None
+    """Prompt tokens the server reused from its cache, when reported."""
+    prompt_tokens_estimated: int | None
+    """Our count of the prompt before sending (the context budget)."""
+    max_tokens_sent: int | None
+    """The `max_tokens` sent, after capping to what fits the context."""
+    latency_s: float | None
+    """Seconds from sending to the last token."""
+    ttft_s: float | None
+    """Seconds from sending to the first token."""
+    tokens_per_s: float | None
+    """Completion tokens per second after the first token."""
     cost_usd: float | None = None
-    _id: str = field(default="")
+    """Cost from the model entry's prices; None when a price is missing."""
 
-    def __post_init__(self) -> None:
-        if not self._id:
-            self._id = response_id(
+    started_at: datetime
+    """When the first request of this turn was sent (UTC)."""
+    finished_at: datetime
+    """When the turn was recorded (UTC)."""
+    params: dict[str, Any]
+    """Generation parameters sent (temperature, top_p, seed, ...)."""
+    server_timings: dict[str, Any] | None = None
+    """The server's `timings` block (llama.cpp-style, incl. `cache_n`) when it sends one."""
+    prompt: str
+    """This turn's user text; the full history is rebuilt from earlier turns."""
+    response_text: str
+    """The answer with `<think>` blocks removed: what the next turn sends back."""
+    response_raw: str
+    """The answer as the endpoint returned it."""
+
+    @model_validator(mode="after")
+    def _default_id(self) -> ResponseRecord:
+        if not self.id:
+            self.id = response_id(
                 self.experiment_key, self.model, self.sequence, self.run_index, self.turn_index
             )
+        return self
 
-    def to_doc(self) -> dict[str, Any]:
-        return asdict(self)
+    @property
+    def conversation_id(self) -> str:
+        """Target id of the judgements of the whole sequence run this turn belongs to."""
+        return sequence_run_id(self.experiment_key, self.model, self.sequence, self.run_index)
+
+    @property
+    def conversation_key(self) -> tuple[str, str, str, int]:
+        """(experiment_key, model, sequence, run_index): the store's key of one conversation."""
+        return (self.experiment_key, self.model, self.sequence, self.run_index)
 
 
-@dataclass
-class RunRecord:
+class ExperimentEntry(BaseModel):
+    """One model x sequence of a run's plan and the generation it plays."""
+
+    model_config = ConfigDict(use_attribute_docstrings=True, extra="ignore")
+
+    model: str
+    """Model entry name."""
+    sequence: str
+    """Sequence name."""
+    experiment_key: str
+    """`<config hash>-g<generation>`."""
+    generation: int
+    """The generation of the configuration this run plays."""
+
+
+class RunRecord(StoredDocument):
     """One `storybench-eval run` invocation (collection `runs`)."""
 
-    _id: str
+    collection: ClassVar[str] = "runs"
+
     started_at: datetime
-    status: str
+    """When the invocation started (UTC)."""
+    status: RunStatus
+    """As recorded: running, completed, incomplete, interrupted or failed. Readers derive
+    "abandoned" for a "running" run whose process is gone (evaluator/store/liveness.py)."""
     command: str
+    """The command line."""
     code_version: str
-    config_snapshot: dict[str, Any]  # models (no keys), sequences, runs, concurrency
-    config_hashes: dict[str, Any]  # {"models": {name: fingerprint hash}, "sequences": {name: hash}}
-    experiments: list[dict[str, Any]]  # [{model, sequence, experiment_key, generation}]
+    """StoryBench version and git commit."""
+    config_snapshot: dict[str, Any]
+    """Models (env-var names of keys, never keys), sequences, runs, concurrency, settings."""
+    config_hashes: dict[str, Any]
+    """{"models": {name: fingerprint}, "sequences": {name: hash}, "experiments": {...}}."""
+    experiments: list[ExperimentEntry]
+    """The plan: every model x sequence with its experiment key and generation."""
     models: list[str]
+    """Model names in the order given."""
     sequences: list[str]
+    """Sequence names in the order given."""
     runs_per_sequence: int
+    """Runs of each sequence."""
     planned_turns: int
-    server_metadata: dict[str, Any] = field(default_factory=dict)  # per local model
+    """Turns in the plan."""
+    server_metadata: dict[str, Any] = Field(default_factory=dict)
+    """Per local model: what our server reported (model file SHA-256, settings, versions)."""
     finished_at: datetime | None = None
-    counts: dict[str, int] = field(default_factory=dict)  # outcome -> turns written this run
+    """When the run recorded its end; None while running (or when killed)."""
+    counts: dict[str, int] = Field(default_factory=dict)
+    """Outcome -> turns written by this invocation."""
     message: str | None = None
-    # Where the run's process lives and when it last said so: a run whose process was killed
-    # never records its end, and these let `runs`/`show` tell it from a live one. None in
-    # records written before they existed.
-    host: str | None = None  # socket.gethostname()
+    """Why the run ended as it did, for any status but completed."""
+    host: str | None = None
+    """Host name of the run's process (None in records from before it existed)."""
     pid: int | None = None
-    heartbeat_at: datetime | None = None  # refreshed every heartbeat_s seconds while it plays
+    """Process id of the run's process."""
+    heartbeat_at: datetime | None = None
+    """Refreshed every `heartbeat_s` seconds while the run plays."""
     heartbeat_s: float | None = None
+    """The heartbeat interval in force."""
+    revision: int = 0
+    """Bumped by every replace: updates are compare-and-swap on it (no `$set`, see the store)."""
+    experiment_keys: list[str] = Field(default_factory=list)
+    """Derived from `experiments`: flat strings, queryable on nx-27017 (which cannot match inside
+    arrays of documents)."""
+    experiment_config_hashes: list[str] = Field(default_factory=list)
+    """Derived from `experiments`: the configuration hashes, for generation lookups."""
 
-    def to_doc(self) -> dict[str, Any]:
-        return asdict(self)
+    @model_validator(mode="after")
+    def _derive_lists(self) -> RunRecord:
+        keys = [e.experiment_key for e in self.experiments]
+        self.experiment_keys = keys
+        parsed = (parse_experiment_key(k) for k in keys)
+        self.experiment_config_hashes = list(dict.fromkeys(p[0] for p in parsed if p))
+        return self
 
 
-@dataclass
-class EvaluationRecord:
+class EvaluationRecord(StoredDocument):
     """One judgement (collection `evaluations`): unique per (target, judge model, rubric version)."""
 
-    target_id: str  # a response `_id` or a sequence-run key
-    target_kind: Literal["response", "sequence"]
+    collection: ClassVar[str] = "evaluations"
+
+    target_id: str
+    """A response `_id` (kind "response") or a sequence-run id (kind "sequence")."""
+    target_kind: TargetKind
+    """What was judged: one turn or a whole conversation."""
     judge_model: str
+    """The judge's model entry name."""
     rubric_version: str
+    """The rubric's version with its content hash: an edited rubric judges afresh."""
     scores: dict[str, Any]
+    """Criterion -> score."""
     rationale: str
+    """The judge's explanation."""
     created_at: datetime
+    """When the judgement was stored (UTC)."""
     run_id: str | None = None
-    _id: str = field(default="")
+    """The run whose turns were judged."""
+    details: dict[str, Any] = Field(default_factory=dict)
+    """How the judgement was made: judge model id and endpoint, tokens, attempts, how much
+    context was left out. Never a key."""
 
-    def __post_init__(self) -> None:
-        if not self._id:
-            self._id = f"{self.target_id}|{self.judge_model}|{self.rubric_version}"
+    @model_validator(mode="after")
+    def _default_id(self) -> EvaluationRecord:
+        if not self.id:
+            self.id = f"{self.target_id}|{self.judge_model}|{self.rubric_version}"
+        return self
 
-    def to_doc(self) -> dict[str, Any]:
-        return asdict(self)
+
+DOCUMENT_KINDS: tuple[type[StoredDocument], ...] = (RunRecord, ResponseRecord, EvaluationRecord)

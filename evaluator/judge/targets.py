@@ -14,8 +14,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
-from evaluator.judge.rubric import TargetKind
-from evaluator.records import sequence_run_id
+from evaluator.records import ResponseRecord, RunRecord, TargetKind, sequence_run_id
 
 __all__ = ["Collected", "Exchange", "SelectionError", "Target", "collect"]
 
@@ -81,59 +80,57 @@ def _pick(wanted_csv: str | None, available: list[str], what: str, run_id: str) 
     return set(wanted)
 
 
-def _sequence_specs(run: dict[str, Any]) -> dict[str, dict[str, Any]]:
+def _sequence_specs(run: RunRecord) -> dict[str, dict[str, Any]]:
     """Sequence name -> its snapshot (system prompt, turns) as the run recorded it."""
-    snapshot = run.get("config_snapshot") or {}
     return {
         str(s["name"]): s
-        for s in snapshot.get("sequences", [])
+        for s in run.config_snapshot.get("sequences", [])
         if isinstance(s, dict) and isinstance(s.get("name"), str)
     }
 
 
 def collect(
-    run: dict[str, Any],
-    docs: list[dict[str, Any]],
+    run: RunRecord,
+    docs: list[ResponseRecord],
     kinds: list[TargetKind],
     models_csv: str | None = None,
     sequences_csv: str | None = None,
 ) -> Collected:
     """The targets of a run's stored turns (`Store.run_responses`), in a stable order."""
-    run_id = str(run.get("_id", "?"))
-    models = [str(m) for m in run.get("models") or sorted({d["model"] for d in docs})]
-    sequences = [str(s) for s in run.get("sequences") or sorted({d["sequence"] for d in docs})]
+    run_id = run.id
+    models = run.models or sorted({d.model for d in docs})
+    sequences = run.sequences or sorted({d.sequence for d in docs})
     want_models = _pick(models_csv, models, "model", run_id)
     want_sequences = _pick(sequences_csv, sequences, "sequence", run_id)
     specs = _sequence_specs(run)
 
-    groups: dict[tuple[str, str, str, int], list[dict[str, Any]]] = {}
+    groups: dict[tuple[str, str, str, int], list[ResponseRecord]] = {}
     for doc in docs:
-        if want_models is not None and doc["model"] not in want_models:
+        if want_models is not None and doc.model not in want_models:
             continue
-        if want_sequences is not None and doc["sequence"] not in want_sequences:
+        if want_sequences is not None and doc.sequence not in want_sequences:
             continue
-        key = (doc["experiment_key"], doc["model"], doc["sequence"], int(doc["run_index"]))
-        groups.setdefault(key, []).append(doc)
+        groups.setdefault(doc.conversation_key, []).append(doc)
 
     out = Collected(not_judged={kind: Counter() for kind in kinds})
     for (exp_key, model, sequence, run_index), turns in sorted(groups.items(), key=lambda kv: kv[0][1:]):
-        turns.sort(key=lambda d: int(d["turn_index"]))
+        turns.sort(key=lambda d: d.turn_index)
         spec = specs.get(sequence, {})
         system = spec.get("system") if isinstance(spec.get("system"), str) else None
         spec_turns = spec.get("turns")
         total = len(spec_turns) if isinstance(spec_turns, list) else len(turns)
-        ok = [d for d in turns if d.get("outcome") == "ok"]
-        exchanges = [Exchange(int(d["turn_index"]), str(d["prompt"]), str(d["response_text"])) for d in ok]
+        ok = [d for d in turns if d.outcome == "ok"]
+        exchanges = [Exchange(d.turn_index, d.prompt, d.response_text) for d in ok]
         if "response" in kinds:
             for doc in turns:
-                if doc.get("outcome") != "ok":
-                    out.not_judged["response"][f"turn outcome {doc.get('outcome')}"] += 1
+                if doc.outcome != "ok":
+                    out.not_judged["response"][f"turn outcome {doc.outcome}"] += 1
                     continue
-                index = int(doc["turn_index"])
+                index = doc.turn_index
                 out.targets.append(
                     Target(
                         kind="response",
-                        target_id=str(doc["_id"]),
+                        target_id=doc.id,
                         model=model,
                         sequence=sequence,
                         run_index=run_index,
@@ -141,8 +138,8 @@ def collect(
                         system=system,
                         history=tuple(e for e in exchanges if e.turn_index < index),
                         turn_index=index,
-                        prompt=str(doc["prompt"]),
-                        answer=str(doc["response_text"]),
+                        prompt=doc.prompt,
+                        answer=doc.response_text,
                     )
                 )
         if "sequence" in kinds:

@@ -9,12 +9,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
 
-from evaluator.records import sequence_run_id
+from pydantic import Field
 
-# Shown first, in this order; any other outcome found in the data follows, sorted.
-KNOWN_OUTCOMES: tuple[str, ...] = ("ok", "empty", "context_exhausted", "error")
+from evaluator.records import EvaluationRecord, ResponseRecord, sequence_run_id
 
 
 @dataclass(frozen=True)
@@ -136,40 +134,30 @@ class TurnRow:
     cells: dict[str, TurnCell]  # by model
 
 
-@dataclass(frozen=True)
-class Judgement:
-    target_kind: str
-    judge_model: str
-    rubric_version: str
-    scores: dict[str, Any]
-    rationale: str
+class Turn(ResponseRecord):
+    """A stored turn as the report shows it: the record plus its judgements. In the summary
+    pass the texts are empty (`Store.iter_responses(with_text=False)`)."""
 
+    judgements: list[EvaluationRecord] = Field(default_factory=list)
+    """Judgements of this turn, by judge and rubric version."""
 
-@dataclass
-class Turn:
-    """One stored turn as the report shows it. Text fields are empty in the summary pass."""
+    @classmethod
+    def of(cls, record: ResponseRecord) -> Turn:
+        return cls.model_validate(record.model_dump())
 
-    response_id: str
-    turn_index: int
-    turn_name: str
-    outcome: str
-    error: str | None
-    finish_reason: str | None
-    attempts: int | None
-    messages_sent: int | None
-    prompt_tokens: int | None
-    completion_tokens: int | None
-    cached_tokens: int | None
-    prompt_tokens_estimated: int | None
-    max_tokens_sent: int | None
-    latency_s: float | None
-    ttft_s: float | None
-    tokens_per_s: float | None
-    cost_usd: float | None
-    prompt: str = ""
-    answer: str = ""
-    raw_answer: str | None = None  # only when it differs from `answer` (e.g. <think> blocks)
-    judgements: list[Judgement] = field(default_factory=list)
+    @property
+    def response_id(self) -> str:
+        return self.id
+
+    @property
+    def answer(self) -> str:
+        return self.response_text
+
+    @property
+    def raw_answer(self) -> str | None:
+        """The raw answer only when it differs from `answer` (e.g. `<think>` blocks)."""
+        raw = self.response_raw
+        return raw if raw.strip() and raw != self.response_text else None
 
 
 @dataclass
@@ -184,7 +172,7 @@ class Conversation:
     turns: list[Turn]
     turns_planned: int | None
     system: str | None = None  # the sequence's system prompt, from the run's config snapshot
-    judgements: list[Judgement] = field(default_factory=list)  # of the whole conversation
+    judgements: list[EvaluationRecord] = field(default_factory=list)  # of the whole conversation
 
     @property
     def key(self) -> str:

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
+from evaluator.records import RunRecord
 from evaluator.report.gather import conversations, summarize
 from evaluator.report.render_html import render_html
 from evaluator.report.render_md import render_md
@@ -46,7 +47,7 @@ def format_for(path: Path | None, fmt: str | None) -> str:
 
 def write_report(
     store: Store,
-    run: dict[str, Any],
+    run: RunRecord,
     out: Path,
     fmt: str,
     *,

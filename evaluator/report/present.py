@@ -11,11 +11,11 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
+from evaluator.records import EvaluationRecord
 from evaluator.report.model import (
     Conversation,
     CriterionStat,
     GroupSummary,
-    Judgement,
     ScoreGroup,
     Summary,
     Turn,
@@ -273,7 +273,7 @@ def score_value(value: Any) -> str:
     return str(int(num)) if num.is_integer() else f"{num:g}"
 
 
-def judgement_line(j: Judgement) -> str:
+def judgement_line(j: EvaluationRecord) -> str:
     scores = ", ".join(f"{name} {score_value(v)}" for name, v in j.scores.items()) or "no scores"
     return f"{j.judge_model} (rubric {j.rubric_version}): {scores}"
 

@@ -13,8 +13,9 @@ import html
 from collections.abc import Iterable
 from typing import TextIO
 
+from evaluator.records import OUTCOMES, EvaluationRecord
 from evaluator.report import present
-from evaluator.report.model import KNOWN_OUTCOMES, Conversation, Judgement, Summary, Turn
+from evaluator.report.model import Conversation, Summary, Turn
 from evaluator.report.present import Table
 
 _CSP = "default-src 'none'; style-src 'unsafe-inline'; img-src 'none'; form-action 'none'"
@@ -54,7 +55,7 @@ def esc(value: object) -> str:
 
 
 def _badge(outcome: str) -> str:
-    css = outcome if outcome in KNOWN_OUTCOMES else "other"  # a fixed class, never stored text
+    css = outcome if outcome in OUTCOMES else "other"  # a fixed class, never stored text
     return f'<span class="badge b-{css}">{esc(outcome)}</span>'
 
 
@@ -83,7 +84,7 @@ def _facts(summary: Summary) -> str:
     return f'<table class="facts">{rows}</table>\n'
 
 
-def _judgements(judgements: list[Judgement], what: str) -> str:
+def _judgements(judgements: list[EvaluationRecord], what: str) -> str:
     if not judgements:
         return ""
     parts = [f'<div class="judged"><div class="label">{esc(what)}</div>']

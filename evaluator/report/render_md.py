@@ -15,8 +15,9 @@ import re
 from collections.abc import Iterable
 from typing import TextIO
 
+from evaluator.records import EvaluationRecord
 from evaluator.report import present
-from evaluator.report.model import Conversation, Judgement, Summary, Turn
+from evaluator.report.model import Conversation, Summary, Turn
 from evaluator.report.present import Table
 
 # Inline text never starts a line here (it follows "| ", "- **label**: ", "**Turn", ...), so the
@@ -50,7 +51,7 @@ def table(t: Table) -> str:
     return "\n".join(lines) + "\n\n"
 
 
-def _judgements(judgements: list[Judgement], what: str) -> str:
+def _judgements(judgements: list[EvaluationRecord], what: str) -> str:
     if not judgements:
         return ""
     lines = [f"{inline(what)}:", ""]

@@ -14,11 +14,10 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from evaluator.records import OUTCOMES, EvaluationRecord
 from evaluator.report.model import (
-    KNOWN_OUTCOMES,
     CriterionStat,
     GroupSummary,
-    Judgement,
     ScoreGroup,
     Turn,
     TurnCell,
@@ -53,7 +52,7 @@ def judgement_mean(scores: dict[str, Any]) -> float | None:
 
 def outcome_columns(seen: Iterable[str]) -> list[str]:
     """The four outcomes the runner writes, then anything else found in the data."""
-    return list(KNOWN_OUTCOMES) + sorted(set(seen) - set(KNOWN_OUTCOMES))
+    return list(OUTCOMES) + sorted(set(seen) - set(OUTCOMES))
 
 
 @dataclass
@@ -155,7 +154,7 @@ class ScoreAccumulator:
         self._groups: dict[tuple[str, str, str, str, str], dict[str, _Mean]] = {}
         self._judgements: Counter[tuple[str, str, str, str, str]] = Counter()
 
-    def add(self, model: str, sequence: str, judgement: Judgement) -> None:
+    def add(self, model: str, sequence: str, judgement: EvaluationRecord) -> None:
         key = (judgement.target_kind, judgement.judge_model, judgement.rubric_version, model, sequence)
         self._judgements[key] += 1
         criteria = self._groups.setdefault(key, {})
@@ -225,7 +224,7 @@ class TurnAccumulator:
                 None if turn.completion_tokens is None else float(turn.completion_tokens)
             )
 
-    def add_judgement(self, model: str, sequence: str, turn_index: int, judgement: Judgement) -> None:
+    def add_judgement(self, model: str, sequence: str, turn_index: int, judgement: EvaluationRecord) -> None:
         if judgement.target_kind != "response":
             return
         cell = self._cells.setdefault((sequence, turn_index), {}).setdefault(model, _Cell())

@@ -4,7 +4,8 @@
 
     with open_store() as store:          # --mongo-uri / STORYBENCH_MONGO_URI / embedded
         store.ensure_indexes()
-        store.save_response(record)
+        store.save_response(record)      # typed documents in (evaluator.records) ...
+    runs = store.list_runs()          # ... and typed documents out, upgraded by migrations.py
 
 The public API is exactly `__all__`; docs/store.md documents the collections and indexes.
 """
@@ -23,13 +24,13 @@ from evaluator.store.export import COLUMNS as EXPORT_COLUMNS
 from evaluator.store.export import FORMATS as EXPORT_FORMATS
 from evaluator.store.export import export_responses
 from evaluator.store.liveness import RunState, run_state
+from evaluator.store.migrations import upgrade
 from evaluator.store.render import format_run_detail, format_runs_table
 from evaluator.store.store import (
     INDEXES,
-    SCHEMA_VERSION,
     Store,
     open_store,
-    run_experiment_keys,
+    read_document,
 )
 
 __all__ = [
@@ -37,7 +38,6 @@ __all__ = [
     "EXPORT_COLUMNS",
     "EXPORT_FORMATS",
     "INDEXES",
-    "SCHEMA_VERSION",
     "URI_ENV",
     "EmbeddedServer",
     "EmbeddedServerError",
@@ -51,7 +51,8 @@ __all__ = [
     "format_run_detail",
     "format_runs_table",
     "open_store",
+    "upgrade",
     "redact_uri",
-    "run_experiment_keys",
+    "read_document",
     "run_state",
 ]

@@ -16,61 +16,26 @@ from datetime import datetime
 from pathlib import Path
 from typing import IO, Any, Literal
 
-from evaluator.records import sequence_run_id
+from evaluator.records import EvaluationRecord, ResponseRecord
 from evaluator.store.errors import ExportError
-from evaluator.store.store import Store, run_experiment_keys
+from evaluator.store.store import Store
 from evaluator.whole_file import WriteError, written_whole
 
 Format = Literal["jsonl", "csv"]
 FORMATS: tuple[str, ...] = ("jsonl", "csv")
 
-# (column, source field in the `responses` document)
-_RESPONSE_COLUMNS: tuple[tuple[str, str], ...] = (
-    ("response_id", "_id"),
-    ("run_id", "run_id"),
-    ("experiment_key", "experiment_key"),
-    ("config_hash", "config_hash"),
-    ("generation", "generation"),
-    ("model", "model"),
-    ("model_id", "model_id"),
-    ("endpoint", "endpoint"),
-    ("sequence", "sequence"),
-    ("sequence_hash", "sequence_hash"),
-    ("run_index", "run_index"),
-    ("seed", "seed"),
-    ("turn_index", "turn_index"),
-    ("turn_name", "turn_name"),
-    ("outcome", "outcome"),
-    ("finish_reason", "finish_reason"),
-    ("attempts", "attempts"),
-    ("error", "error"),
-    ("messages_sent", "messages_sent"),
-    ("prompt_tokens", "prompt_tokens"),
-    ("completion_tokens", "completion_tokens"),
-    ("cached_tokens", "cached_tokens"),
-    ("prompt_tokens_estimated", "prompt_tokens_estimated"),
-    ("max_tokens_sent", "max_tokens_sent"),
-    ("latency_s", "latency_s"),
-    ("ttft_s", "ttft_s"),
-    ("tokens_per_s", "tokens_per_s"),
-    ("cost_usd", "cost_usd"),
-    ("started_at", "started_at"),
-    ("finished_at", "finished_at"),
-    ("params", "params"),
-    ("server_timings", "server_timings"),
-    ("prompt", "prompt"),
-    ("response_text", "response_text"),
-    ("response_raw", "response_raw"),
-    ("schema_version", "schema_version"),
-)
+
+def _response_columns() -> tuple[tuple[str, str], ...]:
+    """(column, stored field): `_id` first as `response_id`, then ResponseRecord's fields in
+    declaration order, `schema_version` last (as it has been since the first export)."""
+    stored = [f for f in ResponseRecord.field_names() if f not in ("_id", "schema_version")]
+    return (("response_id", "_id"), *((f, f) for f in stored), ("schema_version", "schema_version"))
+
+
+_RESPONSE_COLUMNS = _response_columns()
 JOINED_COLUMNS: tuple[str, ...] = ("evaluations", "sequence_evaluations")
 COLUMNS: tuple[str, ...] = tuple(c for c, _ in _RESPONSE_COLUMNS) + JOINED_COLUMNS
 _EVALUATION_FIELDS = ("judge_model", "rubric_version", "scores", "rationale", "created_at")
-
-
-def sequence_run_key(doc: dict[str, Any]) -> str:
-    """Target id of the judgements of the whole sequence run a turn document belongs to."""
-    return sequence_run_id(doc["experiment_key"], doc["model"], doc["sequence"], doc["run_index"])
 
 
 def _jsonable(value: Any) -> Any:
@@ -85,16 +50,18 @@ def _jsonable(value: Any) -> Any:
     return str(value)  # ObjectId, Decimal128, ...
 
 
-def _judgement(doc: dict[str, Any]) -> dict[str, Any]:
+def _judgement(rec: EvaluationRecord) -> dict[str, Any]:
+    doc = rec.to_doc()
     return {name: _jsonable(doc.get(name)) for name in _EVALUATION_FIELDS}
 
 
 def response_row(
-    doc: dict[str, Any],
-    evaluations: Iterable[dict[str, Any]] = (),
-    sequence_evaluations: Iterable[dict[str, Any]] = (),
+    rec: ResponseRecord,
+    evaluations: Iterable[EvaluationRecord] = (),
+    sequence_evaluations: Iterable[EvaluationRecord] = (),
 ) -> dict[str, Any]:
     """One export row (JSON values, keys in COLUMNS order)."""
+    doc = rec.to_doc()
     row = {column: _jsonable(doc.get(source)) for column, source in _RESPONSE_COLUMNS}
     row["evaluations"] = [_judgement(e) for e in evaluations]
     row["sequence_evaluations"] = [_judgement(e) for e in sequence_evaluations]
@@ -136,7 +103,7 @@ def export_responses(
         run = store.get_run(run_id)
         if run is None:
             raise ExportError(f"no run {run_id!r}; `storybench-eval runs` lists them")
-        keys = run_experiment_keys(run)
+        keys = run.experiment_keys
     docs = store.responses(experiment_keys=keys)
     judged = _evaluations_by_target(store, docs)
 
@@ -147,18 +114,20 @@ def export_responses(
     try:
         with written_whole(out, newline="", sync=True, before_replace=refuse_a_file_that_appeared) as fh:
             rows = (
-                response_row(d, judged.get(d["_id"], ()), judged.get(sequence_run_key(d), ())) for d in docs
+                response_row(d, judged.get(d.id, ()), judged.get(d.conversation_id, ())) for d in docs
             )
             return _write_csv(fh, rows) if fmt == "csv" else _write_jsonl(fh, rows)
     except WriteError as exc:  # disk full, `out` is a folder, ...: nothing half-written is left
         raise ExportError(str(exc)) from exc
 
 
-def _evaluations_by_target(store: Store, docs: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
-    targets = [d["_id"] for d in docs] + [sequence_run_key(d) for d in docs]
-    found: dict[str, list[dict[str, Any]]] = {}
+def _evaluations_by_target(
+    store: Store, docs: list[ResponseRecord]
+) -> dict[str, list[EvaluationRecord]]:
+    targets = [d.id for d in docs] + [d.conversation_id for d in docs]
+    found: dict[str, list[EvaluationRecord]] = {}
     for ev in store.evaluations(targets):
-        found.setdefault(ev["target_id"], []).append(ev)
+        found.setdefault(ev.target_id, []).append(ev)
     return found
 
 

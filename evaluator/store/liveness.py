@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any, Literal
 
-from evaluator.records import DEFAULT_HEARTBEAT_S
+from evaluator.records import DEFAULT_HEARTBEAT_S, RunRecord
 
 ABANDONED, UNKNOWN = "abandoned", "unknown"
 RESUME = "re-run the same command to resume"
@@ -63,10 +63,10 @@ def as_utc(value: Any) -> datetime | None:
     return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value.astimezone(timezone.utc)
 
 
-def stale_after(run: dict[str, Any]) -> timedelta:
+def stale_after(run: RunRecord) -> timedelta:
     """How old the heartbeat may get before the run counts as abandoned."""
-    interval = run.get("heartbeat_s")
-    if not isinstance(interval, (int, float)) or interval <= 0:
+    interval = run.heartbeat_s
+    if interval is None or interval <= 0:
         interval = DEFAULT_HEARTBEAT_S
     return timedelta(seconds=STALE_INTERVALS * float(interval) + STALE_MARGIN_S)
 
@@ -129,16 +129,16 @@ def process_state(pid: int, started_at: datetime | None) -> ProcessState:
     return "alive"
 
 
-def run_state(run: dict[str, Any], *, now: datetime | None = None, hostname: str | None = None) -> RunState:
-    """The status to show for a stored run (a `runs` document); only "running" is ever changed."""
-    status = str(run.get("status") or "")
+def run_state(run: RunRecord, *, now: datetime | None = None, hostname: str | None = None) -> RunState:
+    """The status to show for a stored run; only "running" is ever changed."""
+    status = run.status
     if status != "running":
         return RunState(status)
     now = now or datetime.now(timezone.utc)
-    host, pid = run.get("host"), run.get("pid")
-    started = as_utc(run.get("started_at"))
+    host, pid = run.host, run.pid
+    started = as_utc(run.started_at)
     limit = stale_after(run)
-    if host is None and pid is None and run.get("heartbeat_at") is None:
+    if host is None and pid is None and run.heartbeat_at is None:
         if started is not None and now - started > limit:
             return RunState(
                 UNKNOWN,
@@ -147,13 +147,13 @@ def run_state(run: dict[str, Any], *, now: datetime | None = None, hostname: str
             )
         return RunState(status)
     where = f"pid {pid} on {host}"
-    if isinstance(pid, int) and host == (hostname or socket.gethostname()):
+    if pid is not None and host == (hostname or socket.gethostname()):
         state = process_state(pid, started)
         if state == "gone":
             return RunState(ABANDONED, f"its process ({where}) is gone; {RESUME}")
         if state == "alive":
             return RunState(status)
-    last = as_utc(run.get("heartbeat_at")) or started
+    last = as_utc(run.heartbeat_at) or started
     if last is not None and now - last > limit:
         return RunState(
             ABANDONED,

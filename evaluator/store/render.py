@@ -15,6 +15,7 @@ from rich.console import Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
+from evaluator.records import ResponseRecord, RunRecord
 from evaluator.store.liveness import ABANDONED, RESUME, UNKNOWN, RunState, age, as_utc, run_state
 
 _STATUS_STYLE = {
@@ -35,9 +36,9 @@ def _when(value: Any, seconds: bool = True) -> str:
     return "" if value is None else str(value)
 
 
-def _duration(run: dict[str, Any]) -> str:
-    start, end = run.get("started_at"), run.get("finished_at")
-    if not isinstance(start, datetime) or not isinstance(end, datetime):
+def _duration(run: RunRecord) -> str:
+    start, end = run.started_at, run.finished_at
+    if end is None:
         return ""
     seconds = int((end - start).total_seconds())
     minutes, seconds = divmod(seconds, 60)
@@ -49,15 +50,13 @@ def _num(value: Any, fmt: str = "{:,}") -> str:
     return "" if value is None else fmt.format(value)
 
 
-def _progress(run: dict[str, Any]) -> str:
-    counts = run.get("counts") or {}
-    done = sum(int(v) for v in counts.values())
-    planned = run.get("planned_turns")
-    return f"{done}/{planned}" if planned is not None else str(done)
+def _progress(run: RunRecord) -> str:
+    done = sum(run.counts.values())
+    return f"{done}/{run.planned_turns}"
 
 
-def _errors(run: dict[str, Any]) -> str:
-    errors = int((run.get("counts") or {}).get("error", 0))
+def _errors(run: RunRecord) -> str:
+    errors = run.counts.get("error", 0)
     return str(errors) if errors else ""
 
 
@@ -75,21 +74,21 @@ def _legend(states: list[RunState]) -> str | None:
     return "\n".join(lines) or None
 
 
-def _process(run: dict[str, Any]) -> str:
-    if run.get("pid") is None and run.get("host") is None:
+def _process(run: RunRecord) -> str:
+    if run.pid is None and run.host is None:
         return ""
-    return f"pid {run.get('pid')} on {run.get('host')}"
+    return f"pid {run.pid} on {run.host}"
 
 
-def _heartbeat(run: dict[str, Any]) -> str:
+def _heartbeat(run: RunRecord) -> str:
     """Only while the run is stored as running: afterwards `finished` says more."""
-    beat = as_utc(run.get("heartbeat_at"))
-    if run.get("status") != "running" or beat is None:
+    beat = as_utc(run.heartbeat_at)
+    if run.status != "running" or beat is None:
         return ""
     return f"{_when(beat)} ({age(datetime.now(beat.tzinfo) - beat)} ago)"
 
 
-def format_runs_table(runs: list[dict[str, Any]]) -> Table:
+def format_runs_table(runs: list[RunRecord]) -> Table:
     """Runs newest first: id, start, models, plan (sequences x runs), turns written/planned
     with errors, status. Durations are in `format_run_detail`."""
     table = Table(
@@ -109,10 +108,10 @@ def format_runs_table(runs: list[dict[str, Any]]) -> Table:
     for run, state in zip(runs, states, strict=True):
         errors = _errors(run)
         table.add_row(
-            str(run.get("_id", "")),
-            _when(run.get("started_at"), seconds=False),
-            ", ".join(run.get("models") or []),
-            f"{len(run.get('sequences') or [])}x{run.get('runs_per_sequence', '?')}",
+            run.id,
+            _when(run.started_at, seconds=False),
+            ", ".join(run.models),
+            f"{len(run.sequences)}x{run.runs_per_sequence}",
             _progress(run) + (f" {errors}err" if errors else ""),
             _status(state),
         )
@@ -129,30 +128,30 @@ def _preview(text: Any, width: int = 70) -> str:
     return flat if len(flat) <= width else flat[: width - 1] + "…"
 
 
-def format_run_detail(run: dict[str, Any], responses: list[dict[str, Any]]) -> RenderableType:
+def format_run_detail(run: RunRecord, responses: list[ResponseRecord]) -> RenderableType:
     """A run's facts, then one line per stored turn (ordered as given)."""
     facts = Table.grid(padding=(0, 2))
     facts.add_column(style="bold")
     facts.add_column()
-    outcomes = Counter(str(r.get("outcome")) for r in responses)
+    outcomes = Counter(r.outcome for r in responses)
     state = run_state(run)
     for label, value in (
-        ("run", str(run.get("_id", ""))),
+        ("run", run.id),
         ("status", _status(state)),
         ("why", Text(state.hint or "")),
         ("process", _process(run)),
         ("heartbeat", _heartbeat(run)),
-        ("started", _when(run.get("started_at"))),
-        ("finished", _when(run.get("finished_at"))),
+        ("started", _when(run.started_at)),
+        ("finished", _when(run.finished_at)),
         ("duration", _duration(run)),
-        ("command", Text(str(run.get("command", "")))),
-        ("code version", str(run.get("code_version", ""))),
-        ("models", ", ".join(run.get("models") or [])),
-        ("sequences", ", ".join(run.get("sequences") or [])),
-        ("runs per sequence", str(run.get("runs_per_sequence", ""))),
+        ("command", Text(run.command)),
+        ("code version", run.code_version),
+        ("models", ", ".join(run.models)),
+        ("sequences", ", ".join(run.sequences)),
+        ("runs per sequence", str(run.runs_per_sequence)),
         ("written this run", _progress(run) + (f", {_errors(run)} errors" if _errors(run) else "")),
         ("stored turns", ", ".join(f"{k} {v}" for k, v in sorted(outcomes.items())) or "none"),
-        ("message", Text(str(run.get("message") or ""))),
+        ("message", Text(run.message or "")),
     ):
         if value:
             facts.add_row(label, value)
@@ -168,20 +167,20 @@ def format_run_detail(run: dict[str, Any], responses: list[dict[str, Any]]) -> R
         turns.add_column(name, justify=justify, no_wrap=True, min_width=len(name))  # type: ignore[arg-type]
     turns.add_column("answer (or error)", min_width=12, ratio=1, no_wrap=True, overflow="ellipsis")
     for r in responses:
-        outcome = str(r.get("outcome", ""))
-        shown = r.get("error") if outcome == "error" else r.get("response_text")
-        attempts = r.get("attempts")
+        outcome = r.outcome
+        shown = r.error if outcome == "error" else r.response_text
+        attempts = r.attempts
         turns.add_row(
-            str(r.get("model", "")),
-            str(r.get("sequence", "")),
-            str(r.get("run_index", "")),
-            str(r.get("turn_index", "")),
-            Text(outcome + (f" x{attempts}" if attempts and attempts > 1 else ""),
+            r.model,
+            r.sequence,
+            str(r.run_index),
+            str(r.turn_index),
+            Text(outcome + (f" x{attempts}" if attempts > 1 else ""),
                  style=_OUTCOME_STYLE.get(outcome, "")),
-            f"{_num(r.get('prompt_tokens'))}/{_num(r.get('completion_tokens'))}",
-            _num(r.get("cached_tokens")),
-            _num(r.get("latency_s"), "{:.1f}"),
-            _num(r.get("tokens_per_s"), "{:.0f}"),
+            f"{_num(r.prompt_tokens)}/{_num(r.completion_tokens)}",
+            _num(r.cached_tokens),
+            _num(r.latency_s, "{:.1f}"),
+            _num(r.tokens_per_s, "{:.0f}"),
             Text(_preview(shown, 200)),  # stored text, never console markup
         )  # fmt: skip
     if not responses:

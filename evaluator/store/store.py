@@ -12,34 +12,42 @@ from __future__ import annotations
 import contextlib
 import re
 from collections.abc import Iterator
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, TypeVar, cast
 
+from pydantic import ValidationError
 from pymongo import ASCENDING, DESCENDING, MongoClient
 from pymongo.collection import Collection
 from pymongo.errors import ConnectionFailure, DuplicateKeyError, OperationFailure
 
 from evaluator.records import (
+    OUTCOMES,
     RUN_STATUSES,
+    SCHEMA_VERSION,
     EvaluationRecord,
     ResponseRecord,
     RunRecord,
+    StoredDocument,
+    parse_experiment_key,
 )
 from evaluator.store import embedded as embedded_mod
 from evaluator.store.connect import DEFAULT_DB_NAME, connect, redact_uri, resolve_uri, short_cause
 from evaluator.store.errors import StoreError, StoreUnavailableError
+from evaluator.store.migrations import upgrade
 
-SCHEMA_VERSION = 1
-RUNS, RESPONSES, EVALUATIONS = "runs", "responses", "evaluations"
-OUTCOMES = frozenset({"ok", "empty", "context_exhausted", "error"})
+RUNS, RESPONSES, EVALUATIONS = RunRecord.collection, ResponseRecord.collection, EvaluationRecord.collection
 TurnKey = tuple[str, str, str, int]  # (experiment_key, model, sequence, run_index)
+D = TypeVar("D", bound=StoredDocument)
 
 RESPONSE_KEY = ("experiment_key", "model", "sequence", "run_index", "turn_index")
 _TURN_ORDER = [(name, ASCENDING) for name in RESPONSE_KEY]
-_EXPERIMENT_KEY_RE = re.compile(r"^(?P<hash>.+)-g(?P<generation>\d+)$")
+# Within one experiment key (one model x sequence): a conversation's turns together, in order.
+_CONVERSATION_ORDER = [(name, ASCENDING) for name in ("model", "sequence", "run_index", "turn_index")]
+# Documents per round trip when streaming turns (`iter_responses`).
+CURSOR_BATCH = 200
 
 
 @dataclass(frozen=True)
@@ -69,29 +77,24 @@ INDEXES: tuple[IndexSpec, ...] = (
     ),  # fmt: skip
 )
 
-_RUN_FIELDS = frozenset(f.name for f in fields(RunRecord)) - {"_id"}
+_RUN_FIELDS = frozenset(RunRecord.model_fields) - {"id", "schema_version", "revision"}
 _UPDATE_ATTEMPTS = 5
 
 
-def parse_experiment_key(key: str) -> tuple[str, int] | None:
-    """`<config hash>-g<generation>` -> (config hash, generation)."""
-    match = _EXPERIMENT_KEY_RE.match(key)
-    return (match["hash"], int(match["generation"])) if match else None
-
-
-def run_experiment_keys(run: dict[str, Any]) -> list[str]:
-    """The experiment keys a run document covers (its plan), in plan order."""
-    keys = run.get("experiment_keys")
-    if isinstance(keys, list):
-        return [str(k) for k in keys]
-    return [str(e["experiment_key"]) for e in run.get("experiments", []) if "experiment_key" in e]
-
-
-def _derived_run_fields(experiments: list[dict[str, Any]]) -> dict[str, list[str]]:
-    """Flat string lists (queryable on nx-27017, which cannot match inside arrays of documents)."""
-    keys = [str(e["experiment_key"]) for e in experiments if "experiment_key" in e]
-    hashes = dict.fromkeys(parsed[0] for parsed in map(parse_experiment_key, keys) if parsed)
-    return {"experiment_keys": keys, "experiment_config_hashes": list(hashes)}
+def read_document(model: type[D], doc: dict[str, Any]) -> D:
+    """A stored document, upgraded to the current schema, as its typed model. A document that
+    does not fit (hand-edited, or written by a broken client) is a StoreError naming it."""
+    upgraded = upgrade(model.collection, doc)
+    try:
+        return cast(D, model.from_doc(upgraded))
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc']) or '(document)'}: {err['msg']}"
+            for err in exc.errors()[:3]
+        )
+        raise StoreError(
+            f"{model.collection} document {doc.get('_id')!r} does not match the schema: {problems}"
+        ) from exc
 
 
 class Store:
@@ -202,28 +205,26 @@ class Store:
 
     def create_run(self, run: RunRecord) -> None:
         doc = run.to_doc()
-        doc.update(_derived_run_fields(doc["experiments"]))
         doc["revision"] = 0
         doc["schema_version"] = SCHEMA_VERSION
-        with self._guard(f"recording run {run._id}"):
+        with self._guard(f"recording run {run.id}"):
             try:
                 self._runs.insert_one(doc)
             except DuplicateKeyError as exc:
-                raise StoreError(f"a run with id {run._id!r} already exists") from exc
+                raise StoreError(f"a run with id {run.id!r} already exists") from exc
 
     def update_run(self, run_id: str, **values: Any) -> None:
         """Change RunRecord fields (status, finished_at, counts, message, ...).
 
         Replaces the whole document (guarded by its `revision`) instead of `$set`: nx-27017
-        turns a datetime or bool written by `$set` into a string or an int.
+        turns a datetime or bool written by `$set` into a string or an int. The changed record
+        is validated by RunRecord before it is written.
         """
         unknown = set(values) - _RUN_FIELDS
         if unknown:
             raise TypeError(f"update_run: not RunRecord fields: {sorted(unknown)}")
         if "status" in values and values["status"] not in RUN_STATUSES:
             raise ValueError(f"update_run: status must be one of {RUN_STATUSES}")
-        if "experiments" in values:
-            values.update(_derived_run_fields(values["experiments"]))
         with self._guard(f"updating run {run_id}"):
             if self._replace_run(run_id, values, only_running=False) is None:
                 raise StoreError(f"no run {run_id!r} to update")
@@ -251,32 +252,40 @@ class Store:
             if only_running and doc.get("status") != "running":
                 return False
             revision = doc.get("revision")
-            doc.update(values)
-            doc["revision"] = (revision or 0) + 1
-            doc.pop("_id")
+            current = read_document(RunRecord, dict(doc))
+            changed = RunRecord.model_validate(current.model_dump() | values)
+            changed.revision = (revision or 0) + 1
+            replacement = changed.to_doc()
+            replacement.pop("_id")
             guard = {"$exists": False} if revision is None else revision
-            if self._runs.replace_one({"_id": run_id, "revision": guard}, doc).matched_count:
+            if self._runs.replace_one({"_id": run_id, "revision": guard}, replacement).matched_count:
                 return True
         raise StoreError(f"run {run_id!r} kept changing under us; nothing was updated")
 
-    def list_runs(self, limit: int = 50) -> list[dict[str, Any]]:
+    def list_runs(self, limit: int = 50) -> list[RunRecord]:
         """Newest first."""
         with self._guard("listing runs"):
-            return list(self._runs.find({}).sort("started_at", DESCENDING).limit(limit))
+            docs = list(self._runs.find({}).sort("started_at", DESCENDING).limit(limit))
+        return [read_document(RunRecord, d) for d in docs]
 
-    def get_run(self, run_id: str) -> dict[str, Any] | None:
+    def get_run(self, run_id: str) -> RunRecord | None:
         """By exact id or unique prefix; StoreError if the prefix matches several runs."""
         if not run_id:
             return None
         with self._guard(f"reading run {run_id}"):
             doc = self._runs.find_one({"_id": run_id})
             if doc is not None:
-                return doc
+                return read_document(RunRecord, doc)
             matches = list(self._runs.find({"_id": {"$regex": "^" + re.escape(run_id)}}).limit(6))
         if len(matches) > 1:
             ids = ", ".join(str(m["_id"]) for m in matches[:5])
             raise StoreError(f"run id prefix {run_id!r} matches several runs ({ids}); give more")
-        return matches[0] if matches else None
+        return read_document(RunRecord, matches[0]) if matches else None
+
+    def latest_run(self) -> RunRecord | None:
+        """The most recently started run, or None when the store holds none."""
+        runs = self.list_runs(limit=1)
+        return runs[0] if runs else None
 
     # -- generations -----------------------------------------------------------------------
 
@@ -323,44 +332,32 @@ class Store:
             raise ValueError(f"save_response: unknown outcome {rec.outcome!r}")
         doc = rec.to_doc()
         doc["schema_version"] = SCHEMA_VERSION
-        with self._guard(f"saving turn {rec._id}"):
+        with self._guard(f"saving turn {rec.id}"):
             try:
                 self._responses.insert_one(doc)
                 return True
             except DuplicateKeyError:
                 pass
             replacement = {k: v for k, v in doc.items() if k != "_id"}
-            result = self._responses.replace_one({"_id": rec._id, "outcome": "error"}, replacement)
+            result = self._responses.replace_one({"_id": rec.id, "outcome": "error"}, replacement)
             return result.matched_count == 1
 
-    def turns_for(
-        self, experiment_key: str, model: str, sequence: str, run_index: int
-    ) -> list[dict[str, Any]]:
-        """Stored turns of one sequence run, by turn_index: the history to rebuild."""
-        query = {
-            "experiment_key": experiment_key,
-            "model": model,
-            "sequence": sequence,
-            "run_index": run_index,
-        }
-        with self._guard("reading turns"):
-            return list(self._responses.find(query).sort("turn_index", ASCENDING))
-
-    def done_turns(self, experiment_keys: list[str]) -> dict[TurnKey, list[dict[str, Any]]]:
+    def done_turns(self, experiment_keys: list[str]) -> dict[TurnKey, list[ResponseRecord]]:
         """(experiment_key, model, sequence, run_index) -> stored turns by turn_index."""
-        out: dict[TurnKey, list[dict[str, Any]]] = {}
+        out: dict[TurnKey, list[ResponseRecord]] = {}
         if not experiment_keys:
             return out
         with self._guard("reading finished turns"):
-            cursor = self._responses.find({"experiment_key": {"$in": list(experiment_keys)}})
-            for doc in cursor.sort(_TURN_ORDER):
-                key = (doc["experiment_key"], doc["model"], doc["sequence"], doc["run_index"])
-                out.setdefault(key, []).append(doc)
+            query = {"experiment_key": {"$in": list(experiment_keys)}}
+            docs = list(self._responses.find(query).sort(_TURN_ORDER))
+        for doc in docs:
+            rec = read_document(ResponseRecord, doc)
+            out.setdefault(rec.conversation_key, []).append(rec)
         return out
 
     def responses(
         self, run_id: str | None = None, experiment_keys: list[str] | None = None
-    ) -> list[dict[str, Any]]:
+    ) -> list[ResponseRecord]:
         """Turns written by `run_id` and/or of `experiment_keys` (all when both None),
         ordered by model, sequence, run_index, turn_index, experiment_key."""
         query: dict[str, Any] = {}
@@ -373,14 +370,32 @@ class Store:
             ("turn_index", ASCENDING), ("experiment_key", ASCENDING),
         ]  # fmt: skip
         with self._guard("reading responses"):
-            return list(self._responses.find(query).sort(order))
+            docs = list(self._responses.find(query).sort(order))
+        return [read_document(ResponseRecord, d) for d in docs]
 
-    def run_responses(self, run_id: str) -> list[dict[str, Any]]:
+    def run_responses(self, run_id: str) -> list[ResponseRecord]:
         """Every stored turn of a run's plan, whichever invocation (resume) wrote it."""
         run = self.get_run(run_id)
         if run is None:
             raise StoreError(f"no run {run_id!r}; `storybench-eval runs` lists them")
-        return self.responses(experiment_keys=run_experiment_keys(run))
+        return self.responses(experiment_keys=run.experiment_keys)
+
+    def iter_responses(self, experiment_key: str, *, with_text: bool = True) -> Iterator[ResponseRecord]:
+        """The turns of one experiment key, a conversation's turns together and in order,
+        streamed from a cursor (a long run's answers never sit in memory at once).
+
+        `with_text=False` leaves the answer and prompt texts out of the query
+        (ResponseRecord.TEXT_FIELDS); they read as "". The report's summary pass uses it.
+        """
+        projection = None if with_text else dict.fromkeys(ResponseRecord.TEXT_FIELDS, 0)
+        blank = {} if with_text else dict.fromkeys(ResponseRecord.TEXT_FIELDS, "")
+        with self._guard(f"reading the turns of {experiment_key}"):
+            cursor = self._responses.find(
+                {"experiment_key": experiment_key}, projection=projection, batch_size=CURSOR_BATCH
+            )
+            with cursor.sort(_CONVERSATION_ORDER):  # closed even when the reader stops early
+                for doc in cursor:
+                    yield read_document(ResponseRecord, doc | blank)
 
     # -- evaluations -----------------------------------------------------------------------
 
@@ -388,23 +403,23 @@ class Store:
         """Insert one judgement; False if (target, judge, rubric version) is already stored."""
         doc = rec.to_doc()
         doc["schema_version"] = SCHEMA_VERSION
-        with self._guard(f"saving evaluation {rec._id}"):
+        with self._guard(f"saving evaluation {rec.id}"):
             try:
                 self._evaluations.insert_one(doc)
             except DuplicateKeyError:
                 return False
         return True
 
-    def evaluations(self, target_ids: list[str]) -> list[dict[str, Any]]:
+    def evaluations(self, target_ids: list[str]) -> list[EvaluationRecord]:
         """Judgements of those targets, ordered by target, judge, rubric version."""
-        out: list[dict[str, Any]] = []
+        docs: list[dict[str, Any]] = []
         ids = list(dict.fromkeys(target_ids))
         order = [("target_id", ASCENDING), ("judge_model", ASCENDING), ("rubric_version", 1)]
         with self._guard("reading evaluations"):
             for start in range(0, len(ids), 500):
                 chunk = ids[start : start + 500]
-                out.extend(self._evaluations.find({"target_id": {"$in": chunk}}).sort(order))
-        return out
+                docs.extend(self._evaluations.find({"target_id": {"$in": chunk}}).sort(order))
+        return [read_document(EvaluationRecord, d) for d in docs]
 
 
 def open_store(

@@ -1,5 +1,6 @@
-"""Store fixtures: a real embedded nx-27017 per session, and a real MongoDB when
-STORYBENCH_TEST_MONGO_URI is set (the contract suite then runs against both). No mocks.
+"""Store fixtures: a real embedded nx-27017 per session, the same Store over mongomock (the
+in-memory backend the runner and judge unit tests use), and a real MongoDB when
+STORYBENCH_TEST_MONGO_URI is set: the contract suite runs against each.
 """
 
 from __future__ import annotations
@@ -7,7 +8,6 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import Callable, Iterator
-from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
@@ -15,14 +15,19 @@ import pytest
 from pymongo import MongoClient
 from pymongo.database import Database
 
-from evaluator.records import EvaluationRecord, ResponseRecord, RunRecord, config_hash, experiment_key
+from evaluator.records import EvaluationRecord, ResponseRecord, RunRecord
 from evaluator.store import Store, open_store
 from evaluator.store.connect import URI_ENV
 from evaluator.store.embedded import DATA_DIR_ENV, EmbeddedServer, running_server
+from tests.support.documents import T0, make_evaluation, make_response, make_run
+from tests.support.memory_store import memory_store
+
+__all__ = ["T0", "make_evaluation", "make_response", "make_run"]  # re-exported for other folders
 
 EXTERNAL_ENV = "STORYBENCH_TEST_MONGO_URI"
-BACKENDS = ["embedded"] + (["external"] if os.environ.get(EXTERNAL_ENV) else [])
-T0 = datetime(2026, 11, 28, 12, 0, tzinfo=timezone.utc)
+# "memory": the same Store over mongomock (tests/support/memory_store.py), which unit tests of
+# the runner and the judge use: the contract suite keeps it honest.
+BACKENDS = ["embedded", "memory"] + (["external"] if os.environ.get(EXTERNAL_ENV) else [])
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -55,13 +60,20 @@ def backend(request: pytest.FixtureRequest) -> str:
 def mongo_uri(backend: str, request: pytest.FixtureRequest) -> str:
     if backend == "external":
         return os.environ[EXTERNAL_ENV]
+    if backend == "memory":
+        pytest.skip("needs a MongoDB-wire server; the memory backend has no URI")
     server: EmbeddedServer = request.getfixturevalue("embedded_server")
     return server.uri
 
 
 @pytest.fixture
-def store(mongo_uri: str) -> Iterator[Store]:
+def store(backend: str, request: pytest.FixtureRequest) -> Iterator[Store]:
     """A Store on a database of its own (dropped afterwards), indexes created."""
+    if backend == "memory":
+        with memory_store() as s:
+            yield s
+        return
+    mongo_uri = request.getfixturevalue("mongo_uri")
     name = f"sbtest_{uuid.uuid4().hex[:12]}"
     with open_store(mongo_uri, db_name=name) as s:
         s.ensure_indexes()
@@ -81,94 +93,6 @@ def embedded_db(embedded_server: EmbeddedServer) -> Iterator[Database[dict[str, 
         client.drop_database(name)
     finally:
         client.close()
-
-
-CFG = config_hash({"name": "m1", "temperature": 0.7}, "seqhash")
-
-
-def make_response(
-    turn_index: int = 0,
-    *,
-    exp_key: str | None = None,
-    model: str = "m1",
-    sequence: str = "lighthouse",
-    run_index: int = 0,
-    outcome: str = "ok",
-    text: str | None = None,
-    run_id: str = "run-a",
-    generation: int = 1,
-    cfg: str = CFG,
-) -> ResponseRecord:
-    key = exp_key or experiment_key(cfg, generation)
-    answer = f"Answer {turn_index} of {sequence}" if text is None else text
-    return ResponseRecord(
-        experiment_key=key,
-        config_hash=cfg,
-        generation=generation,
-        run_id=run_id,
-        model=model,
-        model_id="smollm2-135m",
-        endpoint="http://127.0.0.1:8000/v1",
-        sequence=sequence,
-        sequence_hash="seqhash",
-        run_index=run_index,
-        seed=100 + run_index,
-        turn_index=turn_index,
-        turn_name=f"turn-{turn_index}",
-        prompt=f"Prompt {turn_index}",
-        messages_sent=2 * turn_index + 2,
-        response_raw=answer,
-        response_text=answer,
-        finish_reason="stop" if outcome == "ok" else None,
-        prompt_tokens=40 + turn_index,
-        completion_tokens=120,
-        cached_tokens=30,
-        prompt_tokens_estimated=41,
-        max_tokens_sent=512,
-        latency_s=1.25,
-        ttft_s=0.1,
-        tokens_per_s=96.0,
-        attempts=1,
-        outcome=outcome,  # type: ignore[arg-type]
-        error="boom" if outcome == "error" else None,
-        params={"temperature": 0.7, "stop": ["\n\n"], "extra_body": {"cache_prompt": True}},
-        started_at=T0 + timedelta(seconds=turn_index),
-        finished_at=T0 + timedelta(seconds=turn_index, milliseconds=1250),
-        server_timings={"cache_n": 30} if outcome == "ok" else None,
-        cost_usd=None,
-    )
-
-
-def make_run(run_id: str = "run-a", *, started: datetime = T0, experiments: Any = None) -> RunRecord:
-    exps = experiments or [
-        {"model": "m1", "sequence": "lighthouse", "experiment_key": experiment_key(CFG, 1), "generation": 1}
-    ]
-    return RunRecord(
-        _id=run_id,
-        started_at=started,
-        status="running",
-        command="storybench-eval run",
-        code_version="0.1.0+test",
-        config_snapshot={"runs": 1, "models": [{"name": "m1", "stream": True}]},
-        config_hashes={"models": {"m1": "abc"}, "sequences": {"lighthouse": "seqhash"}},
-        experiments=exps,
-        models=["m1"],
-        sequences=["lighthouse"],
-        runs_per_sequence=1,
-        planned_turns=3,
-    )
-
-
-def make_evaluation(target_id: str, judge: str = "judge-1", rubric: str = "v1") -> EvaluationRecord:
-    return EvaluationRecord(
-        target_id=target_id,
-        target_kind="response",
-        judge_model=judge,
-        rubric_version=rubric,
-        scores={"coherence": 4, "voice": 3.5},
-        rationale='Keeps the lighthouse keeper\'s name, "Ada", consistent.',
-        created_at=T0 + timedelta(hours=1),
-    )
 
 
 @pytest.fixture
