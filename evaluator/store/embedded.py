@@ -14,6 +14,9 @@ One data folder holds everything (default `~/.local/share/storybench/mongo`, or
 starts one on a free 127.0.0.1 port otherwise. `EmbeddedServer.release()` drops the
 handle's lease; the last live lease stops the server, so the command that started it stops
 it on exit unless another command is still using it (that one stops it instead). POSIX only.
+
+Over 400 lines because starting, reusing, leasing and stopping a shared daemon are one
+protocol on one lock file; split, its invariants would be spread across modules.
 """
 
 from __future__ import annotations

@@ -5,6 +5,9 @@ string cross-references, single-document writes (no transactions), explicit inde
 no `find_one_and_replace`, no `$set` (it loses bool and datetime types on nx-27017), `ping`
 instead of `server_info()`.
 docs/store.md documents the collections, their indexes and the gaps.
+
+It is one class of about 450 lines on purpose: every query the product makes is here, next to
+the nx-27017 constraint it respects, so a port to another MongoDB is read in one place.
 """
 
 from __future__ import annotations

@@ -14,7 +14,7 @@ from evaluator.records import (
     ResponseRecord,
     RunRecord,
 )
-from evaluator.store import Store
+from evaluator.store import Store, schema_doc
 from tests.support.documents import make_evaluation, make_response, make_run
 
 
@@ -92,3 +92,10 @@ def test_documents_are_written_with_the_current_schema_version(store: Store) -> 
     store.save_response(make_response(0))
     (raw,) = store.db["responses"].find({})
     assert raw["schema_version"] == SCHEMA_VERSION
+
+
+def test_docs_store_md_shows_the_generated_schema_tables() -> None:
+    """docs/store.md's field tables come from the models' docstrings; regenerate them with
+    `python -m evaluator.store.schema_doc` after changing a field."""
+    text = schema_doc.DOC_PATH.read_text(encoding="utf-8")
+    assert schema_doc.embedded(text) == schema_doc.tables()
