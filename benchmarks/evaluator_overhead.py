@@ -112,7 +112,7 @@ def start_standin(n_tokens: int) -> tuple[subprocess.Popen[bytes], int]:
 
 def _plan(base_url: str, sequences: int, turns: int, runs: int, concurrency: int, tokens: int):  # type: ignore[no-untyped-def]
     from benchmarks.harness import writing_request
-    from evaluator.config import ModelEntry, Sequence, Turn
+    from evaluator.config import ModelEntry, PromptTurn, Sequence
     from evaluator.plan import build_plan
 
     model = ModelEntry(name="standin", base_url=base_url, model="standin", max_tokens=tokens,
@@ -121,7 +121,9 @@ def _plan(base_url: str, sequences: int, turns: int, runs: int, concurrency: int
         Sequence(
             name=f"seq{s}",
             system="You are a novelist.",
-            turns=[Turn(name=f"t{t}", text=writing_request(150, seed=s * 100 + t)) for t in range(turns)],
+            turns=[
+                PromptTurn(name=f"t{t}", text=writing_request(150, seed=s * 100 + t)) for t in range(turns)
+            ],
         )
         for s in range(sequences)
     ]

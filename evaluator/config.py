@@ -3,31 +3,29 @@
 `load_models` reads `config/models.yaml`, `load_prompts` reads `config/prompts.json`. Both
 validate everything on load: any problem is a `ConfigError` whose message names the file, the
 entry, the field, what is valid and how to fix it, and never echoes a secret. Pydantic models sit
-at the boundary; `_explain` turns their errors into those messages. docs/configuration.md
-documents both files.
+at the boundary; evaluator/config_messages.py turns their errors into those messages (the same
+translator as the rubric's). docs/configuration.md documents both files.
 """
 
 from __future__ import annotations
 
-import difflib
 import hashlib
 import json
 import os
-import re
-import types
 from pathlib import Path
-from typing import Annotated, Any, Protocol, TypeVar, Union, get_args, get_origin
+from typing import Annotated, Any, Protocol, TypeVar
 from urllib.parse import urlsplit
 
-import yaml
-from pydantic import (
-    BaseModel,
-    ConfigDict,
-    Field,
-    PrivateAttr,
-    ValidationError,
-    field_validator,
-    model_validator,
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
+
+from evaluator.config_messages import (
+    CONFIG,
+    ConfigError,
+    did_you_mean,
+    parse_json,
+    parse_yaml,
+    read_text,
+    validate,
 )
 
 __all__ = [
@@ -36,8 +34,8 @@ __all__ = [
     "ConfigError",
     "EvalSettings",
     "ModelEntry",
+    "PromptTurn",
     "Sequence",
-    "Turn",
     "load_models",
     "load_prompts",
     "select",
@@ -48,15 +46,6 @@ DEFAULT_PROMPTS_PATH = Path("config/prompts.json")
 _DOCS = "docs/configuration.md"
 _NAME_RE = r"^[A-Za-z0-9._-]+$"
 _ENV_RE = r"^[A-Za-z_][A-Za-z0-9_]*$"
-# Values of these fields (and anything under them) are never shown in messages.
-_SENSITIVE = frozenset({"api_key_env", "base_url", "extra_body"})
-_KEY_LIKE = frozenset({"api_key", "apikey", "key", "token", "api_token", "secret", "authorization"})
-_MAX_PROBLEMS = 15
-
-
-class ConfigError(Exception):
-    """A configuration problem. `str(error)` is the complete message for the user."""
-
 
 Name = Annotated[str, Field(pattern=_NAME_RE)]
 
@@ -208,7 +197,7 @@ class EvalSettings(_Strict):
         return self
 
 
-class Turn(_Strict):
+class PromptTurn(_Strict):
     """One user message of a sequence."""
 
     name: Name = Field(description="unique within its sequence, e.g. 'premise'")
@@ -228,7 +217,7 @@ class Sequence(_Strict):
     name: Name = Field(description="unique key for this sequence, used in results and --sequences")
     description: str | None = None
     system: str | None = None
-    turns: list[Turn] = Field(min_length=1, description="the user turns, in order")
+    turns: list[PromptTurn] = Field(min_length=1, description="the user turns, in order")
 
     @field_validator("system")
     @classmethod
@@ -297,15 +286,15 @@ def _check_unique(names: list[str], what: str, unit: str, scope: str) -> None:
 def load_models(path: Path) -> tuple[list[ModelEntry], EvalSettings]:
     """Read and validate a models file (YAML; JSON is valid YAML too)."""
     path = Path(path)
-    data = _parse_yaml(path, _read(path, "models"))
+    data = parse_yaml(path, read_text(path, "models", docs=_DOCS, default=DEFAULT_MODELS_PATH))
     if data is None:
         raise ConfigError(f"{path}: the file is empty; it needs a 'models:' list - see {_DOCS}")
     if not isinstance(data, dict):
         raise ConfigError(
             f"{path}: the top level must be a mapping with a 'models:' list (and an optional "
-            f"'settings:' block), got {_kind(data)} - see {_DOCS}"
+            f"'settings:' block), got {CONFIG.words.kind(data)} - see {_DOCS}"
         )
-    parsed = _validate(_ModelsFile, data, path)
+    parsed = validate(_ModelsFile, data, path, CONFIG)
     for entry in parsed.models:
         entry._source = str(path)
     return list(parsed.models), parsed.settings
@@ -314,16 +303,16 @@ def load_models(path: Path) -> tuple[list[ModelEntry], EvalSettings]:
 def load_prompts(path: Path) -> list[Sequence]:
     """Read and validate a prompts file (JSON)."""
     path = Path(path)
-    text = _read(path, "prompts")
+    text = read_text(path, "prompts", docs=_DOCS, default=DEFAULT_PROMPTS_PATH)
     if not text.strip():
         raise ConfigError(f'{path}: the file is empty; it needs {{"sequences": [...]}} - see {_DOCS}')
-    data = _parse_json(path, text)
+    data = parse_json(path, text)
     if not isinstance(data, dict):
         raise ConfigError(
-            f'{path}: the top level must be an object with a "sequences" list, got {_kind(data)}'
+            f'{path}: the top level must be an object with a "sequences" list, got {CONFIG.words.kind(data)}'
             f" - see {_DOCS}"
         )
-    return list(_validate(_PromptsFile, data, path).sequences)
+    return list(validate(_PromptsFile, data, path, CONFIG).sequences)
 
 
 class _Named(Protocol):
@@ -350,275 +339,8 @@ def select(items: list[N], names_csv: str | None, kind: str, path: Path | str) -
         )
     unknown = [name for name in wanted if name not in valid]
     if unknown:
-        lines = [f"unknown {kind} '{name}'{_did_you_mean(name, valid)}" for name in unknown]
+        lines = [f"unknown {kind} '{name}'{did_you_mean(name, valid)}" for name in unknown]
         lines.append(f"{kind}s defined in {path}: {', '.join(valid)}")
         raise ConfigError("\n".join(lines))
     by_name = {item.name: item for item in items}
     return [by_name[name] for name in wanted]
-
-
-def _read(path: Path, what: str) -> str:
-    try:
-        return path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        default = DEFAULT_MODELS_PATH if what == "models" else DEFAULT_PROMPTS_PATH
-        raise ConfigError(
-            f"{path}: {what} file not found (looked in {path.resolve()}). Create it - "
-            f"{_DOCS} describes the format and the repository ships a default {default}."
-        ) from None
-    except IsADirectoryError:
-        raise ConfigError(f"{path}: is a directory; expected the {what} file") from None
-    except UnicodeDecodeError as exc:
-        raise ConfigError(f"{path}: not UTF-8 text (bad byte at offset {exc.start})") from None
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read the {what} file: {exc.strerror}") from None
-
-
-class _UniqueKeyLoader(yaml.SafeLoader):
-    """SafeLoader that rejects a key given twice in one mapping (PyYAML keeps the last)."""
-
-    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
-        seen: dict[Any, int] = {}
-        for key_node, _ in node.value:
-            if not isinstance(key_node, yaml.ScalarNode) or key_node.tag.endswith(":merge"):
-                continue
-            key = self.construct_object(key_node, deep=deep)
-            if key in seen:
-                raise yaml.constructor.ConstructorError(
-                    None,
-                    None,
-                    f"duplicate key '{key}' (first at line {seen[key]}); remove one",
-                    key_node.start_mark,
-                )
-            seen[key] = key_node.start_mark.line + 1
-        return super().construct_mapping(node, deep=deep)
-
-
-_YAML_HINT = " (check the indentation, and quote values that contain ': ' or start with '#')"
-
-
-def _parse_yaml(path: Path, text: str) -> Any:
-    try:
-        return yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
-    except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        hint = "" if isinstance(exc, yaml.constructor.ConstructorError) else _YAML_HINT
-        raise ConfigError(f"{path}: invalid YAML{where}: {exc.problem or exc.context}{hint}") from None
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: invalid YAML: {exc}") from None
-
-
-class _DuplicateKey(ValueError):
-    pass
-
-
-def _unique_pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    result: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in result:
-            raise _DuplicateKey(key)
-        result[key] = value
-    return result
-
-
-def _parse_json(path: Path, text: str) -> Any:
-    try:
-        return json.loads(text, object_pairs_hook=_unique_pairs)
-    except json.JSONDecodeError as exc:
-        raise ConfigError(
-            f"{path}: invalid JSON at line {exc.lineno}, column {exc.colno}: {exc.msg} "
-            "(JSON allows no comments and no trailing commas)"
-        ) from None
-    except _DuplicateKey as exc:
-        raise ConfigError(
-            f'{path}: duplicate key "{exc.args[0]}" in one object (JSON would keep only the '
-            "last); remove or rename one"
-        ) from None
-
-
-# Turning pydantic's errors into ours
-
-M = TypeVar("M", bound=BaseModel)
-# field name -> (noun for one item, model of one item)
-_NESTED: dict[str, tuple[str, type[BaseModel]]] = {
-    "models": ("model", ModelEntry),
-    "settings": ("settings", EvalSettings),
-    "sequences": ("sequence", Sequence),
-    "turns": ("turn", Turn),
-}
-_PLURALS: dict[Any, str] = {
-    str: "strings",
-    ModelEntry: "model entries",
-    Sequence: "sequences",
-    Turn: "turns",
-}
-_WORDS: dict[Any, str] = {float: "a number", int: "an integer", str: "a string", bool: "true/false"}
-
-
-def _validate(cls: type[M], data: dict[str, Any], path: Path) -> M:
-    try:
-        return cls.model_validate(data)
-    except ValidationError as exc:
-        raise ConfigError(_explain(exc, cls, data, path)) from None
-
-
-def _explain(exc: ValidationError, root: type[BaseModel], data: Any, path: Path) -> str:
-    lines = []
-    for error in exc.errors():
-        where, owner, rest = _locate(error["loc"], root, data)
-        prefix = f"{path}: {where}: " if where else f"{path}: "
-        lines.append(prefix + _describe(error, owner, rest, top=not where))
-    if len(lines) > _MAX_PROBLEMS:
-        lines[_MAX_PROBLEMS:] = [f"... and {len(lines) - _MAX_PROBLEMS} more problems"]
-    return "\n".join(lines)
-
-
-def _locate(
-    loc: tuple[int | str, ...], root: type[BaseModel], data: Any
-) -> tuple[str, type[BaseModel], list[int | str]]:
-    """Split an error location into a readable entry ("model 'x' (entry 2)"), the model that
-    owns the field, and the rest of the path."""
-    parts: list[str] = []
-    owner, node, i = root, data, 0
-    while i < len(loc):
-        key = loc[i]
-        if not (isinstance(key, str) and key in _NESTED and key in owner.model_fields):
-            break
-        noun, sub = _NESTED[key]
-        child = node.get(key) if isinstance(node, dict) else None
-        if key == "settings":
-            parts.append("settings")
-            owner, node, i = sub, child, i + 1
-            continue
-        if i + 1 >= len(loc) or not isinstance(loc[i + 1], int):
-            break
-        index = int(loc[i + 1])
-        item = child[index] if isinstance(child, list) and index < len(child) else None
-        name = item.get("name") if isinstance(item, dict) else None
-        unit = "turn" if noun == "turn" else "entry"
-        if isinstance(name, str) and name:
-            parts.append(f"{noun} '{name}' ({unit} {index + 1})")
-        else:
-            parts.append(f"turn {index + 1}" if noun == "turn" else f"{noun} entry {index + 1}")
-        owner, node, i = sub, item, i + 2
-    return ", ".join(parts), owner, list(loc[i:])
-
-
-def _describe(error: Any, owner: type[BaseModel], rest: list[int | str], top: bool) -> str:
-    kind = error["type"]
-    field = str(rest[0]) if rest else ""
-    dotted = _dotted(rest)
-    if kind == "extra_forbidden":
-        unknown = str(rest[-1])
-        where = "top-level field" if top and len(rest) == 1 else "field"
-        return f"unknown {where} '{unknown}'" + _unknown_hint(unknown, list(owner.model_fields))
-    if kind == "missing":
-        info = owner.model_fields.get(field)
-        about = f" ({info.description})" if info is not None and info.description else ""
-        return f"missing required field '{dotted}'{about}"
-    if kind == "value_error":
-        message = str(error["ctx"]["error"])
-        return f"{dotted}: {message}" if dotted else message
-    if kind == "string_pattern_mismatch" and field == "api_key_env":
-        return (
-            "api_key_env must be the NAME of an environment variable (letters, digits and '_'), "
-            "e.g. OPENAI_API_KEY - never the key itself"
-        )
-    if kind == "string_pattern_mismatch" and field == "name":
-        value = str(error["input"])
-        if not value:
-            return "name must not be empty"
-        fixed = re.sub(r"[^A-Za-z0-9._-]+", "-", value).strip("-") or "my-name"
-        return (
-            f"name '{value}' may only use letters, digits, '.', '_' and '-' "
-            f"(names become result keys), e.g. '{fixed}'"
-        )
-    if not rest:
-        fields = ", ".join(owner.model_fields)
-        return f"expected a mapping of fields ({fields}), got {_kind(error['input'])}"
-    sensitive = any(str(part) in _SENSITIVE for part in rest)
-    got = _shown(error["input"], sensitive)
-    if len(rest) == 1 and field in owner.model_fields:
-        return f"{field}: expected {_expected(owner, field)}, got {got}"
-    return f"{dotted}: {error['msg'][0].lower()}{error['msg'][1:]}, got {got}"
-
-
-def _unknown_hint(unknown: str, valid: list[str]) -> str:
-    hint = _did_you_mean(unknown, valid)
-    if unknown.lower() in _KEY_LIKE:
-        return (
-            (hint or " - did you mean 'api_key_env'?")
-            + " Keys never go in this file: put the key in an environment variable and set "
-            "api_key_env to that variable's name."
-        )
-    return hint or f" (valid fields: {', '.join(valid)})"
-
-
-def _did_you_mean(name: str, valid: list[str]) -> str:
-    close = difflib.get_close_matches(name, valid, n=1, cutoff=0.6)
-    return f" - did you mean '{close[0]}'?" if close else ""
-
-
-def _expected(owner: type[BaseModel], field: str) -> str:
-    """'a number from 0 to 2', 'a non-empty list of turns', ... from the field's declaration."""
-    info = owner.model_fields[field]
-    annotation: Any = info.annotation
-    optional = False
-    if get_origin(annotation) in (Union, types.UnionType):
-        args = [arg for arg in get_args(annotation) if arg is not type(None)]
-        optional, annotation = len(args) < len(get_args(annotation)), args[0]
-    bounds = {
-        name: getattr(meta, name)
-        for meta in info.metadata
-        for name in ("ge", "gt", "le", "min_length")
-        if getattr(meta, name, None) is not None
-    }
-    if get_origin(annotation) is list:
-        item = get_args(annotation)[0]
-        words = f"a list of {_PLURALS.get(item, 'items')}"
-        if bounds.get("min_length"):
-            words = "a non-empty " + words[2:]
-    elif get_origin(annotation) is dict or (
-        isinstance(annotation, type) and issubclass(annotation, BaseModel)
-    ):
-        words = "a mapping"
-    else:
-        words = _WORDS.get(annotation, "a value")
-        if bounds.get("min_length"):
-            words = "a non-empty string"
-    if "ge" in bounds and "le" in bounds:
-        words += f" from {bounds['ge']:g} to {bounds['le']:g}"
-    elif "gt" in bounds:
-        words += f" greater than {bounds['gt']:g}"
-    elif "ge" in bounds:
-        words += f" of at least {bounds['ge']:g}"
-    return words + (" (or leave the field out)" if optional else "")
-
-
-def _dotted(rest: list[int | str]) -> str:
-    return "".join(f"[{part}]" if isinstance(part, int) else f".{part}" for part in rest).lstrip(".")
-
-
-def _kind(value: Any) -> str:
-    if value is None:
-        return "an empty value"
-    if isinstance(value, bool):
-        return "true/false"
-    if isinstance(value, (int, float)):
-        return "a number"
-    if isinstance(value, str):
-        return "a string"
-    if isinstance(value, list):
-        return "a list" if value else "an empty list"
-    if isinstance(value, dict):
-        return "a mapping"
-    return f"a {type(value).__name__}"
-
-
-def _shown(value: Any, sensitive: bool) -> str:
-    if sensitive or value is None or isinstance(value, (list, dict)):
-        return _kind(value)
-    text = json.dumps(value, default=str, ensure_ascii=False)
-    text = text if len(text) <= 40 else text[:37] + "..."
-    return text if isinstance(value, (int, float)) else f"{text} ({_kind(value)})"

@@ -70,6 +70,12 @@ class Heartbeat:
     def start(self) -> None:
         self._thread.start()
 
+    @property
+    def running(self) -> bool:
+        """True while the beat thread lives: after `stop()`, or once `beat` returned False, it
+        ends at its next wake-up, and from then on `beat` is never called again."""
+        return self._thread.is_alive()
+
     def stop(self) -> None:
         """Stop beating; waits briefly for a beat in flight, never for a hung database."""
         self._stop.set()

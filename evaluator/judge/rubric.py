@@ -1,25 +1,25 @@
 """The judging rubric (`config/rubric.json`): criteria, scales, prompt templates, output format.
 
 Validated completely on load, like the other config files: any problem is a `ConfigError` whose
-lines name the file, the field (with the criterion's name) and the fix. `Rubric.version_id` is
-what every stored judgement carries as `rubric_version`: the file's `version` plus a short hash
-of everything that changes a judgement, so an edited rubric judges afresh instead of mixing its
-scores with the old ones. docs/judging.md documents the file.
+lines name the file, the field (with the criterion's name) and the fix; evaluator/config_messages.py
+words them, as it does for models.yaml and prompts.json. `Rubric.version_id` is what every stored
+judgement carries as `rubric_version`: the file's `version` plus a short hash of everything that
+changes a judgement, so an edited rubric judges afresh instead of mixing its scores with the old
+ones. docs/judging.md documents the file.
 """
 
 from __future__ import annotations
 
 import difflib
-import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from evaluator.config import ConfigError, _parse_json
-from evaluator.records import stable_hash
+from evaluator.config_messages import RUBRIC, ConfigError, parse_json, read_text, validate
+from evaluator.records import TargetKind, stable_hash
 
 __all__ = [
     "DEFAULT_RUBRIC_PATH",
@@ -36,8 +36,7 @@ _DOCS = "docs/judging.md"
 # schema) changes in a way that changes judgements: it is part of the rubric hash.
 RENDER_REVISION = 1
 
-TargetKind = Literal["response", "sequence"]
-KINDS: tuple[TargetKind, ...] = ("response", "sequence")
+KINDS: tuple[TargetKind, ...] = get_args(TargetKind)
 ResponseFormat = Literal["json_schema", "openai_json_schema", "json_object", "none"]
 
 # Placeholders each kind's template may use, and the ones it must use.
@@ -218,117 +217,14 @@ def _check_placeholders(kind: str, template: str) -> None:
 def load_rubric(path: Path) -> Rubric:
     """Read and validate a rubric file (JSON); ConfigError naming the file and field otherwise."""
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ConfigError(
-            f"{path}: rubric file not found (looked in {path.resolve()}). Create it - {_DOCS} "
-            f"describes the format and the repository ships a default {DEFAULT_RUBRIC_PATH} "
-            "- or point --rubric at one."
-        ) from None
-    except IsADirectoryError:
-        raise ConfigError(f"{path}: is a directory; expected the rubric file") from None
-    except UnicodeDecodeError as exc:
-        raise ConfigError(f"{path}: not UTF-8 text (bad byte at offset {exc.start})") from None
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read the rubric file: {exc.strerror}") from None
+    text = read_text(
+        path, "rubric", docs=_DOCS, default=DEFAULT_RUBRIC_PATH, alternative=" - or point --rubric at one"
+    )
     if not text.strip():
         raise ConfigError(f"{path}: the file is empty; it needs a version and criteria - see {_DOCS}")
-    data = _parse_json(path, text)
+    data = parse_json(path, text)
     if not isinstance(data, dict):
-        raise ConfigError(f"{path}: the top level must be an object (see {_DOCS}), got {_kind(data)}")
-    try:
-        return Rubric.model_validate(data)
-    except ValidationError as exc:
-        raise ConfigError(_explain(exc, data, path)) from None
-
-
-# Turning pydantic's errors into messages naming the field
-
-_OWNERS: dict[str, type[BaseModel]] = {
-    "response": TargetRubric,
-    "sequence": TargetRubric,
-    "criteria": Criterion,
-    "scale": Scale,
-}
-
-
-def _explain(exc: ValidationError, data: Any, path: Path) -> str:
-    lines = []
-    for error in exc.errors():
-        loc = list(error["loc"])
-        kind = error["type"]
-        if kind == "value_error":
-            message = str(error["ctx"]["error"])
-            where = _where(loc, data)
-            lines.append(f"{path}: {where}: {message}" if where else f"{path}: {message}")
-            continue
-        if kind == "extra_forbidden":
-            owner = _owner(loc[:-1])
-            unknown = str(loc[-1])
-            close = difflib.get_close_matches(unknown, list(owner.model_fields), n=1, cutoff=0.6)
-            hint = f" - did you mean '{close[0]}'?" if close else f" (valid: {', '.join(owner.model_fields)})"
-            where = _where(loc[:-1], data)
-            prefix = f"{path}: {where}: " if where else f"{path}: "
-            lines.append(f"{prefix}unknown field '{unknown}'{hint}")
-            continue
-        where = _where(loc, data)
-        if kind == "missing":
-            owner = _owner(loc[:-1])
-            info = owner.model_fields.get(str(loc[-1]))
-            about = f" ({info.description})" if info is not None and info.description else ""
-            lines.append(f"{path}: {where}: missing required field{about}")
-            continue
-        msg = error["msg"]
-        lines.append(f"{path}: {where}: {msg[0].lower()}{msg[1:]}, got {_shown(error.get('input'))}")
-    return "\n".join(lines[:15] + ([f"... and {len(lines) - 15} more problems"] if len(lines) > 15 else []))
-
-
-def _owner(loc: list[Any]) -> type[BaseModel]:
-    owner: type[BaseModel] = Rubric
-    for part in loc:
-        if isinstance(part, str) and part in _OWNERS and part in owner.model_fields:
-            owner = _OWNERS[part]
-    return owner
-
-
-def _where(loc: list[Any], data: Any) -> str:
-    """`response.criteria[2] ('prose').scale.max`: the dotted field, with a criterion's name."""
-    out = ""
-    node = data
-    for part in loc:
-        if isinstance(part, int):
-            out += f"[{part}]"
-            node = node[part] if isinstance(node, list) and part < len(node) else None
-            name = node.get("name") if isinstance(node, dict) else None
-            if isinstance(name, str) and name:
-                out += f" ('{name}')"
-        else:
-            out += f".{part}" if out else str(part)
-            node = node.get(part) if isinstance(node, dict) else None
-    return out
-
-
-def _kind(value: Any) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "true/false"
-    if isinstance(value, (int, float)):
-        return "a number"
-    if isinstance(value, str):
-        return "a string"
-    if isinstance(value, list):
-        return "a list"
-    if isinstance(value, dict):
-        return "an object"
-    return type(value).__name__
-
-
-def _shown(value: Any) -> str:
-    if value is None or isinstance(value, (list, dict)):
-        return _kind(value)
-    text = json.dumps(value, ensure_ascii=False)
-    text = text if len(text) <= 40 else text[:37] + "..."
-    numeric = isinstance(value, (int, float)) and not isinstance(value, bool)
-    return text if numeric else f"{text} ({_kind(value)})"
+        raise ConfigError(
+            f"{path}: the top level must be an object (see {_DOCS}), got {RUBRIC.words.kind(data)}"
+        )
+    return validate(Rubric, data, path, RUBRIC)

@@ -97,7 +97,7 @@ class EmbeddedServer:
         return self.data_dir / LOG_FILE
 
     def alive(self) -> bool:
-        return _pid_alive(self.pid)
+        return pid_alive(self.pid)
 
     def release(self) -> None:
         """Drop this handle's lease; stop the server if no other live lease remains."""
@@ -106,7 +106,7 @@ class EmbeddedServer:
         self._released = True
         atexit.unregister(self.release)
         if not self.data_dir.is_dir():  # folder removed under us (a test's temp dir)
-            if self.started_here and _pid_alive(self.pid) and _is_nx_process(self.pid):
+            if self.started_here and pid_alive(self.pid) and _is_nx_process(self.pid):
                 _stop_pid(self.pid)
             return
         with _locked(self.data_dir):
@@ -226,7 +226,7 @@ def _live_leases(root: Path) -> list[Path]:
     live = []
     for lease in (root / LEASES_SUBDIR).glob("*"):
         pid_text = lease.name.split(".", 1)[0]
-        if pid_text.isdigit() and _pid_alive(int(pid_text)):
+        if pid_text.isdigit() and pid_alive(int(pid_text)):
             live.append(lease)
         else:
             lease.unlink(missing_ok=True)
@@ -236,8 +236,11 @@ def _live_leases(root: Path) -> list[Path]:
 # -- processes ------------------------------------------------------------------------------
 
 
-def _pid_alive(pid: int) -> bool:
-    """True if `pid` runs and is not a zombie (a container's PID 1 may never reap it)."""
+def pid_alive(pid: int) -> bool:
+    """True if `pid` runs and is not a zombie (a container's PID 1 may never reap it).
+
+    Public so that tests can wait for a server to be gone the way this module does.
+    """
     if pid <= 0:
         return False
     try:
@@ -317,7 +320,7 @@ def _stop_pid(pid: int, timeout: float = STOP_TIMEOUT_S) -> None:
             return
         deadline = time.monotonic() + wait
         while time.monotonic() < deadline:
-            if not _pid_alive(pid):
+            if not pid_alive(pid):
                 return
             time.sleep(0.05)
     raise EmbeddedServerError(f"the embedded database (pid {pid}) did not stop; kill it by hand")
@@ -327,7 +330,7 @@ def _reuse(root: Path) -> EmbeddedServer | None:
     """The running instance recorded in server.json, or None after clearing stale state."""
     state = _read_state(root)
     pid_file = root / PID_FILE
-    if state is not None and _pid_alive(state["pid"]):
+    if state is not None and pid_alive(state["pid"]):
         if _answers_ping(state["port"], timeout=2.0):
             return EmbeddedServer(root, state["port"], state["pid"], started_here=False)
         if _is_nx_process(state["pid"]):
@@ -339,7 +342,7 @@ def _reuse(root: Path) -> EmbeddedServer | None:
     # Stale: the recorded process is gone (crash, reboot, SIGKILL) or the pid was reused.
     _clear_state(root)
     other = _read_pid(pid_file)
-    if other is not None and _pid_alive(other) and _is_nx_process(other):
+    if other is not None and pid_alive(other) and _is_nx_process(other):
         raise EmbeddedServerError(
             f"an nx-27017 process (pid {other}) not started by StoryBench uses {root}. "
             f"Fix: stop it (`nx-27017 --stop --pid-file {pid_file}`) and re-run."
@@ -404,7 +407,7 @@ def _spawn(root: Path, port: int, timeout: float) -> tuple[int | None, str]:
     seen_pid: int | None = None
     while time.monotonic() < deadline:
         pid = _read_pid(pid_file)
-        if pid is not None and _pid_alive(pid):
+        if pid is not None and pid_alive(pid):
             seen_pid = pid
             if _answers_ping(port, timeout=0.5):
                 return pid, ""
@@ -412,7 +415,7 @@ def _spawn(root: Path, port: int, timeout: float) -> tuple[int | None, str]:
             time.sleep(0.3)  # let it finish writing the traceback
             return None, _log_error(log, offset) or "the server exited"
         time.sleep(0.1)
-    if seen_pid is not None and _pid_alive(seen_pid):
+    if seen_pid is not None and pid_alive(seen_pid):
         with contextlib.suppress(EmbeddedServerError):
             _stop_pid(seen_pid)
     last = _log_error(log, offset)

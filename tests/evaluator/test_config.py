@@ -15,8 +15,8 @@ from evaluator.config import (
     ConfigError,
     EvalSettings,
     ModelEntry,
+    PromptTurn,
     Sequence,
-    Turn,
     load_models,
     load_prompts,
     select,
@@ -109,14 +109,14 @@ def test_default_prompts_are_our_creative_writing_set() -> None:
 
 def test_docs_describe_every_field() -> None:
     docs = DOCS.read_text(encoding="utf-8")
-    for cls in (ModelEntry, EvalSettings, Sequence, Turn):
+    for cls in (ModelEntry, EvalSettings, Sequence, PromptTurn):
         for field in cls.model_fields:
             assert f"`{field}`" in docs, f"{cls.__name__}.{field} is not documented"
 
 
 def test_public_api() -> None:
     assert set(config.__all__) >= {
-        "ConfigError", "ModelEntry", "Sequence", "Turn", "EvalSettings",
+        "ConfigError", "ModelEntry", "Sequence", "PromptTurn", "EvalSettings",
         "load_models", "load_prompts", "select",
     }  # fmt: skip
 
@@ -539,14 +539,14 @@ def test_content_hash_is_sha256_of_canonical_system_and_turns(tmp_path: Path) ->
     assert loaded.content_hash == hashlib.sha256(canonical.encode()).hexdigest()
 
     def variant(**changes: object) -> str:
-        data = {"name": "story", "system": "Be brief.", "turns": [Turn(name="premise", text="Once")]}
+        data = {"name": "story", "system": "Be brief.", "turns": [PromptTurn(name="premise", text="Once")]}
         return Sequence.model_validate({**data, **changes}).content_hash
 
     assert variant() == loaded.content_hash
     assert variant(name="renamed", description="other") == loaded.content_hash
     assert variant(system=None) != loaded.content_hash
-    assert variant(turns=[Turn(name="premise", text="Once.")]) != loaded.content_hash
-    assert variant(turns=[Turn(name="opening", text="Once")]) != loaded.content_hash
+    assert variant(turns=[PromptTurn(name="premise", text="Once.")]) != loaded.content_hash
+    assert variant(turns=[PromptTurn(name="opening", text="Once")]) != loaded.content_hash
 
 
 # select

@@ -8,13 +8,14 @@ import os
 import subprocess
 import threading
 import time
+from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import pytest
 
 from evaluator.heartbeat import HEARTBEAT_ENV, Heartbeat, heartbeat_interval
-from evaluator.records import DEFAULT_HEARTBEAT_S
+from evaluator.records import DEFAULT_HEARTBEAT_S, RunRecord
 from evaluator.store.liveness import (
     ABANDONED,
     UNKNOWN,
@@ -24,6 +25,7 @@ from evaluator.store.liveness import (
     run_state,
     stale_after,
 )
+from tests.support.documents import make_run
 
 HERE = "this-host"
 NOW = datetime(2026, 11, 28, 12, 0, tzinfo=timezone.utc)
@@ -35,30 +37,51 @@ def dead_pid() -> int:
     return proc.pid
 
 
-def running(**fields: Any) -> dict[str, Any]:
-    doc: dict[str, Any] = {"_id": "r", "status": "running", "started_at": NOW - timedelta(minutes=5)}
-    doc.update(fields)
-    return doc
+def running(**fields: Any) -> RunRecord:
+    """A run stored as "running" five minutes ago, as the store reads it back (validated)."""
+    doc = make_run("r", started=NOW - timedelta(minutes=5)).to_doc() | fields
+    return RunRecord.model_validate(doc)
 
 
-def state(doc: dict[str, Any]) -> tuple[str, str | None]:
+def state(doc: RunRecord) -> tuple[str, str | None]:
     found = run_state(doc, now=NOW, hostname=HERE)
     return found.status, found.hint
 
 
 # -- the thread ---------------------------------------------------------------------------------
+# No test here depends on speed: beats are counted by events, and every wait has a deadline far
+# beyond what a busy machine needs, so a failure means a broken heartbeat, not a slow one.
+
+DEADLINE_S = 30.0
 
 
-def test_heartbeat_beats_until_stopped_and_stops_promptly() -> None:
-    calls: list[float] = []
-    with Heartbeat(lambda: calls.append(time.monotonic()) is None, 0.05) as beats:
-        deadline = time.monotonic() + 5
-        while len(calls) < 3 and time.monotonic() < deadline:
-            time.sleep(0.01)
-    stopped = len(calls)
-    assert stopped >= 3 and beats.beats == stopped and beats.failures == 0
-    time.sleep(0.2)
-    assert len(calls) == stopped  # no beat after stop
+def wait_until(condition: Callable[[], bool], deadline_s: float = DEADLINE_S) -> bool:
+    """Poll `condition` until it holds (True) or the deadline passes (False)."""
+    deadline = time.monotonic() + deadline_s
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.01)
+    return True
+
+
+def test_heartbeat_beats_until_stopped_and_never_after() -> None:
+    calls = 0
+    three = threading.Event()
+
+    def beat() -> bool:
+        nonlocal calls
+        calls += 1
+        if calls == 3:
+            three.set()
+        return True
+
+    with Heartbeat(beat, 0.01) as beats:
+        assert beats.running
+        assert three.wait(DEADLINE_S), "three beats never came"
+    # stop() waits for the thread only briefly; once it has ended no beat can follow.
+    assert wait_until(lambda: not beats.running), "the heartbeat thread outlived stop()"
+    assert calls >= 3 and beats.beats == calls and beats.failures == 0
 
 
 def test_heartbeat_ends_when_the_run_is_no_longer_running() -> None:
@@ -69,8 +92,13 @@ def test_heartbeat_ends_when_the_run_is_no_longer_running() -> None:
         calls += 1
         return calls < 2
 
-    with Heartbeat(beat, 0.02) as beats:
-        time.sleep(0.3)
+    beats = Heartbeat(beat, 0.01)
+    beats.start()
+    try:
+        # Nobody calls stop(): the thread must end by itself after the beat that returned False.
+        assert wait_until(lambda: not beats.running), "the heartbeat went on after beat() said False"
+    finally:
+        beats.stop()
     assert calls == 2 and beats.beats == 1
 
 
@@ -88,9 +116,10 @@ def test_a_failing_beat_is_logged_once_and_the_beats_go_on(caplog: pytest.LogCap
 
     with (
         caplog.at_level(logging.WARNING, logger="evaluator.heartbeat"),
-        Heartbeat(beat, 0.02, what="run r1") as beats,
+        Heartbeat(beat, 0.01, what="run r1") as beats,
     ):
-        assert recovered.wait(5)
+        assert recovered.wait(DEADLINE_S), "the beats stopped after a failure"
+    assert wait_until(lambda: not beats.running)
     warnings = [r.getMessage() for r in caplog.records if r.name == "evaluator.heartbeat"]
     assert len(warnings) == 1, warnings
     assert "run r1" in warnings[0] and "stopped answering" in warnings[0] and "goes on" in warnings[0]
@@ -103,16 +132,22 @@ def test_stop_does_not_wait_for_a_hung_beat() -> None:
 
     def beat() -> bool:
         started.set()
-        release.wait(30)
+        release.wait()  # a database that never answers, until the test lets it
         return True
 
     beats = Heartbeat(beat, 0.01)
     beats.start()
-    assert started.wait(5)
-    t0 = time.monotonic()
-    beats.stop()
-    assert time.monotonic() - t0 < 5  # bounded by the stop wait, not the hung database
-    release.set()
+    try:
+        assert started.wait(DEADLINE_S)
+        stopper = threading.Thread(target=beats.stop, daemon=True)
+        stopper.start()
+        stopper.join(DEADLINE_S)
+        assert not stopper.is_alive(), "stop() waited for the hung beat"
+        assert beats.running, "the beat was not hung when stop() returned"
+    finally:
+        release.set()
+    assert wait_until(lambda: not beats.running), "the thread did not end once the beat returned"
+    assert beats.beats == 1
 
 
 @pytest.mark.parametrize(
@@ -196,7 +231,7 @@ def test_the_threshold_follows_the_runs_own_interval() -> None:
     doc = running(host="elsewhere", pid=1, heartbeat_s=1.0, heartbeat_at=NOW - timedelta(seconds=40))
     assert stale_after(doc) == timedelta(seconds=33)
     assert state(doc)[0] == ABANDONED
-    assert stale_after({}) == timedelta(seconds=3 * DEFAULT_HEARTBEAT_S + 30)
+    assert stale_after(running()) == timedelta(seconds=3 * DEFAULT_HEARTBEAT_S + 30)
 
 
 def test_records_from_before_heartbeats_are_unknown_once_old() -> None:

@@ -12,7 +12,7 @@ import pytest
 import respx
 
 from evaluator.client import RetryPolicy
-from evaluator.config import ModelEntry, Sequence, Turn
+from evaluator.config import ModelEntry, PromptTurn, Sequence
 from evaluator.endpoint import EndpointInfo
 from evaluator.plan import build_plan
 from evaluator.records import ResponseRecord
@@ -108,7 +108,7 @@ def sequence(n_turns: int = 3, system: str | None = "You are a novelist.") -> Se
     return Sequence(
         name="saga",
         system=system,
-        turns=[Turn(name=f"t{i}", text=f"Write part {i} of the story.") for i in range(n_turns)],
+        turns=[PromptTurn(name=f"t{i}", text=f"Write part {i} of the story.") for i in range(n_turns)],
     )
 
 

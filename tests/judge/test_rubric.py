@@ -143,4 +143,7 @@ def test_the_command_exits_2_with_the_message(memory_store: MemoryStore, tmp_pat
     assert result.exit_code == 2
     out = flat(result.output)
     assert str(path) in out and "response.criteria[1] ('continuity'): unknown field 'scal'" in out
-    assert "Traceback" not in result.output and memory_store.saves == 0
+    with pytest.raises(ConfigError) as caught:
+        load_rubric(path)
+    assert flat(str(caught.value)) in out  # the loader's whole message, fix included
+    assert memory_store.saves == 0

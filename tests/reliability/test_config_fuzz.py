@@ -32,7 +32,15 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from evaluator.cli import cli as eval_cli
-from evaluator.config import ConfigError, EvalSettings, ModelEntry, Sequence, Turn, load_models, load_prompts
+from evaluator.config import (
+    ConfigError,
+    EvalSettings,
+    ModelEntry,
+    PromptTurn,
+    Sequence,
+    load_models,
+    load_prompts,
+)
 from tests.support.servers import model_entry
 
 # Examples per property (the CLI properties run a third); STORYBENCH_FUZZ_CASES raises it, and
@@ -196,7 +204,7 @@ def test_load_prompts_gives_sequences_or_a_config_error(
         return
     _count("load_prompts_valid")
     assert sequences and all(isinstance(s, Sequence) and s.turns for s in sequences)
-    assert all(isinstance(t, Turn) and t.text.strip() for s in sequences for t in s.turns)
+    assert all(isinstance(t, PromptTurn) and t.text.strip() for s in sequences for t in s.turns)
 
 
 class _Listener:
@@ -261,7 +269,7 @@ def test_the_cli_refuses_a_bad_config_before_contacting_anything(
     )  # fmt: skip
     _count("eval_cli_bad_configs")
     assert result.exit_code == 2, (result.output, result.exception)
-    assert not isinstance(result.exception, Exception) or isinstance(result.exception, SystemExit)
+    assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
     assert TRACEBACK not in result.output
     assert str(models) in result.output or str(prompts) in result.output, result.output
     assert listener.connections == before, "a bad config reached the endpoint or the database"
@@ -421,7 +429,7 @@ def test_serve_check_cli_never_shows_a_traceback(scratch: Path, models_dir: Path
         result = CliRunner().invoke(serve_main, ["--config", str(path), "--check"])
         _count("serve_check_cli")
         assert result.exit_code in (0, 1), (result.output, result.exception)
-        assert not isinstance(result.exception, Exception) or isinstance(result.exception, SystemExit)
+        assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
         assert TRACEBACK not in result.output
 
     check()

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from evaluator.client import RetryPolicy
-from evaluator.config import ModelEntry, Sequence, Turn
+from evaluator.config import ModelEntry, PromptTurn, Sequence
 from evaluator.plan import build_plan
 from evaluator.runner import Runner
 from evaluator.store import Store
@@ -66,7 +66,7 @@ def sequences(n: int = 1, turns: int = 2) -> list[Sequence]:
         Sequence(
             name=f"saga-{s}",
             system=SYSTEM,
-            turns=[Turn(name=f"t{t}", text=f"Write part {t} of story {s}.") for t in range(turns)],
+            turns=[PromptTurn(name=f"t{t}", text=f"Write part {t} of story {s}.") for t in range(turns)],
         )
         for s in range(n)
     ]

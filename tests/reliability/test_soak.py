@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 
 from evaluator.cli import _run
-from evaluator.config import EvalSettings, ModelEntry, Sequence, Turn
+from evaluator.config import EvalSettings, ModelEntry, PromptTurn, Sequence
 from evaluator.endpoint import EndpointInfo
 from evaluator.records import ResponseRecord
 from evaluator.store import Store
@@ -54,7 +54,7 @@ def soak_sequences() -> list[Sequence]:
         Sequence(
             name=f"saga-{s}",
             system=f"You are novelist number {s}.",
-            turns=[Turn(name=f"t{t}", text=f"Write part {t} of story {s}.") for t in range(TURNS)],
+            turns=[PromptTurn(name=f"t{t}", text=f"Write part {t} of story {s}.") for t in range(TURNS)],
         )
         for s in range(SEQUENCES)
     ]
