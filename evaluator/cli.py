@@ -3,20 +3,23 @@
 from __future__ import annotations
 
 import asyncio
-import subprocess
 import sys
-import uuid
-from importlib import metadata
 from pathlib import Path
-from typing import Any
 
 import click
-from rich.console import Console
-from rich.markup import escape
 
+from evaluator import judge, report
+from evaluator.cli_common import (
+    EXIT_CONFIG,
+    EXIT_FAILED,
+    console,
+    fail,
+    resolve_run_or_exit,
+)
 from evaluator.cli_options import db_option, mongo_option
-from evaluator.client import RetryPolicy
 from evaluator.config import (
+    DEFAULT_MODELS_PATH,
+    DEFAULT_PROMPTS_PATH,
     ConfigError,
     EvalSettings,
     ModelEntry,
@@ -25,53 +28,18 @@ from evaluator.config import (
     load_prompts,
     select,
 )
-from evaluator.endpoint import EndpointError, EndpointInfo, probe
-from evaluator.heartbeat import Heartbeat, heartbeat_interval, process_identity
-from evaluator.plan import build_plan, estimate, model_config_hashes
-from evaluator.progress import RunProgress, plan_table, summary_table
-from evaluator.records import DEFAULT_HEARTBEAT_S, RunRecord, utcnow
-from evaluator.runner import ModelStats, RunAborted, Runner
+from evaluator.endpoint import EndpointError, probe_all
+from evaluator.evaluate import Evaluation, evaluate
+from evaluator.heartbeat import heartbeat_interval
+from evaluator.plan import build_plan, estimate
+from evaluator.progress import plan_table
 from evaluator.store import (
-    Store,
     StoreError,
     export_responses,
     format_run_detail,
     format_runs_table,
     open_store,
 )
-
-DEFAULT_MODELS = Path("config/models.yaml")
-DEFAULT_PROMPTS = Path("config/prompts.json")
-
-console = Console()
-err_console = Console(stderr=True)
-
-EXIT_CONFIG = 2
-EXIT_INCOMPLETE = 3
-
-
-def fail(message: str, code: int = EXIT_CONFIG) -> None:
-    err_console.print(f"[bold red]error:[/bold red] {escape(message)}", highlight=False)
-    sys.exit(code)
-
-
-def code_version() -> str:
-    try:
-        version = metadata.version("storybench")
-    except metadata.PackageNotFoundError:
-        version = "unknown"
-    try:
-        commit = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"],
-            cwd=Path(__file__).resolve().parent,
-            capture_output=True,
-            text=True,
-            timeout=5,
-            check=False,
-        ).stdout.strip()
-    except OSError:
-        commit = ""
-    return f"{version}+{commit}" if commit else version
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -99,34 +67,12 @@ def _load(
     return models, settings, sequences
 
 
-def _snapshot(
-    models: list[ModelEntry],
-    sequences: list[Sequence],
-    runs: int,
-    concurrency: int,
-    settings: EvalSettings,
-) -> dict[str, Any]:
-    """Everything that shaped the run; model entries hold env-var names, never keys."""
-    return {
-        "models": [m.model_dump(mode="json") for m in models],
-        "sequences": [s.model_dump(mode="json") for s in sequences],
-        "runs": runs,
-        "concurrency": concurrency,
-        "settings": settings.model_dump(mode="json"),
-    }
-
-
-async def _probe_all(models: list[ModelEntry]) -> dict[str, EndpointInfo]:
-    infos = await asyncio.gather(*(probe(m.base_url, m.model, m.api_key()) for m in models))
-    return {m.name: info for m, info in zip(models, infos, strict=True)}
-
-
 @cli.command()
 @click.option(
     "--config",
     "models_path",
     type=click.Path(path_type=Path),
-    default=DEFAULT_MODELS,
+    default=DEFAULT_MODELS_PATH,
     show_default=True,
     help="Models to evaluate (YAML).",
 )
@@ -134,7 +80,7 @@ async def _probe_all(models: list[ModelEntry]) -> dict[str, EndpointInfo]:
     "--prompts",
     "prompts_path",
     type=click.Path(path_type=Path),
-    default=DEFAULT_PROMPTS,
+    default=DEFAULT_PROMPTS_PATH,
     show_default=True,
     help="Prompt sequences (JSON).",
 )
@@ -182,7 +128,7 @@ def run(
     try:
         models, settings, sequences = _load(models_path, prompts_path, models_csv, sequences_csv)
     except ConfigError as exc:
-        fail(str(exc))
+        fail(str(exc), EXIT_CONFIG)
     runs = runs or settings.default_runs
     concurrency = concurrency or settings.concurrency
     try:
@@ -193,129 +139,18 @@ def run(
         plan = build_plan(models, sequences, runs)
         console.print(plan_table(plan, estimate(plan)))
         return
+    evaluation = Evaluation(models, sequences, settings, runs, concurrency, restart, heartbeat_s)
     try:
         with open_store(mongo_uri, db_name=db_name) as store:
             store.ensure_indexes()
             try:
-                endpoints = asyncio.run(_probe_all(models))
+                endpoints = asyncio.run(probe_all(models))
             except EndpointError as exc:
                 fail(str(exc))
-            code = _run(
-                store, models, sequences, settings, runs, concurrency, restart, endpoints, heartbeat_s
-            )
+            result = evaluate(store, evaluation, endpoints)
     except StoreError as exc:
-        fail(str(exc), code=1)
-    sys.exit(code)
-
-
-def _run(
-    store: Store,
-    models: list[ModelEntry],
-    sequences: list[Sequence],
-    settings: EvalSettings,
-    runs: int,
-    concurrency: int,
-    restart: bool,
-    endpoints: dict[str, EndpointInfo],
-    heartbeat_s: float = DEFAULT_HEARTBEAT_S,
-) -> int:
-    hashes = model_config_hashes(models, sequences)
-    generations = {
-        cfg: (store.next_generation(cfg) if restart else store.current_generation(cfg))
-        for cfg in set(hashes.values())
-    }
-    plan = build_plan(models, sequences, runs, generations)
-    run_id = utcnow().strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
-    host, pid = process_identity()
-    started_at = utcnow()
-    store.create_run(
-        RunRecord(
-            _id=run_id,
-            started_at=started_at,
-            status="running",
-            command=" ".join(["storybench-eval", *sys.argv[1:]]),
-            code_version=code_version(),
-            config_snapshot=_snapshot(models, sequences, runs, concurrency, settings),
-            config_hashes={
-                "models": {m.name: m.fingerprint() for m in models},
-                "sequences": {s.name: s.content_hash for s in sequences},
-                "experiments": hashes,
-            },
-            experiments=[
-                {"model": m, "sequence": s, "experiment_key": k, "generation": g}
-                for (m, s, k, g) in sorted(
-                    {(i.model.name, i.sequence.name, i.experiment_key, i.generation) for i in plan.items}
-                )
-            ],
-            models=[m.name for m in models],
-            sequences=[s.name for s in sequences],
-            runs_per_sequence=runs,
-            planned_turns=plan.total_turns,
-            server_metadata={
-                name: info.metadata for name, info in endpoints.items() if info.is_storybench_server
-            },
-            host=host,
-            pid=pid,
-            heartbeat_at=started_at,
-            heartbeat_s=heartbeat_s,
-        )
-    )
-    console.print(
-        f"Run [bold]{run_id}[/bold]: {len(models)} model(s), {len(sequences)} "
-        f"sequence(s), {runs} run(s), {plan.total_turns} turns planned."
-    )
-    policy = RetryPolicy(
-        max_attempts=settings.retry_max_attempts,
-        max_total_wait_s=settings.retry_max_wait_s,
-        initial_backoff_s=settings.retry_initial_s,
-        max_backoff_s=settings.retry_max_backoff_s,
-    )
-    totals = {m.name: plan.turns_for(m) for m in models}
-    status, message = "completed", None
-    stats: dict[str, ModelStats] = {}
-    # The heartbeat stops before the run's end is recorded, so its last beat never races it.
-    beats = Heartbeat(lambda: store.heartbeat(run_id, utcnow()), heartbeat_s, what=f"run {run_id}")
-    with RunProgress(console, [m.name for m in models], totals) as bars, beats:
-        runner = Runner(plan, store, run_id, endpoints, policy, concurrency, on_progress=bars.update)
-        stats = runner.stats
-        try:
-            asyncio.run(runner.run())
-        except KeyboardInterrupt:
-            status, message = "interrupted", "stopped by Ctrl-C; re-run the same command to resume"
-        except RunAborted as exc:
-            status, message = "failed", str(exc)
-    counts: dict[str, int] = {}
-    for s in stats.values():
-        for outcome, n in s.outcomes.items():
-            counts[outcome] = counts.get(outcome, 0) + n
-    aborted = [s.aborted for s in stats.values() if s.aborted]
-    incomplete = any(s.done < s.total for s in stats.values())
-    if status == "completed" and (incomplete or counts.get("error")):
-        status = "incomplete"
-        message = "some turns failed or were not played; re-run the same command to retry them"
-    try:
-        store.update_run(run_id, status=status, finished_at=utcnow(), counts=counts, message=message)
-    except StoreError as exc:
-        err_console.print(f"[red]could not record the run's end: {escape(str(exc))}[/red]")
-    console.print(summary_table(stats))
-    for s in stats.values():
-        for line in s.messages[:10]:
-            console.print(f"  [yellow]{escape(line)}[/yellow]", highlight=False)
-        if len(s.messages) > 10:
-            console.print(f"  ... and {len(s.messages) - 10} more (storybench-eval show {run_id})")
-    for line in aborted:
-        err_console.print(f"[bold red]{escape(line)}[/bold red]", highlight=False)
-    if status == "failed":
-        err_console.print(f"[bold red]run failed:[/bold red] {escape(str(message))}", highlight=False)
-        return 1
-    if status == "interrupted":
-        err_console.print(f"[yellow]{message}[/yellow]")
-        return 130
-    if status == "incomplete":
-        err_console.print(f"[yellow]{message}[/yellow]")
-        return EXIT_INCOMPLETE
-    console.print(f"Stored in the {store.describe()}.\nSee the turns with: storybench-eval show {run_id}")
-    return 0
+        fail(str(exc), code=EXIT_FAILED)
+    sys.exit(result.exit_code)
 
 
 @cli.command("runs")
@@ -328,7 +163,7 @@ def list_runs(limit: int, mongo_uri: str | None, db_name: str) -> None:
         with open_store(mongo_uri, db_name=db_name) as store:
             console.print(format_runs_table(store.list_runs(limit=limit)))
     except StoreError as exc:
-        fail(str(exc), code=1)
+        fail(str(exc), code=EXIT_FAILED)
 
 
 @cli.command()
@@ -339,13 +174,10 @@ def show(run_id: str, mongo_uri: str | None, db_name: str) -> None:
     """Show one run (id or unique prefix) with its turns."""
     try:
         with open_store(mongo_uri, db_name=db_name) as store:
-            found = store.get_run(run_id)
-            if found is None:
-                fail(f"no run '{run_id}'; list them with `storybench-eval runs`", code=1)
-                return
-            console.print(format_run_detail(found, store.run_responses(found["_id"])))
+            found = resolve_run_or_exit(store, run_id)
+            console.print(format_run_detail(found, store.run_responses(found.id)))
     except StoreError as exc:
-        fail(str(exc), code=1)
+        fail(str(exc), code=EXIT_FAILED)
 
 
 @cli.command()
@@ -371,14 +203,10 @@ def export(run_id: str | None, fmt: str, out: Path, force: bool, mongo_uri: str 
     try:
         with open_store(mongo_uri, db_name=db_name) as store:
             if run_id is not None:
-                found = store.get_run(run_id)
-                if found is None:
-                    fail(f"no run '{run_id}'; list them with `storybench-eval runs`", code=1)
-                    return
-                run_id = found["_id"]
+                run_id = resolve_run_or_exit(store, run_id).id
             n = export_responses(store, run_id, fmt, out, overwrite=force)
     except StoreError as exc:
-        fail(str(exc), code=1)
+        fail(str(exc), code=EXIT_FAILED)
     console.print(f"Wrote {n} row(s) to {out}")
 
 
@@ -386,12 +214,10 @@ def main() -> None:
     cli()
 
 
-# Commands that live in their own packages (they import this module's helpers when they run).
-from evaluator.judge.cli import judge_command  # noqa: E402
-from evaluator.report.cli import report_command  # noqa: E402
-
-cli.add_command(judge_command)
-cli.add_command(report_command)
+# Commands that live in their own packages register themselves; they import only the leaf
+# modules (cli_common, cli_options), never this one.
+judge.register(cli)
+report.register(cli)
 
 
 if __name__ == "__main__":

@@ -11,7 +11,7 @@ import email.utils
 import json
 import random
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
@@ -27,13 +27,27 @@ from tenacity import (
     stop_after_delay,
 )
 
+from evaluator.config import EvalSettings
+
 
 @dataclass(frozen=True)
 class RetryPolicy:
+    """How long to keep trying a transient failure; built from models.yaml's `settings`."""
+
     max_attempts: int = 6
     max_total_wait_s: float = 300.0
     initial_backoff_s: float = 1.0
     max_backoff_s: float = 60.0
+
+    @classmethod
+    def from_settings(cls, settings: EvalSettings) -> RetryPolicy:
+        """The one definition of the policy in force: `run` and `judge` both use it."""
+        return cls(
+            max_attempts=settings.retry_max_attempts,
+            max_total_wait_s=settings.retry_max_wait_s,
+            initial_backoff_s=settings.retry_initial_s,
+            max_backoff_s=settings.retry_max_backoff_s,
+        )
 
 
 @dataclass
@@ -92,7 +106,6 @@ class GaveUp(Exception):
 
     message: str
     attempts: int
-    waited_s: float = field(default=0.0)
 
     def __str__(self) -> str:
         return self.message
@@ -305,6 +318,5 @@ async def chat_with_retries(
         raise GaveUp(
             f"gave up after {attempts} attempt(s) over {waited:.0f}s: {describe_error(exc)}",
             attempts=attempts,
-            waited_s=waited,
         ) from exc
     raise AssertionError("unreachable: tenacity either returns or raises")

@@ -18,6 +18,7 @@ from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
 
+from evaluator import cost
 from evaluator.config_messages import (
     CONFIG,
     ConfigError,
@@ -156,13 +157,15 @@ class ModelEntry(_Strict):
         }
         return {key: value for key, value in params.items() if value is not None}
 
-    def cost_usd(self, prompt_tokens: int, completion_tokens: int) -> float | None:
-        """Cost from the per-million-token prices; None unless both prices are set."""
-        if self.price_input_per_mtok is None or self.price_output_per_mtok is None:
-            return None
-        return (
-            prompt_tokens * self.price_input_per_mtok + completion_tokens * self.price_output_per_mtok
-        ) / 1e6
+    def cost_usd(self, prompt_tokens: int | None, completion_tokens: int | None) -> float | None:
+        """Cost by the one rule (evaluator/cost.py): None unless both prices are set; 0 counts."""
+        prices = (self.price_input_per_mtok, self.price_output_per_mtok)
+        return cost.cost_usd(*prices, prompt_tokens, completion_tokens)
+
+    @property
+    def missing_prices(self) -> str | None:
+        """Shown instead of a cost ("no prices set", "price_output_per_mtok not set")."""
+        return cost.missing_prices(self.price_input_per_mtok, self.price_output_per_mtok)
 
 
 _FINGERPRINT = {

@@ -1,18 +1,39 @@
-"""What the evaluator learns about an endpoint before sending it any chat request.
+"""One interface to every model endpoint, whatever serves it: what the runner and the judge use.
 
-Our own server (`storybench-serve`) answers `GET /storybench/models` with the exact model file,
-settings and context size; the run records that, reads the context window from it and counts
-tokens with the server's tokenizer. Any other endpoint is treated as a hosted API.
+Probing a model entry gives an `Endpoint`: our own server (`storybench-serve`, recognised by
+`GET /storybench/models`) or any hosted OpenAI-compatible API. Both answer the same questions,
+so no caller branches on which it is (inspect_ai's ModelAPI is the model for this):
+
+- `count_tokens(text)`: exact with our server's tokenizer (one pooled HTTP client, each text
+  counted once), the documented estimate elsewhere (evaluator/budget.py);
+- `context_window`: our server's n_ctx, else the entry's `context_window`, else unknown;
+- `max_connections`: the entry's `max_concurrency`, else our server's slot count, else
+  DEFAULT_HOSTED_CONNECTIONS;
+- `connection_key`: endpoints with the same key share one concurrency bound;
+- `one_model_at_a_time`: our server holds one model (and its cached prefixes) at a time, so
+  its models are played one after another;
+- `metadata`: what the run records about the served model (empty for hosted APIs);
+- `chat_client()`: the AsyncOpenAI client (made in the running event loop; `aclose()` ends it).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import asyncio
 from typing import Any
 
 import httpx
+from openai import AsyncOpenAI
 
-from evaluator.budget import Counter
+from evaluator.budget import Counter, estimate_tokens
+from evaluator.client import make_client
+from evaluator.config import ModelEntry
+
+# Requests in flight to a hosted API unless the entry's max_concurrency says otherwise.
+DEFAULT_HOSTED_CONNECTIONS = 4
+PROBE_TIMEOUT_S = 10.0
+TOKENIZE_TIMEOUT_S = 30.0
+METADATA_PATH = "/storybench/models"  # our server's wire extension (docs/architecture.md)
+TOKEN_COUNT_PATH = "/extras/tokenize/count"
 
 
 def server_root(base_url: str) -> str:
@@ -20,33 +41,113 @@ def server_root(base_url: str) -> str:
     return root[: -len("/v1")] if root.endswith("/v1") else root
 
 
-@dataclass
-class EndpointInfo:
-    base_url: str
-    is_storybench_server: bool = False
-    reachable: bool = True
-    metadata: dict[str, Any] = field(default_factory=dict)  # the server's entry for this model
-    slots: int | None = None
-
-    @property
-    def context_window(self) -> int | None:
-        n_ctx = self.metadata.get("n_ctx")
-        return int(n_ctx) if n_ctx else None
-
-
 class EndpointError(Exception):
-    pass
+    """The endpoint cannot be used as configured; the message says what to fix."""
 
 
 def _headers(api_key: str | None) -> dict[str, str]:
     return {"Authorization": f"Bearer {api_key}"} if api_key else {}
 
 
-async def probe(base_url: str, model_id: str, api_key: str | None) -> EndpointInfo:
-    """Recognise our server and fetch its metadata; a hosted API just yields defaults."""
-    url = server_root(base_url) + "/storybench/models"
+class Endpoint:
+    """A hosted OpenAI-compatible API (the base behaviour); our server overrides what it knows."""
+
+    def __init__(self, entry: ModelEntry, *, metadata: dict[str, Any] | None = None) -> None:
+        self.entry = entry
+        self.metadata: dict[str, Any] = metadata or {}
+        self._chat: AsyncOpenAI | None = None
+
+    @property
+    def base_url(self) -> str:
+        return self.entry.base_url
+
+    @property
+    def context_window(self) -> int | None:
+        return self.entry.context_window
+
+    @property
+    def max_connections(self) -> int:
+        return self.entry.max_concurrency or DEFAULT_HOSTED_CONNECTIONS
+
+    @property
+    def connection_key(self) -> str:
+        return server_root(self.entry.base_url)
+
+    @property
+    def one_model_at_a_time(self) -> bool:
+        return False
+
+    async def count_tokens(self, text: str) -> int:
+        return estimate_tokens(text)
+
+    @property
+    def counter(self) -> Counter:
+        """`count_tokens` as the budget functions take it."""
+        return self.count_tokens
+
+    def chat_client(self) -> AsyncOpenAI:
+        """The chat client, made on first use inside the running event loop."""
+        if self._chat is None:
+            self._chat = make_client(self.entry.base_url, self.entry.api_key(), self.entry.request_timeout_s)
+        return self._chat
+
+    async def aclose(self) -> None:
+        """Close the clients this event loop opened (a later loop opens new ones)."""
+        if self._chat is not None:
+            chat, self._chat = self._chat, None
+            await chat.close()
+
+
+class StoryBenchEndpoint(Endpoint):
+    """Our own server: exact token counts, its context size, its slots, one model at a time."""
+
+    def __init__(self, entry: ModelEntry, *, metadata: dict[str, Any], slots: int | None) -> None:
+        super().__init__(entry, metadata=metadata)
+        self.slots = slots
+        self._http: httpx.AsyncClient | None = None
+        self._counts: dict[str, int] = {}
+
+    @property
+    def context_window(self) -> int | None:
+        n_ctx = self.metadata.get("n_ctx")
+        return int(n_ctx) if n_ctx else self.entry.context_window
+
+    @property
+    def max_connections(self) -> int:
+        return self.entry.max_concurrency or self.slots or 1
+
+    @property
+    def one_model_at_a_time(self) -> bool:
+        return True
+
+    async def count_tokens(self, text: str) -> int:
+        """Exact, from the server's tokenizer; raises httpx.HTTPError when it cannot answer."""
+        if text in self._counts:
+            return self._counts[text]
+        if self._http is None:
+            self._http = httpx.AsyncClient(
+                base_url=server_root(self.entry.base_url),
+                timeout=TOKENIZE_TIMEOUT_S,
+                headers=_headers(self.entry.api_key()),
+            )
+        response = await self._http.post(TOKEN_COUNT_PATH, json={"model": self.entry.model, "input": text})
+        response.raise_for_status()
+        self._counts[text] = int(response.json()["count"])
+        return self._counts[text]
+
+    async def aclose(self) -> None:
+        if self._http is not None:
+            http, self._http = self._http, None
+            await http.aclose()
+        await super().aclose()
+
+
+async def probe(entry: ModelEntry) -> Endpoint:
+    """Recognise our server and fetch its metadata; anything else is a hosted API."""
+    base_url, model_id, api_key = entry.base_url, entry.model, entry.api_key()
+    url = server_root(base_url) + METADATA_PATH
     try:
-        async with httpx.AsyncClient(timeout=10.0) as client:
+        async with httpx.AsyncClient(timeout=PROBE_TIMEOUT_S) as client:
             response = await client.get(url, headers=_headers(api_key))
     except httpx.TransportError as exc:
         if _is_loopback(base_url):
@@ -54,15 +155,15 @@ async def probe(base_url: str, model_id: str, api_key: str | None) -> EndpointIn
                 f"nothing answers at {base_url} ({type(exc).__name__}); start the local server "
                 "with `make serve` (or `storybench-serve`) and try again"
             ) from exc
-        return EndpointInfo(base_url=base_url, reachable=False)
+        return Endpoint(entry)
     if response.status_code != 200:
-        return EndpointInfo(base_url=base_url)
+        return Endpoint(entry)
     try:
         body = response.json()
     except ValueError:
-        return EndpointInfo(base_url=base_url)
+        return Endpoint(entry)
     if not isinstance(body, dict) or body.get("server") != "storybench":
-        return EndpointInfo(base_url=base_url)
+        return Endpoint(entry)
     models = {m.get("name"): m for m in body.get("models", []) if isinstance(m, dict)}
     if model_id not in models:
         raise EndpointError(
@@ -71,33 +172,19 @@ async def probe(base_url: str, model_id: str, api_key: str | None) -> EndpointIn
             "Fix `model` in config/models.yaml or add the model to config/local_models.json"
         )
     slots = body.get("n_parallel") or models[model_id].get("n_parallel")
-    return EndpointInfo(
-        base_url=base_url,
-        is_storybench_server=True,
+    return StoryBenchEndpoint(
+        entry,
         metadata=models[model_id] | {"server": {k: v for k, v in body.items() if k != "models"}},
         slots=int(slots) if slots else None,
     )
 
 
+async def probe_all(entries: list[ModelEntry]) -> dict[str, Endpoint]:
+    """Every entry's endpoint, by entry name, probed concurrently."""
+    endpoints = await asyncio.gather(*(probe(entry) for entry in entries))
+    return {entry.name: endpoint for entry, endpoint in zip(entries, endpoints, strict=True)}
+
+
 def _is_loopback(base_url: str) -> bool:
     host = httpx.URL(base_url).host
     return host in ("127.0.0.1", "localhost", "::1")
-
-
-def token_counter(base_url: str, model_id: str, api_key: str | None) -> Counter:
-    """Exact counts from our server's tokenizer; each distinct text is counted once."""
-    cache: dict[str, int] = {}
-    url = server_root(base_url) + "/extras/tokenize/count"
-
-    async def count(text: str) -> int:
-        if text in cache:
-            return cache[text]
-        async with httpx.AsyncClient(timeout=30.0) as client:
-            response = await client.post(
-                url, json={"model": model_id, "input": text}, headers=_headers(api_key)
-            )
-        response.raise_for_status()
-        cache[text] = int(response.json()["count"])
-        return cache[text]
-
-    return count

@@ -44,11 +44,6 @@ class Plan:
         return sum(len(i.sequence.turns) for i in self.items if i.model.name == model.name)
 
 
-def run_seed(base: int | None, run_index: int) -> int | None:
-    """Run k of a sequence uses seed base+k, so runs differ but each is reproducible."""
-    return None if base is None else base + run_index
-
-
 def model_config_hashes(models: list[ModelEntry], sequences: list[Sequence]) -> dict[str, str]:
     """config hash per (model name, sequence name), joined as 'model/sequence'."""
     return {
@@ -74,7 +69,7 @@ def build_plan(
                         model=model,
                         sequence=sequence,
                         run_index=run_index,
-                        seed=run_seed(model.seed, run_index),
+                        seed=model.seed_for_run(run_index),
                         config_hash=cfg,
                         generation=generations.get(cfg, 1),
                     )
@@ -90,6 +85,7 @@ class Estimate:
     prompt_tokens: int
     completion_tokens: int
     cost_usd: float | None
+    no_cost_because: str | None  # which price is missing, when cost_usd is None
 
 
 def estimate(plan: Plan) -> list[Estimate]:
@@ -106,11 +102,15 @@ def estimate(plan: Plan) -> list[Estimate]:
                 completion += model.max_tokens
                 history += model.max_tokens + TEMPLATE_TOKENS_PER_MESSAGE
                 requests += 1
-        cost = None
-        if model.price_input_per_mtok is not None or model.price_output_per_mtok is not None:
-            cost = (
-                prompt * (model.price_input_per_mtok or 0.0)
-                + completion * (model.price_output_per_mtok or 0.0)
-            ) / 1_000_000
-        rows.append(Estimate(model.name, len(items), requests, prompt, completion, cost))
+        rows.append(
+            Estimate(
+                model.name,
+                len(items),
+                requests,
+                prompt,
+                completion,
+                model.cost_usd(prompt, completion),
+                model.missing_prices,
+            )
+        )
     return rows

@@ -56,7 +56,7 @@ class RunProgress:
         )
 
 
-def summary_table(stats: dict[str, ModelStats]) -> Table:
+def run_summary_table(stats: dict[str, ModelStats]) -> Table:
     table = Table(title="Run summary (turns written by this run)")
     width = max([5, *(len(name) for name in stats)])
     table.add_column("model", no_wrap=True, min_width=min(width, 32))
@@ -73,7 +73,7 @@ def summary_table(stats: dict[str, ModelStats]) -> Table:
             f"{s.tokens_per_s:.1f}" if s.tokens_per_s else "-",
             f"{median(s.ttfts):.2f}s" if s.ttfts else "-",
             reuse,
-            f"${s.cost_usd:.4f}" if s.cost_usd else "-",
+            f"${s.cost_usd:.4f}" if s.priced else "-",
         )
     return table
 
@@ -105,6 +105,6 @@ def plan_table(plan: Plan, estimates: list[Estimate]) -> Table:
             str(e.requests),
             f"{e.prompt_tokens:,}",
             f"{e.completion_tokens:,}",
-            f"${e.cost_usd:.4f}" if e.cost_usd is not None else "no prices set",
+            f"${e.cost_usd:.4f}" if e.cost_usd is not None else str(e.no_cost_because),
         )
     return table

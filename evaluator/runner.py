@@ -15,41 +15,22 @@ import asyncio
 from collections import defaultdict
 from collections.abc import Callable, Coroutine, Iterable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
-from evaluator.budget import Counter, count_prompt_tokens, plan_budget
-from evaluator.client import (
-    Completion,
-    ContextOverflow,
-    FatalRequestError,
-    GaveUp,
-    RetryPolicy,
-    chat_with_retries,
-    make_client,
-)
+from evaluator.budget import count_prompt_tokens
+from evaluator.client import RetryPolicy, chat_with_retries
 from evaluator.config import ModelEntry
-from evaluator.endpoint import EndpointInfo, server_root, token_counter
+from evaluator.endpoint import Endpoint
 from evaluator.plan import Plan, SequenceRun
 from evaluator.records import (
     FINAL_OUTCOMES,
     SEQUENCE_ENDING_OUTCOMES,
-    Outcome,
     ResponseRecord,
     utcnow,
 )
-from evaluator.text import is_blank, strip_think
-
-DEFAULT_HOSTED_CONCURRENCY = 4
-
-
-class StoreLike(Protocol):
-    """The part of evaluator.store.Store the runner uses."""
-
-    def save_response(self, rec: ResponseRecord) -> bool: ...
-
-    def done_turns(
-        self, experiment_keys: list[str]
-    ) -> dict[tuple[str, str, str, int], list[dict[str, Any]]]: ...
+from evaluator.store import Store
+from evaluator.turn_policy import decide_turn
+from evaluator.turn_record import TurnContext, redact, turn_record
 
 
 @dataclass
@@ -64,6 +45,7 @@ class ModelStats:
     prompt_tokens: int = 0
     cached_tokens: int = 0
     cost_usd: float = 0.0
+    priced: bool = False  # some turn had a known cost (a free model costs $0, not "-")
     aborted: str | None = None
     messages: list[str] = field(default_factory=list)
 
@@ -76,39 +58,26 @@ class ModelStats:
         return self.outcomes.get("error", 0)
 
 
-@dataclass
-class ModelContext:
-    entry: ModelEntry
-    info: EndpointInfo
-    counter: Counter | None
-    policy: RetryPolicy
-    client: Any = None  # AsyncOpenAI; built lazily inside the event loop
-
-    @property
-    def context_window(self) -> int | None:
-        return self.info.context_window or self.entry.context_window
-
-
-def history_messages(sequence_system: str | None, done: list[dict[str, Any]]) -> list[dict[str, str]]:
+def history_messages(sequence_system: str | None, done: list[ResponseRecord]) -> list[dict[str, str]]:
     """Rebuild the conversation from stored turns: the model's own earlier answers included."""
     messages: list[dict[str, str]] = []
     if sequence_system:
         messages.append({"role": "system", "content": sequence_system})
-    for turn in sorted(done, key=lambda t: t["turn_index"]):
-        messages.append({"role": "user", "content": turn["prompt"]})
-        messages.append({"role": "assistant", "content": turn["response_text"]})
+    for turn in sorted(done, key=lambda t: t.turn_index):
+        messages.append({"role": "user", "content": turn.prompt})
+        messages.append({"role": "assistant", "content": turn.response_text})
     return messages
 
 
-def resume_point(item: SequenceRun, stored: list[dict[str, Any]]) -> tuple[int, list[dict[str, Any]]]:
+def resume_point(item: SequenceRun, stored: list[ResponseRecord]) -> tuple[int, list[ResponseRecord]]:
     """First turn still to play, and the finished turns before it. len(turns) means complete."""
-    by_index = {t["turn_index"]: t for t in stored if t.get("outcome") in FINAL_OUTCOMES}
-    done: list[dict[str, Any]] = []
+    by_index = {t.turn_index: t for t in stored if t.outcome in FINAL_OUTCOMES}
+    done: list[ResponseRecord] = []
     for index in range(len(item.sequence.turns)):
         turn = by_index.get(index)
         if turn is None:
             return index, done
-        if turn["outcome"] in SEQUENCE_ENDING_OUTCOMES:
+        if turn.outcome in SEQUENCE_ENDING_OUTCOMES:
             return len(item.sequence.turns), done
         done.append(turn)
     return len(item.sequence.turns), done
@@ -126,25 +95,19 @@ async def run_all(coros: Iterable[Coroutine[Any, Any, None]]) -> None:
         raise
 
 
-def redact(text: str, secret: str | None) -> str:
-    """`text` with the endpoint's API key masked: some providers echo the key in their errors,
-    and error texts are stored and printed. Keys shorter than 8 characters are left alone."""
-    if not secret or len(secret) < 8:
-        return text
-    return text.replace(secret, "***")
-
-
 class RunAborted(Exception):
     """Stops the whole run (e.g. the database went away)."""
 
 
 class Runner:
+    """Plays a plan's conversations against their endpoints and stores every turn."""
+
     def __init__(
         self,
         plan: Plan,
-        store: StoreLike,
+        store: Store,
         run_id: str,
-        endpoints: dict[str, EndpointInfo],
+        endpoints: dict[str, Endpoint],
         policy: RetryPolicy,
         concurrency: int,
         on_progress: Callable[[str, ModelStats], None] | None = None,
@@ -155,30 +118,18 @@ class Runner:
         self.policy = policy
         self.concurrency = max(1, concurrency)
         self.on_progress = on_progress or (lambda name, stats: None)
-        self.contexts: dict[str, ModelContext] = {}
+        self.endpoints = {m.name: endpoints.get(m.name) or Endpoint(m) for m in plan.models}
         self.store_failed: str | None = None  # why the first failed write failed
-        for model in plan.models:
-            info = endpoints.get(model.name) or EndpointInfo(base_url=model.base_url)
-            counter = (
-                token_counter(model.base_url, model.model, model.api_key())
-                if info.is_storybench_server
-                else None
-            )
-            self.contexts[model.name] = ModelContext(model, info, counter, policy)
         self.stats: dict[str, ModelStats] = {m.name: ModelStats(total=plan.turns_for(m)) for m in plan.models}
 
     # ---- scheduling -------------------------------------------------------------------------
 
-    def endpoint_limit(self, ctx: ModelContext) -> int:
-        if ctx.entry.max_concurrency:
-            return ctx.entry.max_concurrency
-        if ctx.info.is_storybench_server:
-            return ctx.info.slots or 1
-        return DEFAULT_HOSTED_CONCURRENCY
-
     async def run(self) -> dict[str, ModelStats]:
-        stored = self.store.done_turns(sorted({i.experiment_key for i in self.plan.items}))
-        pending: dict[str, list[tuple[SequenceRun, int, list[dict[str, Any]]]]] = defaultdict(list)
+        keys = sorted({i.experiment_key for i in self.plan.items})
+        # Store calls run in a worker thread: a database round trip never stalls the event
+        # loop, so other conversations' streams (and their measured latency) go on meanwhile.
+        stored = await asyncio.to_thread(self.store.done_turns, keys)
+        pending: dict[str, list[tuple[SequenceRun, int, list[ResponseRecord]]]] = defaultdict(list)
         for item in self.plan.items:
             start, done = resume_point(item, stored.get(item.key, []))
             stats = self.stats[item.model.name]
@@ -189,56 +140,52 @@ class Runner:
             self.on_progress(name, stats)
 
         overall = asyncio.Semaphore(self.concurrency)
-        # Group models by endpoint: a local storybench server plays its models one at a time.
-        groups: dict[str, list[ModelContext]] = defaultdict(list)
+        # Models behind one endpoint that holds one model at a time are played one after another.
+        groups: dict[str, list[Endpoint]] = defaultdict(list)
+        limits: dict[str, int] = {}
         for model in self.plan.models:
-            ctx = self.contexts[model.name]
-            key = server_root(model.base_url) if ctx.info.is_storybench_server else f"hosted:{model.name}"
-            groups[key].append(ctx)
-        endpoint_sems: dict[str, asyncio.Semaphore] = {}
-        for model in self.plan.models:
-            ctx = self.contexts[model.name]
-            limit = self.endpoint_limit(ctx)
-            root = server_root(model.base_url)
-            if root not in endpoint_sems or limit < endpoint_sems[root]._value:
-                endpoint_sems[root] = asyncio.Semaphore(limit)
+            endpoint = self.endpoints[model.name]
+            key = endpoint.connection_key
+            groups[key if endpoint.one_model_at_a_time else f"{key}|{model.name}"].append(endpoint)
+            limits[key] = min(limits.get(key, endpoint.max_connections), endpoint.max_connections)
+        bounds = {key: asyncio.Semaphore(limit) for key, limit in limits.items()}
 
-        async def play_model(ctx: ModelContext) -> None:
-            sem = endpoint_sems[server_root(ctx.entry.base_url)]
-            ctx.client = make_client(ctx.entry.base_url, ctx.entry.api_key(), ctx.entry.request_timeout_s)
+        async def play_model(endpoint: Endpoint) -> None:
+            bound = bounds[endpoint.connection_key]
             try:
                 await run_all(
-                    self._bounded(overall, sem, ctx, item, start, done)
-                    for item, start, done in pending.get(ctx.entry.name, [])
+                    self._bounded(overall, bound, endpoint, item, start, done)
+                    for item, start, done in pending.get(endpoint.entry.name, [])
                 )
             finally:
-                await ctx.client.close()
+                await endpoint.aclose()
 
-        async def play_group(contexts: list[ModelContext]) -> None:
-            for ctx in contexts:
-                await play_model(ctx)
+        async def play_group(endpoints: list[Endpoint]) -> None:
+            for endpoint in endpoints:
+                await play_model(endpoint)
 
-        await run_all(play_group(contexts) for contexts in groups.values())
+        await run_all(play_group(endpoints) for endpoints in groups.values())
         return self.stats
 
     async def _bounded(
         self,
         overall: asyncio.Semaphore,
-        endpoint: asyncio.Semaphore,
-        ctx: ModelContext,
+        bound: asyncio.Semaphore,
+        endpoint: Endpoint,
         item: SequenceRun,
         start: int,
-        done: list[dict[str, Any]],
+        done: list[ResponseRecord],
     ) -> None:
-        async with endpoint, overall:
-            await self.play_conversation(ctx, item, start, done)
+        async with bound, overall:
+            await self.play_conversation(endpoint, item, start, done)
 
     # ---- one conversation ---------------------------------------------------------------------
 
     async def play_conversation(
-        self, ctx: ModelContext, item: SequenceRun, start: int, done: list[dict[str, Any]]
+        self, endpoint: Endpoint, item: SequenceRun, start: int, done: list[ResponseRecord]
     ) -> None:
-        stats = self.stats[ctx.entry.name]
+        entry = endpoint.entry
+        stats = self.stats[entry.name]
         messages = history_messages(item.sequence.system, done)
         turns = item.sequence.turns
         for index in range(start, len(turns)):
@@ -246,25 +193,25 @@ class Runner:
                 return
             turn = turns[index]
             messages.append({"role": "user", "content": turn.text})
-            record = await self.play_turn(ctx, item, index, messages)
+            record = await self.play_turn(endpoint, item, index, messages)
             if self.store_failed is not None:  # another conversation's write already failed
                 raise RunAborted(self.store_failed)
             try:
-                self.store.save_response(record)
+                await asyncio.to_thread(self.store.save_response, record)
             except Exception as exc:  # the store raises StoreError; anything else is as fatal
-                # Writes block the loop: without this, every conversation whose answer is
-                # already in would wait out the database's timeout in turn before the run stops.
+                # The first failed write stops the run: the others would wait out the
+                # database's timeout in turn.
                 self.store_failed = str(exc)
                 raise RunAborted(str(exc)) from exc
-            self._account(stats, ctx.entry, record)
+            self._account(stats, entry, record)
             if record.outcome != "ok":
                 # The rest of this conversation cannot be played: count it as settled for progress.
                 if record.outcome in SEQUENCE_ENDING_OUTCOMES:
                     stats.done += len(turns) - index - 1
-                self.on_progress(ctx.entry.name, stats)
+                self.on_progress(entry.name, stats)
                 return
             messages.append({"role": "assistant", "content": record.response_text})
-            self.on_progress(ctx.entry.name, stats)
+            self.on_progress(entry.name, stats)
 
     def _account(self, stats: ModelStats, entry: ModelEntry, rec: ResponseRecord) -> None:
         stats.done += 1
@@ -278,8 +225,9 @@ class Runner:
         if rec.prompt_tokens:
             stats.prompt_tokens += rec.prompt_tokens
             stats.cached_tokens += rec.cached_tokens or 0
-        if rec.cost_usd:
+        if rec.cost_usd is not None:
             stats.cost_usd += rec.cost_usd
+            stats.priced = True
         if rec.outcome != "ok" and rec.error:
             stats.messages.append(
                 f"{entry.name} / {rec.sequence} run {rec.run_index} turn {rec.turn_index + 1}: "
@@ -287,141 +235,31 @@ class Runner:
             )
 
     async def play_turn(
-        self, ctx: ModelContext, item: SequenceRun, index: int, messages: list[dict[str, str]]
+        self, endpoint: Endpoint, item: SequenceRun, index: int, messages: list[dict[str, str]]
     ) -> ResponseRecord:
-        entry = ctx.entry
-        secret = entry.api_key()
-        started_at = utcnow()
-        turn = item.sequence.turns[index]
-        params = entry.generation_params()
-        params["seed"] = item.seed
-        base = {
-            "experiment_key": item.experiment_key,
-            "config_hash": item.config_hash,
-            "generation": item.generation,
-            "run_id": self.run_id,
-            "model": entry.name,
-            "model_id": entry.model,
-            "endpoint": entry.base_url,
-            "sequence": item.sequence.name,
-            "sequence_hash": item.sequence.content_hash,
-            "run_index": item.run_index,
-            "seed": item.seed,
-            "turn_index": index,
-            "turn_name": turn.name,
-            "prompt": turn.text,
-            "messages_sent": len(messages),
-        }
-
-        def record(outcome: Outcome, completion: Completion | None, **extra: Any) -> ResponseRecord:
-            text = completion.text if completion else ""
-            tps = None
-            if completion and completion.completion_tokens and completion.latency_s:
-                gen_s = completion.latency_s - (completion.ttft_s or 0.0)
-                tps = completion.completion_tokens / gen_s if gen_s > 0 else None
-            cost = None
-            if completion and (entry.price_input_per_mtok or entry.price_output_per_mtok):
-                cost = (
-                    (completion.prompt_tokens or 0) * (entry.price_input_per_mtok or 0.0)
-                    + (completion.completion_tokens or 0) * (entry.price_output_per_mtok or 0.0)
-                ) / 1_000_000
-            fields: dict[str, Any] = {
-                **base,
-                "response_raw": text,
-                "response_text": strip_think(text),
-                "finish_reason": completion.finish_reason if completion else None,
-                "prompt_tokens": completion.prompt_tokens if completion else None,
-                "completion_tokens": completion.completion_tokens if completion else None,
-                "cached_tokens": completion.cached_tokens if completion else None,
-                "latency_s": completion.latency_s if completion else None,
-                "ttft_s": completion.ttft_s if completion else None,
-                "tokens_per_s": tps,
-                "server_timings": completion.timings if completion else None,
-                "attempts": completion.attempts if completion else 0,
-                "outcome": outcome,
-                "error": None,
-                "params": params,
-                "started_at": started_at,
-                "finished_at": utcnow(),
-                "cost_usd": cost,
-                # Read at call time: the count and budget in force when the turn ended.
-                "prompt_tokens_estimated": prompt_tokens,
-                "max_tokens_sent": budget.max_tokens,
-            }
-            fields.update(extra)
-            if fields["error"]:
-                fields["error"] = redact(fields["error"], secret)
-            return ResponseRecord(**fields)
-
+        """Count, decide (evaluator/turn_policy.py), record (evaluator/turn_record.py)."""
+        entry = endpoint.entry
+        ctx = TurnContext(item, index, self.run_id, len(messages), utcnow())
         try:
-            prompt_tokens = await count_prompt_tokens(messages, ctx.counter)
+            prompt_tokens = await count_prompt_tokens(messages, endpoint.counter)
         except Exception:  # a tokenizer hiccup must not lose the turn: fall back to the estimate
             prompt_tokens = await count_prompt_tokens(messages, None)
-        budget = plan_budget(prompt_tokens, entry.max_tokens, ctx.context_window, entry.min_output_tokens)
-        if budget.exhausted:
-            return record(
-                "context_exhausted",
-                None,
-                error=budget.message,
+        client = endpoint.chat_client()
+
+        async def send(params: dict[str, Any]) -> Any:
+            return await chat_with_retries(client, entry.model, messages, params, self.policy)
+
+        result = await decide_turn(
+            send,
+            entry.generation_params(item.run_index),
+            prompt_tokens,
+            wanted_tokens=entry.max_tokens,
+            context_window=endpoint.context_window,
+            min_output_tokens=entry.min_output_tokens,
+        )
+        if result.aborts_model:
+            self.stats[entry.name].aborted = redact(
+                f"{entry.name}: {result.error} (stopped this model: every request would fail alike)",
+                entry.api_key(),
             )
-        params["max_tokens"] = budget.max_tokens
-        attempts = 0
-        try:
-            try:
-                completion = await chat_with_retries(ctx.client, entry.model, messages, params, self.policy)
-            except ContextOverflow as overflow:
-                # Our count was an estimate; the endpoint said exactly how long the prompt is.
-                if overflow.prompt_tokens is None or overflow.n_ctx is None:
-                    raise
-                attempts += overflow.attempts
-                prompt_tokens = overflow.prompt_tokens
-                budget = plan_budget(prompt_tokens, entry.max_tokens, overflow.n_ctx, entry.min_output_tokens)
-                if budget.exhausted:
-                    return record(
-                        "context_exhausted",
-                        None,
-                        error=budget.message,
-                        attempts=attempts,
-                    )
-                params["max_tokens"] = budget.max_tokens
-                completion = await chat_with_retries(ctx.client, entry.model, messages, params, self.policy)
-            attempts += completion.attempts
-            if is_blank(completion.text):
-                # One more try; a different seed, since the same seed replays the same answer.
-                retry_params = dict(params)
-                if retry_params.get("seed") is not None:
-                    retry_params["seed"] = int(retry_params["seed"]) + 100_003
-                completion = await chat_with_retries(
-                    ctx.client, entry.model, messages, retry_params, self.policy
-                )
-                attempts += completion.attempts
-                completion.attempts = attempts
-                if is_blank(completion.text):
-                    return record(
-                        "empty",
-                        completion,
-                        error=(
-                            "the model returned an empty answer twice "
-                            f"(finish_reason={completion.finish_reason}, "
-                            f"completion_tokens={completion.completion_tokens})"
-                        ),
-                    )
-            completion.attempts = attempts
-            return record(
-                "ok",
-                completion,
-            )
-        except ContextOverflow as exc:
-            return record(
-                "context_exhausted",
-                None,
-                error=f"the endpoint refused the history as too long: {exc}",
-                attempts=attempts + exc.attempts,
-            )
-        except (FatalRequestError, GaveUp) as exc:
-            if isinstance(exc, FatalRequestError) and exc.aborts_model:
-                self.stats[entry.name].aborted = redact(
-                    f"{entry.name}: {exc} (stopped this model: every request would fail alike)",
-                    secret,
-                )
-            return record("error", None, error=str(exc), attempts=attempts + exc.attempts)
+        return turn_record(ctx, result, entry)

@@ -1,49 +1,45 @@
 """`storybench-eval judge`: score a run's stored answers with an LLM judge.
 
-Registered on the `storybench-eval` group by evaluator/cli.py (`cli.add_command(judge_command)`).
-That module imports this one, so this one imports it only when the command runs (`_base()`):
-its helpers (`fail`, the consoles, the exit codes) are used as they are, and only the two
-store options, needed while this module is being defined, are repeated here.
+Registered on the `storybench-eval` group through `evaluator.judge.register`; it takes the
+consoles, `fail`, exit codes and run resolution from the leaf module evaluator/cli_common.py
+and never imports evaluator/cli.py.
 """
 
 from __future__ import annotations
 
 import asyncio
-import types
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
 import click
 from rich.markup import escape
 
 from evaluator.budget import count_prompt_tokens
+from evaluator.cli_common import (
+    EXIT_CONFIG,
+    EXIT_FAILED,
+    EXIT_INCOMPLETE,
+    EXIT_INTERRUPTED,
+    RUN_OR_LATEST,
+    console,
+    err_console,
+    fail,
+    resolve_run_or_exit,
+)
 from evaluator.cli_options import db_option, mongo_option
 from evaluator.client import RetryPolicy
 from evaluator.config import DEFAULT_MODELS_PATH, ConfigError, EvalSettings, ModelEntry, load_models, select
-from evaluator.endpoint import EndpointError, EndpointInfo, probe, token_counter
-from evaluator.judge.judging import Judge, JudgeAborted, JudgeEndpoint, KindStats, split_judged
-from evaluator.judge.progress import DryRunRow, JudgeProgress, dry_run_table, summary_table
+from evaluator.endpoint import EndpointError, probe
+from evaluator.judge.judging import Judge, JudgeAborted, KindStats, split_judged
+from evaluator.judge.progress import DryRunRow, JudgeProgress, dry_run_table, judge_summary_table
 from evaluator.judge.prompts import render
-from evaluator.judge.rubric import DEFAULT_RUBRIC_PATH, Rubric, TargetKind, load_rubric
+from evaluator.judge.rubric import DEFAULT_RUBRIC_PATH, Rubric, load_rubric
 from evaluator.judge.targets import Collected, SelectionError, Target, collect
+from evaluator.records import TargetKind
 from evaluator.store import Store, StoreError, open_store
 
-EXIT_INTERRUPTED = 130
 _SHOWN_FAILURES = 10
-
-
-def _base() -> types.ModuleType:
-    """evaluator.cli, imported on use (it imports this module to register the command)."""
-    from evaluator import cli as base
-
-    return base
-
-
-def _fail(message: str, code: int | None = None) -> NoReturn:
-    base = _base()
-    base.fail(message, base.EXIT_CONFIG if code is None else code)
-    raise SystemExit(2 if code is None else code)  # not reached: fail() exits
 
 
 @click.command("judge", context_settings={"help_option_names": ["-h", "--help"]})
@@ -87,8 +83,8 @@ def _fail(message: str, code: int | None = None) -> NoReturn:
     "--concurrency",
     type=click.IntRange(min=1),
     default=None,
-    help="Judge requests in flight (default: the judge entry's max_concurrency, else our "
-    "server's slot count, else settings.concurrency).",
+    help="Judge requests in flight (default, the same rule as `run`: the judge entry's "
+    "max_concurrency, else our server's slot count, else 4 for a hosted API).",
 )
 @click.option(
     "--dry-run",
@@ -121,17 +117,17 @@ def judge_command(
     judgements failed (re-run to retry them); 130 interrupted (re-run to resume).
     """
     if (run_id is None) == (not latest):
-        _fail("give either a RUN_ID or --latest (list runs with `storybench-eval runs`)")
+        fail(RUN_OR_LATEST, EXIT_CONFIG)
     try:
         rubric = load_rubric(rubric_path)
         models, settings = load_models(models_path)
         entry = _pick_judge(models, judge_name, rubric, models_path, rubric_path)
         entry.api_key()  # a missing key fails now, naming the variable, before anything is sent
     except ConfigError as exc:
-        _fail(str(exc))
+        fail(str(exc), EXIT_CONFIG)
     kinds: list[TargetKind] = [k for k in rubric.kinds if kind in ("all", k)]
     if not kinds:
-        _fail(f"{rubric_path}: has no '{kind}' block, so --kind {kind} judges nothing (docs/judging.md)")
+        fail(f"{rubric_path}: has no '{kind}' block, so --kind {kind} judges nothing (docs/judging.md)")
     request = JudgeRequest(
         run_id, rubric, entry, settings, kinds, models_csv, sequences_csv, concurrency, dry_run
     )
@@ -139,7 +135,7 @@ def judge_command(
         with open_store(mongo_uri, db_name=db_name) as store:
             code = _judge(store, request)
     except StoreError as exc:
-        _fail(str(exc), code=1)
+        fail(str(exc), EXIT_FAILED)
     raise SystemExit(code)
 
 
@@ -155,18 +151,6 @@ def _pick_judge(
     except ConfigError as exc:
         where = "--judge" if option else f"{rubric_path}: judge"
         raise ConfigError(f"{where}: {exc}") from None
-
-
-def _resolve_run(store: Store, run_id: str | None) -> dict[str, Any]:
-    if run_id is None:
-        runs = store.list_runs(limit=1)
-        if not runs:
-            _fail("no runs are stored yet; play one with `storybench-eval run`", code=1)
-        return runs[0]
-    found = store.get_run(run_id)
-    if found is None:
-        _fail(f"no run '{run_id}'; list them with `storybench-eval runs`", code=1)
-    return found
 
 
 @dataclass(frozen=True)
@@ -185,15 +169,13 @@ class JudgeRequest:
 
 
 def _judge(store: Store, req: JudgeRequest) -> int:
-    base = _base()
-    console, err_console = base.console, base.err_console
     rubric, entry, settings, kinds = req.rubric, req.entry, req.settings, req.kinds
-    run = _resolve_run(store, req.run_id)
-    resolved_id = str(run["_id"])
+    run = resolve_run_or_exit(store, req.run_id, latest=req.run_id is None)
+    resolved_id = run.id
     try:
         collected = collect(run, store.run_responses(resolved_id), kinds, req.models_csv, req.sequences_csv)
     except SelectionError as exc:
-        _fail(str(exc))
+        fail(str(exc), EXIT_CONFIG)
     version = rubric.version_id
     stored = store.evaluations([t.target_id for t in collected.targets])
     pending, skipped, stored_model_ids = split_judged(collected.targets, stored, entry.name, version)
@@ -220,29 +202,17 @@ def _judge(store: Store, req: JudgeRequest) -> int:
         stats[k].not_judged = collected.not_judged_total(k)
     title = f"Judge summary: {entry.name}, rubric {version}, run {resolved_id}"
     if not pending:
-        console.print(summary_table(stats, title))
+        console.print(judge_summary_table(stats, title))
         _print_not_judged(console, collected)
         return 0
 
     store.ensure_indexes()
     try:
-        info = asyncio.run(probe(entry.base_url, entry.model, entry.api_key()))
+        endpoint = asyncio.run(probe(entry))
     except EndpointError as exc:
-        _fail(str(exc))
-    endpoint = JudgeEndpoint(
-        entry=entry,
-        info=info,
-        counter=(
-            token_counter(entry.base_url, entry.model, entry.api_key()) if info.is_storybench_server else None
-        ),
-        policy=RetryPolicy(
-            max_attempts=settings.retry_max_attempts,
-            max_total_wait_s=settings.retry_max_wait_s,
-            initial_backoff_s=settings.retry_initial_s,
-            max_backoff_s=settings.retry_max_backoff_s,
-        ),
-    )
-    limit = req.concurrency or default_concurrency(entry, info, settings)
+        fail(str(exc), EXIT_CONFIG)
+    policy = RetryPolicy.from_settings(settings)
+    limit = req.concurrency or endpoint.max_connections
     window = endpoint.context_window
     console.print(
         f"Judge endpoint {escape(entry.base_url)}: "
@@ -253,7 +223,7 @@ def _judge(store: Store, req: JudgeRequest) -> int:
     totals: dict[str, int] = {k: sum(1 for t in pending if t.kind == k) for k in kinds}
     status, message = "completed", None
     with JudgeProgress(console, totals) as bars:
-        judge = Judge(rubric, endpoint, store, resolved_id, limit, on_progress=bars.update)
+        judge = Judge(rubric, endpoint, policy, store, resolved_id, limit, on_progress=bars.update)
         try:
             asyncio.run(judge.run(pending))
         except KeyboardInterrupt:
@@ -267,7 +237,7 @@ def _judge(store: Store, req: JudgeRequest) -> int:
     for k in kinds:
         done = judge.stats[k]
         stats[k].judged, stats[k].failed, stats[k].trimmed = done.judged, done.failed, done.trimmed
-    console.print(summary_table(stats, title))
+    console.print(judge_summary_table(stats, title))
     _print_not_judged(console, collected)
     for failure in judge.failures[:_SHOWN_FAILURES]:
         console.print(
@@ -286,18 +256,9 @@ def _judge(store: Store, req: JudgeRequest) -> int:
             f"[yellow]{len(judge.failures)} judgement(s) failed and were not stored; "
             "re-run the same command to retry them[/yellow]"
         )
-        return int(base.EXIT_INCOMPLETE)
+        return EXIT_INCOMPLETE
     console.print(f"Stored in the {store.describe()}.")
     return 0
-
-
-def default_concurrency(entry: ModelEntry, info: EndpointInfo, settings: EvalSettings) -> int:
-    """Like the runner: the entry's max_concurrency, else our server's slots, else the setting."""
-    if entry.max_concurrency:
-        return entry.max_concurrency
-    if info.is_storybench_server:
-        return info.slots or 1
-    return settings.concurrency
 
 
 def _print_not_judged(console: Any, collected: Collected) -> None:
@@ -333,6 +294,7 @@ def _dry_run(
                 largest_prompt=max(mine, default=0),
                 completion_tokens=completion,
                 cost_usd=entry.cost_usd(sum(mine), completion),
+                no_cost_because=entry.missing_prices,
             )
         )
     return dry_run_table(

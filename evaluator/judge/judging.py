@@ -14,12 +14,12 @@ from __future__ import annotations
 import asyncio
 import copy
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Any, Protocol
+from dataclasses import dataclass
+from typing import Any
 
 import httpx
 
-from evaluator.budget import Counter, count_prompt_tokens
+from evaluator.budget import count_prompt_tokens
 from evaluator.client import (
     Completion,
     ContextOverflow,
@@ -27,23 +27,21 @@ from evaluator.client import (
     GaveUp,
     RetryPolicy,
     chat_with_retries,
-    make_client,
 )
-from evaluator.config import ModelEntry
-from evaluator.endpoint import EndpointInfo
+from evaluator.endpoint import Endpoint
 from evaluator.judge.prompts import DoesNotFit, Fitted, fit, render, response_format
 from evaluator.judge.rubric import KINDS, Rubric
 from evaluator.judge.targets import Target
 from evaluator.judge.verdict import InvalidJudgement, Verdict, parse_verdict
 from evaluator.records import EvaluationRecord, utcnow
-from evaluator.runner import redact, run_all
+from evaluator.runner import run_all
+from evaluator.store import Store
+from evaluator.turn_record import redact
 
 __all__ = [
     "Failure",
     "Judge",
     "JudgeAborted",
-    "JudgeEndpoint",
-    "JudgementRecord",
     "KindStats",
     "split_judged",
 ]
@@ -52,34 +50,8 @@ _NOTE_REASON_CHARS = 160
 _OVERFLOW_RETRIES = 4
 
 
-@dataclass
-class JudgementRecord(EvaluationRecord):
-    """An `evaluations` document plus `details`: how the judgement was made (judge model id and
-    endpoint, tokens, attempts, how much context was left out). Never a key."""
-
-    details: dict[str, Any] = field(default_factory=dict)
-
-
-class StoreLike(Protocol):
-    def save_evaluation(self, rec: EvaluationRecord) -> bool: ...
-
-
 class JudgeAborted(Exception):
     """Stops judging: the database went away (what was saved is kept)."""
-
-
-@dataclass
-class JudgeEndpoint:
-    """The judge model and what we know about its endpoint."""
-
-    entry: ModelEntry
-    info: EndpointInfo
-    counter: Counter | None
-    policy: RetryPolicy
-
-    @property
-    def context_window(self) -> int | None:
-        return self.info.context_window or self.entry.context_window
 
 
 @dataclass
@@ -104,22 +76,14 @@ class Failure:
 
 
 def split_judged(
-    targets: list[Target], stored: list[dict[str, Any]], judge: str, rubric_version: str
+    targets: list[Target], stored: list[EvaluationRecord], judge: str, rubric_version: str
 ) -> tuple[list[Target], list[Target], set[str]]:
     """(to judge, already judged, judge model ids the stored judgements name) for this judge and
     rubric version: a re-run sends nothing for what is stored."""
-    done = {
-        str(e["target_id"]): e
-        for e in stored
-        if e.get("judge_model") == judge and e.get("rubric_version") == rubric_version
-    }
+    done = {e.target_id: e for e in stored if e.judge_model == judge and e.rubric_version == rubric_version}
     pending = [t for t in targets if t.target_id not in done]
     skipped = [t for t in targets if t.target_id in done]
-    model_ids = {
-        str(e["details"]["judge_model_id"])
-        for e in done.values()
-        if isinstance(e.get("details"), dict) and e["details"].get("judge_model_id")
-    }
+    model_ids = {str(e.details["judge_model_id"]) for e in done.values() if e.details.get("judge_model_id")}
     return pending, skipped, model_ids
 
 
@@ -127,14 +91,16 @@ class Judge:
     def __init__(
         self,
         rubric: Rubric,
-        endpoint: JudgeEndpoint,
-        store: StoreLike,
+        endpoint: Endpoint,
+        policy: RetryPolicy,
+        store: Store,
         run_id: str | None,
         concurrency: int,
         on_progress: Callable[[str, KindStats], None] | None = None,
     ) -> None:
         self.rubric = rubric
         self.endpoint = endpoint
+        self.policy = policy
         self.store = store
         self.run_id = run_id
         self.concurrency = max(1, concurrency)
@@ -145,13 +111,10 @@ class Judge:
         self.aborted: str | None = None  # the judge endpoint refused us for good (401/403/404)
         self.store_failed: str | None = None
         self._secret = endpoint.entry.api_key()
-        self._client: Any = None
 
     async def run(self, targets: list[Target]) -> None:
         for target in targets:
             self.stats[target.kind].to_judge += 1
-        entry = self.endpoint.entry
-        self._client = make_client(entry.base_url, self._secret, entry.request_timeout_s)
         gate = asyncio.Semaphore(self.concurrency)
 
         async def bounded(target: Target) -> None:
@@ -161,7 +124,7 @@ class Judge:
         try:
             await run_all(bounded(t) for t in targets)
         finally:
-            await self._client.close()
+            await self.endpoint.aclose()
 
     # ---- one target -------------------------------------------------------------------------
 
@@ -212,11 +175,11 @@ class Judge:
                 first_problem = str(exc)
                 params = {**params, "seed": self.rubric.seed + 1}
                 completion = await chat_with_retries(
-                    self._client,
+                    self.endpoint.chat_client(),
                     entry.model,
                     _with_note(fitted.messages, first_problem),
                     params,
-                    self.endpoint.policy,
+                    self.policy,
                 )
                 attempts += completion.attempts
                 try:
@@ -245,7 +208,7 @@ class Judge:
         except GaveUp as exc:
             self._fail(target, str(exc))
             return
-        self._save(target, verdict, completion, fitted, attempts, first_problem, params["seed"])
+        await self._save(target, verdict, completion, fitted, attempts, first_problem, params["seed"])
 
     async def _send(
         self, target: Target, fitted: Fitted, params: dict[str, Any]
@@ -258,7 +221,11 @@ class Judge:
         for _ in range(_OVERFLOW_RETRIES):
             try:
                 completion = await chat_with_retries(
-                    self._client, self.endpoint.entry.model, fitted.messages, params, self.endpoint.policy
+                    self.endpoint.chat_client(),
+                    self.endpoint.entry.model,
+                    fitted.messages,
+                    params,
+                    self.policy,
                 )
             except ContextOverflow as overflow:
                 attempts += overflow.attempts
@@ -279,7 +246,7 @@ class Judge:
             f"still too long after leaving out {fitted.left_out} earlier turn(s)", attempts=attempts
         )
 
-    def _save(
+    async def _save(
         self,
         target: Target,
         verdict: Verdict,
@@ -298,7 +265,7 @@ class Judge:
                 f"[context trimmed: the oldest {fitted.left_out} of {total} earlier turns were left "
                 f"out to fit the judge's context] {rationale}"
             )
-        record = JudgementRecord(
+        record = EvaluationRecord(
             target_id=target.target_id,
             target_kind=target.kind,
             judge_model=entry.name,
@@ -325,8 +292,8 @@ class Judge:
                 "seed": seed,
             },
         )
-        try:
-            self.store.save_evaluation(record)
+        try:  # in a worker thread: a database round trip never stalls other judge requests
+            await asyncio.to_thread(self.store.save_evaluation, record)
         except Exception as exc:  # StoreError; anything else is as fatal
             self.store_failed = str(exc)
             raise JudgeAborted(str(exc)) from exc

@@ -48,7 +48,7 @@ class JudgeProgress:
             )
 
 
-def summary_table(stats: dict[str, KindStats], title: str) -> Table:
+def judge_summary_table(stats: dict[str, KindStats], title: str) -> Table:
     table = Table(title=title)
     table.add_column("target", no_wrap=True)
     for col in ("judged", "already judged", "failed", "not judged", "context trimmed"):
@@ -75,6 +75,7 @@ class DryRunRow:
     largest_prompt: int
     completion_tokens: int
     cost_usd: float | None
+    no_cost_because: str | None = None  # which price is missing, when cost_usd is None
 
 
 def dry_run_table(rows: list[DryRunRow], title: str) -> Table:
@@ -99,6 +100,6 @@ def dry_run_table(rows: list[DryRunRow], title: str) -> Table:
             f"{r.prompt_tokens:,}",
             f"{r.largest_prompt:,}",
             f"{r.completion_tokens:,}",
-            f"${r.cost_usd:.4f}" if r.cost_usd is not None else "no prices set",
+            f"${r.cost_usd:.4f}" if r.cost_usd is not None else str(r.no_cost_because),
         )
     return table

@@ -7,13 +7,22 @@
     render_html.py    HTML (inline CSS, no scripts; every stored string escaped)
     render_md.py      Markdown for issues and pull requests
     output.py         default path, atomic write
-    cli.py            the click command `report_command`
+    cli.py            the click command; `register(group)` adds it to `storybench-eval`
 
 docs/reports.md describes what a report contains and how its numbers are computed.
 """
 
 from __future__ import annotations
 
+import click
+
+from evaluator.report.cli import report_command
 from evaluator.report.output import FORMATS, ReportError, default_path, write_report
 
-__all__ = ["FORMATS", "ReportError", "default_path", "write_report"]
+
+def register(group: click.Group) -> None:
+    """Add `report` to the command group (called by evaluator/cli.py, like a plugin hook)."""
+    group.add_command(report_command)
+
+
+__all__ = ["FORMATS", "ReportError", "default_path", "register", "write_report"]

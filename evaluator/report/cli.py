@@ -11,16 +11,11 @@ from pathlib import Path
 
 import click
 
+from evaluator.cli_common import EXIT_CONFIG, EXIT_FAILED, RUN_OR_LATEST, fail, resolve_run_or_exit
 from evaluator.cli_options import db_option, mongo_option
 from evaluator.report.output import FORMATS, default_path, format_for, write_report
 from evaluator.store.errors import StoreError
 from evaluator.store.store import open_store
-
-
-def _fail(message: str, code: int = 1) -> None:
-    from evaluator.cli import fail  # at call time: evaluator/cli.py imports this module
-
-    fail(message, code=code)
 
 
 @click.command("report", context_settings={"help_option_names": ["-h", "--help"]})
@@ -67,27 +62,15 @@ def report_command(
     marked. It only reads the store.
     """
     if (run_id is None) == (not latest):
-        raise click.UsageError("give a RUN_ID or --latest (one of them)")
+        fail(RUN_OR_LATEST, EXIT_CONFIG)
     try:
         with open_store(mongo_uri, db_name=db_name) as store:
-            if latest:
-                newest = store.list_runs(limit=1)
-                if not newest:
-                    _fail("no runs stored yet; `storybench-eval run` starts one")
-                    return
-                run = newest[0]
-            else:
-                found = store.get_run(run_id or "")
-                if found is None:
-                    _fail(f"no run '{run_id}'; list them with `storybench-eval runs`")
-                    return
-                run = found
+            run = resolve_run_or_exit(store, run_id, latest=latest)
             chosen = format_for(out, fmt)
-            path = out if out is not None else default_path(str(run.get("_id", "")), chosen)
+            path = out if out is not None else default_path(run.id, chosen)
             written = write_report(
                 store, run, path, chosen, transcripts=not no_transcripts, make_parent=out is None
             )
     except StoreError as exc:
-        _fail(str(exc))
-        return
+        fail(str(exc), EXIT_FAILED)
     click.echo(str(written))

@@ -149,7 +149,7 @@ def models_table(summary: Summary) -> Table | None:
     return Table(headers, rows, numeric, note=note)
 
 
-def summary_table(summary: Summary) -> Table:
+def report_summary_table(summary: Summary) -> Table:
     headers = ["model", "sequence", "runs", "turns planned", *summary.outcomes, "not stored"]
     headers += ["latency mean", "latency p90", "TTFT mean", "tokens/s", "prompt tokens from cache", "cost"]
     rows = []

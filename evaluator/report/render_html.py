@@ -159,9 +159,8 @@ def render_html(summary: Summary, conversations: Iterable[Conversation] | None, 
     models = present.models_table(summary)
     if models is not None:
         out.write('<h2 id="models">Models</h2>\n' + table(models))
-    out.write(
-        '<h2 id="summary">Summary per model and sequence</h2>\n' + table(present.summary_table(summary))
-    )
+    summary_html = table(present.report_summary_table(summary))
+    out.write('<h2 id="summary">Summary per model and sequence</h2>\n' + summary_html)
     out.write('<h2 id="scores">Judge scores</h2>\n')
     scores = present.score_tables(summary)
     if scores:

@@ -114,7 +114,7 @@ def render_md(summary: Summary, conversations: Iterable[Conversation] | None, ou
     models = present.models_table(summary)
     if models is not None:
         out.write("## Models\n\n" + table(models))
-    out.write("## Summary per model and sequence\n\n" + table(present.summary_table(summary)))
+    out.write("## Summary per model and sequence\n\n" + table(present.report_summary_table(summary)))
     out.write("## Judge scores\n\n")
     scores = present.score_tables(summary)
     out.write("".join(table(t) for t in scores) or "*No judgements are stored for this run's turns.*\n\n")

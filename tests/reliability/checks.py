@@ -1,18 +1,27 @@
-"""Assertions on stored turns shared by the fault tests: complete, once, and the right history."""
+"""Assertions on stored turns shared by the fault tests: complete, once, and the right history.
+
+They look at the documents as the database holds them (`stored_turns`), not through the typed
+reads: "half-written" is about what is physically stored.
+"""
 
 from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Mapping
-from dataclasses import fields
 from typing import Any
 
-from evaluator.records import ResponseRecord
-from evaluator.store.store import OUTCOMES, SCHEMA_VERSION
+from evaluator.records import OUTCOMES, SCHEMA_VERSION, ResponseRecord
+from evaluator.store import Store
 from tests.reliability.standin import expected_answer
 
-RECORD_FIELDS = frozenset(f.name for f in fields(ResponseRecord))
+RECORD_FIELDS = frozenset(ResponseRecord.field_names())
 TurnKey = tuple[str, str, str, int, int]
+
+
+def stored_turns(store: Store) -> list[dict[str, Any]]:
+    """Every `responses` document as stored, in conversation order."""
+    order = [(f, 1) for f in ("model", "sequence", "run_index", "turn_index", "experiment_key")]
+    return list(store.db["responses"].find({}).sort(order))
 
 
 def turn_key(doc: dict[str, Any]) -> TurnKey:

@@ -22,7 +22,8 @@ from typing import Any
 import pytest
 from pymongo import MongoClient
 
-from evaluator.store import Store, open_store
+from evaluator.records import RunRecord
+from evaluator.store import Store, open_store, read_document
 from evaluator.store.connect import URI_ENV
 from evaluator.store.embedded import DATA_DIR_ENV, EmbeddedServer, running_server
 from tests.reliability.standin import StandIn
@@ -146,6 +147,7 @@ def responses(uri: str, db: str = "storybench") -> list[dict[str, Any]]:
     return sorted(docs, key=lambda d: (d["sequence"], d["run_index"], d["turn_index"]))
 
 
-def runs(uri: str, db: str = "storybench") -> list[dict[str, Any]]:
+def runs(uri: str, db: str = "storybench") -> list[RunRecord]:
+    """Run documents oldest first, read as the product reads them (typed, upgraded)."""
     with mongo_client(uri) as client:
-        return list(client[db]["runs"].find({}).sort("started_at", 1))
+        return [read_document(RunRecord, d) for d in client[db]["runs"].find({}).sort("started_at", 1)]

@@ -20,7 +20,7 @@ from evaluator.plan import build_plan
 from evaluator.runner import Runner
 from evaluator.store import Store
 from evaluator.store.embedded import running_server
-from tests.reliability.checks import assert_whole, history_mismatches
+from tests.reliability.checks import assert_whole, history_mismatches, stored_turns
 from tests.reliability.conftest import (
     child_env,
     eval_cmd,
@@ -86,7 +86,7 @@ def test_a_fault_once_is_retried_to_success(standin: StandIn, store: Store, faul
     started = time.monotonic()
     play(store, entry(standin), sequences(1, turns=2))
     elapsed = time.monotonic() - started
-    docs = store.responses()
+    docs = stored_turns(store)
     assert [d["outcome"] for d in docs] == ["ok", "ok"], [d["error"] for d in docs]
     for doc in docs:
         assert_whole(doc)
@@ -117,7 +117,7 @@ def test_a_fault_that_persists_is_a_recorded_explained_failure(
             standin, request_timeout_s=0.5, **({"api_key_env": "STORYBENCH_REL_KEY"} if key else {})
         )
         runner = play(store, model, sequences(1, turns=3), policy=PERSISTENT)
-    docs = store.responses()
+    docs = stored_turns(store)
     assert len(docs) == 1, "the conversation must stop at the failed turn"
     (doc,) = docs
     assert_whole(doc)
@@ -136,7 +136,7 @@ def test_a_fault_that_persists_is_a_recorded_explained_failure(
 def test_a_fatal_error_after_retries_counts_every_attempt(standin: StandIn, store: Store) -> None:
     standin.script.extend(["503", "400"])
     play(store, entry(standin), sequences(1, turns=1))
-    (doc,) = store.responses()
+    (doc,) = stored_turns(store)
     assert doc["outcome"] == "error" and "HTTP 400" in doc["error"]
     assert doc["attempts"] == 2 == len(standin.requests)
 

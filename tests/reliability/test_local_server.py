@@ -248,7 +248,7 @@ def test_sigkill_of_the_server_mid_run_then_resume_after_restart(
         assert doc["messages_sent"] == 2 + 2 * doc["turn_index"]  # system + full history + new turn
     assert all(kept[d["_id"]] == d["finished_at"] for d in docs if d["_id"] in kept)
     last = runs(mongo.uri, db_name)[-1]
-    assert last["counts"] == {"ok": 9 - len(kept)}
+    assert last.counts == {"ok": 9 - len(kept)}
     figures["sigkill_server"] = {
         "planned_turns": 9, "stored_before_kill": len(kept), "failed_then_retried": len(failed),
         "lost": 9 - len(docs), "duplicated": duplicates(docs), "resume_seconds": round(resume_s, 1),

@@ -103,7 +103,7 @@ def test_sigkill_of_the_evaluator_then_resume_stores_each_turn_once(
     # Turns stored before a kill are untouched; the resume wrote exactly the missing ones.
     assert all(snapshot[d["_id"]] == (d["run_id"], d["finished_at"]) for d in docs if d["_id"] in snapshot)
     last_run = runs(mongo.uri, db_name)[-1]
-    assert last_run["counts"] == {"ok": PLANNED - len(snapshot)}
+    assert last_run.counts == {"ok": PLANNED - len(snapshot)}
     # A turn in flight at the kill was answered but not stored: it is asked again (at most one per
     # conversation in flight), never stored twice.
     asked_again = sum(n - 1 for n in served_ok.values() if n > 1)

@@ -1,6 +1,6 @@
 """Soak: many turns against the stand-in with random faults at a fixed seed.
 
-The real run loop (`evaluator.cli._run`: run documents, retries, resume) writes to a real
+The real run loop (`evaluator.evaluate.evaluate`: run documents, retries, resume) writes to a real
 embedded database. Each request's fault is drawn from a generator seeded with (seed, history,
 run seed, attempt), so the same faults hit the same requests whatever the interleaving of
 conversations.
@@ -19,12 +19,12 @@ from typing import Any
 
 import pytest
 
-from evaluator.cli import _run
 from evaluator.config import EvalSettings, ModelEntry, PromptTurn, Sequence
-from evaluator.endpoint import EndpointInfo
+from evaluator.endpoint import Endpoint
+from evaluator.evaluate import Evaluation, evaluate
 from evaluator.records import ResponseRecord
 from evaluator.store import Store
-from tests.reliability.checks import assert_whole, duplicates, history_mismatches, turn_key
+from tests.reliability.checks import assert_whole, duplicates, history_mismatches, stored_turns, turn_key
 from tests.reliability.standin import ChatRequest, StandIn
 
 pytestmark = pytest.mark.integration
@@ -75,7 +75,7 @@ def test_soak_loses_nothing_and_stores_nothing_twice(
 
     def recording_save(rec: ResponseRecord) -> bool:
         ok = save(rec)
-        assert ok, f"{rec._id}: a write was refused (the turn was already final)"
+        assert ok, f"{rec.id}: a write was refused (the turn was already final)"
         written.append((current["pass"], rec))
         return ok
 
@@ -87,18 +87,19 @@ def test_soak_loses_nothing_and_stores_nothing_twice(
             name="hosted", base_url=standin.base_url, model="standin-1", max_tokens=64,
             min_output_tokens=16, seed=7, request_timeout_s=2.0, max_concurrency=8,
         )  # fmt: skip
-        endpoints = {"hosted": EndpointInfo(base_url=standin.base_url)}
+        endpoints = {"hosted": Endpoint(model)}
+        evaluation = Evaluation([model], seqs, settings, runs, concurrency=8)
         codes = []
         for n in range(1, MAX_PASSES + 1):
             current["pass"] = n
-            codes.append(_run(store, [model], seqs, settings, runs, 8, False, endpoints))
+            codes.append(evaluate(store, evaluation, endpoints).exit_code)
             if codes[-1] == 0:
                 break
         requests = list(standin.requests)
 
     assert codes[-1] == 0, f"not settled after {MAX_PASSES} passes: exit codes {codes}"
     assert set(codes[:-1]) <= {3}, codes  # an unfinished pass says "re-run to retry"
-    docs = store.responses()
+    docs = stored_turns(store)
     for doc in docs:
         assert_whole(doc)
 
@@ -117,16 +118,16 @@ def test_soak_loses_nothing_and_stores_nothing_twice(
     # Totals add up. Every request the stand-in saw is counted in exactly one written record.
     assert sum(rec.attempts for _, rec in written) == len(requests)
     # The run documents count what each pass wrote.
-    run_docs = sorted(store.list_runs(limit=100), key=lambda r: r["started_at"])
+    run_docs = sorted(store.list_runs(limit=100), key=lambda r: r.started_at)
     assert len(run_docs) == len(codes)
     for n, run in enumerate(run_docs, start=1):
         wrote = Counter(rec.outcome for p, rec in written if p == n)
-        assert {k: v for k, v in run["counts"].items() if v} == dict(wrote), run["_id"]
-        assert run["status"] == ("completed" if n == len(codes) else "incomplete")
+        assert {k: v for k, v in run.counts.items() if v} == dict(wrote), run.id
+        assert run.status == ("completed" if n == len(codes) else "incomplete")
     ok_written = sum(1 for _, rec in written if rec.outcome == "ok")
     assert ok_written == sum(1 for d in docs if d["outcome"] == "ok") == len(served_ok)
 
-    errors_then_ok = {rec._id for _, rec in written if rec.outcome == "error"} & {
+    errors_then_ok = {rec.id for _, rec in written if rec.outcome == "error"} & {
         d["_id"] for d in docs if d["outcome"] == "ok"
     }
     retried_ok = sum(1 for d in docs if d["outcome"] == "ok" and d["attempts"] > 1)

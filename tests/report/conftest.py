@@ -8,7 +8,6 @@ judges and two rubric versions, and returns the numbers the report must show.
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
 from datetime import timedelta
 from html.parser import HTMLParser
@@ -34,6 +33,7 @@ from tests.store.conftest import (  # noqa: F401  (fixtures, found by name)
     mongo_uri,
     store,
 )
+from tests.support.documents import replaced
 
 MODELS = ["m1", "m2"]
 SEQUENCES = {"lighthouse": ["premise", "storm", "poem"], "harbor": ["arrival", "letter", "sonnet"]}
@@ -129,7 +129,7 @@ def run_record(run_id: str = "20261128-120000-abc123", **changes: Any) -> RunRec
         heartbeat_at=T0,
         heartbeat_s=30.0,
     )
-    return dataclasses.replace(record, **changes)
+    return replaced(record, **changes)
 
 
 def turn_record(
@@ -162,7 +162,7 @@ def turn_record(
     if outcome == "context_exhausted":
         fields.update(prompt_tokens_estimated=2010, max_tokens_sent=None)
     fields.update(changes)
-    return dataclasses.replace(base, **fields)
+    return replaced(base, **fields)
 
 
 def judgement(
@@ -204,7 +204,7 @@ def seed_run(db: Store, run_id: str = "20261128-120000-abc123") -> Seeded:
     db.save_response(
         turn_record("m1", "lighthouse", 0, 0, "ok", experiment_key="other-g1", response_text=STRAY, _id="")
     )
-    lh = {k: v._id for k, v in seeded.turns.items() if k[:3] == ("m1", "lighthouse", 0)}
+    lh = {k: v.id for k, v in seeded.turns.items() if k[:3] == ("m1", "lighthouse", 0)}
     # Rubric v1 and v2 of the same judge score the same turns on different scales: v1 coherence
     # averages 3.0, v2 9.0; a mixed mean would be 6.0. judge-b's v1 is a third, separate group.
     for record in (

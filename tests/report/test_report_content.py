@@ -9,10 +9,11 @@ import io
 import re
 import socket
 from datetime import datetime, timedelta, timezone
+from typing import Any
 
 import pytest
 
-from evaluator.report.gather import SUMMARY_FIELDS, conversations, summarize
+from evaluator.report.gather import conversations, summarize
 from evaluator.report.render_html import render_html
 from evaluator.report.render_md import render_md
 from evaluator.store import Store
@@ -240,5 +241,20 @@ def test_no_transcripts_leaves_them_out(store: Store, seeded: Seeded) -> None:
     assert find_table(document, "latency p90")
 
 
-def test_the_summary_pass_reads_no_text() -> None:
-    assert not {"prompt", "response_text", "response_raw", "params"} & set(SUMMARY_FIELDS)
+def test_the_summary_pass_reads_no_text(store: Store, seeded: Seeded) -> None:
+    """The summary pass asks the store for turns without their texts; the transcripts with."""
+    asked: list[bool] = []
+    real = store.iter_responses
+
+    def spy(key: str, *, with_text: bool = True) -> Any:
+        asked.append(with_text)
+        return real(key, with_text=with_text)
+
+    store.iter_responses = spy  # type: ignore[method-assign]
+    run = store.get_run(seeded.run_id)
+    assert run is not None
+    summary = summarize(store, run)
+    assert asked and not any(asked) and summary.turns_stored == 19
+    asked.clear()
+    texts = [t.answer for c in conversations(store, run) for t in c.turns]
+    assert asked and all(asked) and any(texts)

@@ -5,7 +5,6 @@ in a script tag and console markup, RELIABILITY.md) with worse added."""
 
 from __future__ import annotations
 
-import dataclasses
 import html
 import io
 import re
@@ -20,6 +19,7 @@ from evaluator.report.render_md import fenced, inline, render_md
 from evaluator.store import Store
 from tests.reliability.standin import MARKUP, expected_answer
 from tests.report.conftest import exp_key, judgement, run_record, snapshot, turn_record
+from tests.support.documents import replaced
 
 pytestmark = pytest.mark.integration
 
@@ -66,7 +66,7 @@ def hostile_run(store: Store) -> str:
     )
     for i, outcome in enumerate(["ok", "ok", "error"]):
         rec = turn_record("m1", "lighthouse", 0, i, outcome)
-        rec = dataclasses.replace(
+        rec = replaced(
             rec,
             prompt=f"Write the premise. {HOSTILE}",
             response_text=ANSWER if outcome == "ok" else "",
@@ -77,14 +77,14 @@ def hostile_run(store: Store) -> str:
         )
         store.save_response(rec)
         store.save_evaluation(
-            judgement(rec._id, f"judge {HOSTILE}", f"v{HOSTILE}", {HOSTILE: 3, "voice": HOSTILE})
+            judgement(rec.id, f"judge {HOSTILE}", f"v{HOSTILE}", {HOSTILE: 3, "voice": HOSTILE})
         )
         store.save_evaluation(
-            dataclasses.replace(judgement(rec._id, "judge-a", "v1", {"voice": 4}), rationale=HOSTILE)
+            replaced(judgement(rec.id, "judge-a", "v1", {"voice": 4}), rationale=HOSTILE)
         )
     conv = sequence_run_id(exp_key("m1", "lighthouse"), "m1", "lighthouse", 0)
     store.save_evaluation(
-        dataclasses.replace(judgement(conv, "judge-a", "arc", {"arc": 1}, "sequence"), rationale=HOSTILE)
+        replaced(judgement(conv, "judge-a", "arc", {"arc": 1}, "sequence"), rationale=HOSTILE)
     )
     return run_id
 

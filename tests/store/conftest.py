@@ -27,7 +27,8 @@ __all__ = ["T0", "make_evaluation", "make_response", "make_run"]  # re-exported 
 EXTERNAL_ENV = "STORYBENCH_TEST_MONGO_URI"
 # "memory": the same Store over mongomock (tests/support/memory_store.py), which unit tests of
 # the runner and the judge use: the contract suite keeps it honest.
-BACKENDS = ["embedded", "memory"] + (["external"] if os.environ.get(EXTERNAL_ENV) else [])
+WIRE_BACKENDS = ["embedded"] + (["external"] if os.environ.get(EXTERNAL_ENV) else [])
+BACKENDS = [*WIRE_BACKENDS, "memory"]
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

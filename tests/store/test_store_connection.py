@@ -100,4 +100,4 @@ def test_killed_database_surfaces_as_store_error_not_a_hang(
     # The turn written before the kill is there after a restart on the same folder.
     with running_server(tmp_path / "doomed") as again, open_store(again.uri) as store:
         assert again.pid != server.pid
-        assert [d["turn_index"] for d in store.responses()] == [0]
+        assert [d.turn_index for d in store.responses()] == [0]

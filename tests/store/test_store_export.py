@@ -43,8 +43,8 @@ def filled(
     ]
     for rec in recs:
         store.save_response(rec)
-    store.save_evaluation(evaluation_factory(recs[1]._id))
-    store.save_evaluation(evaluation_factory(recs[1]._id, judge="judge-0"))
+    store.save_evaluation(evaluation_factory(recs[1].id))
+    store.save_evaluation(evaluation_factory(recs[1].id, judge="judge-0"))
     seq_eval = evaluation_factory(sequence_run_id(recs[0].experiment_key, "m1", "lighthouse", 0))
     seq_eval.target_kind = "sequence"
     store.save_evaluation(seq_eval)

@@ -9,13 +9,21 @@ import subprocess
 from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
 
+import pytest
 from click.testing import CliRunner, Result
 
 from evaluator.cli import cli
 from evaluator.records import RunRecord, utcnow
 from evaluator.store import Store
+from tests.store.conftest import WIRE_BACKENDS
 
 RunFactory = Callable[..., RunRecord]
+
+
+@pytest.fixture(scope="session", params=WIRE_BACKENDS)
+def backend(request: pytest.FixtureRequest) -> str:
+    """Only servers a command can connect to: these tests drive the CLI with --mongo-uri."""
+    return str(request.param)
 
 
 def dead_pid() -> int:
@@ -76,7 +84,7 @@ def test_runs_tells_live_runs_from_abandoned_ones(store: Store, run_factory: Run
     assert "status running" in shown and f"pid {os.getpid()} on {here}" in shown and "heartbeat" in shown
 
     # Reading never writes: the records still say what their runs wrote (docs/store.md).
-    stored = {doc["_id"]: doc["status"] for doc in store.list_runs()}
+    stored = {doc.id: doc.status for doc in store.list_runs()}
     assert stored == {
         "dead-here": "running", "live-here": "running", "stale-away": "running",
         "fresh-away": "running", "old-record": "running", "done": "completed",
@@ -93,14 +101,14 @@ def test_heartbeat_refreshes_a_running_run_and_never_touches_a_finished_one(
     assert store.heartbeat("beating", later) is True
     doc = store.get_run("beating")
     assert doc is not None
-    assert doc["heartbeat_at"] == later  # a BSON date on nx-27017 too (no $set)
-    assert doc["config_snapshot"]["models"][0]["stream"] is True  # bools survive the replace
-    assert doc["revision"] == 1
+    assert doc.heartbeat_at == later  # a BSON date on nx-27017 too (no $set)
+    assert doc.config_snapshot["models"][0]["stream"] is True  # bools survive the replace
+    assert doc.revision == 1
 
     store.update_run("beating", status="completed", finished_at=later)
     assert store.heartbeat("beating", later + timedelta(seconds=30)) is False
     doc = store.get_run("beating")
-    assert doc is not None and doc["status"] == "completed" and doc["heartbeat_at"] == later
+    assert doc is not None and doc.status == "completed" and doc.heartbeat_at == later
     assert store.heartbeat("no-such-run", later) is False
 
 
@@ -111,5 +119,5 @@ def test_new_run_fields_round_trip(store: Store, run_factory: RunFactory) -> Non
     store.create_run(run)
     doc = store.get_run("where")
     assert doc is not None
-    assert (doc["host"], doc["pid"], doc["heartbeat_s"]) == ("box-1", 1234, 0.5)
-    assert doc["heartbeat_at"] == run.heartbeat_at
+    assert (doc.host, doc.pid, doc.heartbeat_s) == ("box-1", 1234, 0.5)
+    assert doc.heartbeat_at == run.heartbeat_at

@@ -7,9 +7,16 @@ build their records the same way (and a new required field is added in one place
 from __future__ import annotations
 
 from datetime import datetime, timedelta, timezone
-from typing import Any
+from typing import Any, TypeVar
 
-from evaluator.records import EvaluationRecord, ResponseRecord, RunRecord, config_hash, experiment_key
+from evaluator.records import (
+    EvaluationRecord,
+    ResponseRecord,
+    RunRecord,
+    StoredDocument,
+    config_hash,
+    experiment_key,
+)
 
 T0 = datetime(2026, 11, 28, 12, 0, tzinfo=timezone.utc)
 CFG = config_hash({"name": "m1", "temperature": 0.7}, "seqhash")
@@ -100,3 +107,13 @@ def make_evaluation(
         rationale='Keeps the lighthouse keeper\'s name, "Ada", consistent.',
         created_at=T0 + timedelta(hours=1),
     )
+
+
+D = TypeVar("D", bound=StoredDocument)
+
+
+def replaced(record: D, **changes: Any) -> D:
+    """`record` with `changes`, validated again (so `_id=""` recomputes a turn's id)."""
+    if "_id" in changes:
+        changes["id"] = changes.pop("_id")
+    return type(record).model_validate(record.model_dump() | changes)
