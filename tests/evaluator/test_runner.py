@@ -13,82 +13,24 @@ import respx
 
 from evaluator.client import RetryPolicy
 from evaluator.config import ModelEntry, PromptTurn, Sequence
-from evaluator.endpoint import EndpointInfo
+from evaluator.endpoint import Endpoint
 from evaluator.plan import build_plan
-from evaluator.records import ResponseRecord
 from evaluator.runner import Runner
+from evaluator.store import Store
+from tests.support.memory_store import memory_store
+from tests.support.sse import sse
 
 BASE = "http://hosted.test/v1"
 FAST = RetryPolicy(max_attempts=3, max_total_wait_s=30, initial_backoff_s=0.01, max_backoff_s=0.05)
 
 
-class MemoryStore:
-    """Holds turns like the real store does: by deterministic _id, final outcomes never replaced."""
-
-    def __init__(self) -> None:
-        self.docs: dict[str, dict[str, Any]] = {}
-        self.saves = 0
-
-    def save_response(self, rec: ResponseRecord) -> bool:
-        self.saves += 1
-        doc = rec.to_doc()
-        old = self.docs.get(doc["_id"])
-        if old is not None and old["outcome"] != "error":
-            return False
-        self.docs[doc["_id"]] = doc
-        return True
-
-    def done_turns(self, experiment_keys: list[str]) -> dict[tuple[str, str, str, int], list[dict]]:
-        out: dict[tuple[str, str, str, int], list[dict]] = {}
-        for doc in self.docs.values():
-            if doc["experiment_key"] in experiment_keys:
-                key = (doc["experiment_key"], doc["model"], doc["sequence"], doc["run_index"])
-                out.setdefault(key, []).append(doc)
-        for turns in out.values():
-            turns.sort(key=lambda d: d["turn_index"])
-        return out
-
-    def outcomes(self) -> list[str]:
-        return [d["outcome"] for d in sorted(self.docs.values(), key=lambda d: d["turn_index"])]
+def docs(store: Store) -> dict[str, dict[str, Any]]:
+    """The stored turns as the database holds them, by `_id`."""
+    return {d["_id"]: d for d in store.db["responses"].find({})}
 
 
-def sse(
-    text: str,
-    *,
-    finish: str = "stop",
-    prompt_tokens: int = 10,
-    completion_tokens: int | None = None,
-) -> httpx.Response:
-    """A streamed chat completion as an OpenAI-compatible server sends it."""
-    completion_tokens = len(text.split()) if completion_tokens is None else completion_tokens
-    base = {"id": "c1", "object": "chat.completion.chunk", "created": 1, "model": "m"}
-    events = [
-        {
-            **base,
-            "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}],
-        },
-    ]
-    for word in text.split(" ") if text else []:
-        events.append(
-            {
-                **base,
-                "choices": [{"index": 0, "delta": {"content": word + " "}, "finish_reason": None}],
-            }
-        )
-    events.append({**base, "choices": [{"index": 0, "delta": {}, "finish_reason": finish}]})
-    events.append(
-        {
-            **base,
-            "choices": [],
-            "usage": {
-                "prompt_tokens": prompt_tokens,
-                "completion_tokens": completion_tokens,
-                "total_tokens": prompt_tokens + completion_tokens,
-            },
-        }
-    )
-    body = "".join(f"data: {json.dumps(e)}\n\n" for e in events) + "data: [DONE]\n\n"
-    return httpx.Response(200, headers={"content-type": "text/event-stream"}, content=body.encode())
+def outcomes(store: Store) -> list[str]:
+    return [d["outcome"] for d in sorted(docs(store).values(), key=lambda d: d["turn_index"])]
 
 
 def entry(**kw: Any) -> ModelEntry:
@@ -115,11 +57,11 @@ def sequence(n_turns: int = 3, system: str | None = "You are a novelist.") -> Se
 def play(
     models: list[ModelEntry],
     seqs: list[Sequence],
-    store: MemoryStore,
+    store: Store,
     *,
     runs: int = 1,
     concurrency: int = 8,
-    endpoints: dict[str, EndpointInfo] | None = None,
+    endpoints: dict[str, Endpoint] | None = None,
 ) -> Runner:
     plan = build_plan(models, seqs, runs)
     runner = Runner(plan, store, "run-test", endpoints or {}, FAST, concurrency)
@@ -135,7 +77,7 @@ def bodies(route: respx.Route) -> list[dict[str, Any]]:
 def test_every_turn_sends_the_full_history_with_the_models_own_answers() -> None:
     answers = iter(["Mara finds a brass key.", "The key opens the lighthouse.", "A sonnet of the sea."])
     route = respx.post(f"{BASE}/chat/completions").mock(side_effect=lambda req: sse(next(answers)))
-    store = MemoryStore()
+    store = memory_store()
     play([entry()], [sequence(3)], store)
 
     sent = bodies(route)
@@ -145,8 +87,8 @@ def test_every_turn_sends_the_full_history_with_the_models_own_answers() -> None
     assert last[2]["content"] == "Mara finds a brass key."
     assert last[4]["content"] == "The key opens the lighthouse."
     assert all(b["stream"] is True and b["stream_options"] == {"include_usage": True} for b in sent)
-    assert store.outcomes() == ["ok", "ok", "ok"]
-    doc = next(d for d in store.docs.values() if d["turn_index"] == 1)
+    assert outcomes(store) == ["ok", "ok", "ok"]
+    doc = next(d for d in docs(store).values() if d["turn_index"] == 1)
     assert doc["messages_sent"] == 4 and doc["completion_tokens"] == 5 and doc["attempts"] == 1
     assert doc["seed"] == 7 and sent[0]["seed"] == 7
 
@@ -154,10 +96,10 @@ def test_every_turn_sends_the_full_history_with_the_models_own_answers() -> None
 @respx.mock
 def test_run_k_uses_seed_plus_k() -> None:
     route = respx.post(f"{BASE}/chat/completions").mock(side_effect=lambda req: sse("An answer."))
-    store = MemoryStore()
+    store = memory_store()
     play([entry(seed=100)], [sequence(1)], store, runs=3)
     assert sorted(b["seed"] for b in bodies(route)) == [100, 101, 102]
-    assert sorted(d["seed"] for d in store.docs.values()) == [100, 101, 102]
+    assert sorted(d["seed"] for d in docs(store).values()) == [100, 101, 102]
 
 
 @respx.mock
@@ -169,12 +111,12 @@ def test_429_with_retry_after_is_honoured_then_succeeds() -> None:
         ]
     )
     route = respx.post(f"{BASE}/chat/completions").mock(side_effect=lambda req: next(responses))
-    store = MemoryStore()
+    store = memory_store()
     t0 = time.monotonic()
     play([entry()], [sequence(1)], store)
     assert time.monotonic() - t0 >= 0.3
     assert route.call_count == 2
-    (doc,) = store.docs.values()
+    (doc,) = docs(store).values()
     assert doc["outcome"] == "ok" and doc["attempts"] == 2
 
 
@@ -183,10 +125,10 @@ def test_401_fails_fast_with_the_providers_message_and_stops_the_model() -> None
     route = respx.post(f"{BASE}/chat/completions").mock(
         return_value=httpx.Response(401, json={"error": {"message": "Incorrect API key provided"}})
     )
-    store = MemoryStore()
+    store = memory_store()
     runner = play([entry(max_concurrency=1)], [sequence(3)], store, runs=3)
     assert route.call_count == 1  # no retry, and no other conversation of that model is sent
-    (doc,) = store.docs.values()
+    (doc,) = docs(store).values()
     assert doc["outcome"] == "error" and "401" in doc["error"] and "Incorrect API key" in doc["error"]
     assert runner.stats["hosted"].aborted is not None
 
@@ -196,10 +138,10 @@ def test_500_storm_gives_up_after_the_attempt_cap() -> None:
     route = respx.post(f"{BASE}/chat/completions").mock(
         return_value=httpx.Response(500, json={"error": {"message": "upstream exploded"}})
     )
-    store = MemoryStore()
+    store = memory_store()
     play([entry()], [sequence(2)], store)
     assert route.call_count == FAST.max_attempts
-    (doc,) = store.docs.values()  # the sequence stops at the failed turn
+    (doc,) = docs(store).values()  # the sequence stops at the failed turn
     assert doc["outcome"] == "error" and doc["attempts"] == FAST.max_attempts
     assert "gave up after 3 attempt(s)" in doc["error"] and "upstream exploded" in doc["error"]
 
@@ -207,27 +149,27 @@ def test_500_storm_gives_up_after_the_attempt_cap() -> None:
 @respx.mock
 def test_error_turn_is_retried_on_resume_and_then_continues() -> None:
     route = respx.post(f"{BASE}/chat/completions").mock(return_value=httpx.Response(503))
-    store = MemoryStore()
+    store = memory_store()
     play([entry()], [sequence(2)], store)
-    assert store.outcomes() == ["error"]
+    assert outcomes(store) == ["error"]
     route.mock(side_effect=lambda req: sse("Recovered."))
     play([entry()], [sequence(2)], store)
-    assert store.outcomes() == ["ok", "ok"]
+    assert outcomes(store) == ["ok", "ok"]
 
 
 @respx.mock
 def test_context_budget_caps_max_tokens_then_stops_with_context_exhausted() -> None:
     long_answer = " ".join(["word"] * 150)  # ~750 chars: ~250 estimated tokens per answer
     route = respx.post(f"{BASE}/chat/completions").mock(side_effect=lambda req: sse(long_answer))
-    store = MemoryStore()
+    store = memory_store()
     model = entry(context_window=600, max_tokens=400, min_output_tokens=100)
     runner = play([model], [sequence(4, system=None)], store)
     sent = bodies(route)
     assert sent[0]["max_tokens"] == 400
     assert sent[1]["max_tokens"] < 400  # capped to what still fits
     assert len(sent) == 2
-    assert store.outcomes() == ["ok", "ok", "context_exhausted"]
-    exhausted = next(d for d in store.docs.values() if d["outcome"] == "context_exhausted")
+    assert outcomes(store) == ["ok", "ok", "context_exhausted"]
+    exhausted = next(d for d in docs(store).values() if d["outcome"] == "context_exhausted")
     assert "600-token context" in exhausted["error"] and exhausted["max_tokens_sent"] == 0
     assert runner.stats["hosted"].done == 4  # the unplayable last turn counts as settled
 
@@ -245,10 +187,10 @@ def test_endpoint_context_error_is_recorded_as_context_exhausted() -> None:
             },
         )
     )
-    store = MemoryStore()
+    store = memory_store()
     play([entry()], [sequence(2)], store)
-    assert store.outcomes() == ["context_exhausted"]
-    (doc,) = store.docs.values()
+    assert outcomes(store) == ["context_exhausted"]
+    (doc,) = docs(store).values()
     assert "n_ctx (512)" in doc["error"]
 
 
@@ -257,13 +199,13 @@ def test_empty_answer_is_retried_once_then_recorded_as_empty() -> None:
     route = respx.post(f"{BASE}/chat/completions").mock(
         side_effect=lambda req: sse("   ", completion_tokens=1)
     )
-    store = MemoryStore()
+    store = memory_store()
     play([entry()], [sequence(2)], store)
     assert route.call_count == 2
     sent = bodies(route)
     assert sent[1]["seed"] != sent[0]["seed"]  # the retry is not a replay of the same sample
-    assert store.outcomes() == ["empty"]
-    (doc,) = store.docs.values()
+    assert outcomes(store) == ["empty"]
+    (doc,) = docs(store).values()
     assert "empty answer twice" in doc["error"] and doc["attempts"] == 2
 
 
@@ -271,10 +213,10 @@ def test_empty_answer_is_retried_once_then_recorded_as_empty() -> None:
 def test_empty_then_real_answer_is_ok() -> None:
     answers = iter([sse(""), sse("A real answer."), sse("Another.")])
     respx.post(f"{BASE}/chat/completions").mock(side_effect=lambda req: next(answers))
-    store = MemoryStore()
+    store = memory_store()
     play([entry()], [sequence(2)], store)
-    assert store.outcomes() == ["ok", "ok"]
-    first = next(d for d in store.docs.values() if d["turn_index"] == 0)
+    assert outcomes(store) == ["ok", "ok"]
+    first = next(d for d in docs(store).values() if d["turn_index"] == 0)
     assert first["response_text"] == "A real answer." and first["attempts"] == 2
 
 
@@ -288,10 +230,10 @@ def test_stream_cut_before_finish_is_retried() -> None:
     )
     answers = iter([cut, sse("Whole answer.")])
     route = respx.post(f"{BASE}/chat/completions").mock(side_effect=lambda req: next(answers))
-    store = MemoryStore()
+    store = memory_store()
     play([entry()], [sequence(1)], store)
     assert route.call_count == 2
-    (doc,) = store.docs.values()
+    (doc,) = docs(store).values()
     assert doc["response_text"] == "Whole answer." and doc["attempts"] == 2
 
 
@@ -308,12 +250,12 @@ def test_per_endpoint_concurrency_never_exceeds_its_limit(limit: int) -> None:
         in_flight -= 1
         return sse("Done.")
 
-    store = MemoryStore()
+    store = memory_store()
     with respx.mock:
         respx.post(f"{BASE}/chat/completions").mock(side_effect=slow)
         play([entry(max_concurrency=limit)], [sequence(2)], store, runs=6, concurrency=16)
     assert peak == limit
-    assert len(store.docs) == 12
+    assert len(docs(store)) == 12
 
 
 def test_overall_concurrency_bounds_all_endpoints_together() -> None:
@@ -328,7 +270,7 @@ def test_overall_concurrency_bounds_all_endpoints_together() -> None:
         in_flight -= 1
         return sse("Done.")
 
-    store = MemoryStore()
+    store = memory_store()
     other = "http://other.test/v1"
     with respx.mock:
         respx.post(f"{BASE}/chat/completions").mock(side_effect=slow)
@@ -336,33 +278,33 @@ def test_overall_concurrency_bounds_all_endpoints_together() -> None:
         models = [entry(max_concurrency=4), entry(name="other", base_url=other, max_concurrency=4)]
         play(models, [sequence(1)], store, runs=4, concurrency=3)
     assert peak == 3
-    assert len(store.docs) == 8
+    assert len(docs(store)) == 8
 
 
 @respx.mock
 def test_resume_continues_from_the_first_missing_turn_with_stored_history() -> None:
     answers = iter(["First part.", "Second part."])
     route = respx.post(f"{BASE}/chat/completions").mock(side_effect=lambda req: sse(next(answers)))
-    store = MemoryStore()
+    store = memory_store()
     play([entry()], [sequence(2)], store)
     # Forget the second turn, as if the evaluator had been killed before storing it.
-    second = next(k for k, d in store.docs.items() if d["turn_index"] == 1)
-    del store.docs[second]
+    second = next(k for k, d in docs(store).items() if d["turn_index"] == 1)
+    store.db["responses"].delete_one({"_id": second})
     route.mock(side_effect=lambda req: sse("Second part, again."))
     before = route.call_count
     play([entry()], [sequence(2)], store)
     (body,) = bodies(route)[before:]  # only the missing turn is sent
     assert body["messages"][2] == {"role": "assistant", "content": "First part."}
-    assert store.outcomes() == ["ok", "ok"]
+    assert outcomes(store) == ["ok", "ok"]
 
 
 @respx.mock
 def test_think_blocks_are_stripped_from_history_but_kept_raw() -> None:
     answers = iter(["<think>plan the twist</think> The twist lands.", "Next."])
     route = respx.post(f"{BASE}/chat/completions").mock(side_effect=lambda req: sse(next(answers)))
-    store = MemoryStore()
+    store = memory_store()
     play([entry()], [sequence(2)], store)
-    first = next(d for d in store.docs.values() if d["turn_index"] == 0)
+    first = next(d for d in docs(store).values() if d["turn_index"] == 0)
     assert "<think>" in first["response_raw"] and first["response_text"] == "The twist lands."
     assert bodies(route)[1]["messages"][2]["content"] == "The twist lands."
 
@@ -387,19 +329,19 @@ def overflow(prompt_tokens: int, max_tokens: int, n_ctx: int) -> httpx.Response:
 def test_exact_prompt_size_from_the_server_resizes_max_tokens_once() -> None:
     replies = iter([overflow(900, 50, 930), sse("Short but real.")])
     route = respx.post(f"{BASE}/chat/completions").mock(side_effect=lambda req: next(replies))
-    store = MemoryStore()
+    store = memory_store()
     play([entry()], [sequence(1)], store)
     assert [b["max_tokens"] for b in bodies(route)] == [50, 30]  # 930 - 900 left for the answer
-    (doc,) = store.docs.values()
+    (doc,) = docs(store).values()
     assert doc["outcome"] == "ok" and doc["max_tokens_sent"] == 30 and doc["attempts"] == 2
 
 
 @respx.mock
 def test_exact_prompt_size_that_leaves_too_little_room_is_context_exhausted() -> None:
     route = respx.post(f"{BASE}/chat/completions").mock(return_value=overflow(920, 50, 930))
-    store = MemoryStore()
+    store = memory_store()
     play([entry()], [sequence(2)], store)
     assert route.call_count == 1
-    (doc,) = store.docs.values()
+    (doc,) = docs(store).values()
     assert doc["outcome"] == "context_exhausted"
     assert "920 tokens of a 930-token context" in doc["error"]

@@ -4,7 +4,6 @@ judge endpoint's answers as an OpenAI-compatible stream, and the config files.""
 
 from __future__ import annotations
 
-import copy
 import json
 import re
 from collections.abc import Callable
@@ -18,9 +17,11 @@ from click.testing import CliRunner, Result
 
 from evaluator.judge.cli import judge_command
 from evaluator.records import EvaluationRecord, ResponseRecord, RunRecord, config_hash, experiment_key
+from evaluator.store import Store
 from evaluator.store.connect import URI_ENV
 from evaluator.store.embedded import DATA_DIR_ENV
-from tests.evaluator.test_runner import sse
+from tests.support.memory_store import memory_store as memory_store_of
+from tests.support.sse import sse
 
 REPO = Path(__file__).resolve().parents[2]
 JUDGE_BASE = "http://judge.test/v1"
@@ -118,67 +119,29 @@ def seed(store: Any, answers: dict[tuple[int, int], str] | None = None) -> None:
     store.save_response(response(1, 1, outcome="empty"))
 
 
-class MemoryStore:
-    """The parts of evaluator.store.Store the judge uses, with the same semantics."""
+class ObservedStore(Store):
+    """The real Store over an in-memory MongoDB (tests/support/memory_store.py), counting the
+    judge's saves and able to make them fail: the behaviour is the store's own."""
 
-    def __init__(self) -> None:
-        self.runs: dict[str, dict[str, Any]] = {}
-        self.responses: dict[str, dict[str, Any]] = {}
-        self.evals: dict[str, dict[str, Any]] = {}
-        self.saves = 0
-        self.fail_saves_with: Exception | None = None
-
-    def __enter__(self) -> MemoryStore:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        pass
-
-    def describe(self) -> str:
-        return "memory store"
-
-    def ensure_indexes(self) -> None:
-        pass
-
-    def create_run(self, run: RunRecord) -> None:
-        self.runs[run._id] = run.to_doc()
-
-    def save_response(self, rec: ResponseRecord) -> bool:
-        self.responses[rec._id] = rec.to_doc()
-        return True
-
-    def list_runs(self, limit: int = 50) -> list[dict[str, Any]]:
-        return sorted(self.runs.values(), key=lambda r: r["started_at"], reverse=True)[:limit]
-
-    def get_run(self, run_id: str) -> dict[str, Any] | None:
-        if run_id in self.runs:
-            return copy.deepcopy(self.runs[run_id])
-        found = [r for k, r in self.runs.items() if k.startswith(run_id)]
-        return copy.deepcopy(found[0]) if len(found) == 1 else None
-
-    def run_responses(self, run_id: str) -> list[dict[str, Any]]:
-        keys = {e["experiment_key"] for e in self.runs[run_id]["experiments"]}
-        docs = [copy.deepcopy(d) for d in self.responses.values() if d["experiment_key"] in keys]
-        return sorted(docs, key=lambda d: (d["model"], d["sequence"], d["run_index"], d["turn_index"]))
-
-    def evaluations(self, target_ids: list[str]) -> list[dict[str, Any]]:
-        wanted = set(target_ids)
-        return [copy.deepcopy(e) for e in self.evals.values() if e["target_id"] in wanted]
+    saves = 0
+    fail_saves_with: Exception | None = None
 
     def save_evaluation(self, rec: EvaluationRecord) -> bool:
         self.saves += 1
         if self.fail_saves_with is not None:
             raise self.fail_saves_with
-        if rec._id in self.evals:
-            return False
-        self.evals[rec._id] = copy.deepcopy(rec.to_doc())
-        return True
+        return super().save_evaluation(rec)
+
+    @property
+    def evals(self) -> dict[str, dict[str, Any]]:
+        """The stored judgements as the database holds them, by `_id`."""
+        return {d["_id"]: d for d in self.db["evaluations"].find({})}
 
 
 @pytest.fixture
-def memory_store(monkeypatch: pytest.MonkeyPatch) -> MemoryStore:
-    """A seeded MemoryStore that `storybench-eval judge` opens instead of the database."""
-    store = MemoryStore()
+def memory_store(monkeypatch: pytest.MonkeyPatch) -> ObservedStore:
+    """A seeded in-memory Store that `storybench-eval judge` opens instead of the database."""
+    store = memory_store_of(ObservedStore)
     seed(store)
     monkeypatch.setattr("evaluator.judge.cli.open_store", lambda uri=None, db_name="storybench": store)
     return store
@@ -258,5 +221,5 @@ def flat(text: str) -> str:
 
 
 @pytest.fixture
-def store_factory() -> Callable[[], MemoryStore]:
-    return MemoryStore
+def store_factory() -> Callable[[], ObservedStore]:
+    return lambda: memory_store_of(ObservedStore)

@@ -19,7 +19,7 @@ from evaluator.judge.targets import Exchange, Target
 from tests.judge.conftest import (
     JUDGE_BASE,
     REPO,
-    MemoryStore,
+    ObservedStore,
     flat,
     good_judge,
     invoke,
@@ -27,6 +27,7 @@ from tests.judge.conftest import (
     no_storybench_server,
     seed,
 )
+from tests.support.memory_store import memory_store as memory_store_of
 
 RUBRIC = load_rubric(REPO / "config" / "rubric.json")
 LONG = "The tide rose over the causeway. " * 250  # 8,250 characters: about 2,000 tokens at 4 per token
@@ -114,9 +115,9 @@ def storybench_judge(n_ctx: int, slots: int = 3) -> None:
 
 
 @pytest.fixture
-def long_run(monkeypatch: pytest.MonkeyPatch) -> MemoryStore:
+def long_run(monkeypatch: pytest.MonkeyPatch) -> ObservedStore:
     """Run 0 turns 1 and 2 have long answers (about 2,000 tokens each)."""
-    store = MemoryStore()
+    store = memory_store_of(ObservedStore)
     seed(store, {(0, 0): LONG, (0, 1): LONG.upper()})
     monkeypatch.setattr("evaluator.judge.cli.open_store", lambda uri=None, db_name="storybench": store)
     return store
@@ -124,7 +125,7 @@ def long_run(monkeypatch: pytest.MonkeyPatch) -> MemoryStore:
 
 @respx.mock
 def test_on_our_server_trimmed_judgements_say_so_and_a_long_sequence_fails(
-    long_run: MemoryStore, tmp_path: Path
+    long_run: ObservedStore, tmp_path: Path
 ) -> None:
     storybench_judge(n_ctx=4000)
     route = respx.post(f"{JUDGE_BASE}/chat/completions").mock(side_effect=good_judge)
@@ -145,7 +146,7 @@ def test_on_our_server_trimmed_judgements_say_so_and_a_long_sequence_fails(
 
 @respx.mock
 def test_an_answer_too_long_for_the_judge_alone_is_a_failure_with_the_numbers(
-    long_run: MemoryStore, tmp_path: Path
+    long_run: ObservedStore, tmp_path: Path
 ) -> None:
     storybench_judge(n_ctx=2600)
     respx.post(f"{JUDGE_BASE}/chat/completions").mock(side_effect=good_judge)
@@ -158,7 +159,7 @@ def test_an_answer_too_long_for_the_judge_alone_is_a_failure_with_the_numbers(
 
 @respx.mock
 def test_a_hosted_judge_refusing_a_long_prompt_gets_a_shorter_one(
-    long_run: MemoryStore, tmp_path: Path
+    long_run: ObservedStore, tmp_path: Path
 ) -> None:
     no_storybench_server()  # a hosted API without context_window: nothing is known until it refuses
 

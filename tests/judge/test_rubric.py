@@ -14,7 +14,7 @@ import pytest
 
 from evaluator.config import ConfigError
 from evaluator.judge.rubric import load_rubric
-from tests.judge.conftest import REPO, MemoryStore, flat, invoke, judge_args, shipped_rubric
+from tests.judge.conftest import REPO, ObservedStore, flat, invoke, judge_args, shipped_rubric
 
 
 def write(tmp_path: Path, data: Any) -> Path:
@@ -137,7 +137,7 @@ def test_a_missing_rubric_says_where_it_looked(tmp_path: Path) -> None:
     assert "docs/judging.md" in str(caught.value)
 
 
-def test_the_command_exits_2_with_the_message(memory_store: MemoryStore, tmp_path: Path) -> None:
+def test_the_command_exits_2_with_the_message(memory_store: ObservedStore, tmp_path: Path) -> None:
     path = write(tmp_path, edited(lambda d: d["response"]["criteria"][1].update(scal=3)))
     result = invoke(*judge_args(tmp_path, rubric=path))
     assert result.exit_code == 2

@@ -9,18 +9,19 @@ from the real store the way hand-written fakes did.
 from __future__ import annotations
 
 import uuid
-from typing import Any
+from typing import Any, TypeVar
 
 import mongomock
 
 from evaluator.store import Store
 
 MEMORY_URI = "mongodb://memory.invalid/"  # shown in messages only; nothing connects to it
+S = TypeVar("S", bound=Store)
 
 
-def memory_store() -> Store:
-    """A fresh Store on its own in-memory database, indexes created."""
+def memory_store(kind: type[S] = Store) -> S:  # type: ignore[assignment]
+    """A fresh Store (or subclass) on its own in-memory database, indexes created."""
     client: Any = mongomock.MongoClient(tz_aware=True)
-    store = Store(client, f"memory_{uuid.uuid4().hex[:8]}", uri=MEMORY_URI)
+    store = kind(client, f"memory_{uuid.uuid4().hex[:8]}", uri=MEMORY_URI)
     store.ensure_indexes()
     return store
