@@ -133,15 +133,15 @@ def _plan(base_url: str, sequences: int, turns: int, runs: int, concurrency: int
 def evaluator_turns_per_s(base_url: str, data_dir: Path, sequences: int, turns: int, runs: int,
                           concurrency: int, tokens: int) -> tuple[float, int]:  # fmt: skip
     from evaluator.client import RetryPolicy
-    from evaluator.endpoint import EndpointInfo
+    from evaluator.endpoint import Endpoint
     from evaluator.runner import Runner
     from evaluator.store import open_store
 
     plan = _plan(base_url, sequences, turns, runs, concurrency, tokens)
     with open_store(None, db_name=f"bench{int(time.time() * 1000)}", data_dir=data_dir) as store:
         store.ensure_indexes()
-        runner = Runner(plan, store, f"bench-{time.time_ns()}", {"standin": EndpointInfo(base_url=base_url)},
-                        RetryPolicy(max_attempts=1), concurrency)  # fmt: skip
+        endpoints = {m.name: Endpoint(m) for m in plan.models}
+        runner = Runner(plan, store, f"bench-{time.time_ns()}", endpoints, RetryPolicy(max_attempts=1), concurrency)
         start = time.perf_counter()
         stats = asyncio.run(runner.run())
         wall = time.perf_counter() - start

@@ -21,7 +21,7 @@ from typing import Any
 
 import anyio
 import llama_cpp
-from fastapi import Depends, FastAPI
+from fastapi import FastAPI
 from fastapi.middleware import Middleware
 from llama_cpp.server import app as llama_app
 from sse_starlette.sse import AppStatus
@@ -30,22 +30,23 @@ from starlette_context.middleware import RawContextMiddleware
 from starlette_context.plugins import RequestIdPlugin
 
 from server import llama_settings
+from server.auth import bearer_ok
 from server.config import ServerConfig
 from server.engine.host import EngineHost
 from server.gguf_info import file_sha256
 from server.instrumented import StoryBenchProxy
-from server.metadata import server_metadata
-from server.middleware import StoryBenchMiddleware, bearer_ok, send_json, send_unauthorized
+from server.metadata import METADATA_PATH, server_metadata
+from server.middleware import StoryBenchMiddleware
+from server.openai_errors import send_json, send_unauthorized
 
 log = logging.getLogger("storybench.server")
 
-METADATA_PATH = "/storybench/models"
 
-
-def build_llama_app(cfg: ServerConfig, api_key: str | None, proxy: StoryBenchProxy) -> ASGIApp:
+def build_llama_app(cfg: ServerConfig, proxy: StoryBenchProxy) -> ASGIApp:
     """llama-cpp-python's app around our proxy (what its `create_app` does, minus the CORS
-    wildcard and minus loading the model with its own, guessing, LlamaProxy)."""
-    llama_app.set_server_settings(llama_settings.server_settings(cfg, api_key))
+    wildcard and minus loading the model with its own, guessing, LlamaProxy). Upstream is given
+    no key: `StoryBenchApp` checks it once for every route."""
+    llama_app.set_server_settings(llama_settings.server_settings(cfg))
     llama_app._llama_proxy = proxy  # the global its routes' get_llama_proxy dependency yields
     app = FastAPI(
         middleware=[Middleware(RawContextMiddleware, plugins=(RequestIdPlugin(),))],
@@ -54,11 +55,11 @@ def build_llama_app(cfg: ServerConfig, api_key: str | None, proxy: StoryBenchPro
     )
     app.include_router(llama_app.router)
 
-    @app.get(METADATA_PATH, dependencies=[Depends(llama_app.authenticate)], tags=["StoryBench"])
+    @app.get(METADATA_PATH, tags=["StoryBench"])
     async def storybench_models() -> dict[str, Any]:
         return await anyio.to_thread.run_sync(server_metadata, cfg, proxy)
 
-    return StoryBenchMiddleware(app, model_names=cfg.model_names, api_key=api_key)
+    return StoryBenchMiddleware(app, model_names=cfg.model_names)
 
 
 class StoryBenchApp:
@@ -89,12 +90,12 @@ class StoryBenchApp:
 
                 self.host = EngineHost(self.cfg, verbose=self.verbose)
                 self.host.load(self.cfg.models[0].name)
-                self.inner = build_batched_app(self.cfg, self.api_key, self.host)
+                self.inner = build_batched_app(self.cfg, self.host)
             else:
                 settings = [llama_settings.model_settings(m, self.verbose) for m in self.cfg.models]
                 extra = {m.name: llama_settings.extra_model_params(m) for m in self.cfg.models}
                 self.proxy = StoryBenchProxy(settings, extra)
-                self.inner = build_llama_app(self.cfg, self.api_key, self.proxy)
+                self.inner = build_llama_app(self.cfg, self.proxy)
             self.state = "ready"
             log.info("ready in %.2f s", time.perf_counter() - start)
         except Exception as exc:  # reported by /health and the CLI, which exits 1
@@ -142,7 +143,8 @@ class StoryBenchApp:
         if scope["type"] == "http" and scope["path"] == "/health":
             await self._health(send)
             return
-        # Every other route needs the key, FastAPI's own (/docs, /openapi.json) included.
+        # Every other route needs the key, FastAPI's own (/docs, /openapi.json) included: the one
+        # check of it (server/auth.py), for both engines.
         if scope["type"] == "http" and not bearer_ok(scope, self.api_key):
             await send_unauthorized(send)
             return

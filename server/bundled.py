@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 
-from server.errors import ConfigError
+from server.errors import ServerConfigError
 
 PREFIX = "bundled:"
 
@@ -37,18 +37,18 @@ def is_bundled(source: str) -> bool:
 
 
 def locate(source: str) -> Path:
-    """Path of the GGUF behind `bundled:<name>`; ConfigError if unknown or not installed."""
+    """Path of the GGUF behind `bundled:<name>`; ServerConfigError if unknown or not installed."""
     name = source[len(PREFIX) :]
     model = BUNDLED.get(name)
     if model is None:
         close = difflib.get_close_matches(name, BUNDLED, n=1)
         hint = f'did you mean "{PREFIX}{close[0]}"? ' if close else ""
         known = ", ".join(f'"{PREFIX}{n}"' for n in BUNDLED)
-        raise ConfigError(f'unknown bundled model "{source}"; {hint}known: {known}')
+        raise ServerConfigError(f'unknown bundled model "{source}"; {hint}known: {known}')
     try:
         files = metadata.files(model.distribution) or []
     except metadata.PackageNotFoundError:
-        raise ConfigError(
+        raise ServerConfigError(
             f'"{source}" comes from the Python package {model.distribution}, which is not '
             f"installed; install it: {model.install_hint}"
         ) from None
@@ -56,12 +56,12 @@ def locate(source: str) -> Path:
         if entry.name == model.filename:
             path = Path(str(entry.locate())).resolve()
             if not path.is_file():
-                raise ConfigError(
+                raise ServerConfigError(
                     f'"{source}": {model.distribution} lists {model.filename} but the file is '
                     f"missing at {path}; reinstall it: {model.install_hint}"
                 )
             return path
-    raise ConfigError(
+    raise ServerConfigError(
         f'"{source}": the installed {model.distribution} does not contain {model.filename}; '
         f"reinstall it: {model.install_hint}"
     )

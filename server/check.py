@@ -5,7 +5,7 @@ from __future__ import annotations
 import llama_cpp
 
 from server.config import ModelConfig, ServerConfig, gpu_offload_supported
-from server.errors import ConfigError
+from server.errors import ServerConfigError
 
 
 def _mb(n: int) -> str:
@@ -79,7 +79,7 @@ def check_report(cfg: ServerConfig) -> tuple[str, bool]:
     try:
         key = cfg.api_key()
         auth = f"bearer key from ${cfg.api_key_env}" if key else "none (no api_key_env)"
-    except ConfigError as exc:
+    except ServerConfigError as exc:
         auth, ok = f"ERROR: {exc}", False
     lines += [
         f"Server          http://{cfg.host}:{cfg.port}/v1   API key: {auth}",

@@ -18,7 +18,7 @@ from sse_starlette.sse import AppStatus
 from server.app import StoryBenchApp
 from server.check import check_report
 from server.config import DEFAULT_CONFIG, ServerConfig, load_config
-from server.errors import ConfigError
+from server.errors import ServerConfigError
 
 log = logging.getLogger("storybench.server")
 
@@ -142,7 +142,7 @@ def main(config_path: Path, host: str | None, port: int | None, check: bool, log
             click.echo(report)
             sys.exit(0 if ok else 1)
         api_key = cfg.api_key()
-    except ConfigError as exc:
+    except ServerConfigError as exc:
         click.echo(str(exc), err=True)
         sys.exit(1 if check else 2)
     sys.exit(serve(cfg, api_key, log_level))

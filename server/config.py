@@ -9,16 +9,16 @@ from __future__ import annotations
 
 import difflib
 import functools
-import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from server import bundled
-from server.errors import ConfigError
+from server import config_messages as messages
+from server.errors import ServerConfigError
 from server.gguf_info import GGUFInfo, has_gguf_magic, read_info, sha256_text
 
 DEFAULT_CONFIG = Path("config/local_models.json")
@@ -68,7 +68,7 @@ def default_threads() -> int:
         return max(os.cpu_count() or 1, 1)
 
 
-class ModelEntry(BaseModel):
+class LocalModelEntry(BaseModel):
     """One entry of `models`; the field docs live in docs/local_models.md."""
 
     model_config = ConfigDict(extra="forbid", strict=True)
@@ -111,14 +111,14 @@ class ConfigFile(BaseModel):
     host: str = Field("127.0.0.1", min_length=1)
     port: int = Field(8080, ge=1, le=65535)
     api_key_env: str | None = Field(None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
-    models: list[ModelEntry] = Field(min_length=1)
+    models: list[LocalModelEntry] = Field(min_length=1)
 
 
 @dataclass(frozen=True)
 class ModelConfig:
     """An enabled model whose file was found and read."""
 
-    entry: ModelEntry
+    entry: LocalModelEntry
     path: Path
     info: GGUFInfo
 
@@ -222,7 +222,7 @@ class ServerConfig:
             return None
         key = os.environ.get(self.api_key_env, "")
         if not key:
-            raise ConfigError(
+            raise ServerConfigError(
                 f'{self.file}: "api_key_env" names the environment variable '
                 f"{self.api_key_env}, which is not set (or empty). Export it "
                 f"(export {self.api_key_env}=...) or remove api_key_env to serve without a key."
@@ -241,29 +241,14 @@ def valid_chat_formats() -> list[str]:
 
 
 def load_config(path: Path, *, check_files: bool = True) -> ServerConfig:
-    """Parse and validate a config file; ConfigError lists every problem found."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ConfigError(
-            f"{path}: config file not found. Pass --config PATH, or start from {DEFAULT_CONFIG}."
-        ) from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{path}: cannot read the config file: {exc}") from None
-    try:
-        raw = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise ConfigError(_json_error(path, text, exc)) from None
-    if not isinstance(raw, dict):
-        raise ConfigError(
-            f'{path}: the top level must be a JSON object with a "models" list, '
-            f"got {_json_kind(raw)}. See {DOCS}."
-        )
+    """Parse and validate a config file; ServerConfigError lists every problem found."""
+    text, raw = messages.read_json_object(path, default=DEFAULT_CONFIG, docs=DOCS)
     try:
         parsed = ConfigFile.model_validate_json(text)
     except ValidationError as exc:
-        problems = [_describe_error(e, raw) for e in exc.errors()]
-        raise ConfigError(_report(path, problems)) from None
+        fields = (list(ConfigFile.model_fields), list(LocalModelEntry.model_fields))
+        problems = [messages.describe_error(e, raw, *fields) for e in exc.errors()]
+        raise ServerConfigError(messages.report(path, problems, DOCS)) from None
 
     problems = _semantic_problems(parsed)
     models: list[ModelConfig] = []
@@ -271,13 +256,13 @@ def load_config(path: Path, *, check_files: bool = True) -> ServerConfig:
         for i, entry in enumerate(parsed.models):
             if not entry.enabled:
                 continue
-            where = _where(i, entry.name)
+            where = messages.where(i, entry.name)
             try:
                 models.append(_check_model_file(entry, path.parent))
-            except ConfigError as exc:
+            except ServerConfigError as exc:
                 problems.append(f'{where}, field "gguf": {exc}')
     if problems:
-        raise ConfigError(_report(path, problems))
+        raise ServerConfigError(messages.report(path, problems, DOCS))
     return ServerConfig(
         file=path,
         host=parsed.host,
@@ -296,7 +281,7 @@ def resolve_gguf(source: str, base: Path) -> Path:
     return (p if p.is_absolute() else base / p).resolve()
 
 
-def _check_model_file(entry: ModelEntry, base: Path) -> ModelConfig:
+def _check_model_file(entry: LocalModelEntry, base: Path) -> ModelConfig:
     path = resolve_gguf(entry.gguf, base)
     relative_note = (
         ""
@@ -304,30 +289,30 @@ def _check_model_file(entry: ModelEntry, base: Path) -> ModelConfig:
         else f" (relative paths resolve against the config file's folder, {base.resolve()})"
     )
     if not path.exists():
-        raise ConfigError(f"file not found: {path}{relative_note}")
+        raise ServerConfigError(f"file not found: {path}{relative_note}")
     if not path.is_file():
-        raise ConfigError(f"{path} is not a file; expected a .gguf model file")
+        raise ServerConfigError(f"{path} is not a file; expected a .gguf model file")
     try:
         magic_ok = has_gguf_magic(path)
     except OSError as exc:
-        raise ConfigError(f"cannot read {path}: {exc}") from None
+        raise ServerConfigError(f"cannot read {path}: {exc}") from None
     if not magic_ok:
         with path.open("rb") as f:
             head = f.read(4)
-        raise ConfigError(
+        raise ServerConfigError(
             f"{path} is not a GGUF file (it starts with {head!r}; a GGUF file starts with "
             "b'GGUF'). llama.cpp only loads GGUF: convert the model or download a .gguf build."
         )
     try:
         info = read_info(path)
     except Exception as exc:  # gguf raises ValueError, struct.error, IndexError... on bad files
-        raise ConfigError(f"{path} has a GGUF magic but an unreadable header: {exc}") from None
+        raise ServerConfigError(f"{path} has a GGUF magic but an unreadable header: {exc}") from None
     fmt = entry.chat_format
     if fmt is not None and fmt.startswith("chat_template."):
         available = ["chat_template.default"] if info.chat_template else []
         available += [f"chat_template.{n}" for n in info.named_chat_templates]
         if info.template(fmt) is None:
-            raise ConfigError(
+            raise ServerConfigError(
                 f'chat_format "{fmt}" names a template this GGUF does not contain; '
                 f"it has: {', '.join(available) or 'no templates'}"
             )
@@ -339,7 +324,7 @@ def _semantic_problems(cfg: ConfigFile) -> list[str]:
     seen: dict[str, int] = {}
     formats: list[str] | None = None
     for i, m in enumerate(cfg.models):
-        where = _where(i, m.name)
+        where = messages.where(i, m.name)
         if m.name in seen:
             problems.append(
                 f'{where}, field "name": duplicate model name, already used by '
@@ -397,76 +382,3 @@ def _semantic_problems(cfg: ConfigFile) -> list[str]:
     if not any(m.enabled for m in cfg.models):
         problems.append('no model is enabled: set "enabled": true on at least one entry of "models"')
     return problems
-
-
-# --- error messages ------------------------------------------------------------------------
-
-
-def _report(path: Path, problems: list[str]) -> str:
-    lines = [f"Invalid config {path}:"]
-    lines += [f"  - {p}" for p in problems]
-    lines.append(f"See {DOCS} for every field.")
-    return "\n".join(lines)
-
-
-def _where(index: int, name: Any) -> str:
-    if isinstance(name, str) and name:
-        return f'model "{name}" (models[{index}])'
-    return f"models[{index}]"
-
-
-def _json_kind(value: Any) -> str:
-    kinds = {dict: "an object", list: "an array", str: "a string", bool: "a boolean",
-             int: "a number", float: "a number", type(None): "null"}  # fmt: skip
-    return kinds.get(type(value), type(value).__name__)
-
-
-def _json_error(path: Path, text: str, exc: json.JSONDecodeError) -> str:
-    lines = text.splitlines()
-    shown = ""
-    if 0 < exc.lineno <= len(lines):
-        src = lines[exc.lineno - 1].expandtabs(1)
-        shown = f"\n    {src}\n    {' ' * (exc.colno - 1)}^"
-    hint = ""
-    if "//" in text or "/*" in text:
-        hint = (
-            '\nJSON has no comments: use a "description" field, or "enabled": false on an '
-            "example model entry."
-        )
-    return f"{path}: invalid JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}{shown}{hint}"
-
-
-def _describe_error(err: Any, raw: dict[str, Any]) -> str:
-    loc: tuple[Any, ...] = tuple(err["loc"])
-    kind: str = err["type"]
-    where = "top level"
-    fields: list[str] = list(ConfigFile.model_fields)
-    rest = loc
-    if len(loc) >= 2 and loc[0] == "models" and isinstance(loc[1], int):
-        models = raw.get("models")
-        item = models[loc[1]] if isinstance(models, list) and loc[1] < len(models) else None
-        where = _where(loc[1], item.get("name") if isinstance(item, dict) else None)
-        fields = list(ModelEntry.model_fields)
-        rest = loc[2:]
-    if not rest:
-        if kind in ("model_type", "dict_type", "model_attributes_type"):
-            return f"{where}: must be a JSON object, got {_json_kind(err.get('input'))}"
-        return f"{where}: {_clean_msg(err['msg'])}"
-    name = str(rest[0])
-    label = f'{where}, field "{name}"' + "".join(f"[{r}]" for r in rest[1:])
-    if kind == "extra_forbidden":
-        close = difflib.get_close_matches(name, fields, n=1, cutoff=0.6)
-        if close:
-            return f'{label}: unknown field; did you mean "{close[0]}"?'
-        return f"{label}: unknown field; valid fields: {', '.join(fields)}"
-    if kind == "missing":
-        return f"{label}: required field is missing"
-    got = json.dumps(err.get("input"))
-    return f"{label}: {_clean_msg(err['msg'])}, got {got}"
-
-
-def _clean_msg(msg: str) -> str:
-    msg = msg.removeprefix("Value error, ")
-    msg = msg.replace("Input should be", "must be").replace("input should be", "must be")
-    msg = msg.replace("List should have", "must have").replace("String should", "must")
-    return msg

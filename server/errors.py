@@ -1,7 +1,7 @@
 """The server's exceptions.
 
     ServerError                 base of everything below
-    ├── ConfigError             the config file or a model file is unusable (the CLI exits 2)
+    ├── ServerConfigError             the config file or a model file is unusable (the CLI exits 2)
     └── ModelLoadError          llama.cpp could not load a model that passed validation
 
 Messages are written for the person running the server: they name the file, the model, the
@@ -15,7 +15,7 @@ class ServerError(Exception):
     """Base class of StoryBench server errors."""
 
 
-class ConfigError(ServerError):
+class ServerConfigError(ServerError):
     """The configuration (or a file it points at) is invalid."""
 
 

@@ -34,6 +34,8 @@ from fastapi import HTTPException
 from llama_cpp.server.model import LlamaProxy
 from llama_cpp.server.settings import ModelSettings
 
+from server.timings import timings_object, usage_object
+
 log = logging.getLogger("storybench.server")
 
 
@@ -56,29 +58,18 @@ class RequestMetrics:
         return self.prompt_tokens - self.prompt_evaluated
 
     def timings(self) -> dict[str, Any]:
-        """The `timings` object, with llama.cpp's native server's field names."""
-        prompt_n = self.prompt_tokens - self.cache_n
-        return {
-            "prompt_n": prompt_n,
-            "cache_n": self.cache_n,
-            "prompt_ms": round(self.prompt_ms, 3),
-            "prompt_per_second": _per_second(prompt_n, self.prompt_ms),
-            "predicted_n": self.predicted_n,
-            "predicted_ms": round(self.predicted_ms, 3),
-            "predicted_per_second": _per_second(self.predicted_n, self.predicted_ms),
-        }
+        return timings_object(
+            prompt_tokens=self.prompt_tokens,
+            cache_n=self.cache_n,
+            prompt_ms=self.prompt_ms,
+            predicted_n=self.predicted_n,
+            predicted_ms=self.predicted_ms,
+        )
 
     def usage(self) -> dict[str, Any]:
-        return {
-            "prompt_tokens": self.prompt_tokens,
-            "completion_tokens": self.predicted_n,
-            "total_tokens": self.prompt_tokens + self.predicted_n,
-            "prompt_tokens_details": {"cached_tokens": self.cache_n},
-        }
-
-
-def _per_second(n: int, ms: float) -> float | None:
-    return round(n * 1000.0 / ms, 3) if ms > 0 else None
+        return usage_object(
+            prompt_tokens=self.prompt_tokens, completion_tokens=self.predicted_n, cached_tokens=self.cache_n
+        )
 
 
 CURRENT_METRICS: contextvars.ContextVar[RequestMetrics | None] = contextvars.ContextVar(

@@ -31,11 +31,13 @@ class ExactServerSettings(_OnlyInit, ServerSettings):
     """ServerSettings that ignore the environment."""
 
 
-def server_settings(cfg: ServerConfig, api_key: str | None) -> ServerSettings:
+def server_settings(cfg: ServerConfig) -> ServerSettings:
+    """No `api_key`: upstream's `authenticate` would check the key a second time on every route;
+    `StoryBenchApp` checks it once, for both engines (server/auth.py)."""
     return ExactServerSettings(
         host=cfg.host,
         port=cfg.port,
-        api_key=api_key,
+        api_key=None,
         # Upstream's default (True) ends a stream with [DONE] as soon as any other request
         # waits for the model lock, even GET /v1/models: concurrent clients get cut answers.
         interrupt_requests=False,

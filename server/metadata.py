@@ -17,6 +17,9 @@ from server.engine.host import EngineHost
 from server.gguf_info import file_sha256
 from server.instrumented import StoryBenchProxy
 
+# Our wire extension: what the evaluator probes to recognise our server (docs/architecture.md).
+METADATA_PATH = "/storybench/models"
+
 
 def _version(dist: str) -> str | None:
     try:

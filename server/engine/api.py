@@ -4,8 +4,11 @@ response starts, `/v1/models` and llama-cpp-python's `/extras/tokenize*` routes.
 
 Requests are parsed with llama-cpp-python's own request models (same fields, defaults and 422
 errors) and chat prompts are rendered by its chat handlers (`BatchedModel.chat_prompt`).
-`StoryBenchMiddleware` (in front) has already checked the key, the model name, `n` and
-logprobs, and mapped `max_completion_tokens`.
+`StoryBenchApp` (in front) has checked the key once and `StoryBenchMiddleware` the model
+name, `n` and logprobs, and mapped `max_completion_tokens`.
+
+Over 400 lines because the JSON and SSE shapes of both routes share one request path (parse,
+render, fit, submit, relay); kept together, the two wire formats cannot drift apart.
 """
 
 from __future__ import annotations
@@ -38,7 +41,8 @@ from server.engine.host import EngineHost
 from server.engine.model import BatchedModel
 from server.engine.sampling import Chains, SamplingParams, build_chains
 from server.engine.scheduler import Engine, Event, Generation
-from server.middleware import context_overflow, error_body
+from server.openai_errors import error_body
+from server.preflight import context_overflow
 
 
 class RequestError(Exception):

@@ -1,6 +1,6 @@
-"""The batched engine's ASGI app: the OpenAI routes, `/storybench/models`, behind the key and
+"""The batched engine's ASGI app: the OpenAI routes and `/storybench/models` behind
 `StoryBenchMiddleware`'s request checks (what `server.app.build_llama_app` is for the
-llama-cpp-python engine)."""
+llama-cpp-python engine). The key is checked before, once, by `StoryBenchApp`."""
 
 from __future__ import annotations
 
@@ -11,15 +11,13 @@ from typing import Any
 
 import anyio
 from fastapi import FastAPI
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp
 
 from server.config import ServerConfig
 from server.engine.api import build_router
 from server.engine.host import EngineHost
-from server.metadata import server_metadata
-from server.middleware import StoryBenchMiddleware, bearer_ok, send_unauthorized
-
-METADATA_PATH = "/storybench/models"
+from server.metadata import METADATA_PATH, server_metadata
+from server.middleware import StoryBenchMiddleware
 
 # The engine thread needs the GIL back as soon as each decode returns. Python's default switch
 # interval (5 ms) lets the event loop, busy turning many streams' tokens into SSE chunks, hold it
@@ -43,20 +41,7 @@ def set_switch_interval() -> float:
     return ms
 
 
-class _KeyGate:
-    """Every route needs the key (GET /health is answered before this app)."""
-
-    def __init__(self, app: ASGIApp, api_key: str | None) -> None:
-        self.app, self.api_key = app, api_key
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and not bearer_ok(scope, self.api_key):
-            await send_unauthorized(send)
-            return
-        await self.app(scope, receive, send)
-
-
-def build_batched_app(cfg: ServerConfig, api_key: str | None, host: EngineHost) -> ASGIApp:
+def build_batched_app(cfg: ServerConfig, host: EngineHost) -> ASGIApp:
     set_switch_interval()
     app = FastAPI(title="StoryBench local server (batched engine)")
     app.include_router(build_router(host))
@@ -65,5 +50,4 @@ def build_batched_app(cfg: ServerConfig, api_key: str | None, host: EngineHost) 
     async def storybench_models() -> dict[str, Any]:
         return await anyio.to_thread.run_sync(server_metadata, cfg, host)
 
-    inner = StoryBenchMiddleware(app, model_names=cfg.model_names, api_key=api_key, instrumented=False)
-    return _KeyGate(inner, api_key)
+    return StoryBenchMiddleware(app, model_names=cfg.model_names, instrumented=False)

@@ -14,6 +14,10 @@ conversation) evaluates only what follows (see `choose_slot`).
 The HTTP side talks to this thread only through `submit`, `cancel` and each generation's
 `sink`, which receives the events of one step at a time: `("text", str)`, `("done",
 finish_reason)` or `("error", message)`.
+
+About 600 lines on purpose: the step loop, slot choice and the per-slot state it mutates are
+one piece of code that a single thread owns; split across modules, the invariant "only the
+engine thread touches llama.cpp state" would no longer be visible in one file.
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ from llama_cpp import _internals as internals
 from server.engine.model import BatchedModel
 from server.engine.sampling import Chains, SamplingParams, build_sampler
 from server.engine.text import Pieces, TextStream
+from server.timings import MS_DECIMALS, timings_object, usage_object
 
 log = logging.getLogger("storybench.server")
 
@@ -102,31 +107,20 @@ class Generation:
     def timings(self) -> dict[str, Any]:
         end = self.t_end or time.perf_counter()
         first = self.t_first or end
-        prompt_ms = (first - (self.t_admit or first)) * 1000.0
-        predicted_ms = (end - first) * 1000.0
-        return {
-            "prompt_n": self.prompt_n,
-            "cache_n": self.cache_n,
-            "prompt_ms": round(prompt_ms, 3),
-            "prompt_per_second": _per_second(self.prompt_n, prompt_ms),
-            "predicted_n": self.predicted_n,
-            "predicted_ms": round(predicted_ms, 3),
-            "predicted_per_second": _per_second(self.predicted_n, predicted_ms),
-            "queue_ms": round(((self.t_admit or end) - self.t_submit) * 1000.0, 3),
-            "slot": self.slot,
-        }
+        return timings_object(
+            prompt_tokens=len(self.prompt),
+            cache_n=self.cache_n,
+            prompt_ms=(first - (self.t_admit or first)) * 1000.0,
+            predicted_n=self.predicted_n,
+            predicted_ms=(end - first) * 1000.0,
+            queue_ms=round(((self.t_admit or end) - self.t_submit) * 1000.0, MS_DECIMALS),
+            slot=self.slot,
+        )
 
     def usage(self) -> dict[str, Any]:
-        return {
-            "prompt_tokens": len(self.prompt),
-            "completion_tokens": self.predicted_n,
-            "total_tokens": len(self.prompt) + self.predicted_n,
-            "prompt_tokens_details": {"cached_tokens": self.cache_n},
-        }
-
-
-def _per_second(n: int, ms: float) -> float | None:
-    return round(n * 1000.0 / ms, 3) if ms > 0 else None
+        return usage_object(
+            prompt_tokens=len(self.prompt), completion_tokens=self.predicted_n, cached_tokens=self.cache_n
+        )
 
 
 @dataclass

@@ -13,6 +13,7 @@ import httpx
 import openai
 import pytest
 
+from evaluator.config import ModelEntry
 from evaluator.endpoint import probe
 from tests.support.servers import MAIN_MODEL, N_CTX, RunningServer
 
@@ -129,9 +130,18 @@ def test_metadata_reports_the_slots_and_the_evaluator_uses_them(
     assert (entry["engine"], entry["n_parallel"]) == ("batched", N_PARALLEL)
     assert entry["n_ctx"] == entry["n_ctx_per_slot"] == N_CTX
     assert entry["n_ctx_total"] == N_CTX * N_PARALLEL
-    info = asyncio.run(probe(server.base_url, MAIN_MODEL, None))
-    assert info.is_storybench_server and info.slots == N_PARALLEL
-    assert info.context_window == N_CTX  # each conversation has a whole slot's context
+    entry_of_ours = ModelEntry(name="local", base_url=server.base_url, model=MAIN_MODEL)
+    endpoint = asyncio.run(probe(entry_of_ours))
+    assert endpoint.one_model_at_a_time and endpoint.max_connections == N_PARALLEL
+    assert endpoint.context_window == N_CTX  # each conversation has a whole slot's context
+
+    async def count() -> int:
+        try:
+            return await endpoint.count_tokens("hello world")
+        finally:
+            await endpoint.aclose()
+
+    assert asyncio.run(count()) > 0  # the server's own tokenizer
 
 
 def test_json_schema_output_through_the_grammar(openai_client: openai.OpenAI) -> None:

@@ -279,7 +279,7 @@ def test_the_cli_refuses_a_bad_config_before_contacting_anything(
 
 
 def _server_lists() -> dict[str, list[str]]:
-    from server.config import ModelEntry as ServerModel
+    from server.config import LocalModelEntry as ServerModel
 
     return {"models": list(ServerModel.model_fields)}
 
@@ -390,7 +390,7 @@ def _typed_gguf_config(models_dir: Path) -> bytes:
 def test_server_config_loader_gives_a_config_or_a_config_error(scratch: Path, models_dir: Path) -> None:
     from server.check import check_report
     from server.config import ServerConfig, load_config
-    from server.errors import ConfigError as ServerConfigError
+    from server.errors import ServerConfigError
 
     @FUZZ
     @given(case=server_contents(models_dir))

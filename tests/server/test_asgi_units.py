@@ -14,7 +14,8 @@ from starlette.types import Message, Receive, Scope, Send
 from server.app import StoryBenchApp
 from server.config import load_config
 from server.instrumented import RequestMetrics
-from server.middleware import StoryBenchMiddleware, _ResponseWriter
+from server.middleware import StoryBenchMiddleware
+from server.response_rewrite import ResponseWriter, done_event_at
 
 from .conftest import model_entry, write_config
 
@@ -43,7 +44,7 @@ def _get(app: Any, path: str, key: str | None = None) -> httpx.Response:
     return asyncio.run(go())
 
 
-MIDDLEWARE = StoryBenchMiddleware(_never_called, model_names=["a", "b"], api_key=None)
+MIDDLEWARE = StoryBenchMiddleware(_never_called, model_names=["a", "b"])
 
 
 @pytest.mark.parametrize("path", ["/v1/chat/completions", "/v1/completions"])
@@ -65,17 +66,6 @@ def test_n_above_1_and_logprobs_are_refused() -> None:
     assert r.status_code == 400 and r.json()["error"]["param"] == "logprobs"
 
 
-def test_middleware_requires_the_key_before_looking_at_the_body() -> None:
-    app = StoryBenchMiddleware(_never_called, model_names=["a"], api_key="k")
-    r = _post(app, "/v1/chat/completions", {"model": "nope"})
-    assert r.status_code == 401 and r.json()["error"]["code"] == "invalid_api_key"
-    assert r.headers["www-authenticate"] == "Bearer"
-    r = _post(app, "/v1/chat/completions", {"model": "nope"}, key="wrong")
-    assert r.status_code == 401
-    r = _post(app, "/v1/chat/completions", {"model": "nope"}, key="k")
-    assert r.status_code == 404  # authenticated: the model check runs
-
-
 def _loading_app(tmp_path: Path, key: str | None = None) -> StoryBenchApp:
     cfg = load_config(write_config(tmp_path / "c.json", [model_entry()]))
     return StoryBenchApp(cfg, key)  # no lifespan: the model never starts loading
@@ -89,6 +79,31 @@ def test_health_is_503_while_loading(tmp_path: Path) -> None:
     r = _get(app, "/v1/models", key="k")
     assert r.status_code == 503 and r.json()["error"]["code"] == "model_loading"
     assert _get(app, "/v1/models").status_code == 401
+
+
+def test_the_key_is_checked_once_before_the_body_is_read(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import server.app as server_app
+
+    checks: list[str | None] = []
+    real = server_app.bearer_ok
+
+    def counted(scope: Any, api_key: str | None) -> bool:
+        checks.append(api_key)
+        return real(scope, api_key)
+
+    monkeypatch.setattr(server_app, "bearer_ok", counted)
+    app = _loading_app(tmp_path, key="k")
+    app.state, app.inner = "ready", StoryBenchMiddleware(_never_called, model_names=["a"])
+    r = _post(app, "/v1/chat/completions", {"model": "nope"})
+    assert r.status_code == 401 and r.json()["error"]["code"] == "invalid_api_key"
+    assert r.headers["www-authenticate"] == "Bearer"
+    assert _post(app, "/v1/chat/completions", {"model": "nope"}, key="wrong").status_code == 401
+    checks.clear()
+    r = _post(app, "/v1/chat/completions", {"model": "nope"}, key="k")
+    assert r.status_code == 404  # authenticated: the model check runs
+    assert checks == ["k"]  # one check for the whole request
 
 
 def test_health_is_500_when_loading_failed(tmp_path: Path) -> None:
@@ -106,7 +121,7 @@ def _metrics() -> RequestMetrics:
     )  # fmt: skip
 
 
-def _run_writer(writer: _ResponseWriter, messages: list[Message]) -> None:
+def _run_writer(writer: ResponseWriter, messages: list[Message]) -> None:
     async def go() -> None:
         for m in messages:
             await writer.send(m)
@@ -134,7 +149,7 @@ def test_json_response_gets_timings_and_a_correct_content_length() -> None:
         "status": 200,
         "headers": [(b"content-type", b"application/json"), (b"content-length", b"9")],
     }
-    writer = _ResponseWriter(send, _metrics(), "chat", include_usage=False)
+    writer = ResponseWriter(send, _metrics(), "chat", include_usage=False)
     _run_writer(writer, [start, {"type": "http.response.body", "body": body}])
     new_body = sent[1]["body"]
     assert dict(sent[0]["headers"])[b"content-length"] == str(len(new_body)).encode()
@@ -154,7 +169,7 @@ def test_stream_gets_a_usage_chunk_before_done() -> None:
              "headers": [(b"content-type", b"text/event-stream; charset=utf-8")]}  # fmt: skip
     chunk = {"id": "c1", "object": "chat.completion.chunk", "created": 5, "model": "a",
              "choices": [{"index": 0, "delta": {"content": "hi"}, "finish_reason": "stop"}]}  # fmt: skip
-    writer = _ResponseWriter(send, _metrics(), "chat", include_usage=True)
+    writer = ResponseWriter(send, _metrics(), "chat", include_usage=True)
     body = lambda b: {"type": "http.response.body", "body": b, "more_body": True}  # noqa: E731
     _run_writer(
         writer,
@@ -171,11 +186,9 @@ def test_stream_gets_a_usage_chunk_before_done() -> None:
 
 
 def test_done_inside_a_chunk_is_not_mistaken_for_the_end() -> None:
-    from server.middleware import _done_event_at
-
-    assert _done_event_at(b"data: [DONE]\n\n") == 0
-    assert _done_event_at(b'data: {"x": 1}\n\ndata: [DONE]\n\n') == 16
-    assert _done_event_at(b'data: {"content": "data: [DONE]"}\n\n') == -1
+    assert done_event_at(b"data: [DONE]\n\n") == 0
+    assert done_event_at(b'data: {"x": 1}\n\ndata: [DONE]\n\n') == 16
+    assert done_event_at(b'data: {"content": "data: [DONE]"}\n\n') == -1
 
 
 def test_stream_without_include_usage_is_untouched() -> None:
@@ -187,6 +200,6 @@ def test_stream_without_include_usage_is_untouched() -> None:
 
     start = {"type": "http.response.start", "status": 200,
              "headers": [(b"content-type", b"text/event-stream")]}  # fmt: skip
-    writer = _ResponseWriter(send, _metrics(), "chat", include_usage=False)
+    writer = ResponseWriter(send, _metrics(), "chat", include_usage=False)
     _run_writer(writer, [start, {"type": "http.response.body", "body": b"data: [DONE]\n\n"}])
     assert sent == [b"data: [DONE]\n\n"]

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from server import llama_settings
-from server.config import DEFAULT_CONFIG, ConfigError, load_config
+from server.config import DEFAULT_CONFIG, ServerConfigError, load_config
 from server.gguf_info import file_sha256, read_info
 
 from .conftest import REPO, model_entry, write_config
@@ -26,7 +26,7 @@ def cfg_file(tmp_path: Path, models: list[dict[str, Any]], **top: Any) -> Path:
 
 
 def error_of(path: Path) -> str:
-    with pytest.raises(ConfigError) as info:
+    with pytest.raises(ServerConfigError) as info:
         load_config(path)
     message = str(info.value)
     assert str(path) in message  # every message names the file
@@ -90,7 +90,7 @@ def test_llama_cpp_settings_fix_upstream_defaults(tmp_path: Path, monkeypatch: p
     assert ms.logits_all is False
     assert ms.n_ctx == 2048 and ms.cache is False and ms.verbose is False
     assert ms.model_alias == "m" and ms.type_k == 8 and ms.type_v is None
-    ss = llama_settings.server_settings(cfg, api_key=None)
+    ss = llama_settings.server_settings(cfg)
     assert ss.interrupt_requests is False
     assert ss.api_key is None
     assert llama_settings.extra_model_params(cfg.models[0]) == {"use_extra_bufts": False}
@@ -268,7 +268,7 @@ def test_all_problems_are_reported_at_once(tmp_path: Path) -> None:
 def test_api_key_env_must_be_set(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("SB_TEST_KEY_UNSET", raising=False)
     cfg = load_config(cfg_file(tmp_path, [model_entry()], api_key_env="SB_TEST_KEY_UNSET"))
-    with pytest.raises(ConfigError) as info:
+    with pytest.raises(ServerConfigError) as info:
         cfg.api_key()
     assert "SB_TEST_KEY_UNSET, which is not set" in str(info.value)
     monkeypatch.setenv("SB_TEST_KEY_UNSET", "k")
@@ -281,9 +281,9 @@ def test_api_key_env_must_be_a_variable_name(tmp_path: Path) -> None:
 
 
 def test_docs_cover_every_field() -> None:
-    from server.config import ConfigFile, ModelEntry
+    from server.config import ConfigFile, LocalModelEntry
 
     docs = (REPO / "docs" / "local_models.md").read_text()
-    for name in [*ConfigFile.model_fields, *ModelEntry.model_fields]:
+    for name in [*ConfigFile.model_fields, *LocalModelEntry.model_fields]:
         assert f"`{name}`" in docs, name
     json.loads((REPO / DEFAULT_CONFIG).read_text())  # the shipped file stays valid JSON
