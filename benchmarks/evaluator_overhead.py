@@ -141,7 +141,8 @@ def evaluator_turns_per_s(base_url: str, data_dir: Path, sequences: int, turns: 
     with open_store(None, db_name=f"bench{int(time.time() * 1000)}", data_dir=data_dir) as store:
         store.ensure_indexes()
         endpoints = {m.name: Endpoint(m) for m in plan.models}
-        runner = Runner(plan, store, f"bench-{time.time_ns()}", endpoints, RetryPolicy(max_attempts=1), concurrency)
+        run_id, policy = f"bench-{time.time_ns()}", RetryPolicy(max_attempts=1)
+        runner = Runner(plan, store, run_id, endpoints, policy, concurrency)
         start = time.perf_counter()
         stats = asyncio.run(runner.run())
         wall = time.perf_counter() - start

@@ -13,6 +13,7 @@ import respx
 from click.testing import CliRunner
 
 from evaluator.cli import cli
+from evaluator.config import ModelEntry
 from evaluator.endpoint import EndpointError, probe
 
 MODELS = """
@@ -140,7 +141,7 @@ def test_unreachable_database_fails_fast_before_any_model_request(tmp_path: Path
 def test_local_server_not_running_says_how_to_start_it(free_port: int) -> None:
     url = f"http://127.0.0.1:{free_port}/v1"
     with pytest.raises(EndpointError) as caught:
-        asyncio.run(probe(url, "m-1", None))
+        asyncio.run(probe(ModelEntry(name="local", base_url=url, model="m-1")))
     assert "make serve" in str(caught.value) and url in str(caught.value)
 
 

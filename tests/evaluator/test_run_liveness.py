@@ -25,6 +25,8 @@ from pymongo import MongoClient
 
 from evaluator.cli import cli
 from evaluator.heartbeat import HEARTBEAT_ENV
+from evaluator.records import RunRecord
+from evaluator.store import read_document
 from evaluator.store.connect import URI_ENV
 from evaluator.store.embedded import running_server
 from evaluator.store.liveness import run_state, stale_after
@@ -35,9 +37,11 @@ from tests.support.servers import REPO
 pytestmark = pytest.mark.integration
 
 
-def the_run(uri: str, db: str = "storybench") -> dict[str, Any] | None:
+def the_run(uri: str, db: str = "storybench") -> RunRecord | None:
+    """The newest run, read as the product reads it."""
     with MongoClient(uri, tz_aware=True, serverSelectionTimeoutMS=3000) as client:
-        return client[db]["runs"].find_one({}, sort=[("started_at", -1)])
+        doc = client[db]["runs"].find_one({}, sort=[("started_at", -1)])
+    return None if doc is None else read_document(RunRecord, doc)
 
 
 def statuses(listing: str) -> dict[str, str]:
@@ -67,7 +71,7 @@ def test_the_heartbeat_is_refreshed_while_the_run_plays(tmp_path: Path) -> None:
                 assert started is not None
                 moved = wait_for(
                     lambda: (
-                        (doc := the_run(db.uri)) and doc["heartbeat_at"] > started["heartbeat_at"] and doc
+                        (doc := the_run(db.uri)) and doc.heartbeat_at > started.heartbeat_at and doc
                     ),
                     10,
                     "a heartbeat",
@@ -94,16 +98,16 @@ def test_the_heartbeat_is_refreshed_while_the_run_plays(tmp_path: Path) -> None:
         final = the_run(db.uri)
 
     started, moved = seen
-    assert started["status"] == moved["status"] == "running"
-    assert (started["host"], started["pid"], started["heartbeat_s"]) == (
+    assert started.status == moved.status == "running"
+    assert (started.host, started.pid, started.heartbeat_s) == (
         socket.gethostname(),
         os.getpid(),
         0.1,
     )
-    assert started["started_at"] <= started["heartbeat_at"] < moved["heartbeat_at"]
-    assert isinstance(moved["heartbeat_at"], datetime)  # a BSON date, also on nx-27017
+    assert started.started_at <= started.heartbeat_at < moved.heartbeat_at
+    assert isinstance(moved.heartbeat_at, datetime)  # a BSON date, also on nx-27017
     assert run_state(moved).status == "running"  # this (live) process, on this host
-    assert final is not None and final["status"] == "completed"
+    assert final is not None and final.status == "completed"
     assert run_state(final).status == "completed"
 
 
@@ -148,7 +152,7 @@ def test_a_sigkilled_run_is_shown_as_abandoned_and_a_rerun_resumes(tmp_path: Pat
         try:
             first = wait_for(lambda: the_run(db.uri), 60, "the run record")
             beat = wait_for(
-                lambda: (doc := the_run(db.uri)) and doc["heartbeat_at"] > first["heartbeat_at"] and doc,
+                lambda: (doc := the_run(db.uri)) and doc.heartbeat_at > first.heartbeat_at and doc,
                 30,
                 "a heartbeat from the subprocess",
             )
@@ -157,8 +161,8 @@ def test_a_sigkilled_run_is_shown_as_abandoned_and_a_rerun_resumes(tmp_path: Pat
             proc.send_signal(signal.SIGKILL)
             proc.wait(10)
         killed = the_run(db.uri)
-        assert killed is not None and killed["status"] == "running"  # nothing could record the end
-        assert killed["pid"] == proc.pid and beat["pid"] == proc.pid
+        assert killed is not None and killed.status == "running"  # nothing could record the end
+        assert killed.pid == proc.pid and beat.pid == proc.pid
 
         def listing() -> str:
             result = CliRunner().invoke(cli, ["runs", "--mongo-uri", db.uri], catch_exceptions=False)
@@ -166,10 +170,10 @@ def test_a_sigkilled_run_is_shown_as_abandoned_and_a_rerun_resumes(tmp_path: Pat
             return result.output
 
         shown = listing()
-        assert statuses(shown) == {killed["_id"]: "abandoned"}  # this host: the pid is gone, no waiting
+        assert statuses(shown) == {killed.id: "abandoned"}  # this host: the pid is gone, no waiting
         assert "re-run the same command to resume" in " ".join(shown.split())
         # Seen from another host, only the heartbeat tells: fresh now, late after stale_after.
-        last = killed["heartbeat_at"]
+        last = killed.heartbeat_at
         assert run_state(killed, hostname="another-host", now=last).status == "running"
         later = last + stale_after(killed) + timedelta(seconds=1)
         assert run_state(killed, hostname="another-host", now=later).status == "abandoned"
@@ -177,5 +181,5 @@ def test_a_sigkilled_run_is_shown_as_abandoned_and_a_rerun_resumes(tmp_path: Pat
         resumed = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
         assert resumed.returncode == 0, resumed.stdout + resumed.stderr
         after = statuses(listing())
-    assert after.pop(killed["_id"]) == "abandoned"
+    assert after.pop(killed.id) == "abandoned"
     assert list(after.values()) == ["completed"]  # the re-run: a run record of its own

@@ -13,7 +13,7 @@ import respx
 from pymongo import MongoClient
 
 from evaluator.judge.rubric import load_rubric
-from evaluator.records import sequence_run_id
+from evaluator.records import SCHEMA_VERSION, sequence_run_id
 from evaluator.store import EmbeddedServer, export_responses, open_store
 from evaluator.store.embedded import running_server
 from tests.judge.conftest import (
@@ -61,7 +61,7 @@ def test_judgements_in_the_real_store_are_idempotent_and_exported(
     assert len(docs) == 5
     for doc in docs:
         assert doc["_id"] == f"{doc['target_id']}|judge|{version}"
-        assert doc["created_at"].tzinfo is not None and doc["schema_version"] == 1
+        assert doc["created_at"].tzinfo is not None and doc["schema_version"] == SCHEMA_VERSION
         assert doc["details"]["judge_endpoint"] == JUDGE_BASE and doc["run_id"] == RUN_ID
     assert {d["target_kind"] for d in docs} == {"response", "sequence"}
 
