@@ -29,6 +29,7 @@ from evaluator.records import (
     utcnow,
 )
 from evaluator.store import Store
+from evaluator.store_writer import StoreWriter
 from evaluator.turn_policy import decide_turn
 from evaluator.turn_record import TurnContext, redact, turn_record
 
@@ -120,14 +121,22 @@ class Runner:
         self.on_progress = on_progress or (lambda name, stats: None)
         self.endpoints = {m.name: endpoints.get(m.name) or Endpoint(m) for m in plan.models}
         self.store_failed: str | None = None  # why the first failed write failed
+        self.writer = StoreWriter()
         self.stats: dict[str, ModelStats] = {m.name: ModelStats(total=plan.turns_for(m)) for m in plan.models}
 
     # ---- scheduling -------------------------------------------------------------------------
 
     async def run(self) -> dict[str, ModelStats]:
+        self.writer = StoreWriter()  # per run: its thread lives as long as this event loop's work
+        try:
+            return await self._run()
+        finally:
+            self.writer.close()
+
+    async def _run(self) -> dict[str, ModelStats]:
         keys = sorted({i.experiment_key for i in self.plan.items})
-        # Store calls run in a worker thread: a database round trip never stalls the event
-        # loop, so other conversations' streams (and their measured latency) go on meanwhile.
+        # Store calls never run on the event loop: a database round trip would stall the other
+        # conversations' streams (and their measured latency).
         stored = await asyncio.to_thread(self.store.done_turns, keys)
         pending: dict[str, list[tuple[SequenceRun, int, list[ResponseRecord]]]] = defaultdict(list)
         for item in self.plan.items:
@@ -197,10 +206,9 @@ class Runner:
             if self.store_failed is not None:  # another conversation's write already failed
                 raise RunAborted(self.store_failed)
             try:
-                await asyncio.to_thread(self.store.save_response, record)
+                await self.writer.write(self.store.save_response, record)
             except Exception as exc:  # the store raises StoreError; anything else is as fatal
-                # The first failed write stops the run: the others would wait out the
-                # database's timeout in turn.
+                # The first failed write stops the run (evaluator/store_writer.py).
                 self.store_failed = str(exc)
                 raise RunAborted(str(exc)) from exc
             self._account(stats, entry, record)

@@ -1,23 +1,13 @@
-"""The server's exceptions.
-
-    ServerError                 base of everything below
-    ├── ServerConfigError             the config file or a model file is unusable (the CLI exits 2)
-    └── ModelLoadError          llama.cpp could not load a model that passed validation
+"""The server's exception: a configuration (or a model file it names) that cannot be served.
 
 Messages are written for the person running the server: they name the file, the model, the
-field and what would be valid, so the CLI prints them as they are, without a traceback.
+field and what would be valid, so the CLI prints them as they are, without a traceback (and
+exits 2). A model that passed validation but that llama.cpp cannot load is reported by
+`/health` and the CLI from llama.cpp's own error (server/app.py).
 """
 
 from __future__ import annotations
 
 
-class ServerError(Exception):
-    """Base class of StoryBench server errors."""
-
-
-class ServerConfigError(ServerError):
+class ServerConfigError(Exception):
     """The configuration (or a file it points at) is invalid."""
-
-
-class ModelLoadError(ServerError):
-    """llama.cpp failed to load a model."""

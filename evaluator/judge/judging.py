@@ -36,6 +36,7 @@ from evaluator.judge.verdict import InvalidJudgement, Verdict, parse_verdict
 from evaluator.records import EvaluationRecord, utcnow
 from evaluator.runner import run_all
 from evaluator.store import Store
+from evaluator.store_writer import StoreWriter
 from evaluator.turn_record import redact
 
 __all__ = [
@@ -110,6 +111,7 @@ class Judge:
         self.failures: list[Failure] = []
         self.aborted: str | None = None  # the judge endpoint refused us for good (401/403/404)
         self.store_failed: str | None = None
+        self.writer = StoreWriter()
         self._secret = endpoint.entry.api_key()
 
     async def run(self, targets: list[Target]) -> None:
@@ -121,9 +123,11 @@ class Judge:
             async with gate:
                 await self.judge_one(target)
 
+        self.writer = StoreWriter()
         try:
             await run_all(bounded(t) for t in targets)
         finally:
+            self.writer.close()
             await self.endpoint.aclose()
 
     # ---- one target -------------------------------------------------------------------------
@@ -292,8 +296,8 @@ class Judge:
                 "seed": seed,
             },
         )
-        try:  # in a worker thread: a database round trip never stalls other judge requests
-            await asyncio.to_thread(self.store.save_evaluation, record)
+        try:  # off the event loop: a database round trip never stalls other judge requests
+            await self.writer.write(self.store.save_evaluation, record)
         except Exception as exc:  # StoreError; anything else is as fatal
             self.store_failed = str(exc)
             raise JudgeAborted(str(exc)) from exc
