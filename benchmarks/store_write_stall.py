@@ -41,6 +41,7 @@ from evaluator.plan import build_plan
 from evaluator.runner import Runner
 from evaluator.store import open_store
 base_url, data_dir, conversations, turns, tokens = sys.argv[1], sys.argv[2], *map(int, sys.argv[3:6])
+delay_s = float(sys.argv[6]) / 1000
 PromptTurn = getattr(config, "PromptTurn", None) or getattr(config, "Turn")
 model = config.ModelEntry(name="standin", base_url=base_url, model="standin", max_tokens=tokens,
                           max_concurrency=conversations, seed=1)
@@ -51,6 +52,9 @@ seqs = [config.Sequence(name=f"s{s}", system="You are a novelist.",
 plan = build_plan([model], seqs, 1)
 with open_store(None, db_name=f"stall{time.time_ns()}", data_dir=Path(data_dir)) as store:
     store.ensure_indexes()
+    if delay_s:  # a database farther away than this machine's embedded one (one round trip per write)
+        save = store.save_response
+        store.save_response = lambda rec: (time.sleep(delay_s), save(rec))[1]
     runner = Runner(plan, store, f"stall-{time.time_ns()}", {}, RetryPolicy(max_attempts=1), conversations)
     start = time.perf_counter()
     stats = asyncio.run(runner.run())
@@ -60,10 +64,12 @@ print(json.dumps({"code": evaluator.__file__, "ttfts": s.ttfts, "ok": s.outcomes
 """
 
 
-def play(tree: Path, base_url: str, data_dir: Path, conversations: int, turns: int, tokens: int) -> dict:
+def play(
+    tree: Path, base_url: str, data_dir: Path, conversations: int, turns: int, tokens: int, delay_ms: float
+) -> dict:
     env = {**os.environ, "PYTHONPATH": str(tree)}
     env.pop("STORYBENCH_MONGO_URI", None)
-    args = [base_url, str(data_dir), str(conversations), str(turns), str(tokens)]
+    args = [base_url, str(data_dir), str(conversations), str(turns), str(tokens), str(delay_ms)]
     done = subprocess.run(
         [sys.executable, "-c", _PLAY, *args], cwd=tree, env=env, capture_output=True, text=True, timeout=600
     )
@@ -89,31 +95,44 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--conversations", type=int, default=16)
     ap.add_argument("--turns", type=int, default=5)
     ap.add_argument("--answer-tokens", type=int, default=64)
+    ap.add_argument(
+        "--write-latency-ms",
+        type=float,
+        nargs="+",
+        default=[0.0, 20.0],
+        help="extra round trip added to every turn write (0: the embedded store as it is; 20: a "
+        "database in another data centre)",
+    )
     args = ap.parse_args(argv)
     trees = {"before": args.before_tree.resolve(), "after": ROOT}
     proc, port = start_standin(args.answer_tokens)
     base_url = f"http://127.0.0.1:{port}/v1"
-    found: dict[str, dict[str, list[float]]] = {name: {"ttfts": [], "walls": []} for name in trees}
+    found: dict[tuple[float, str], dict[str, list[float]]] = {
+        (d, name): {"ttfts": [], "walls": []} for d in args.write_latency_ms for name in trees
+    }
     try:
         with tempfile.TemporaryDirectory(prefix="sb-stall-") as tmp:
-            for rep in range(args.repeats):
-                order = list(trees) if rep % 2 == 0 else list(reversed(trees))
-                for name in order:
-                    result = play(trees[name], base_url, Path(tmp) / name, args.conversations, args.turns,
-                                  args.answer_tokens)  # fmt: skip
-                    found[name]["ttfts"] += result["ttfts"]
-                    found[name]["walls"].append(result["wall"])
+            for delay in args.write_latency_ms:
+                for rep in range(args.repeats):
+                    order = list(trees) if rep % 2 == 0 else list(reversed(trees))
+                    for name in order:
+                        result = play(trees[name], base_url, Path(tmp) / name, args.conversations, args.turns,
+                                      args.answer_tokens, delay)  # fmt: skip
+                        found[(delay, name)]["ttfts"] += result["ttfts"]
+                        found[(delay, name)]["walls"].append(result["wall"])
     finally:
         proc.terminate()
         proc.wait(10)
     print(f"{args.conversations} conversations x {args.turns} turns in flight together, "
           f"{args.answer_tokens}-token answers, {args.repeats} repeats each, alternating")  # fmt: skip
-    print("| code | TTFT median (ms) | TTFT p90 (ms) | TTFT max (ms) | wall per run (s, median) |")
-    print("|---|---|---|---|---|")
-    for name, got in found.items():
+    print(
+        "| added write latency | code | TTFT median (ms) | TTFT p90 (ms) | TTFT max (ms) | wall (s, median) |"
+    )
+    print("|---|---|---|---|---|---|")
+    for (delay, name), got in found.items():
         t = [x * 1000 for x in got["ttfts"]]
-        print(f"| {name} | {statistics.median(t):.1f} | {quantile(t, 0.9):.1f} | {max(t):.1f} | "
-              f"{statistics.median(got['walls']):.2f} |")  # fmt: skip
+        print(f"| {delay:.0f} ms | {name} | {statistics.median(t):.1f} | {quantile(t, 0.9):.1f} | "
+              f"{max(t):.1f} | {statistics.median(got['walls']):.2f} |")  # fmt: skip
     return 0
 
 

@@ -24,7 +24,7 @@ from typing import Any
 import httpx
 from openai import AsyncOpenAI
 
-from evaluator.budget import Counter, estimate_tokens
+from evaluator.budget import estimate_tokens
 from evaluator.client import make_client
 from evaluator.config import ModelEntry
 
@@ -58,10 +58,6 @@ class Endpoint:
         self._chat: AsyncOpenAI | None = None
 
     @property
-    def base_url(self) -> str:
-        return self.entry.base_url
-
-    @property
     def context_window(self) -> int | None:
         return self.entry.context_window
 
@@ -78,12 +74,8 @@ class Endpoint:
         return False
 
     async def count_tokens(self, text: str) -> int:
+        """The documented estimate (evaluator/budget.py); a bound `count_tokens` is a `Counter`."""
         return estimate_tokens(text)
-
-    @property
-    def counter(self) -> Counter:
-        """`count_tokens` as the budget functions take it."""
-        return self.count_tokens
 
     def chat_client(self) -> AsyncOpenAI:
         """The chat client, made on first use inside the running event loop."""

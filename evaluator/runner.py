@@ -249,7 +249,7 @@ class Runner:
         entry = endpoint.entry
         ctx = TurnContext(item, index, self.run_id, len(messages), utcnow())
         try:
-            prompt_tokens = await count_prompt_tokens(messages, endpoint.counter)
+            prompt_tokens = await count_prompt_tokens(messages, endpoint.count_tokens)
         except Exception:  # a tokenizer hiccup must not lose the turn: fall back to the estimate
             prompt_tokens = await count_prompt_tokens(messages, None)
         client = endpoint.chat_client()

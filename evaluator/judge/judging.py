@@ -152,7 +152,7 @@ class Judge:
 
     async def _fit(self, target: Target, window: int | None, scale: float = 1.0) -> Fitted:
         try:
-            return await fit(self.rubric, target, self.endpoint.counter, window, scale=scale)
+            return await fit(self.rubric, target, self.endpoint.count_tokens, window, scale=scale)
         except (httpx.HTTPError, ValueError, KeyError):
             # A tokenizer hiccup must not lose the judgement: fall back to the estimate.
             return await fit(self.rubric, target, None, window, scale=scale)
@@ -290,6 +290,8 @@ class Judge:
                 "completion_tokens": completion.completion_tokens,
                 "finish_reason": completion.finish_reason,
                 "latency_s": completion.latency_s,
+                # The one cost rule (evaluator/cost.py): None unless the judge entry has both prices.
+                "cost_usd": entry.cost_usd(completion.prompt_tokens, completion.completion_tokens),
                 "attempts": attempts,
                 "retried_after": first_problem,
                 "temperature": 0.0,

@@ -24,6 +24,7 @@ from tests.judge.conftest import (
     good_judge,
     invoke,
     judge_args,
+    models_yaml,
     no_storybench_server,
     seed,
 )
@@ -45,7 +46,9 @@ def test_judgements_in_the_real_store_are_idempotent_and_exported(
         store.ensure_indexes()
         seed(store)
     version = load_rubric(REPO / "config" / "rubric.json").version_id
-    args = [*judge_args(tmp_path), "--mongo-uri", mongo.uri, "--db", db]
+    # A free prompt and a paid answer: 0 is a price, so every judgement records its cost.
+    models = models_yaml(tmp_path, price_input_per_mtok=0.0, price_output_per_mtok=5.0)
+    args = [*judge_args(tmp_path, models=models), "--mongo-uri", mongo.uri, "--db", db]
     with respx.mock:
         no_storybench_server()
         route = respx.post(f"{JUDGE_BASE}/chat/completions").mock(side_effect=good_judge)
@@ -63,6 +66,7 @@ def test_judgements_in_the_real_store_are_idempotent_and_exported(
         assert doc["_id"] == f"{doc['target_id']}|judge|{version}"
         assert doc["created_at"].tzinfo is not None and doc["schema_version"] == SCHEMA_VERSION
         assert doc["details"]["judge_endpoint"] == JUDGE_BASE and doc["run_id"] == RUN_ID
+        assert doc["details"]["cost_usd"] == pytest.approx(40 * 5.0 / 1e6)  # 40 completion tokens
     assert {d["target_kind"] for d in docs} == {"response", "sequence"}
 
     with open_store(mongo.uri, db_name=db) as store:
