@@ -6,12 +6,12 @@ database round trip, and every other conversation's stream, including its first 
 with it. Since issue 11 the runner hands each write to a worker thread (`asyncio.to_thread`).
 
 This benchmark plays the same plan with two copies of the evaluator, the one in this checkout
-and one in `--before-tree` (a `git worktree` of an earlier commit), alternating, against the
+and one in `--before-tree` (an earlier commit unpacked with `git archive`), alternating, against the
 instant stand-in of benchmarks/evaluator_overhead.py (a separate process) and the real embedded
 store (nx-27017), and reports the time to first token of every turn (the runner's own
 measurement, `ModelStats.ttfts`) and the wall time.
 
-    git worktree add /tmp/sb-before 35edd63
+    mkdir -p /tmp/sb-before && git archive 35edd63 | tar -x -C /tmp/sb-before
     .venv/bin/python -m benchmarks.store_write_stall --before-tree /tmp/sb-before --repeats 3
 """
 
