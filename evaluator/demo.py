@@ -20,6 +20,8 @@ from pathlib import Path
 
 import httpx
 
+from evaluator.config import DEFAULT_PROMPTS_PATH
+
 ROOT = "http://127.0.0.1:8080"
 LOG = Path(".storybench/serve.log")
 
@@ -70,7 +72,7 @@ def _start_server() -> subprocess.Popen[bytes]:
 
 
 def _first_sequences(n: int) -> str:
-    prompts = json.loads(Path("config/prompts.json").read_text())
+    prompts = json.loads(DEFAULT_PROMPTS_PATH.read_text())
     return ",".join(s["name"] for s in prompts["sequences"][:n])
 
 

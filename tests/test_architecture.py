@@ -1,5 +1,6 @@
-"""The shape of the code base: no import circles in `server/` or `evaluator/`, the two packages
-share no code, and long modules say why they are long."""
+"""The shape of the code base: no import circles in `server/` or `evaluator/`, the CLI layered
+(a leaf module below the commands, nothing importing the root), the two packages share no code,
+and long modules say why they are long."""
 
 from __future__ import annotations
 
@@ -13,48 +14,86 @@ PACKAGES = ("server", "evaluator")
 LONG_MODULE_LINES = 400
 
 
-def modules(package: str) -> dict[str, Path]:
+def modules(package: str, root: Path = REPO) -> dict[str, Path]:
     """Dotted module name -> file, for every module of `package` (a package is its __init__)."""
     out = {}
-    for path in sorted((REPO / package).rglob("*.py")):
-        parts = list(path.relative_to(REPO).with_suffix("").parts)
+    for path in sorted((root / package).rglob("*.py")):
+        parts = list(path.relative_to(root).with_suffix("").parts)
         if parts[-1] == "__init__":
             parts.pop()
         out[".".join(parts)] = path
     return out
 
 
+def _inside(name: str, package: str) -> bool:
+    return name == package or name.startswith(package + ".")
+
+
 def imports(name: str, path: Path, known: set[str]) -> set[str]:
-    """Project modules `name` imports anywhere in its body (functions included: an import done
-    lazily to dodge a circle is still a circle)."""
+    """The project modules that must have run (or be running) for `name` to import.
+
+    Every import counts, at module level or inside a function: an import done lazily to dodge
+    a circle is still a circle. Importing `a.b.c` runs `a`, `a.b` and `a.b.c`; the packages
+    that hold `name` itself have started before it runs, so reaching them by a dotted path
+    waits on nothing and is no edge (that is what lets a package's __init__ import its own
+    submodules). Taking a name that a package's __init__ defines (`from a.b import X`, X not a
+    submodule) needs that __init__ to have finished, so it is an edge even from inside `a.b`:
+    a submodule using its package's re-export while the __init__ imports the submodule is a
+    real circle.
+    """
     tree = ast.parse(path.read_text(encoding="utf-8"))
     is_package = path.name == "__init__.py"
     found: set[str] = set()
+
+    def nearest(dotted: str) -> str | None:
+        while dotted and dotted not in known:
+            dotted = dotted.rpartition(".")[0]
+        return dotted or None
+
+    def runs(module: str | None) -> None:
+        if module is None:
+            return
+        parts = module.split(".")
+        for i in range(1, len(parts) + 1):
+            prefix = ".".join(parts[:i])
+            if not _inside(name, prefix):
+                found.add(prefix)
+
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
-            targets = [alias.name for alias in node.names]
+            for alias in node.names:
+                runs(nearest(alias.name))
         elif isinstance(node, ast.ImportFrom):
             base = node.module or ""
             if node.level:
                 anchor = name.split(".") if is_package else name.split(".")[:-1]
                 anchor = anchor[: len(anchor) - (node.level - 1)]
                 base = ".".join([*anchor, base] if base else anchor)
-            targets = [f"{base}.{alias.name}" for alias in node.names] + [base]
-        else:
-            continue
-        for target in targets:
-            # `from pkg import mod` names a module; `from mod import func` names the module.
-            while target and target not in known:
-                target = target.rpartition(".")[0]
-            if target and target != name:
-                found.add(target)
+            source = nearest(base)
+            runs(source)
+            for alias in node.names:
+                if f"{base}.{alias.name}" in known:
+                    runs(f"{base}.{alias.name}")  # a submodule
+                elif source is not None and source == base and source != name:
+                    found.add(source)  # a name the module (or package __init__) defines
     return found
 
 
-def graph() -> dict[str, set[str]]:
-    mods = {name: path for package in PACKAGES for name, path in modules(package).items()}
+def graph(packages: tuple[str, ...] = PACKAGES, root: Path = REPO) -> dict[str, set[str]]:
+    mods = {name: path for package in packages for name, path in modules(package, root).items()}
     known = set(mods)
     return {name: imports(name, path, known) for name, path in mods.items()}
+
+
+def reachable(edges: dict[str, set[str]], start: str) -> set[str]:
+    seen: set[str] = set()
+    todo = [start]
+    while todo:
+        for nxt in edges.get(todo.pop(), ()):
+            if nxt not in seen:
+                seen.add(nxt)
+                todo.append(nxt)
+    return seen
 
 
 def cycles(edges: dict[str, set[str]]) -> list[list[str]]:
@@ -97,18 +136,66 @@ def test_the_cycle_finder_finds_a_cycle() -> None:
     assert cycles({"a": {"b"}, "b": set()}) == []
 
 
-def test_a_lazy_import_counts() -> None:
-    edges = graph()
-    assert "evaluator.cli_common" in edges["evaluator.cli"]  # a module-level import is seen
-    assert all(edges[m] <= set(edges) for m in edges)
+def write_package(root: Path, files: dict[str, str]) -> dict[str, set[str]]:
+    for relative, text in files.items():
+        (root / relative).parent.mkdir(parents=True, exist_ok=True)
+        (root / relative).write_text(text, encoding="utf-8")
+    return graph(("pkg",), root)
+
+
+def test_a_lazy_import_and_a_reexport_used_from_inside_are_circles(tmp_path: Path) -> None:
+    edges = write_package(
+        tmp_path,
+        {
+            "pkg/__init__.py": "from pkg.cli import main\nVERSION = 1\n",
+            "pkg/cli.py": "def main():\n    from pkg.app import run\n    return run()\n",
+            "pkg/app.py": "from pkg.cli import main\n\ndef run():\n    return main\n",
+            "pkg/tool.py": "from pkg import VERSION\n",
+            "pkg/user.py": "import pkg.tool\n",
+        },
+    )
+    assert edges["pkg.cli"] == {"pkg.app"}  # the import inside a function is seen
+    assert cycles(edges) == [["pkg.app", "pkg.cli"]]
+    edges = write_package(tmp_path, {"pkg/__init__.py": "from pkg.tool import VERSION as V\n"})
+    assert edges["pkg.tool"] == {"pkg"}  # the __init__'s own name: it must have finished
+    assert ["pkg", "pkg.tool"] in cycles(edges)
+
+
+def test_a_package_importing_its_own_submodules_is_no_circle(tmp_path: Path) -> None:
+    edges = write_package(
+        tmp_path,
+        {
+            "pkg/__init__.py": "from pkg.cli import main\nfrom . import helpers\n",
+            "pkg/cli.py": "from pkg import helpers\nfrom .helpers import fail\nimport pkg.helpers\n",
+            "pkg/helpers.py": "def fail(): ...\n",
+            "pkg/sub/__init__.py": "from .inner import x\n",
+            "pkg/sub/inner.py": "from pkg.sub import other_inner\nx = 1\n",
+            "pkg/sub/other_inner.py": "",
+            "pkg/outside.py": "from pkg.sub.inner import x\n",
+        },
+    )
+    assert edges["pkg"] == {"pkg.cli", "pkg.helpers"}
+    assert edges["pkg.cli"] == {"pkg.helpers"}  # `pkg` itself has started before pkg.cli runs
+    assert edges["pkg.sub.inner"] == {"pkg.sub.other_inner"}
+    assert edges["pkg.outside"] == {"pkg.sub", "pkg.sub.inner"}  # the path runs pkg.sub first
+    assert cycles(edges) == []
 
 
 def test_no_import_circle_in_server_or_evaluator() -> None:
     edges = graph()
-    # A package's __init__ re-exporting its own submodules is not a circle of design: drop the
-    # edges from a package to modules inside it before looking.
-    own = {m: {t for t in targets if not t.startswith(m + ".")} for m, targets in edges.items()}
-    assert cycles(own) == []
+    assert {"evaluator.judge", "evaluator.report"} <= edges["evaluator.cli"]  # not vacuous
+    assert "evaluator.judge.cli" in edges["evaluator.judge"]
+    assert cycles(edges) == []
+
+
+def test_the_cli_is_layered() -> None:
+    """Commands in other packages register on the group; nothing imports the root command
+    module, and the leaf every command shares reaches none of the commands."""
+    edges = graph()
+    assert [m for m, targets in edges.items() if "evaluator.cli" in targets] == []
+    below_the_leaf = reachable(edges, "evaluator.cli_common") | reachable(edges, "evaluator.cli_options")
+    commands = ("evaluator.cli", "evaluator.judge", "evaluator.report")
+    assert [m for m in below_the_leaf if any(_inside(m, c) for c in commands)] == []
 
 
 def test_server_and_evaluator_share_no_code() -> None:

@@ -21,6 +21,7 @@ from evaluator.cli_common import (
     EXIT_FAILED,
     EXIT_INCOMPLETE,
     EXIT_INTERRUPTED,
+    EXIT_OK,
     RUN_OR_LATEST,
     console,
     err_console,
@@ -194,7 +195,7 @@ def _judge(store: Store, req: JudgeRequest) -> int:
         )
     if req.dry_run:
         console.print(_dry_run(rubric, entry, kinds, collected, pending, skipped, resolved_id))
-        return 0
+        return EXIT_OK
 
     stats: dict[str, KindStats] = {k: KindStats() for k in kinds}
     for k in kinds:
@@ -204,7 +205,7 @@ def _judge(store: Store, req: JudgeRequest) -> int:
     if not pending:
         console.print(judge_summary_table(stats, title))
         _print_not_judged(console, collected)
-        return 0
+        return EXIT_OK
 
     store.ensure_indexes()
     try:
@@ -247,7 +248,7 @@ def _judge(store: Store, req: JudgeRequest) -> int:
         console.print(f"  ... and {len(judge.failures) - _SHOWN_FAILURES} more failed judgements")
     if status == "failed":
         err_console.print(f"[bold red]judging stopped:[/bold red] {escape(str(message))}", highlight=False)
-        return 1
+        return EXIT_FAILED
     if status == "interrupted":
         err_console.print(f"[yellow]{escape(str(message))}[/yellow]")
         return EXIT_INTERRUPTED
@@ -258,7 +259,7 @@ def _judge(store: Store, req: JudgeRequest) -> int:
         )
         return EXIT_INCOMPLETE
     console.print(f"Stored in the {store.describe()}.")
-    return 0
+    return EXIT_OK
 
 
 def _print_not_judged(console: Any, collected: Collected) -> None:

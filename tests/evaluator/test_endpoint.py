@@ -41,9 +41,11 @@ def test_our_server_answers_from_its_metadata() -> None:
 @respx.mock
 def test_our_server_counts_each_text_once_exactly() -> None:
     our_server()
-    counted = respx.post(f"{OURS}/extras/tokenize/count").mock(
-        side_effect=lambda request: httpx.Response(200, json={"count": len(json.loads(request.content)["input"])})
-    )
+
+    def characters(request: httpx.Request) -> httpx.Response:  # a tokenizer of one token per character
+        return httpx.Response(200, json={"count": len(json.loads(request.content)["input"])})
+
+    counted = respx.post(f"{OURS}/extras/tokenize/count").mock(side_effect=characters)
 
     async def count() -> list[int]:
         endpoint = await probe(entry())
@@ -71,7 +73,14 @@ def test_a_hosted_api_estimates_and_takes_the_documented_defaults() -> None:
     assert (windowed.context_window, windowed.max_connections) == (8000, 12)
 
 
-@pytest.mark.parametrize("answer", [httpx.Response(200, text="<html>"), httpx.Response(200, json={"server": "x"})])
+NOT_OURS = [
+    httpx.Response(200, text="<html>"),
+    httpx.Response(200, json={"server": "x"}),
+    httpx.Response(401),
+]
+
+
+@pytest.mark.parametrize("answer", NOT_OURS)
 @respx.mock
 def test_anything_that_is_not_our_server_is_a_hosted_api(answer: httpx.Response) -> None:
     respx.get(f"{HOSTED}/storybench/models").mock(return_value=answer)

@@ -20,7 +20,13 @@ KEY = "sk-test-0123456789abcdef"
 
 
 def entry(**kw: Any) -> ModelEntry:
-    return ModelEntry(**{"name": "hosted", "base_url": "http://hosted.test/v1", "model": "m-1", "seed": 7} | kw)
+    fields: dict[str, Any] = {
+        "name": "hosted",
+        "base_url": "http://hosted.test/v1",
+        "model": "m-1",
+        "seed": 7,
+    }
+    return ModelEntry(**fields | kw)
 
 
 def completion(text: str = "Mara keeps the lamp.", **kw: Any) -> Completion:
@@ -83,8 +89,8 @@ def test_generation_speed_counts_only_the_time_after_the_first_token() -> None:
 def test_a_turn_without_an_answer_records_no_tokens_speed_or_cost() -> None:
     failed = TurnResult("error", None, "HTTP 500: upstream failed", 3, 990, 400, {"seed": 8})
     rec = record(entry(price_input_per_mtok=1.0, price_output_per_mtok=1.0), failed)
-    assert (rec.outcome, rec.error, rec.attempts, rec.response_text) == ("error", "HTTP 500: upstream failed", 3, "")
-    assert rec.prompt_tokens is rec.tokens_per_s is rec.cost_usd is rec.finish_reason is None
+    assert (rec.outcome, rec.error, rec.attempts, rec.response_text) == ("error", failed.error, 3, "")
+    assert (rec.prompt_tokens, rec.tokens_per_s, rec.cost_usd, rec.finish_reason) == (None, None, None, None)
 
 
 def test_the_api_key_never_reaches_the_stored_error(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -79,9 +79,7 @@ def hostile_run(store: Store) -> str:
         store.save_evaluation(
             judgement(rec.id, f"judge {HOSTILE}", f"v{HOSTILE}", {HOSTILE: 3, "voice": HOSTILE})
         )
-        store.save_evaluation(
-            replaced(judgement(rec.id, "judge-a", "v1", {"voice": 4}), rationale=HOSTILE)
-        )
+        store.save_evaluation(replaced(judgement(rec.id, "judge-a", "v1", {"voice": 4}), rationale=HOSTILE))
     conv = sequence_run_id(exp_key("m1", "lighthouse"), "m1", "lighthouse", 0)
     store.save_evaluation(
         replaced(judgement(conv, "judge-a", "arc", {"arc": 1}, "sequence"), rationale=HOSTILE)

@@ -236,12 +236,9 @@ def test_ping_answers_while_the_database_answers(store: Store, backend: str) -> 
     store.ping()
     if backend == "memory":
         return  # mongomock has no connection to lose
-    lost = Store(
-        MongoClient("mongodb://127.0.0.1:9/", serverSelectionTimeoutMS=300),
-        store.db_name,
-        uri="mongodb://127.0.0.1:9/",
-    )
-    with pytest.raises(StoreUnavailableError, match="127.0.0.1:9"):
+    gone = "mongodb://127.0.0.1:9/"  # nothing listens there: a server that went away
+    lost = Store(MongoClient(gone, serverSelectionTimeoutMS=300), store.db_name, uri=gone)
+    with lost, pytest.raises(StoreUnavailableError, match="127.0.0.1:9"):
         lost.ping()
 
 
