@@ -1,8 +1,9 @@
 """The ASGI application: llama-cpp-python's FastAPI app, wrapped, behind a loading gate.
 
 `StoryBenchApp` answers `GET /health` itself (503 while the model loads, 200 when ready) and
-delegates everything else, once ready, to llama-cpp-python's own app (its router, its routes,
-its auth dependency) wrapped in `StoryBenchMiddleware`, plus `GET /storybench/models`.
+delegates everything else, once ready, to the engine's app: llama-cpp-python's own (its router
+and routes, with `GET /storybench/models`) wrapped in `LlamaMiddleware` (request checks,
+preflight, `timings`), or the batched engine's (server/engine/app.py).
 The default model is loaded in a background thread started at ASGI start-up, so uvicorn listens
 (and /health answers) while a large model loads.
 
@@ -32,11 +33,12 @@ from starlette_context.plugins import RequestIdPlugin
 from server import llama_settings
 from server.auth import bearer_ok
 from server.config import ServerConfig
+from server.engine.app import build_batched_app
 from server.engine.host import EngineHost
 from server.gguf_info import file_sha256
 from server.instrumented import StoryBenchProxy
+from server.llama_middleware import LlamaMiddleware
 from server.metadata import METADATA_PATH, server_metadata
-from server.middleware import StoryBenchMiddleware
 from server.openai_errors import send_json, send_unauthorized
 
 log = logging.getLogger("storybench.server")
@@ -59,7 +61,7 @@ def build_llama_app(cfg: ServerConfig, proxy: StoryBenchProxy) -> ASGIApp:
     async def storybench_models() -> dict[str, Any]:
         return await anyio.to_thread.run_sync(server_metadata, cfg, proxy)
 
-    return StoryBenchMiddleware(app, model_names=cfg.model_names)
+    return LlamaMiddleware(app, model_names=cfg.model_names)
 
 
 class StoryBenchApp:
@@ -86,8 +88,6 @@ class StoryBenchApp:
         try:
             start = time.perf_counter()
             if self.cfg.models[0].entry.engine == "batched":
-                from server.engine.app import build_batched_app
-
                 self.host = EngineHost(self.cfg, verbose=self.verbose)
                 self.host.load(self.cfg.models[0].name)
                 self.inner = build_batched_app(self.cfg, self.host)

@@ -5,11 +5,11 @@
 - `generate` records what llama.cpp's native server reports as `timings`: prompt tokens,
   tokens reused from the KV cache, prompt-eval time (until the first generated token),
   generation time and generated tokens. They go into the `RequestMetrics` found in the
-  `CURRENT_METRICS` context variable, which the ASGI middleware sets per request (starlette's
+  `CURRENT_METRICS` context variable, which `LlamaMiddleware` sets per request (starlette's
   thread pool and the SSE sender task run with a copy of the request's context, so the same
   object is reached from every thread that steps the generator).
 - In a *preflight* (`PREFLIGHT` set), `generate` raises `PromptMeasured` with the exact prompt
-  token count before evaluating anything: the middleware renders and tokenizes a request the
+  token count before evaluating anything: the preflight renders and tokenizes a request the
   same way the real call will, and rejects it before a (streaming) response has started.
 
 `StoryBenchProxy` is llama-cpp-python's `LlamaProxy` (one resident model; a request for another
@@ -30,10 +30,10 @@ from typing import Any
 
 import llama_cpp
 import llama_cpp.llama_cpp as llama_bindings
-from fastapi import HTTPException
 from llama_cpp.server.model import LlamaProxy
 from llama_cpp.server.settings import ModelSettings
 
+from server.openai_errors import UnknownModelError
 from server.timings import timings_object, usage_object
 
 log = logging.getLogger("storybench.server")
@@ -163,14 +163,6 @@ class InstrumentedLlama(llama_cpp.Llama):
             if last_token is not None and llama_cpp.llama_vocab_is_eog(self._model.vocab, last_token):
                 count -= 1
             metrics.predicted_n = count
-
-
-class UnknownModelError(HTTPException):
-    def __init__(self, model: str, known: list[str]) -> None:
-        super().__init__(
-            status_code=404,
-            detail=f"The model `{model}` does not exist on this server. Known models: {', '.join(known)}",
-        )
 
 
 _PARAMS_LOCK = threading.Lock()

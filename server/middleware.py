@@ -1,58 +1,49 @@
-"""ASGI middleware around llama-cpp-python's FastAPI app, for the two generation routes.
+"""The request checks both engines share, as ASGI middleware on the POST routes.
 
-For `POST /v1/chat/completions` and `POST /v1/completions` it:
+For `POST /v1/chat/completions` and `POST /v1/completions` (the bearer key has been checked
+once, before this, by `StoryBenchApp`: server/auth.py) it:
 
-1. (the bearer key is checked once, before this, by `StoryBenchApp`: server/auth.py);
-2. answers 404 for a `model` the server does not have (upstream silently answers with the
+1. answers 404 for a `model` the server does not have (upstream silently answers with the
    first model), and 400 for `n` > 1 and logprobs (unsupported; upstream would ignore `n` or
    fail with a 500);
-3. maps `max_completion_tokens` (newer OpenAI clients) to `max_tokens`, which upstream reads,
+2. maps `max_completion_tokens` (newer OpenAI clients) to `max_tokens`, which upstream reads,
    and drops nulls for fields that have a default (upstream would hand None to llama.cpp);
-4. runs a *preflight* under the server's model lock: the prompt is rendered and tokenized
-   exactly as the real call will do it, and if it does not fit the context (prompt >= n_ctx, or
-   prompt + max_tokens > n_ctx) the answer is HTTP 400 `context_length_exceeded` with the
-   numbers, before any response has started (upstream silently clips max_tokens instead);
-5. adds `timings` (and `usage.prompt_tokens_details.cached_tokens`) to JSON responses and,
-   for streams with `stream_options: {"include_usage": true}`, sends a last chunk with `usage`
-   and `timings` (and `choices: []`) before `data: [DONE]`.
+3. hands the request on through `generate`, which the llama-cpp-python engine overrides to add
+   the preflight context check and the `timings` rewriting (server/llama_middleware.py); the
+   batched engine does both itself (server/engine/api.py).
 
 Bad requests get a 4xx with a message, never upstream's 500 (its route wrapper turns every
 exception, validation errors included, into a 500) and never a crash: bodies that are not JSON
 objects (400), invalid fields (422), an empty prompt or several prompts (400), non-integer
-`logit_bias` keys (400), a grammar llama.cpp cannot parse (400; it would SIGSEGV the process),
-a prompt the chat template or tokenizer refuses (400). The tokenizer routes get the same body
-checks and token ids outside the vocabulary are refused (detokenizing them SIGSEGVs);
-`/v1/embeddings` answers 400 (models are loaded for generation only).
+`logit_bias` keys (400). The tokenizer routes get the same body checks; `/v1/embeddings`
+answers 400 (models are loaded for generation only). The checks themselves are in
+server/request_checks.py; this module reads, parses and replays the body around them.
 """
 
 from __future__ import annotations
 
 import json
+from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from server.instrumented import CURRENT_METRICS, RequestMetrics
 from server.openai_errors import error_body, send_json
-from server.preflight import preflight
 from server.request_checks import (
     GENERATION_PATHS,
     OTHER_POST_PATHS,
+    Rejection,
     check_generation,
     check_other,
     normalize,
 )
-from server.response_rewrite import ResponseWriter
 
 
 class StoryBenchMiddleware:
-    """Checks, rewrites, preflight and response rewriting for the POST routes (module docstring)."""
+    """Body checks and rewrites for the POST routes (module docstring)."""
 
-    def __init__(self, app: ASGIApp, *, model_names: list[str], instrumented: bool = True) -> None:
+    def __init__(self, app: ASGIApp, *, model_names: list[str]) -> None:
         self.app = app
         self.model_names = model_names
-        # False: the app (the batched engine) checks the context and adds timings and the
-        # usage chunk itself; only the request checks above apply.
-        self.instrumented = instrumented
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         path = scope.get("path", "") if scope["type"] == "http" else ""
@@ -77,7 +68,7 @@ class StoryBenchMiddleware:
             )
             return
         if kind is None:
-            rejection = await check_other(path, body, self.model_names, instrumented=self.instrumented)
+            rejection = await self.check_other(path, body)
             if rejection is not None:
                 await send_json(send, *rejection)
                 return
@@ -92,28 +83,17 @@ class StoryBenchMiddleware:
             raw = json.dumps(body).encode("utf-8")
             headers = [(k, v) for k, v in scope["headers"] if k != b"content-length"]
             scope = {**scope, "headers": [*headers, (b"content-length", str(len(raw)).encode())]}
+        await self.generate(kind, body, scope, replay(raw, receive), send)
 
-        if not self.instrumented:
-            await self.app(scope, replay(raw, receive), send)
-            return
-        rejection = await preflight(kind, body)
-        if rejection is not None:
-            await send_json(send, *rejection)
-            return
+    async def check_other(self, path: str, body: dict[str, Any]) -> Rejection | None:
+        """The tokenizer and embedding routes' checks (an engine may add its own)."""
+        return check_other(path, body, self.model_names)
 
-        metrics = RequestMetrics()
-        token = CURRENT_METRICS.set(metrics)
-        try:
-            options = body.get("stream_options")
-            include_usage = (
-                body.get("stream") is True
-                and isinstance(options, dict)
-                and options.get("include_usage") is True
-            )
-            writer = ResponseWriter(send, metrics, kind, include_usage)
-            await self.app(scope, replay(raw, receive), writer.send)
-        finally:
-            CURRENT_METRICS.reset(token)
+    async def generate(
+        self, kind: str, body: dict[str, Any], scope: Scope, receive: Receive, send: Send
+    ) -> None:
+        """Hand a checked generation request (`body`, already in `receive`) to the engine."""
+        await self.app(scope, receive, send)
 
 
 async def read_body(receive: Receive) -> bytes | None:

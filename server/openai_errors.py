@@ -1,11 +1,14 @@
 """OpenAI-style error answers, the same from both engines: the body, the 422 for an invalid
-request, the 401 for a missing or wrong key, and sending a JSON answer over raw ASGI."""
+request, the 401 for a missing or wrong key, the 400 `context_length_exceeded` with its numbers,
+the 404 for an unknown model, and sending a JSON answer over raw ASGI. Both engines import
+these from here, so neither imports the other's modules for an error."""
 
 from __future__ import annotations
 
 import json
 from typing import Any
 
+from fastapi import HTTPException
 from pydantic import ValidationError
 from starlette.types import Send
 
@@ -34,6 +37,56 @@ def invalid_request(exc: ValidationError) -> tuple[int, bytes]:
     return 422, error_body(
         "Invalid request: " + "; ".join(problems) + more, code="invalid_request", param=param
     )
+
+
+def context_overflow(
+    kind: str, prompt_tokens: int, max_tokens: int | None, n_ctx: int
+) -> tuple[int, bytes] | None:
+    """The 400 `context_length_exceeded` answer when a request does not fit n_ctx, else None.
+
+    Prompt + max_tokens == n_ctx fits. The numbers travel as fields of the error (the evaluator
+    resizes `max_tokens` from them): `prompt_tokens`, `max_tokens` (None when not set), `n_ctx`.
+    """
+    if prompt_tokens < n_ctx and (max_tokens is None or prompt_tokens + max_tokens <= n_ctx):
+        return None
+    param = "messages" if kind == "chat" else "prompt"
+    if prompt_tokens >= n_ctx:
+        message = (
+            f"The prompt is {prompt_tokens} tokens, which does not fit this model's context "
+            f"window (n_ctx) of {n_ctx} tokens (requested max_tokens: "
+            f"{max_tokens if max_tokens is not None else 'not set'}). "
+            "Shorten the prompt or raise n_ctx in the server config."
+        )
+    else:
+        assert max_tokens is not None
+        message = (
+            f"This request needs {prompt_tokens + max_tokens} tokens ({prompt_tokens} prompt "
+            f"tokens + {max_tokens} requested max_tokens) but this model's context window "
+            f"(n_ctx) is {n_ctx} tokens. Lower max_tokens to at most "
+            f"{n_ctx - prompt_tokens}, shorten the prompt, or raise n_ctx in the server config."
+        )
+        param = "max_tokens"
+    return 400, error_body(
+        message,
+        code="context_length_exceeded",
+        param=param,
+        prompt_tokens=prompt_tokens,
+        max_tokens=max_tokens,
+        n_ctx=n_ctx,
+    )
+
+
+def unknown_model_message(model: str, known: list[str]) -> str:
+    return f"The model `{model}` does not exist on this server. Known models: {', '.join(known)}"
+
+
+class UnknownModelError(HTTPException):
+    """Raised by either engine's model holder for a name it does not serve (FastAPI answers 404
+    with `detail`, as llama-cpp-python's routes do; the generation routes never get this far:
+    `request_checks.unknown_model` answers them in OpenAI's shape first)."""
+
+    def __init__(self, model: str, known: list[str]) -> None:
+        super().__init__(status_code=404, detail=unknown_model_message(model, known))
 
 
 async def send_json(

@@ -3,8 +3,10 @@
 Under the server's model lock, the prompt is rendered and tokenized exactly as the real call
 will do it (llama-cpp-python's own code path, stopped by `PromptMeasured` just before
 generating). If the prompt reaches n_ctx, or prompt + max_tokens exceeds it, the answer is HTTP
-400 `context_length_exceeded` with the numbers (upstream silently clips max_tokens instead).
-The batched engine uses `context_overflow` for the same answer from its own tokenizer.
+400 `context_length_exceeded` with the numbers (upstream silently clips max_tokens instead;
+the answer itself, shared with the batched engine, is `openai_errors.context_overflow`).
+Only the llama-cpp-python engine needs this: the batched engine tokenizes the prompt itself
+before submitting it (server/engine/api.py).
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from llama_cpp.server.types import CreateChatCompletionRequest, CreateCompletion
 from pydantic import ValidationError
 
 from server.instrumented import PREFLIGHT, InvalidGrammar, PromptMeasured
-from server.openai_errors import error_body, invalid_request
+from server.openai_errors import context_overflow, error_body, invalid_request
 
 log = logging.getLogger("storybench.server")
 
@@ -68,39 +70,6 @@ async def preflight(kind: str, body: dict[str, Any]) -> tuple[int, bytes] | None
     prompt_tokens, n_ctx = measured
     max_tokens = request.max_tokens if request.max_tokens and request.max_tokens > 0 else None
     return context_overflow(kind, prompt_tokens, max_tokens, n_ctx)
-
-
-def context_overflow(
-    kind: str, prompt_tokens: int, max_tokens: int | None, n_ctx: int
-) -> tuple[int, bytes] | None:
-    """The 400 `context_length_exceeded` answer when a request does not fit n_ctx, else None."""
-    if prompt_tokens < n_ctx and (max_tokens is None or prompt_tokens + max_tokens <= n_ctx):
-        return None
-    param = "messages" if kind == "chat" else "prompt"
-    if prompt_tokens >= n_ctx:
-        message = (
-            f"The prompt is {prompt_tokens} tokens, which does not fit this model's context "
-            f"window (n_ctx) of {n_ctx} tokens (requested max_tokens: "
-            f"{max_tokens if max_tokens is not None else 'not set'}). "
-            "Shorten the prompt or raise n_ctx in the server config."
-        )
-    else:
-        assert max_tokens is not None
-        message = (
-            f"This request needs {prompt_tokens + max_tokens} tokens ({prompt_tokens} prompt "
-            f"tokens + {max_tokens} requested max_tokens) but this model's context window "
-            f"(n_ctx) is {n_ctx} tokens. Lower max_tokens to at most "
-            f"{n_ctx - prompt_tokens}, shorten the prompt, or raise n_ctx in the server config."
-        )
-        param = "max_tokens"
-    return 400, error_body(
-        message,
-        code="context_length_exceeded",
-        param=param,
-        prompt_tokens=prompt_tokens,
-        max_tokens=max_tokens,
-        n_ctx=n_ctx,
-    )
 
 
 def measure_prompt(proxy: Any, kind: str, kwargs: dict[str, Any]) -> tuple[int, int] | None:

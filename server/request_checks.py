@@ -1,18 +1,15 @@
 """Checks and rewrites of a request body before either engine sees it: unknown models (404,
 naming the known ones), unsupported `n`, logprobs and prompt lists, malformed `logit_bias`,
-bodies of the tokenizer routes (token ids outside the vocabulary would SIGSEGV llama.cpp),
-`max_completion_tokens` mapped to `max_tokens`, and nulls dropped where a default applies.
+bodies of the tokenizer routes, `max_completion_tokens` mapped to `max_tokens`, and nulls
+dropped where a default applies.
 
 Each check returns None or the (status, body) to answer with; nothing here sends.
 """
 
 from __future__ import annotations
 
-import contextlib
 from typing import Any
 
-import anyio
-from llama_cpp.server import app as llama_app
 from llama_cpp.server.types import (
     CreateChatCompletionRequest,
     CreateCompletionRequest,
@@ -22,12 +19,12 @@ from llama_cpp.server.types import (
 )
 from pydantic import BaseModel, ValidationError
 
-from server.openai_errors import error_body, invalid_request
+from server.openai_errors import error_body, invalid_request, unknown_model_message
 
 GENERATION_PATHS = {"/v1/chat/completions": "chat", "/v1/completions": "completion"}
 # Upstream's other POST routes and their bodies. Upstream answers any invalid body with a 500
-# (its RouteErrorHandler wraps every exception, validation errors included), and a token id
-# outside the vocabulary kills the process in llama.cpp: bodies are checked here first.
+# (its RouteErrorHandler wraps every exception, validation errors included): bodies are checked
+# here first.
 OTHER_POST_PATHS: dict[str, type[BaseModel]] = {
     "/extras/tokenize": TokenizeInputRequest,
     "/extras/tokenize/count": TokenizeInputRequest,
@@ -38,11 +35,9 @@ OTHER_POST_PATHS: dict[str, type[BaseModel]] = {
 Rejection = tuple[int, bytes]
 
 
-async def check_other(
-path: str, body: dict[str, Any], model_names: list[str], *, instrumented: bool
-) -> Rejection | None:
-    """Tokenizer and embedding routes: a valid body, text and token ids that llama.cpp can
-    take."""
+def check_other(path: str, body: dict[str, Any], model_names: list[str]) -> Rejection | None:
+    """Tokenizer and embedding routes: a valid body, text that llama.cpp can take, and no
+    embeddings."""
     try:
         request: Any = OTHER_POST_PATHS[path].model_validate(body)
     except ValidationError as exc:
@@ -58,31 +53,21 @@ path: str, body: dict[str, Any], model_names: list[str], *, instrumented: bool
         try:
             request.input.encode("utf-8")
         except UnicodeEncodeError:
-            return 400, error_body(
-                "`input` is not valid Unicode text.", code="invalid_text", param="input"
-            )
-        return None
-    if not instrumented:
-        return None
-    async with contextlib.asynccontextmanager(llama_app.get_llama_proxy)() as proxy:
-        problem = await anyio.to_thread.run_sync(
-            detokenize_problem, proxy(request.model), request.tokens
-        )
-    if problem is not None:
-        return 400, error_body(problem, code="invalid_token", param="tokens")
-    return None
+            return 400, error_body("`input` is not valid Unicode text.", code="invalid_text", param="input")
+    return None  # token ids are the engine's to check (server/llama_middleware.py, engine/api.py)
+
 
 def unknown_model(body: dict[str, Any], model_names: list[str]) -> Rejection | None:
     model = body.get("model")
     if model is not None and model not in model_names:
-        known = ", ".join(model_names)
         return 404, error_body(
-            f"The model `{model}` does not exist on this server. Known models: {known}",
+            unknown_model_message(str(model), model_names),
             code="model_not_found",
             param="model",
             known_models=model_names,
         )
     return None
+
 
 def check_generation(kind: str, body: dict[str, Any], model_names: list[str]) -> Rejection | None:
     unknown = unknown_model(body, model_names)
@@ -109,8 +94,7 @@ def check_generation(kind: str, body: dict[str, Any], model_names: list[str]) ->
     n = body.get("n")
     if isinstance(n, int) and n > 1:
         return 400, error_body(
-            f"n={n} is not supported: this server returns one choice per request; "
-            "send n separate requests.",
+            f"n={n} is not supported: this server returns one choice per request; send n separate requests.",
             code="unsupported_parameter",
             param="n",
         )
@@ -126,23 +110,6 @@ def check_generation(kind: str, body: dict[str, Any], model_names: list[str]) ->
             "n_ctx x n_vocab floats and slows decoding).",
             code="unsupported_parameter",
             param="logprobs",
-        )
-    return None
-
-
-def detokenize_problem(llama: Any, tokens: list[int]) -> str | None:
-    """Why upstream's /extras/detokenize would fail on these tokens (SIGSEGV for ids outside the
-    vocabulary, a 500 for bytes that are not UTF-8), or None."""
-    n_vocab = llama.n_vocab()
-    bad = [t for t in tokens if not 0 <= t < n_vocab]
-    if bad:
-        return f"Token ids must be from 0 to {n_vocab - 1} (this model's vocabulary); got {bad[:5]}."
-    try:
-        llama.detokenize(tokens).decode("utf-8")
-    except UnicodeDecodeError:
-        return (
-            "These tokens do not form UTF-8 text (they split a multi-byte character); "
-            "detokenize a longer sequence."
         )
     return None
 

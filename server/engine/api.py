@@ -41,8 +41,7 @@ from server.engine.host import EngineHost
 from server.engine.model import BatchedModel
 from server.engine.sampling import Chains, SamplingParams, build_chains
 from server.engine.scheduler import Engine, Event, Generation
-from server.openai_errors import error_body
-from server.preflight import context_overflow
+from server.openai_errors import context_overflow, error_body
 
 
 class RequestError(Exception):

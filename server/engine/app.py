@@ -50,4 +50,4 @@ def build_batched_app(cfg: ServerConfig, host: EngineHost) -> ASGIApp:
     async def storybench_models() -> dict[str, Any]:
         return await anyio.to_thread.run_sync(server_metadata, cfg, host)
 
-    return StoryBenchMiddleware(app, model_names=cfg.model_names, instrumented=False)
+    return StoryBenchMiddleware(app, model_names=cfg.model_names)

@@ -22,7 +22,7 @@ import llama_cpp
 from server.config import ModelConfig, ServerConfig
 from server.engine.model import BatchedModel
 from server.engine.scheduler import Engine
-from server.instrumented import UnknownModelError
+from server.openai_errors import UnknownModelError
 
 log = logging.getLogger("storybench.server")
 

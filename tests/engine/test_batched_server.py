@@ -98,11 +98,15 @@ def test_client_disconnect_mid_stream_frees_the_slot(server: RunningServer, http
         assert time.monotonic() < deadline, live["slots"]
         time.sleep(0.05)
     generated = live["stats"]["tokens_generated"]
-    time.sleep(0.5)
-    assert (
-        http.get("/storybench/models").json()["loaded_model_settings"]["stats"]["tokens_generated"]
-        == generated
-    )
+    # A later request's steps are the barrier: had the abandoned generation stayed in the batch,
+    # it would have added tokens while they ran.
+    after = http.post(
+        "/v1/completions",
+        json={"model": MAIN_MODEL, "prompt": "Hello", "max_tokens": 4, "logit_bias": {"0": -100, "2": -100}},
+    ).json()
+    assert after["usage"]["completion_tokens"] == 4
+    stats = http.get("/storybench/models").json()["loaded_model_settings"]["stats"]
+    assert stats["tokens_generated"] == generated + 4, (generated, stats)
 
 
 def test_stop_strings_in_a_stream(openai_client: openai.OpenAI) -> None:

@@ -15,6 +15,7 @@ from server.app import StoryBenchApp
 from server.config import load_config
 from server.instrumented import RequestMetrics
 from server.middleware import StoryBenchMiddleware
+from server.openai_errors import UnknownModelError, context_overflow
 from server.response_rewrite import ResponseWriter, done_event_at
 
 from .conftest import model_entry, write_config
@@ -203,3 +204,22 @@ def test_stream_without_include_usage_is_untouched() -> None:
     writer = ResponseWriter(send, _metrics(), "chat", include_usage=False)
     _run_writer(writer, [start, {"type": "http.response.body", "body": b"data: [DONE]\n\n"}])
     assert sent == [b"data: [DONE]\n\n"]
+
+
+def test_context_overflow_boundaries_and_numbers() -> None:
+    assert context_overflow("chat", 100, 1948, 2048) is None  # prompt + max_tokens == n_ctx fits
+    assert context_overflow("chat", 2047, None, 2048) is None
+    status, raw = context_overflow("chat", 100, 1949, 2048) or (0, b"")
+    err = json.loads(raw)["error"]
+    assert status == 400 and err["code"] == "context_length_exceeded" and err["param"] == "max_tokens"
+    assert (err["prompt_tokens"], err["max_tokens"], err["n_ctx"]) == (100, 1949, 2048)
+    assert "Lower max_tokens to at most 1948" in err["message"]
+    status, raw = context_overflow("completion", 2048, None, 2048) or (0, b"")
+    err = json.loads(raw)["error"]
+    assert status == 400 and err["param"] == "prompt" and err["max_tokens"] is None
+    assert "The prompt is 2048 tokens" in err["message"]
+
+
+def test_both_engines_name_unknown_models_alike() -> None:
+    r = _post(MIDDLEWARE, "/v1/completions", {"model": "gpt-4o", "prompt": "x"})
+    assert UnknownModelError("gpt-4o", ["a", "b"]).detail == r.json()["error"]["message"]

@@ -263,7 +263,7 @@ def test_stream_is_not_cut_short_by_a_concurrent_request(
     openai_client: openai.OpenAI, server: RunningServer
 ) -> None:
     """Upstream's interrupt_requests would end this stream as soon as /v1/models waits."""
-    max_tokens = 48
+    max_tokens = 128  # long enough that the other request reaches the server mid-stream
     stream = openai_client.completions.create(
         model=MAIN_MODEL,
         prompt="The old lighthouse keeper",
