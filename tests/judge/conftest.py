@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Callable
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +20,7 @@ from evaluator.records import EvaluationRecord, ResponseRecord, RunRecord, confi
 from evaluator.store import Store
 from evaluator.store.connect import URI_ENV
 from evaluator.store.embedded import DATA_DIR_ENV
+from tests.support.documents import make_response, replaced
 from tests.support.memory_store import memory_store as memory_store_of
 from tests.support.sse import sse
 
@@ -47,41 +48,21 @@ def _no_user_database(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
 def response(
     run_index: int, turn_index: int, outcome: str = "ok", answer: str | None = None
 ) -> ResponseRecord:
+    """A turn of the judged run, built by the shared builder (tests/support/documents.py)."""
     name, prompt = TURNS[turn_index]
     text = f"Answer {turn_index + 1} of run {run_index}: Mara keeps the lamp." if answer is None else answer
-    return ResponseRecord(
-        experiment_key=EXP,
-        config_hash=CFG,
-        generation=1,
-        run_id=RUN_ID,
-        model="writer",
+    base = make_response(
+        turn_index, exp_key=EXP, model="writer", sequence="lighthouse", run_index=run_index,
+        outcome=outcome, text=text if outcome == "ok" else "", run_id=RUN_ID, cfg=CFG,
+    )  # fmt: skip
+    return replaced(
+        base,
         model_id="writer-1",
         endpoint="http://writer.test/v1",
-        sequence="lighthouse",
-        sequence_hash="seqhash",
-        run_index=run_index,
         seed=7 + run_index,
-        turn_index=turn_index,
         turn_name=name,
         prompt=prompt,
-        messages_sent=2 + 2 * turn_index,
-        response_raw=text if outcome == "ok" else "",
-        response_text=text if outcome == "ok" else "",
-        finish_reason="stop" if outcome == "ok" else None,
-        prompt_tokens=40,
-        completion_tokens=30,
-        cached_tokens=None,
-        prompt_tokens_estimated=41,
-        max_tokens_sent=100,
-        latency_s=1.0,
-        ttft_s=0.1,
-        tokens_per_s=30.0,
-        attempts=1,
-        outcome=outcome,  # type: ignore[arg-type]
         error=None if outcome == "ok" else "the model returned an empty answer twice",
-        params={"temperature": 0.7},
-        started_at=T0 + timedelta(seconds=turn_index),
-        finished_at=T0 + timedelta(seconds=turn_index + 1),
     )
 
 
