@@ -121,13 +121,12 @@ class Runner:
         self.on_progress = on_progress or (lambda name, stats: None)
         self.endpoints = {m.name: endpoints.get(m.name) or Endpoint(m) for m in plan.models}
         self.store_failed: str | None = None  # why the first failed write failed
-        self.writer = StoreWriter()
+        self.writer = StoreWriter()  # closed when `run` ends: one run per Runner
         self.stats: dict[str, ModelStats] = {m.name: ModelStats(total=plan.turns_for(m)) for m in plan.models}
 
     # ---- scheduling -------------------------------------------------------------------------
 
     async def run(self) -> dict[str, ModelStats]:
-        self.writer = StoreWriter()  # per run: its thread lives as long as this event loop's work
         try:
             return await self._run()
         finally:

@@ -111,7 +111,7 @@ class Judge:
         self.failures: list[Failure] = []
         self.aborted: str | None = None  # the judge endpoint refused us for good (401/403/404)
         self.store_failed: str | None = None
-        self.writer = StoreWriter()
+        self.writer = StoreWriter()  # closed when `run` ends: one run per Judge
         self._secret = endpoint.entry.api_key()
 
     async def run(self, targets: list[Target]) -> None:
@@ -123,7 +123,6 @@ class Judge:
             async with gate:
                 await self.judge_one(target)
 
-        self.writer = StoreWriter()
         try:
             await run_all(bounded(t) for t in targets)
         finally:

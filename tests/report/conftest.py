@@ -33,7 +33,7 @@ from tests.store.conftest import (  # noqa: F401  (fixtures, found by name)
     mongo_uri,
     store,
 )
-from tests.support.documents import replaced
+from tests.support.documents import make_evaluation, replaced
 
 MODELS = ["m1", "m2"]
 SEQUENCES = {"lighthouse": ["premise", "storm", "poem"], "harbor": ["arrival", "letter", "sonnet"]}
@@ -168,14 +168,10 @@ def turn_record(
 def judgement(
     target: str, judge: str, rubric: str, scores: dict[str, Any], kind: str = "response"
 ) -> EvaluationRecord:
-    return EvaluationRecord(
-        target_id=target,
-        target_kind=kind,  # type: ignore[arg-type]
-        judge_model=judge,
-        rubric_version=rubric,
+    return replaced(
+        make_evaluation(target, judge, rubric, kind=kind),
         scores=scores,
         rationale=f"{judge} {rubric}: keeps the keeper's name.",
-        created_at=T0 + timedelta(hours=1),
     )
 
 
