@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from evaluator import judge, report
+from evaluator import compare, judge, leaderboard, report
 from evaluator.cli_common import (
     EXIT_CONFIG,
     EXIT_FAILED,
@@ -217,6 +217,8 @@ def main() -> None:
 # Commands that live in their own packages register themselves; they import only the leaf
 # modules (cli_common, cli_options), never this one.
 judge.register(cli)
+compare.register(cli)
+leaderboard.register(cli)
 report.register(cli)
 
 

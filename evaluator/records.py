@@ -8,6 +8,7 @@ an older document). Each field's docstring is the documentation of the stored fi
 MongoDB-wire server cannot filter on ObjectId fields other than `_id`.
 
 Bump SCHEMA_VERSION only together with a migration in evaluator/store/migrations.py.
+It is one module of about 400 lines on purpose: the whole stored schema is read in one place.
 """
 
 from __future__ import annotations
@@ -34,6 +35,9 @@ RunStatus = Literal["running", "completed", "incomplete", "interrupted", "failed
 RUN_STATUSES: tuple[str, ...] = get_args(RunStatus)
 
 TargetKind = Literal["response", "sequence"]
+
+# A pairwise verdict is made or failed; a failed one keeps its reason and is retried on re-run.
+PairStatus = Literal["ok", "failed"]
 
 # How often a run refreshes `heartbeat_at` unless STORYBENCH_HEARTBEAT_S says otherwise. Readers
 # use the interval a run recorded (`heartbeat_s`), this one for records written without it.
@@ -332,4 +336,74 @@ class EvaluationRecord(StoredDocument):
         return self
 
 
-DOCUMENT_KINDS: tuple[type[StoredDocument], ...] = (RunRecord, ResponseRecord, EvaluationRecord)
+def pairwise_id(first: str, second: str, judge_model: str, rubric_version: str) -> str:
+    """Deterministic `_id` of one ordered comparison: (conversation shown first, shown second,
+    judge, rubric version). The other order of the same two conversations is another document."""
+    return f"{first}|{second}|{judge_model}|{rubric_version}"
+
+
+class PairwiseRecord(StoredDocument):
+    """One side-by-side judgement of two whole conversations in one order (collection
+    `pairwise`): unique per (conversation shown first, shown second, judge, rubric version).
+
+    Both orders of a pair are stored as two documents; the leaderboard combines them (a pair
+    whose two orders disagree in direction is a tie and a position flip).
+    """
+
+    collection: ClassVar[str] = "pairwise"
+
+    first_conversation: str
+    """Sequence-run id (`<experiment key>:<model>:<sequence>:r<run>`) of the conversation shown
+    first ("A")."""
+    second_conversation: str
+    """Sequence-run id of the conversation shown second ("B")."""
+    first_model: str
+    """Model entry name of the conversation shown first."""
+    second_model: str
+    """Model entry name of the conversation shown second."""
+    sequence: str
+    """Prompt sequence name both conversations played."""
+    sequence_hash: str
+    """Content hash of that sequence: only conversations of the same prompts are compared."""
+    run_index: int
+    """The run index both conversations share (run k of each model uses its seed + k)."""
+    judge_model: str
+    """The judge's model entry name."""
+    rubric_version: str
+    """The rubric's version with its content hash (the pairwise block included)."""
+    status: PairStatus
+    """ok (a verdict) or failed (no verdict: `error` says why; retried by a re-run)."""
+    verdict: str | None
+    """The label the judge chose from the rubric's pairwise scale; None when failed."""
+    score_first: float | None
+    """The verdict as the first conversation's share: 1 (first much better) ... 0.5 (tie) ... 0."""
+    rationale: str
+    """The judge's explanation ("" when failed)."""
+    error: str | None
+    """Why no verdict was stored, for a failed comparison; API keys masked."""
+    created_at: datetime
+    """When the comparison was stored (UTC)."""
+    details: dict[str, Any] = Field(default_factory=dict)
+    """How it was judged: judge model id and endpoint, tokens, latency, cost, attempts. Never a key."""
+
+    @model_validator(mode="after")
+    def _default_id(self) -> PairwiseRecord:
+        if not self.id:
+            self.id = pairwise_id(
+                self.first_conversation, self.second_conversation, self.judge_model, self.rubric_version
+            )
+        return self
+
+    @property
+    def pair_key(self) -> tuple[str, str]:
+        """The two conversations, order-free: both orders of a pair share it."""
+        a, b = sorted((self.first_conversation, self.second_conversation))
+        return (a, b)
+
+
+DOCUMENT_KINDS: tuple[type[StoredDocument], ...] = (
+    RunRecord,
+    ResponseRecord,
+    EvaluationRecord,
+    PairwiseRecord,
+)

@@ -122,7 +122,7 @@ def judge_command(
     try:
         rubric = load_rubric(rubric_path)
         models, settings = load_models(models_path)
-        entry = _pick_judge(models, judge_name, rubric, models_path, rubric_path)
+        entry = pick_judge(models, judge_name, rubric, models_path, rubric_path)
         entry.api_key()  # a missing key fails now, naming the variable, before anything is sent
     except ConfigError as exc:
         fail(str(exc), EXIT_CONFIG)
@@ -140,7 +140,7 @@ def judge_command(
     raise SystemExit(code)
 
 
-def _pick_judge(
+def pick_judge(
     models: list[ModelEntry], option: str | None, rubric: Rubric, models_path: Path, rubric_path: Path
 ) -> ModelEntry:
     """--judge, else the rubric's `judge`, else the first model of the models file."""

@@ -180,7 +180,7 @@ class Judge:
                 completion = await chat_with_retries(
                     self.endpoint.chat_client(),
                     entry.model,
-                    _with_note(fitted.messages, first_problem),
+                    with_note(fitted.messages, first_problem),
                     params,
                     self.policy,
                 )
@@ -308,7 +308,7 @@ class Judge:
         self.on_progress(target.kind, stats)
 
 
-def _with_note(messages: list[dict[str, str]], problem: str) -> list[dict[str, str]]:
+def with_note(messages: list[dict[str, str]], problem: str) -> list[dict[str, str]]:
     """The same prompt with a note on what was wrong: at temperature 0 an unchanged prompt
     would replay the same invalid answer."""
     reason = problem if len(problem) <= _NOTE_REASON_CHARS else problem[: _NOTE_REASON_CHARS - 3] + "..."

@@ -25,6 +25,7 @@ __all__ = [
     "DEFAULT_RUBRIC_PATH",
     "KINDS",
     "CriterionSpec",
+    "PairwiseRubric",
     "Rubric",
     "TargetKind",
     "load_rubric",
@@ -43,10 +44,14 @@ ResponseFormat = Literal["json_schema", "openai_json_schema", "json_object", "no
 PLACEHOLDERS: dict[str, frozenset[str]] = {
     "response": frozenset({"criteria", "system", "context", "prompt", "answer", "turn", "turns", "format"}),
     "sequence": frozenset({"criteria", "system", "conversation", "turns", "format"}),
+    "pairwise": frozenset(
+        {"criteria", "system", "turns", "conversation_a", "conversation_b", "scale", "format"}
+    ),
 }
 REQUIRED_PLACEHOLDERS: dict[str, tuple[str, ...]] = {
     "response": ("answer", "format"),
     "sequence": ("conversation", "format"),
+    "pairwise": ("conversation_a", "conversation_b", "format"),
 }
 PLACEHOLDER_RE = re.compile(r"\{\{\s*([^{}]*?)\s*\}\}")
 
@@ -110,6 +115,51 @@ class TargetRubric(_Strict):
         return self
 
 
+class PairwiseRubric(_Strict):
+    """How two whole conversations are compared side by side (`storybench-eval compare`).
+
+    `scale` lists the verdicts from "the first conversation (A) is much better" to "the second
+    (B) is much better", an odd number of them with the tie in the middle; verdict k of n gives
+    A the share 1 - k/(n-1) (1, 0.75, 0.5, 0.25, 0 on five points).
+    """
+
+    criteria: list[Criterion] = Field(min_length=1, description="what the judge weighs")
+    scale: list[Annotated[str, Field(min_length=1)]] = Field(
+        default=["A much better", "A better", "tie", "B better", "B much better"],
+        description="verdict labels, A much better ... tie ... B much better",
+    )
+    template: str = Field(description="the judge's prompt, with {{placeholders}}")
+
+    @field_validator("template", mode="before")
+    @classmethod
+    def _join_lines(cls, value: Any) -> Any:
+        if isinstance(value, list) and all(isinstance(line, str) for line in value):
+            return "\n".join(value)
+        return value
+
+    @field_validator("scale")
+    @classmethod
+    def _valid_scale(cls, labels: list[str]) -> list[str]:
+        if len(labels) < 3 or len(labels) % 2 == 0:
+            raise ValueError(
+                "needs an odd number of labels (3 or more) with the tie in the middle, "
+                f"got {len(labels)}"
+            )
+        if len({label.strip().lower() for label in labels}) != len(labels):
+            raise ValueError("the labels must differ from each other (ignoring case)")
+        return labels
+
+    @model_validator(mode="after")
+    def _valid_template(self) -> PairwiseRubric:
+        _check_placeholders("pairwise", self.template)
+        return self
+
+    def share(self, label: str) -> float:
+        """The first conversation's share for a verdict label: 1 ... 0.5 (tie) ... 0."""
+        k = self.scale.index(label)
+        return 1.0 - k / (len(self.scale) - 1)
+
+
 @dataclass(frozen=True)
 class CriterionSpec:
     """A criterion with its scale resolved."""
@@ -132,6 +182,7 @@ class Rubric(_Strict):
     system: str | None = None
     response: TargetRubric | None = None
     sequence: TargetRubric | None = None
+    pairwise: PairwiseRubric | None = None
 
     @field_validator("system", mode="before")
     @classmethod
@@ -142,10 +193,10 @@ class Rubric(_Strict):
 
     @model_validator(mode="after")
     def _check_targets(self) -> Rubric:
-        if self.response is None and self.sequence is None:
+        if self.response is None and self.sequence is None and self.pairwise is None:
             raise ValueError(
-                "the rubric judges nothing: add a 'response' block (each turn) and/or a "
-                "'sequence' block (each whole conversation)"
+                "the rubric judges nothing: add a 'response' block (each turn), a 'sequence' "
+                "block (each whole conversation) and/or a 'pairwise' block (two conversations side by side)"
             )
         for kind in KINDS:
             part = self.target(kind)

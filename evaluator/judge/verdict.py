@@ -17,7 +17,7 @@ from typing import Any
 from evaluator.judge.rubric import CriterionSpec
 from evaluator.text import strip_think
 
-__all__ = ["InvalidJudgement", "Verdict", "parse_verdict"]
+__all__ = ["InvalidJudgement", "Verdict", "excerpt", "json_objects", "parse_verdict"]
 
 _INT_TEXT = re.compile(r"^\s*[+-]?\d+\s*$")
 
@@ -36,7 +36,7 @@ def _norm(name: str) -> str:
     return re.sub(r"[\s\-]+", "_", name.strip().lower())
 
 
-def _objects(text: str) -> list[dict[str, Any]]:
+def json_objects(text: str) -> list[dict[str, Any]]:
     """Every JSON object that starts at a `{` of `text`, outermost first. Raw control characters
     (a newline) inside strings are accepted: llama.cpp's JSON grammar lets a model write them."""
     decoder = json.JSONDecoder(strict=False)
@@ -73,15 +73,15 @@ def parse_verdict(text: str, specs: list[CriterionSpec], finish_reason: str | No
     cleaned = strip_think(text)
     if not cleaned:
         raise InvalidJudgement("the answer is empty" + cut)
-    objects = _objects(cleaned)
+    objects = json_objects(cleaned)
     if not objects:
-        raise InvalidJudgement(f"no JSON object in the answer: {_excerpt(cleaned)}{cut}")
+        raise InvalidJudgement(f"no JSON object in the answer: {excerpt(cleaned)}{cut}")
     judged = next((o for o in objects if "scores" in o), None)
     if judged is None:
-        raise InvalidJudgement(f'no "scores" in the answer\'s JSON: {_excerpt(cleaned)}{cut}')
+        raise InvalidJudgement(f'no "scores" in the answer\'s JSON: {excerpt(cleaned)}{cut}')
     scores = judged["scores"]
     if not isinstance(scores, dict):
-        raise InvalidJudgement(f'"scores" is not an object: {_excerpt(json.dumps(scores))}')
+        raise InvalidJudgement(f'"scores" is not an object: {excerpt(json.dumps(scores))}')
     given = {_norm(str(k)): v for k, v in scores.items()}
     problems: list[str] = []
     out: dict[str, int] = {}
@@ -108,6 +108,6 @@ def parse_verdict(text: str, specs: list[CriterionSpec], finish_reason: str | No
     return Verdict(scores=out, rationale=rationale.strip())
 
 
-def _excerpt(text: str, limit: int = 120) -> str:
+def excerpt(text: str, limit: int = 120) -> str:
     flat = " ".join(text.split())
     return repr(flat if len(flat) <= limit else flat[: limit - 3] + "...")

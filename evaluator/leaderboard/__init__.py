@@ -1,6 +1,24 @@
-"""The leaderboard across runs (issue 12): ratings from pairwise verdicts and rubric means, each
-with an interval from a bootstrap over sequences.
+"""The leaderboard across runs: ratings from pairwise verdicts and rubric means, each with a
+95% interval from a bootstrap over sequences. docs/leaderboard.md is the user's guide.
 
     ratings.py   Bradley-Terry with ties (Davidson), fitted by maximum likelihood with scipy;
                  cluster-bootstrap intervals, rank ranges; cluster-bootstrap means
+    gather.py    what one table is computed from, read from the whole store; the mix checks
+    build.py     the numbers: pairs combined over both orders, ratings, rubric means, by turn
+    render.py    table, Markdown (PNG charts beside it), HTML (inline SVG charts), JSON, CSV
+    cli.py       the click command; `register(group)` adds it to `storybench-eval`
 """
+
+from __future__ import annotations
+
+import click
+
+
+def register(group: click.Group) -> None:
+    """Add `leaderboard` to the command group (called by evaluator/cli.py, like a plugin hook)."""
+    from evaluator.leaderboard.cli import leaderboard_command
+
+    group.add_command(leaderboard_command)
+
+
+__all__ = ["register"]

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
@@ -26,6 +27,7 @@ from evaluator.report.model import (
     ServerSummary,
     Summary,
     Turn,
+    UsagePoint,
 )
 from evaluator.report.stats import (
     ScoreAccumulator,
@@ -222,10 +224,59 @@ def conversations(store: Store, run: RunRecord) -> Iterator[Conversation]:
     return _walk(store, run, with_text=True)
 
 
+@dataclass
+class _Usage:
+    ok: int = 0
+    tokens: float = 0.0
+    tokens_n: int = 0
+    latency: float = 0.0
+    latency_n: int = 0
+
+
+class UsageAccumulator:
+    """Completion tokens and latency of ok turns per (model, turn index), for the report's
+    tokens-and-latency chart (a failed turn's numbers say nothing about the model)."""
+
+    def __init__(self) -> None:
+        self._cells: dict[tuple[str, int], _Usage] = {}
+
+    def add(self, model: str, turn: Turn) -> None:
+        if turn.outcome != "ok":
+            return
+        cell = self._cells.setdefault((model, turn.turn_index), _Usage())
+        cell.ok += 1
+        if turn.completion_tokens is not None:
+            cell.tokens += turn.completion_tokens
+            cell.tokens_n += 1
+        if turn.latency_s is not None:
+            cell.latency += turn.latency_s
+            cell.latency_n += 1
+
+    def result(self, model_order: list[str]) -> list[UsagePoint]:
+        def order(key: tuple[str, int]) -> tuple[int, str, int]:
+            model, index = key
+            return (model_order.index(model) if model in model_order else len(model_order), model, index)
+
+        out = []
+        for key in sorted(self._cells, key=order):
+            c = self._cells[key]
+            out.append(
+                UsagePoint(
+                    model=key[0],
+                    turn_index=key[1],
+                    ok_turns=c.ok,
+                    completion_tokens_mean=c.tokens / c.tokens_n if c.tokens_n else None,
+                    latency_mean=c.latency / c.latency_n if c.latency_n else None,
+                )
+            )
+        return out
+
+
 def summarize(store: Store, run: RunRecord, *, now: datetime | None = None) -> Summary:
     """Pass one: every number above the transcripts, reading no answer or prompt text."""
     head = header(run, now=now)
     groups, scores, per_turn = SummaryAccumulator(), ScoreAccumulator(), TurnAccumulator()
+    usage = UsageAccumulator()
     n_conversations = n_turns = 0
     for conv in _walk(store, run, with_text=False):
         n_conversations += 1
@@ -233,6 +284,7 @@ def summarize(store: Store, run: RunRecord, *, now: datetime | None = None) -> S
             n_turns += 1
             groups.add(conv.model, conv.sequence, conv.experiment_key, conv.run_index, turn)
             per_turn.add_turn(conv.model, conv.sequence, turn)
+            usage.add(conv.model, turn)
             for judgement in turn.judgements:
                 scores.add(conv.model, conv.sequence, judgement)
                 per_turn.add_judgement(conv.model, conv.sequence, turn.turn_index, judgement)
@@ -252,4 +304,5 @@ def summarize(store: Store, run: RunRecord, *, now: datetime | None = None) -> S
         conversations=n_conversations,
         turns_stored=n_turns,
         generated_at=now or datetime.now(timezone.utc),
+        usage=usage.result(models),
     )

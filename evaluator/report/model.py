@@ -12,6 +12,7 @@ from datetime import datetime
 
 from pydantic import Field
 
+from evaluator.charts import Chart, TurnPoint, TurnSeries, usage_by_turn_chart
 from evaluator.records import EvaluationRecord, ResponseRecord, sequence_run_id
 
 
@@ -134,6 +135,39 @@ class TurnRow:
     cells: dict[str, TurnCell]  # by model
 
 
+@dataclass(frozen=True)
+class UsagePoint:
+    """One model's "ok" turns at one turn index, over every sequence and run of the report:
+    how long its answers are and how long they take as the conversation grows."""
+
+    model: str
+    turn_index: int  # 0-based, as stored
+    ok_turns: int
+    completion_tokens_mean: float | None  # over ok turns that report it
+    latency_mean: float | None  # seconds, over ok turns that report it
+
+
+def usage_chart(points: list[UsagePoint]) -> Chart | None:
+    """The run report's "tokens and latency by turn" chart; None when no ok turn has a number.
+
+    The x axis counts turns from 1 (the first turn is 1). No interval is drawn: the turns at
+    one index come from different sequences, so their spread is not noise around one mean.
+    """
+    tokens: dict[str, list[TurnPoint]] = {}
+    latency: dict[str, list[TurnPoint]] = {}
+    for p in points:
+        for value, into in ((p.completion_tokens_mean, tokens), (p.latency_mean, latency)):
+            if value is not None:
+                into.setdefault(p.model, []).append(
+                    TurnPoint(p.turn_index + 1, value, None, None, p.ok_turns)
+                )
+    if not tokens and not latency:
+        return None
+    return usage_by_turn_chart(
+        [TurnSeries(m, ps) for m, ps in tokens.items()], [TurnSeries(m, ps) for m, ps in latency.items()]
+    )
+
+
 class Turn(ResponseRecord):
     """A stored turn as the report shows it: the record plus its judgements. In the summary
     pass the texts are empty (`Store.iter_responses(with_text=False)`)."""
@@ -194,3 +228,4 @@ class Summary:
     conversations: int
     turns_stored: int
     generated_at: datetime
+    usage: list[UsagePoint] = field(default_factory=list)  # by model (plan order), then turn index

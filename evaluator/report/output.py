@@ -4,6 +4,8 @@ A report is a rendering of the store, regenerated at will (for example while a r
 playing), so an existing report file is replaced. It is written to a temporary file beside the
 target and renamed into place: an interrupted report, or one whose database stops answering
 half-way, leaves the previous file as it was. A link at the target is replaced, never followed.
+A Markdown report's chart is a PNG beside it (`<stem>.usage.png`), written the same way and
+before the report, so the report never links to a missing or half-written image.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from typing import Literal
 
 from evaluator.records import RunRecord
 from evaluator.report.gather import conversations, summarize
+from evaluator.report.model import Summary, usage_chart
 from evaluator.report.render_html import render_html
 from evaluator.report.render_md import render_md
 from evaluator.store.errors import StoreError
@@ -45,6 +48,24 @@ def format_for(path: Path | None, fmt: str | None) -> str:
     return "html"
 
 
+def usage_png_path(out: Path) -> Path:
+    """Where a Markdown report's tokens-and-latency chart goes: beside it, named after it."""
+    return out.with_name(f"{out.stem}.usage.png")
+
+
+def _write_usage_png(summary: Summary, out: Path) -> str | None:
+    """The chart's PNG beside the Markdown report `out`; its file name, None without data."""
+    chart = usage_chart(summary.usage)
+    if chart is None:
+        return None
+    png = usage_png_path(out)
+    try:
+        chart.write_png(png)
+    except OSError as exc:
+        raise ReportError(f"could not write {png}: {exc.strerror or exc}") from exc
+    return png.name
+
+
 def write_report(
     store: Store,
     run: RunRecord,
@@ -72,10 +93,13 @@ def write_report(
         raise ReportError(f"the folder {out.parent} does not exist")
     summary = summarize(store, run)
     convs = conversations(store, run) if transcripts else None
-    render = render_html if fmt == "html" else render_md
+    usage_png = _write_usage_png(summary, out) if fmt == "md" else None
     try:
         with written_whole(out, errors="replace") as fh:
-            render(summary, convs, fh)
+            if fmt == "html":
+                render_html(summary, convs, fh)
+            else:
+                render_md(summary, convs, fh, usage_png=usage_png)
     except WriteError as exc:
         raise ReportError(str(exc)) from exc
     return out

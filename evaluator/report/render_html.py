@@ -4,7 +4,9 @@ Every value that comes from the store (answers, prompts, errors, model names, ra
 run's command) is model output or user input and is escaped with `html.escape` right where it
 is written; no stored string ever lands in an attribute or a tag name. A Content-Security-Policy
 that allows no script, image or connection is set as well, as a second line of defence.
-Transcripts use <details>, so they stay collapsed without JavaScript.
+Transcripts use <details>, so they stay collapsed without JavaScript. Charts are inline SVG
+(`evaluator.charts`): markup, not an image, so the policy's `img-src 'none'` stays; their text is
+escaped by matplotlib, which writes it.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from typing import TextIO
 
 from evaluator.records import OUTCOMES, EvaluationRecord
 from evaluator.report import present
-from evaluator.report.model import Conversation, Summary, Turn
+from evaluator.report.model import Conversation, Summary, Turn, usage_chart
 from evaluator.report.present import Table
 
 _CSP = "default-src 'none'; style-src 'unsafe-inline'; img-src 'none'; form-action 'none'"
@@ -29,6 +31,7 @@ table{border-collapse:collapse;margin:.3rem 0 .4rem;font-size:13px}
 th,td{border:1px solid #d0d7de;padding:.25rem .5rem;vertical-align:top;text-align:left}
 th{background:#f6f8fa;font-weight:600}td.n,th.n{text-align:right;font-variant-numeric:tabular-nums}
 table.facts th{width:11rem}table.facts td,table.facts th{border:none;padding:.1rem .5rem .1rem 0}
+table.facts td,details.conv>summary,h4,.meta{overflow-wrap:anywhere}
 .wide{overflow-x:auto}.note{color:#57606a;font-size:12px;margin:0 0 1rem}
 code,pre{font-family:ui-monospace,SFMono-Regular,Menlo,Consolas,monospace;font-size:12.5px}
 pre{white-space:pre-wrap;overflow-wrap:anywhere;background:#f6f8fa;border:1px solid #d0d7de;
@@ -46,6 +49,7 @@ margin:.3rem 0 .5rem;white-space:pre-wrap;overflow-wrap:anywhere}
 .noanswer{font-style:italic;color:#82071e}
 .judged{background:#f6f8fa;border-radius:4px;padding:.3rem .6rem;margin:.3rem 0}
 .judged p{margin:.2rem 0;white-space:pre-wrap;overflow-wrap:anywhere}
+figure.chart{margin:.5rem 0 1rem}figure.chart figcaption{color:#57606a;font-size:12px;margin-top:.2rem}
 """
 
 
@@ -142,6 +146,14 @@ def _conversation(conv: Conversation) -> str:
     return "\n".join(p for p in parts if p)
 
 
+def _usage(summary: Summary) -> str:
+    chart = usage_chart(summary.usage)
+    if chart is None:
+        return '<p class="note">No ok turn reports tokens or latency.</p>\n'
+    caption = f"{chart.title}: means over ok turns of every sequence and run, turns counted from 1."
+    return f'<figure class="chart">\n{chart.svg}<figcaption>{esc(caption)}</figcaption></figure>\n'
+
+
 def render_html(summary: Summary, conversations: Iterable[Conversation] | None, out: TextIO) -> None:
     """Write the report; `conversations` None leaves the transcripts out."""
     run_id = summary.header.run_id
@@ -152,7 +164,8 @@ def render_html(summary: Summary, conversations: Iterable[Conversation] | None, 
         f"<title>StoryBench report: {esc(run_id)}</title>\n<style>{_CSS}</style></head>\n<body>\n"
         f"<h1>StoryBench report</h1>\n<p>run <code>{esc(run_id)}</code></p>\n"
         '<nav><a href="#summary">summary</a><a href="#scores">judge scores</a>'
-        '<a href="#turns">turn by turn</a><a href="#transcripts">transcripts</a></nav>\n'
+        '<a href="#turns">turn by turn</a><a href="#usage">tokens and latency</a>'
+        '<a href="#transcripts">transcripts</a></nav>\n'
         '<h2 id="run">Run</h2>\n'
     )
     out.write(_facts(summary))
@@ -171,6 +184,7 @@ def render_html(summary: Summary, conversations: Iterable[Conversation] | None, 
     out.write(
         "".join(table(t) for t in present.turn_tables(summary)) or '<p class="note">No turns stored.</p>\n'
     )
+    out.write('<h2 id="usage">Tokens and latency by turn</h2>\n' + _usage(summary))
     out.write('<h2 id="transcripts">Transcripts</h2>\n')
     if conversations is None:
         out.write('<p class="note">Left out (--no-transcripts).</p>\n')

@@ -5,13 +5,16 @@ cells, error messages, rationales) has HTML's special characters turned into ent
 Markdown's punctuation backslash-escaped, with line breaks folded into spaces; prompts and
 answers go into fenced code blocks whose fence is longer than any run of backticks in the text,
 so nothing inside can close it or be read as Markdown or HTML. Transcripts sit in <details>
-blocks (GitHub shows them collapsed); their <summary> lines are HTML-escaped.
+blocks (GitHub shows them collapsed); their <summary> lines are HTML-escaped. The chart of
+tokens and latency by turn is a PNG file beside the report (`output.write_report` writes it),
+linked by its file name.
 """
 
 from __future__ import annotations
 
 import html
 import re
+import urllib.parse
 from collections.abc import Iterable
 from typing import TextIO
 
@@ -107,8 +110,25 @@ def _conversation(conv: Conversation) -> str:
     return "".join(parts)
 
 
-def render_md(summary: Summary, conversations: Iterable[Conversation] | None, out: TextIO) -> None:
-    """Write the report; `conversations` None leaves the transcripts out."""
+def _usage(summary: Summary, usage_png: str | None) -> str:
+    if not any(p.completion_tokens_mean is not None or p.latency_mean is not None for p in summary.usage):
+        return "*No ok turn reports tokens or latency.*\n\n"
+    if usage_png is None:
+        return "*The chart is in the HTML report, and in the PNG file written beside a Markdown report.*\n\n"
+    alt = "Completion tokens and latency by turn"
+    note = "Means over ok turns of every sequence and run, turns counted from 1."
+    return f"![{alt}]({urllib.parse.quote(usage_png)})\n\n*{note}*\n\n"
+
+
+def render_md(
+    summary: Summary,
+    conversations: Iterable[Conversation] | None,
+    out: TextIO,
+    *,
+    usage_png: str | None = None,
+) -> None:
+    """Write the report; `conversations` None leaves the transcripts out. `usage_png` is the
+    file name (beside the report) of the tokens-and-latency chart, None when none was written."""
     out.write(f"# StoryBench report: run {inline(summary.header.run_id)}\n\n")
     out.write("".join(f"- **{inline(k)}**: {inline(v)}\n" for k, v in present.facts(summary) if v) + "\n")
     models = present.models_table(summary)
@@ -120,6 +140,7 @@ def render_md(summary: Summary, conversations: Iterable[Conversation] | None, ou
     out.write("".join(table(t) for t in scores) or "*No judgements are stored for this run's turns.*\n\n")
     out.write("## Turn by turn\n\n")
     out.write("".join(table(t) for t in present.turn_tables(summary)) or "*No turns stored.*\n\n")
+    out.write("## Tokens and latency by turn\n\n" + _usage(summary, usage_png))
     out.write("## Transcripts\n\n")
     if conversations is None:
         out.write("*Left out (--no-transcripts).*\n")

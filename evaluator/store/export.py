@@ -113,17 +113,13 @@ def export_responses(
 
     try:
         with written_whole(out, newline="", sync=True, before_replace=refuse_a_file_that_appeared) as fh:
-            rows = (
-                response_row(d, judged.get(d.id, ()), judged.get(d.conversation_id, ())) for d in docs
-            )
+            rows = (response_row(d, judged.get(d.id, ()), judged.get(d.conversation_id, ())) for d in docs)
             return _write_csv(fh, rows) if fmt == "csv" else _write_jsonl(fh, rows)
     except WriteError as exc:  # disk full, `out` is a folder, ...: nothing half-written is left
         raise ExportError(str(exc)) from exc
 
 
-def _evaluations_by_target(
-    store: Store, docs: list[ResponseRecord]
-) -> dict[str, list[EvaluationRecord]]:
+def _evaluations_by_target(store: Store, docs: list[ResponseRecord]) -> dict[str, list[EvaluationRecord]]:
     targets = [d.id for d in docs] + [d.conversation_id for d in docs]
     found: dict[str, list[EvaluationRecord]] = {}
     for ev in store.evaluations(targets):

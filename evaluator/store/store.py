@@ -6,7 +6,7 @@ no `find_one_and_replace`, no `$set` (it loses bool and datetime types on nx-270
 instead of `server_info()`.
 docs/store.md documents the collections, their indexes and the gaps.
 
-It is one class of about 450 lines on purpose: every query the product makes is here, next to
+It is one class of about 550 lines on purpose: every query the product makes is here, next to
 the nx-27017 constraint it respects, so a port to another MongoDB is read in one place.
 """
 
@@ -31,6 +31,7 @@ from evaluator.records import (
     RUN_STATUSES,
     SCHEMA_VERSION,
     EvaluationRecord,
+    PairwiseRecord,
     ResponseRecord,
     RunRecord,
     StoredDocument,
@@ -42,6 +43,7 @@ from evaluator.store.errors import StoreError, StoreUnavailableError
 from evaluator.store.migrations import upgrade
 
 RUNS, RESPONSES, EVALUATIONS = RunRecord.collection, ResponseRecord.collection, EvaluationRecord.collection
+PAIRWISE = PairwiseRecord.collection
 TurnKey = tuple[str, str, str, int]  # (experiment_key, model, sequence, run_index)
 D = TypeVar("D", bound=StoredDocument)
 
@@ -77,6 +79,12 @@ INDEXES: tuple[IndexSpec, ...] = (
         "evaluations_target_judge_rubric_unique",
         (("target_id", ASCENDING), ("judge_model", ASCENDING), ("rubric_version", ASCENDING)),
         unique=True,
+    ),  # fmt: skip
+    IndexSpec(RESPONSES, "responses_model", (("model", ASCENDING),)),
+    IndexSpec(
+        PAIRWISE,
+        "pairwise_judge_rubric",
+        (("judge_model", ASCENDING), ("rubric_version", ASCENDING)),
     ),  # fmt: skip
 )
 
@@ -119,6 +127,7 @@ class Store:
         self._runs: Collection[dict[str, Any]] = self.db[RUNS]
         self._responses: Collection[dict[str, Any]] = self.db[RESPONSES]
         self._evaluations: Collection[dict[str, Any]] = self.db[EVALUATIONS]
+        self._pairwise: Collection[dict[str, Any]] = self.db[PAIRWISE]
         self._closed = False
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -400,6 +409,24 @@ class Store:
                 for doc in cursor:
                     yield read_document(ResponseRecord, doc | blank)
 
+    def model_responses(
+        self, models: list[str] | None, *, with_text: bool = True
+    ) -> Iterator[ResponseRecord]:
+        """Every stored turn of these model entries (all models when None), from any run, a
+        conversation's turns together and in order; streamed from a cursor. The pairwise
+        comparison and the leaderboard read across runs through this."""
+        query: dict[str, Any] = {} if models is None else {"model": {"$in": list(models)}}
+        projection = None if with_text else dict.fromkeys(ResponseRecord.TEXT_FIELDS, 0)
+        blank = {} if with_text else dict.fromkeys(ResponseRecord.TEXT_FIELDS, "")
+        order = [
+            (name, ASCENDING) for name in ("model", "experiment_key", "sequence", "run_index", "turn_index")
+        ]
+        with self._guard("reading the models' turns"):
+            cursor = self._responses.find(query, projection=projection, batch_size=CURSOR_BATCH)
+            with cursor.sort(order):
+                for doc in cursor:
+                    yield read_document(ResponseRecord, doc | blank)
+
     # -- evaluations -----------------------------------------------------------------------
 
     def save_evaluation(self, rec: EvaluationRecord) -> bool:
@@ -423,6 +450,53 @@ class Store:
                 chunk = ids[start : start + 500]
                 docs.extend(self._evaluations.find({"target_id": {"$in": chunk}}).sort(order))
         return [read_document(EvaluationRecord, d) for d in docs]
+
+    def judge_evaluations(self) -> Iterator[EvaluationRecord]:
+        """Every stored judgement without its rationale (read as ""), for the leaderboard."""
+        with self._guard("reading evaluations"):
+            cursor = self._evaluations.find({}, projection={"rationale": 0}, batch_size=1000)
+            with cursor:
+                for doc in cursor:
+                    yield read_document(EvaluationRecord, doc | {"rationale": ""})
+
+    # -- pairwise comparisons ----------------------------------------------------------------
+
+    def save_pairwise(self, rec: PairwiseRecord) -> bool:
+        """Store one comparison: inserted; an existing failed one is replaced (a retry); an
+        existing verdict is kept and False returned. One single-document write each."""
+        doc = rec.to_doc()
+        doc["schema_version"] = SCHEMA_VERSION
+        with self._guard(f"saving comparison {rec.id}"):
+            try:
+                self._pairwise.insert_one(doc)
+                return True
+            except DuplicateKeyError:
+                pass
+            replacement = {k: v for k, v in doc.items() if k != "_id"}
+            result = self._pairwise.replace_one({"_id": rec.id, "status": "failed"}, replacement)
+            return result.matched_count == 1
+
+    def pairwise(
+        self,
+        judge_model: str | None = None,
+        rubric_version: str | None = None,
+        *,
+        with_text: bool = True,
+    ) -> Iterator[PairwiseRecord]:
+        """Stored comparisons, of one judge and/or rubric version when given. `with_text=False`
+        leaves the rationale and details out (read as "" and {}): the leaderboard's pass."""
+        query: dict[str, Any] = {}
+        if judge_model is not None:
+            query["judge_model"] = judge_model
+        if rubric_version is not None:
+            query["rubric_version"] = rubric_version
+        projection = None if with_text else {"rationale": 0, "details": 0}
+        blank: dict[str, Any] = {} if with_text else {"rationale": "", "details": {}}
+        with self._guard("reading pairwise comparisons"):
+            cursor = self._pairwise.find(query, projection=projection, batch_size=1000)
+            with cursor:
+                for doc in cursor:
+                    yield read_document(PairwiseRecord, doc | blank)
 
 
 def open_store(

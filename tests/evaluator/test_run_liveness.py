@@ -70,9 +70,7 @@ def test_the_heartbeat_is_refreshed_while_the_run_plays(tmp_path: Path) -> None:
                 started = the_run(db.uri)
                 assert started is not None
                 moved = wait_for(
-                    lambda: (
-                        (doc := the_run(db.uri)) and doc.heartbeat_at > started.heartbeat_at and doc
-                    ),
+                    lambda: (doc := the_run(db.uri)) and doc.heartbeat_at > started.heartbeat_at and doc,
                     10,
                     "a heartbeat",
                 )

@@ -32,7 +32,7 @@ def edited(change: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
 def test_the_shipped_rubric_is_valid() -> None:
     rubric = load_rubric(REPO / "config" / "rubric.json")
     assert rubric.kinds == ["response", "sequence"]
-    assert re.fullmatch(r"1-[0-9a-f]{8}", rubric.version_id)
+    assert re.fullmatch(r"2-[0-9a-f]{8}", rubric.version_id)
     assert all(c.min == 1 and c.max == 10 for kind in rubric.kinds for c in rubric.criteria(kind))
     assert "{{answer}}" in rubric.template("response") and "\n" in rubric.template("response")
 
@@ -51,8 +51,10 @@ def test_the_version_changes_with_what_changes_a_judgement_only(tmp_path: Path) 
     assert version(tmp_path, joined) == base  # a list of lines is the same template
     # Anything else judges afresh.
     changes: list[Callable[[dict[str, Any]], None]] = [
-        lambda d: d.update(version="2"),
+        lambda d: d.update(version="3"),
         lambda d: d.update(seed=1),
+        lambda d: d["pairwise"]["scale"].__setitem__(0, "A far better"),
+        lambda d: d["pairwise"]["criteria"][0].update(description="Something else."),
         lambda d: d.update(response_format="json_object"),
         lambda d: d["response"]["criteria"][0].update(description="Something else."),
         lambda d: d["sequence"]["criteria"][0].update(scale={"min": 0, "max": 5}),
@@ -60,7 +62,7 @@ def test_the_version_changes_with_what_changes_a_judgement_only(tmp_path: Path) 
     ]
     versions = {version(tmp_path, edited(change)) for change in changes}
     assert base not in versions and len(versions) == len(changes)
-    assert version(tmp_path, edited(changes[0])).startswith("2-")
+    assert version(tmp_path, edited(changes[0])).startswith("3-")
 
 
 @pytest.mark.parametrize(
@@ -101,7 +103,13 @@ def test_the_version_changes_with_what_changes_a_judgement_only(tmp_path: Path) 
             "sequence.template: must contain {{format}}",
         ),
         (lambda d: d["sequence"]["template"].append("{{answer}}"), "unknown placeholder {{answer}}"),
-        (lambda d: (d.pop("response"), d.pop("sequence")), "the rubric judges nothing"),
+        (lambda d: (d.pop("response"), d.pop("sequence"), d.pop("pairwise")), "the rubric judges nothing"),
+        (lambda d: d["pairwise"]["scale"].pop(), "pairwise.scale: needs an odd number of labels"),
+        (lambda d: d["pairwise"]["scale"].__setitem__(1, "a MUCH better"), "the labels must differ"),
+        (
+            lambda d: d["pairwise"].update(template="Compare {{conversation_a}}. {{format}}"),
+            "{{conversation_b}}",
+        ),
     ],
 )
 def test_problems_name_the_file_and_the_field(

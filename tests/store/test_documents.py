@@ -11,11 +11,12 @@ from evaluator.records import (
     DOCUMENT_KINDS,
     SCHEMA_VERSION,
     EvaluationRecord,
+    PairwiseRecord,
     ResponseRecord,
     RunRecord,
 )
 from evaluator.store import Store, schema_doc
-from tests.support.documents import make_evaluation, make_response, make_run
+from tests.support.documents import make_evaluation, make_pairwise, make_response, make_run, replaced
 
 
 def test_run_round_trip(store: Store) -> None:
@@ -76,8 +77,32 @@ def test_evaluation_round_trip(store: Store) -> None:
     assert back == rec
 
 
+def test_pairwise_round_trip_and_retry_of_a_failed_one(store: Store) -> None:
+    failed = make_pairwise(status="failed", verdict=None, score_first=None, error="judge gave no JSON")
+    assert store.save_pairwise(failed)
+    ok = make_pairwise().model_copy(update={"details": {"attempts": 2, "cost_usd": None}})
+    assert ok.id == failed.id  # the same comparison: a re-run replaces the failure
+    assert store.save_pairwise(ok)
+    assert not store.save_pairwise(make_pairwise(score_first=0.0, verdict="B much better"))  # kept
+    (back,) = store.pairwise("judge-1", "v1")
+    assert isinstance(back, PairwiseRecord)
+    assert back == ok
+    assert list(store.pairwise("other-judge")) == []
+    (bare,) = store.pairwise(with_text=False)
+    assert (bare.rationale, bare.details) == ("", {})
+    assert bare.pair_key == make_pairwise(first=ok.second_conversation, second=ok.first_conversation).pair_key
+
+
+def test_model_responses_reads_across_runs(store: Store) -> None:
+    store.save_response(make_response(0))
+    store.save_response(replaced(make_response(1), run_id="another-run", _id=""))
+    got = list(store.model_responses([make_response(0).model]))
+    assert [r.turn_index for r in got] == [0, 1]
+    assert list(store.model_responses(["nobody"])) == []
+
+
 def test_every_document_kind_has_a_round_trip_test() -> None:
-    tested = {RunRecord, ResponseRecord, EvaluationRecord}
+    tested = {RunRecord, ResponseRecord, EvaluationRecord, PairwiseRecord}
     assert set(DOCUMENT_KINDS) == tested, "add a round-trip test for the new document kind"
 
 

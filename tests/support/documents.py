@@ -11,6 +11,7 @@ from typing import Any, TypeVar
 
 from evaluator.records import (
     EvaluationRecord,
+    PairwiseRecord,
     ResponseRecord,
     RunRecord,
     StoredDocument,
@@ -106,6 +107,40 @@ def make_evaluation(
         scores={"coherence": 4, "voice": 3.5},
         rationale='Keeps the lighthouse keeper\'s name, "Ada", consistent.',
         created_at=T0 + timedelta(hours=1),
+    )
+
+
+def make_pairwise(
+    first: str = "k1-g1:m1:seq:r0",
+    second: str = "k2-g1:m2:seq:r0",
+    *,
+    first_model: str = "m1",
+    second_model: str = "m2",
+    judge: str = "judge-1",
+    rubric: str = "v1",
+    score_first: float | None = 0.75,
+    verdict: str | None = "A better",
+    status: str = "ok",
+    sequence_hash: str = "seqhash",
+    run_index: int = 0,
+    error: str | None = None,
+) -> PairwiseRecord:
+    return PairwiseRecord(
+        first_conversation=first,
+        second_conversation=second,
+        first_model=first_model,
+        second_model=second_model,
+        sequence="seq",
+        sequence_hash=sequence_hash,
+        run_index=run_index,
+        judge_model=judge,
+        rubric_version=rubric,
+        status=status,  # type: ignore[arg-type]
+        verdict=verdict,
+        score_first=score_first,
+        rationale="A keeps the keeper's name; B renames her." if status == "ok" else "",
+        error=error,
+        created_at=T0 + timedelta(hours=2),
     )
 
 

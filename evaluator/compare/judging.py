@@ -1,0 +1,230 @@
+"""Judging comparisons: one request per ordered pair, each outcome stored once.
+
+Like the rubric judge (evaluator/judge/judging.py): the evaluator's own client with its
+retries, temperature 0 and the rubric's seed, one more request with a note after an answer
+that is not a verdict. Unlike it, a comparison that still has no verdict is STORED as failed
+with its reason: the leaderboard lists failures instead of guessing, nothing is ever given a
+default verdict, and a re-run retries exactly the failed ones (`Store.save_pairwise` replaces
+a failed document, never a verdict).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from evaluator.budget import count_prompt_tokens
+from evaluator.client import ContextOverflow, FatalRequestError, GaveUp, RetryPolicy, chat_with_retries
+from evaluator.compare.pairs import Comparison
+from evaluator.compare.prompt import Preference, pair_messages, pair_response_format, parse_preference
+from evaluator.endpoint import Endpoint
+from evaluator.judge.judging import JudgeAborted, with_note
+from evaluator.judge.prompts import RETRY_NOTE_TOKENS
+from evaluator.judge.rubric import Rubric
+from evaluator.judge.verdict import InvalidJudgement
+from evaluator.records import PairwiseRecord, utcnow
+from evaluator.runner import run_all
+from evaluator.store import Store
+from evaluator.store_writer import StoreWriter
+from evaluator.turn_record import redact
+
+__all__ = ["CompareStats", "PairJudge", "JudgeAborted"]
+
+
+@dataclass
+class CompareStats:
+    to_judge: int = 0
+    judged: int = 0
+    failed: int = 0
+    verdicts: Counter[str] = field(default_factory=Counter)  # label -> count
+    failures: list[tuple[str, str]] = field(default_factory=list)  # (label, reason)
+
+    @property
+    def settled(self) -> int:
+        return self.judged + self.failed
+
+
+class PairJudge:
+    def __init__(
+        self,
+        rubric: Rubric,
+        endpoint: Endpoint,
+        policy: RetryPolicy,
+        store: Store,
+        concurrency: int,
+        on_progress: Callable[[CompareStats], None] | None = None,
+    ) -> None:
+        if rubric.pairwise is None:
+            raise ValueError("the rubric has no pairwise block")
+        self.rubric = rubric
+        self.block = rubric.pairwise
+        self.endpoint = endpoint
+        self.policy = policy
+        self.store = store
+        self.concurrency = max(1, concurrency)
+        self.on_progress = on_progress or (lambda stats: None)
+        self.version = rubric.version_id
+        self.stats = CompareStats()
+        self.aborted: str | None = None  # the endpoint refused us for good (401/403/404)
+        self.store_failed: str | None = None
+        self.writer = StoreWriter()
+        self._secret = endpoint.entry.api_key()
+
+    async def run(self, comparisons: list[Comparison]) -> None:
+        self.stats.to_judge += len(comparisons)
+        gate = asyncio.Semaphore(self.concurrency)
+
+        async def bounded(comparison: Comparison) -> None:
+            async with gate:
+                await self.judge_one(comparison)
+
+        try:
+            await run_all(bounded(c) for c in comparisons)
+        finally:
+            self.writer.close()
+            await self.endpoint.aclose()
+
+    def _params(self) -> dict[str, Any]:
+        params: dict[str, Any] = {
+            "temperature": 0.0,
+            "seed": self.rubric.seed,
+            "max_tokens": self.rubric.max_tokens,
+        }
+        fmt = pair_response_format(self.rubric)
+        if fmt is not None:
+            params["response_format"] = fmt
+        if self.endpoint.entry.extra_body:
+            params["extra_body"] = copy.deepcopy(self.endpoint.entry.extra_body)
+        return params
+
+    async def _too_long(self, messages: list[dict[str, str]]) -> str | None:
+        window = self.endpoint.context_window
+        if window is None:
+            return None
+        try:
+            tokens = await count_prompt_tokens(messages, self.endpoint.count_tokens)
+        except Exception:  # a tokenizer hiccup must not lose the comparison: use the estimate
+            tokens = await count_prompt_tokens(messages, None)
+        room = window - self.rubric.max_tokens - RETRY_NOTE_TOKENS
+        if tokens <= room:
+            return None
+        return (
+            f"the two conversations need about {tokens} prompt tokens; the judge's context is "
+            f"{window} tokens, {self.rubric.max_tokens + RETRY_NOTE_TOKENS} of them kept for its reply; "
+            "conversations are never trimmed for a comparison: use a judge with a larger context"
+        )
+
+    async def judge_one(self, comparison: Comparison) -> None:
+        if self.store_failed is not None:
+            raise JudgeAborted(self.store_failed)
+        if self.aborted is not None:
+            await self._save(comparison, None, f"not sent: {self.aborted}", {})
+            return
+        messages = pair_messages(self.rubric, comparison)
+        too_long = await self._too_long(messages)
+        if too_long is not None:
+            await self._save(comparison, None, too_long, {})
+            return
+        params = self._params()
+        model = self.endpoint.entry.model
+        details: dict[str, Any] = {}
+        try:
+            completion = await chat_with_retries(
+                self.endpoint.chat_client(), model, messages, params, self.policy
+            )
+            attempts = completion.attempts
+            try:
+                preference = parse_preference(completion.text, self.block, completion.finish_reason)
+                retried_after = None
+            except InvalidJudgement as exc:
+                retried_after = str(exc)
+                params = {**params, "seed": self.rubric.seed + 1}
+                completion = await chat_with_retries(
+                    self.endpoint.chat_client(),
+                    model,
+                    with_note(messages, retried_after),
+                    params,
+                    self.policy,
+                )
+                attempts += completion.attempts
+                try:
+                    preference = parse_preference(completion.text, self.block, completion.finish_reason)
+                except InvalidJudgement as again:
+                    reason = f"no valid verdict in two answers: first {retried_after}; then {again}"
+                    await self._save(comparison, None, reason, {"attempts": attempts})
+                    return
+        except ContextOverflow as exc:
+            await self._save(comparison, None, f"the judge refused the prompt as too long: {exc}", {})
+            return
+        except FatalRequestError as exc:
+            if exc.aborts_model:
+                self.aborted = f"the judge endpoint refused an earlier request ({exc})"
+            await self._save(comparison, None, str(exc), {})
+            return
+        except GaveUp as exc:
+            await self._save(comparison, None, str(exc), {})
+            return
+        entry = self.endpoint.entry
+        details = {
+            "prompt_tokens": completion.prompt_tokens,
+            "completion_tokens": completion.completion_tokens,
+            "finish_reason": completion.finish_reason,
+            "latency_s": completion.latency_s,
+            "cost_usd": entry.cost_usd(completion.prompt_tokens, completion.completion_tokens),
+            "attempts": attempts,
+            "retried_after": retried_after,
+            "seed": params["seed"],
+        }
+        await self._save(comparison, preference, None, details)
+
+    async def _save(
+        self,
+        comparison: Comparison,
+        preference: Preference | None,
+        error: str | None,
+        details: dict[str, Any],
+    ) -> None:
+        entry = self.endpoint.entry
+        first, second = comparison.first, comparison.second
+        if error is not None:
+            error = redact(error, self._secret)
+        record = PairwiseRecord(
+            first_conversation=first.id,
+            second_conversation=second.id,
+            first_model=first.model,
+            second_model=second.model,
+            sequence=first.sequence,
+            sequence_hash=first.sequence_hash,
+            run_index=first.run_index,
+            judge_model=entry.name,
+            rubric_version=self.version,
+            status="ok" if preference is not None else "failed",
+            verdict=preference.verdict if preference else None,
+            score_first=preference.share_first if preference else None,
+            rationale=preference.rationale if preference else "",
+            error=error,
+            created_at=utcnow(),
+            details={
+                "judge_model_id": entry.model,
+                "judge_endpoint": entry.base_url,
+                "response_format": self.rubric.response_format,
+                "temperature": 0.0,
+                **details,
+            },
+        )
+        try:  # off the event loop: a database round trip never stalls other requests
+            await self.writer.write(self.store.save_pairwise, record)
+        except Exception as exc:  # StoreError; anything else is as fatal
+            self.store_failed = str(exc)
+            raise JudgeAborted(str(exc)) from exc
+        if preference is not None:
+            self.stats.judged += 1
+            self.stats.verdicts[preference.verdict] += 1
+        else:
+            self.stats.failed += 1
+            self.stats.failures.append((comparison.label, error or ""))
+        self.on_progress(self.stats)

@@ -1,0 +1,338 @@
+"""The leaderboard's numbers, from `Inputs` (gather.py) to one `Leaderboard`.
+
+**Pairs.** The two orders of a pair are combined: when they disagree in direction (each order
+prefers the conversation shown first, say) the pair is a tie and counts as a position flip;
+otherwise the mean of the two shares decides win (> 0.5), tie (= 0.5) or loss. A pair with only
+one order judged (the other failed or is still to come) is left out and counted, never
+completed with a guess. The ratings use the outcome's direction (ratings.py); the strength of
+a preference ("much better") stays in the stored verdicts.
+
+**Rubric scores.** A conversation's score on a criterion is the mean of that criterion over its
+judgements (each turn's and the whole conversation's); its overall score is the mean of every
+criterion score its judgements gave. A model's mean is over its judged conversations, with a
+95% cluster-bootstrap interval that resamples sequences (ratings.cluster_bootstrap_mean).
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Any
+
+from evaluator.leaderboard.gather import Inputs
+from evaluator.leaderboard.ratings import (
+    DEFAULT_RESAMPLES,
+    DEFAULT_SEED,
+    MeanCI,
+    PairVerdict,
+    cluster_bootstrap_mean,
+    rate,
+)
+from evaluator.records import PairwiseRecord
+
+__all__ = ["Leaderboard", "ModelRow", "PairStats", "TurnScore", "build", "combine_pairs"]
+
+
+@dataclass(frozen=True)
+class TurnScore:
+    turn: int  # 1-based
+    score: MeanCI
+
+
+@dataclass
+class ModelRow:
+    model: str
+    rating: float | None = None
+    rating_ci: tuple[float, float] | None = None
+    rank_range: tuple[int, int] = (1, 1)
+    rubric: MeanCI | None = None
+    criteria: dict[str, MeanCI] = field(default_factory=dict)
+    conversations: int = 0
+    judged_conversations: int = 0
+    pairs: int = 0
+    wins: int = 0
+    ties: int = 0
+    losses: int = 0
+    answer_tokens: float | None = None  # mean completion tokens per answer
+    by_turn: list[TurnScore] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "model": self.model,
+            "rating": _round(self.rating),
+            "rating_ci": _pair(self.rating_ci),
+            "rank_range": list(self.rank_range),
+            "rubric_mean": _round(self.rubric.mean if self.rubric else None, 3),
+            "rubric_ci": _pair(self.rubric.ci if self.rubric else None, 3),
+            "criteria": {
+                name: {"mean": _round(m.mean, 3), "ci": _pair(m.ci, 3), "n": m.n}
+                for name, m in self.criteria.items()
+            },
+            "conversations": self.conversations,
+            "judged_conversations": self.judged_conversations,
+            "pairs": self.pairs,
+            "wins": self.wins,
+            "ties": self.ties,
+            "losses": self.losses,
+            "mean_answer_tokens": _round(self.answer_tokens, 1),
+            "score_by_turn": [
+                {"turn": t.turn, "mean": _round(t.score.mean, 3), "ci": _pair(t.score.ci, 3), "n": t.score.n}
+                for t in self.by_turn
+            ],
+        }
+
+
+@dataclass
+class PairStats:
+    pairs: int = 0  # pairs with both orders judged
+    position_flips: int = 0  # of those, the orders disagreed in direction
+    one_order_only: int = 0  # left out: the other order failed or is missing
+    failed: int = 0  # stored comparisons without a verdict
+    first_preferred: int = 0  # single verdicts (of both orders) that preferred the conversation shown first
+    second_preferred: int = 0
+
+    @property
+    def flip_rate(self) -> float | None:
+        return self.position_flips / self.pairs if self.pairs else None
+
+    def to_json(self) -> dict[str, Any]:
+        decided = self.first_preferred + self.second_preferred
+        return {
+            "pairs": self.pairs,
+            "position_flips": self.position_flips,
+            "position_flip_rate": _round(self.flip_rate, 4),
+            "first_shown_preferred_rate": _round(self.first_preferred / decided if decided else None, 4),
+            "one_order_only": self.one_order_only,
+            "failed_comparisons": self.failed,
+        }
+
+
+@dataclass
+class Leaderboard:
+    judge: str
+    rubric_version: str
+    prompt_set: str
+    sequences: dict[str, str]
+    rows: list[ModelRow]
+    criteria: list[str]
+    pair_stats: PairStats
+    anchor: str | None
+    resamples: int
+    notes: list[str] = field(default_factory=list)
+    failures: list[str] = field(default_factory=list)  # failed comparisons: "label: reason"
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "judge": self.judge,
+            "rubric_version": self.rubric_version,
+            "prompt_set": self.prompt_set,
+            "sequences": self.sequences,
+            "anchor": self.anchor,
+            "bootstrap_resamples": self.resamples,
+            "models": [r.to_json() for r in self.rows],
+            "pairwise": self.pair_stats.to_json(),
+            "notes": self.notes,
+            "reliability": {},
+        }
+
+
+def _round(value: float | None, digits: int = 1) -> float | None:
+    return None if value is None else round(float(value), digits)
+
+
+def _pair(ci: tuple[float, float] | None, digits: int = 1) -> list[float] | None:
+    return None if ci is None else [round(ci[0], digits), round(ci[1], digits)]
+
+
+def _direction(share: float) -> int:
+    return (share > 0.5) - (share < 0.5)
+
+
+def combine_pairs(records: list[PairwiseRecord], stats: PairStats | None = None) -> list[PairVerdict]:
+    """One verdict per pair of conversations from its two orders (see the module docstring)."""
+    stats = stats if stats is not None else PairStats()
+    by_pair: dict[tuple[str, str], list[PairwiseRecord]] = defaultdict(list)
+    for rec in records:
+        if rec.status != "ok" or rec.score_first is None:
+            stats.failed += rec.status != "ok"
+            continue
+        by_pair[rec.pair_key].append(rec)
+        if rec.score_first > 0.5:
+            stats.first_preferred += 1
+        elif rec.score_first < 0.5:
+            stats.second_preferred += 1
+    verdicts = []
+    for recs in by_pair.values():
+        orders = {r.first_conversation: r for r in recs}
+        if len(orders) < 2:
+            stats.one_order_only += 1
+            continue
+        one, other = sorted(orders.values(), key=lambda r: r.first_conversation)
+        assert one.score_first is not None and other.score_first is not None
+        share_one = one.score_first  # for one.first_model
+        share_two = 1.0 - other.score_first  # also for one.first_model, shown second there
+        stats.pairs += 1
+        if _direction(share_one) * _direction(share_two) < 0:
+            stats.position_flips += 1
+            score = 0.5
+        else:
+            mean = (share_one + share_two) / 2
+            score = 1.0 if mean > 0.5 else 0.0 if mean < 0.5 else 0.5
+        verdicts.append(PairVerdict(one.first_model, one.second_model, score, one.sequence_hash))
+    return verdicts
+
+
+def _conversation_scores(
+    inputs: Inputs,
+) -> tuple[dict[str, dict[str, list[float]]], dict[tuple[str, int], list[float]]]:
+    """conversation id -> criterion -> values; (conversation id, turn index) -> values of that
+    turn's judgement (response kind)."""
+    owner: dict[str, tuple[str, int]] = {}
+    for convs in inputs.conversations.values():
+        for c in convs:
+            for index, turn_id in enumerate(c.turn_ids):
+                owner[turn_id] = (c.id, index)
+    per_conv: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
+    per_turn: dict[tuple[str, int], list[float]] = defaultdict(list)
+    for e in inputs.evaluations:
+        numbers = {
+            k: float(v) for k, v in e.scores.items() if isinstance(v, int | float) and not isinstance(v, bool)
+        }
+        if e.target_kind == "response" and e.target_id in owner:
+            conv_id, index = owner[e.target_id]
+            per_turn[(conv_id, index)].extend(numbers.values())
+        else:
+            conv_id = e.target_id
+        for name, value in numbers.items():
+            per_conv[conv_id][name].append(value)
+    return per_conv, per_turn
+
+
+def _mean(values: list[float]) -> float:
+    return sum(values) / len(values)
+
+
+def build(
+    inputs: Inputs,
+    *,
+    anchor: str | None = None,
+    resamples: int = DEFAULT_RESAMPLES,
+    seed: int = DEFAULT_SEED,
+) -> Leaderboard:
+    rows = {m: ModelRow(m) for m in inputs.models}
+    notes = list(inputs.notes)
+    per_conv, per_turn = _conversation_scores(inputs)
+    criteria: list[str] = []
+    for scores in per_conv.values():
+        criteria.extend(name for name in scores if name not in criteria)
+
+    for model, convs in inputs.conversations.items():
+        row = rows[model]
+        row.conversations = len(convs)
+        tokens = [t for c in convs for t in c.completion_tokens if t is not None]
+        row.answer_tokens = _mean([float(t) for t in tokens]) if tokens else None
+        overall = []
+        by_criterion: dict[str, list[tuple[str, float]]] = defaultdict(list)
+        by_turn: dict[int, list[tuple[str, float]]] = defaultdict(list)
+        for c in convs:
+            scores = per_conv.get(c.id, {})
+            if scores:
+                overall.append((c.sequence_hash, _mean([v for vs in scores.values() for v in vs])))
+                for name, vs in scores.items():
+                    by_criterion[name].append((c.sequence_hash, _mean(vs)))
+            for index in range(len(c.turn_ids)):
+                values = per_turn.get((c.id, index))
+                if values:
+                    by_turn[index].append((c.sequence_hash, _mean(values)))
+        row.judged_conversations = len(overall)
+        if overall:
+            row.rubric = cluster_bootstrap_mean(overall, resamples=resamples, seed=seed)
+            row.criteria = {
+                name: cluster_bootstrap_mean(by_criterion[name], resamples=resamples, seed=seed)
+                for name in criteria
+                if by_criterion.get(name)
+            }
+        row.by_turn = [
+            TurnScore(index + 1, cluster_bootstrap_mean(values, resamples=resamples, seed=seed))
+            for index, values in sorted(by_turn.items())
+        ]
+
+    stats = PairStats()
+    verdicts = combine_pairs(inputs.pairwise, stats)
+    failures = [
+        f"{p.first_model} vs {p.second_model} / {p.sequence} run {p.run_index} "
+        f"({p.first_model} shown first): {p.error}"
+        for p in inputs.pairwise
+        if p.status != "ok"
+    ]
+    rated_models = [m for m in inputs.models if any(m in (v.model_a, v.model_b) for v in verdicts)]
+    for v in verdicts:
+        for model in (v.model_a, v.model_b):
+            rows[model].pairs += 1
+    chosen: str | None = None
+    if len(rated_models) >= 2:
+        chosen = anchor if anchor in rated_models else rated_models[0]
+        try:
+            ratings = rate(verdicts, rated_models, anchor=chosen, resamples=resamples, seed=seed)
+        except ValueError as exc:
+            notes.append(f"no ratings: {exc}")
+            chosen = None
+        else:
+            for r in ratings:
+                row = rows[r.model]
+                row.rating, row.rating_ci, row.rank_range = r.rating, r.ci, r.rank_range
+                row.wins, row.ties, row.losses = r.wins, r.ties, r.losses
+    else:
+        if verdicts or len(inputs.models) < 2:
+            notes.append(
+                "no pairwise ratings: they need two or more models compared with each other "
+                "(`storybench-eval compare --models A,B --judge J`)"
+            )
+        else:
+            notes.append(
+                "no pairwise verdicts with both orders judged yet: run `storybench-eval compare "
+                f"--models {','.join(inputs.models)} --judge {inputs.judge}`"
+            )
+    if anchor is not None and anchor not in rated_models:
+        notes.append(f"--anchor {anchor} has no pairwise verdicts; the anchor is {chosen}")
+    _rank_unrated(rows)
+    ordered = sorted(
+        rows.values(),
+        key=lambda r: (
+            -(r.rating if r.rating is not None else float("-inf")),
+            -(r.rubric.mean if r.rubric else float("-inf")),
+            r.model,
+        ),
+    )
+    return Leaderboard(
+        judge=inputs.judge,
+        rubric_version=inputs.rubric_version,
+        prompt_set=inputs.prompt_set,
+        sequences=inputs.sequences,
+        rows=ordered,
+        criteria=criteria,
+        pair_stats=stats,
+        anchor=chosen,
+        resamples=resamples,
+        notes=notes,
+        failures=failures,
+    )
+
+
+def _rank_unrated(rows: dict[str, ModelRow]) -> None:
+    """Without ratings, rank by rubric mean (ranges from its intervals, as for ratings)."""
+    if any(r.rating is not None for r in rows.values()):
+        rated = sorted((r for r in rows.values() if r.rating is not None), key=lambda r: -(r.rating or 0))
+        for r in rows.values():
+            if r.rating is None:
+                r.rank_range = (len(rated) + 1, len(rows))
+        return
+    scored = {m: r.rubric for m, r in rows.items() if r.rubric is not None}
+    from evaluator.leaderboard.ratings import rank_ranges
+
+    intervals = {m: (s.ci if s.ci else (s.mean, s.mean)) for m, s in scored.items()}
+    for m, ranks in rank_ranges(intervals).items():
+        rows[m].rank_range = ranks
+    for m, r in rows.items():
+        if m not in scored:
+            r.rank_range = (len(scored) + 1, len(rows))
