@@ -1,10 +1,12 @@
 """`make demo`: the main job end to end on the embedded defaults, for a fresh machine.
 
 Starts the local server with the bundled model unless one already answers, plays a short
-evaluation with `storybench-eval run` (results go to the embedded MongoDB-wire server), judges its
-answers with `storybench-eval judge` (the bundled model as its own judge: it shows the machinery,
-its scores mean little), writes the HTML report with `storybench-eval report`, lists the stored
-runs, and stops the server it started. Everything is the real product, only smaller.
+evaluation of two local "models" (the bundled model at two temperatures, config/demo_models.yaml)
+with `storybench-eval run` (results go to the embedded MongoDB-wire server), scores their answers
+with `storybench-eval judge`, judges their whole conversations side by side in both orders with
+`storybench-eval compare` (the bundled model as its own judge: it shows the machinery, its
+verdicts mean little), shows the leaderboard with its intervals and writes it and the run report
+as HTML, and stops the server it started. Everything is the real product, only smaller.
 """
 
 from __future__ import annotations
@@ -21,9 +23,13 @@ from pathlib import Path
 import httpx
 
 from evaluator.config import DEFAULT_PROMPTS_PATH
+from evaluator.judge.rubric import DEFAULT_RUBRIC_PATH, load_rubric
 
 ROOT = "http://127.0.0.1:8080"
 LOG = Path(".storybench/serve.log")
+DEMO_MODELS = "config/demo_models.yaml"
+MODELS = ("smollm2-local", "smollm2-local-hot")
+JUDGE = "smollm2-local"
 
 
 def _bin(name: str) -> str:
@@ -71,14 +77,49 @@ def _start_server() -> subprocess.Popen[bytes]:
     sys.exit(f"the server did not become ready within 180 s; see {LOG}")
 
 
-def _first_sequences(n: int) -> str:
+def _shortest_sequences(n: int) -> str:
+    """The `n` sequences with the fewest turns: the demo shows the machinery, quickly."""
     prompts = json.loads(DEFAULT_PROMPTS_PATH.read_text())
-    return ",".join(s["name"] for s in prompts["sequences"][:n])
+    shortest = sorted(prompts["sequences"], key=lambda s: len(s["turns"]))[:n]
+    return ",".join(s["name"] for s in shortest)
 
 
 def _step(cmd: list[str]) -> int:
     print("$ " + " ".join([Path(cmd[0]).name, *cmd[1:]]), flush=True)
     return subprocess.call(cmd)
+
+
+def _play_judge_rank() -> int:
+    eval_bin = _bin("storybench-eval")
+    config = ["--config", DEMO_MODELS]
+    models = ",".join(MODELS)
+    sequences = _shortest_sequences(2)
+    code = _step([eval_bin, "run", *config, "--models", models, "--sequences", sequences, "--runs", "1"])
+    if code != 0:
+        return code
+    # A 135M judge follows the JSON grammar but not the rubric: real evaluations name a capable
+    # judge with --judge (docs/judging.md). Whole conversations only, to keep the demo short.
+    judge = ["--judge", JUDGE, *config]
+    code = _step([eval_bin, "judge", "--latest", *judge, "--kind", "sequence"])
+    code = _step([eval_bin, "compare", "--models", models, *judge]) or code
+    # The rubric version of today's file: older demo runs judged with an earlier rubric stay stored.
+    version = ["--judge", JUDGE, "--rubric-version", load_rubric(DEFAULT_RUBRIC_PATH).version_id]
+    board_code = _step([eval_bin, "leaderboard", *version])
+    leaderboard = Path("reports/leaderboard.html")
+    leaderboard.parent.mkdir(exist_ok=True)
+    board_code = _step([eval_bin, "leaderboard", *version, "-o", str(leaderboard)]) or board_code
+    report = Path("reports/demo.html")
+    report_code = _step([eval_bin, "report", "--latest", "-o", str(report)])
+    if code == 0 and board_code == 0 and report_code == 0:
+        print(
+            f"\nLeaderboard: {leaderboard.resolve()}\n"
+            f"Run report: {report.resolve()} (open them in a browser).\n"
+            "The bundled 135M model is its own judge here: it shows the machinery, its verdicts mean "
+            "little. A real evaluation: storybench-eval run (with `make serve` running), then "
+            "storybench-eval judge --latest --judge MODEL, storybench-eval compare --models A,B "
+            "--judge MODEL and storybench-eval leaderboard --judge MODEL (docs/leaderboard.md)."
+        )
+    return code or board_code or report_code
 
 
 def main() -> int:
@@ -91,38 +132,7 @@ def main() -> int:
             )
         proc = _start_server()
     try:
-        sequences = _first_sequences(2)
-        cmd = [
-            _bin("storybench-eval"),
-            "run",
-            "--models",
-            "smollm2-local",
-            "--sequences",
-            sequences,
-            "--runs",
-            "1",
-        ]
-        code = _step(cmd)
-        if code == 0:
-            # A 135M judge follows the JSON grammar but not the rubric: real evaluations name a
-            # capable judge with --judge (docs/judging.md).
-            # Only the first sequence's turns, to keep the demo short on a small CPU.
-            first = sequences.split(",")[0]
-            judge = ["--judge", "smollm2-local", "--sequence", first, "--kind", "response"]
-            code = _step([_bin("storybench-eval"), "judge", "--latest", *judge])
-        report = Path("reports/demo.html")
-        report.parent.mkdir(exist_ok=True)
-        report_code = _step([_bin("storybench-eval"), "report", "--latest", "-o", str(report)])
-        _step([_bin("storybench-eval"), "runs", "--limit", "5"])
-        if code == 0 and report_code == 0:
-            print(
-                f"\nReport: {report.resolve()} (open it in a browser).\n"
-                "The full evaluation (every sequence, 3 runs each): storybench-eval run "
-                "(with `make serve` running), then storybench-eval judge --latest --judge MODEL "
-                "and storybench-eval report --latest. Inspect: storybench-eval show RUN_ID; "
-                "export: storybench-eval export --format csv --out results.csv"
-            )
-        return code or report_code
+        return _play_judge_rank()
     finally:
         if proc is not None:
             proc.send_signal(signal.SIGTERM)

@@ -26,9 +26,13 @@ from evaluator.leaderboard.ratings import (
     MeanCI,
     PairVerdict,
     cluster_bootstrap_mean,
+    rank_ranges,
     rate,
 )
 from evaluator.records import PairwiseRecord
+
+# Below this many sequences the intervals say more about the few sequences than about the models.
+FEW_SEQUENCES = 5
 
 __all__ = ["Leaderboard", "ModelRow", "PairStats", "TurnScore", "build", "combine_pairs"]
 
@@ -295,6 +299,13 @@ def build(
             )
     if anchor is not None and anchor not in rated_models:
         notes.append(f"--anchor {anchor} has no pairwise verdicts; the anchor is {chosen}")
+    clusters = len(inputs.sequences)
+    if 0 < clusters < FEW_SEQUENCES:
+        notes.append(
+            f"only {clusters} sequence(s): the intervals resample {clusters} sequence(s) and are "
+            f"correspondingly wide (Student's t with {max(clusters - 1, 0)} degree(s) of freedom); "
+            "comparable numbers need more sequences"
+        )
     _rank_unrated(rows)
     ordered = sorted(
         rows.values(),
@@ -328,8 +339,6 @@ def _rank_unrated(rows: dict[str, ModelRow]) -> None:
                 r.rank_range = (len(rated) + 1, len(rows))
         return
     scored = {m: r.rubric for m, r in rows.items() if r.rubric is not None}
-    from evaluator.leaderboard.ratings import rank_ranges
-
     intervals = {m: (s.ci if s.ci else (s.mean, s.mean)) for m, s in scored.items()}
     for m, ranks in rank_ranges(intervals).items():
         rows[m].rank_range = ranks

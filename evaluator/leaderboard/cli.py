@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import TextIO
 
 import click
+from rich import box
 from rich.markup import escape
 from rich.table import Table as RichTable
 
@@ -21,6 +22,7 @@ from evaluator.leaderboard.gather import LeaderboardError, gather
 from evaluator.leaderboard.ratings import DEFAULT_RESAMPLES, DEFAULT_SEED
 from evaluator.leaderboard.render import (
     FORMATS,
+    TERMINAL_HEADERS,
     chart_file_names,
     charts,
     criteria_table,
@@ -30,6 +32,7 @@ from evaluator.leaderboard.render import (
     render_json,
     render_md,
     summary_table,
+    terminal_rows,
 )
 from evaluator.report.present import Table
 from evaluator.store import StoreError, open_store
@@ -43,12 +46,16 @@ def _names(csv: str | None) -> list[str] | None:
     return list(dict.fromkeys(names)) or None
 
 
-def _rich(t: Table) -> RichTable:
-    table = RichTable(title=t.title, title_justify="left", caption=t.note, caption_justify="left")
+def _rich(t: Table, *, two_lines: bool = False) -> RichTable:
+    """`two_lines`: "mean (lo to hi)" cells become the mean over the interval, for 80 columns."""
+    table = RichTable(
+        title=t.title, title_justify="left", caption=t.note, caption_justify="left", box=box.SIMPLE_HEAD
+    )
     for header, numeric in zip(t.headers, t.numeric, strict=True):
         table.add_column(escape(header), justify="right" if numeric else "left", overflow="fold")
     for row in t.rows:
-        table.add_row(*(escape(cell) for cell in row))
+        cells = [c.replace(" (", "\n", 1).rstrip(")") if two_lines and " (" in c else c for c in row]
+        table.add_row(*(escape(cell) for cell in cells))
     return table
 
 
@@ -197,10 +204,19 @@ def _write(board: Leaderboard, fmt: str, output: Path | None) -> Path | None:
 def _print_table(board: Leaderboard) -> None:
     for key, value in facts(board):
         console.print(f"[bold]{escape(key)}[/bold]: {escape(value)}", highlight=False)
-    console.print(_rich(summary_table(board)))
+    summary = summary_table(board)
+    table = RichTable(title="Leaderboard", title_justify="left", box=box.SIMPLE_HEAD)
+    for k, header in enumerate(TERMINAL_HEADERS):
+        table.add_column(
+            escape(header), justify="left" if k < 2 else "right", no_wrap=k != 1, overflow="fold", min_width=5
+        )
+    for row in terminal_rows(board):
+        table.add_row(*(escape(cell) for cell in row))
+    console.print(table)
+    console.print(escape(summary.note or ""), highlight=False)
     crit = criteria_table(board)
     if crit is not None:
-        console.print(_rich(crit))
+        console.print(_rich(crit, two_lines=True))
     for note in board.notes:
         console.print(f"[yellow]note: {escape(note)}[/yellow]", highlight=False)
     for failure in board.failures[:10]:

@@ -36,6 +36,37 @@ def _ci(ci: tuple[float, float] | None, digits: int = 0) -> str:
     return _NONE if ci is None else f"{ci[0]:.{digits}f} to {ci[1]:.{digits}f}"
 
 
+def _rating_ci(board: Leaderboard, row: ModelRow) -> str:
+    if row.model == board.anchor and row.rating is not None:
+        return "anchor"  # fixed at 1000: its interval has no width by construction
+    return _ci(row.rating_ci)
+
+
+def terminal_rows(board: Leaderboard) -> list[list[str]]:
+    """The summary for an 80-column terminal: each interval under its value (two-line cells)."""
+    rows = []
+    for r in board.rows:
+        rating = _num(r.rating) + ("" if r.rating is None else f"\n{_rating_ci(board, r)}")
+        rubric = _mean(r.rubric) + (
+            "" if r.rubric is None or r.rubric.ci is None else f"\n{_ci(r.rubric.ci, 2)}"
+        )
+        rows.append(
+            [
+                _ranks(r),
+                r.model,
+                rating,
+                f"{r.wins}/{r.ties}/{r.losses}",
+                rubric,
+                str(r.conversations),
+                _num(r.answer_tokens),
+            ]
+        )
+    return rows
+
+
+TERMINAL_HEADERS = ["rank", "model", "rating\n95% CI", "W/T/L", "rubric\n95% CI", "convs", "answer\ntokens"]
+
+
 def _ranks(row: ModelRow) -> str:
     best, worst = row.rank_range
     return str(best) if best == worst else f"{best}-{worst}"
@@ -55,7 +86,7 @@ def summary_table(board: Leaderboard) -> Table:
             _ranks(r),
             r.model,
             _num(r.rating),
-            _ci(r.rating_ci),
+            _rating_ci(board, r),
             f"{r.wins}/{r.ties}/{r.losses}",
             str(r.pairs),
             _mean(r.rubric),

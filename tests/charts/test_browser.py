@@ -17,10 +17,15 @@ from typing import Any
 
 import pytest
 
-from evaluator.charts import ratings_chart, score_by_turn_chart
+from evaluator.leaderboard.build import build
+from evaluator.leaderboard.gather import gather
+from evaluator.leaderboard.render import charts
+from evaluator.leaderboard.render import render_html as render_leaderboard
 from evaluator.report.gather import conversations, summarize
 from evaluator.report.render_html import render_html
-from tests.charts.conftest import HOSTILE_MODEL, model_names, rating_bars, score_series, seed_usage_run
+from tests.charts.conftest import HOSTILE_MODEL, model_names, seed_usage_run
+from tests.leaderboard.conftest import add_scores, seed_models
+from tests.support.documents import make_pairwise
 from tests.support.memory_store import memory_store
 
 pytestmark = pytest.mark.integration
@@ -52,22 +57,37 @@ def report_page(folder: Path) -> Path:
     return path
 
 
-def charts_page(folder: Path) -> Path:
-    """The leaderboard's two charts for 20 models, in a page styled like the report."""
+def leaderboard_page(folder: Path) -> Path:
+    """`storybench-eval leaderboard`'s HTML for 20 models (one with a long unbreakable name),
+    from verdicts and scores stored in a store and read back the way the command reads them."""
+    store = memory_store()
     names = [*model_names(19), LONG_NAME]
-    figures = "".join(
-        f"<figure>{c.svg}<figcaption>{c.title}</figcaption></figure>"
-        for c in (ratings_chart(rating_bars(names)), score_by_turn_chart(score_series(names), scale=(1, 10)))
-    )
-    path = folder / "charts.html"
-    path.write_text(
-        '<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'
-        '<meta name="viewport" content="width=device-width, initial-scale=1"><title>charts</title>'
-        "<style>body{font:14px system-ui,sans-serif;margin:1.5rem auto;max-width:1400px;padding:0 1rem}"
-        "figure{margin:.5rem 0 1rem}</style></head><body><h1>Leaderboard charts</h1>"
-        f"{figures}</body></html>",
-        encoding="utf-8",
-    )
+    convs = seed_models(store, names, sequences=3, runs=1, turns=3)
+    for k, name in enumerate(names):
+        add_scores(store, convs[name], 1 + k % 9, judge="judge", rubric="v1", turns=3)
+    for i, a in enumerate(names):
+        for b in names[i + 1 :]:
+            for conv_a, conv_b in zip(convs[a], convs[b], strict=True):
+                for first, second, fm, sm in ((conv_a, conv_b, a, b), (conv_b, conv_a, b, a)):
+                    better = names.index(fm) > names.index(sm)
+                    store.save_pairwise(
+                        make_pairwise(
+                            first,
+                            second,
+                            first_model=fm,
+                            second_model=sm,
+                            judge="judge",
+                            rubric="v1",
+                            score_first=0.75 if better else 0.25,
+                            verdict="A better" if better else "B better",
+                            sequence_hash="hash-" + conv_a.rsplit(":", 2)[1],
+                        )  # fmt: skip
+                    )
+    board = build(gather(store), resamples=100)
+    out = io.StringIO()
+    render_leaderboard(board, out, charts(board, scale=(1, 10)))
+    path = folder / "leaderboard.html"
+    path.write_text(out.getvalue(), encoding="utf-8")
     return path
 
 
@@ -104,13 +124,13 @@ def show(driver: Any, page: Path, width: int, height: int = 900) -> dict[str, An
 
 
 def test_pages_fit_the_window_and_draw_their_charts(browser: Any, tmp_path: Path) -> None:
-    for page, charts in ((report_page(tmp_path), 1), (charts_page(tmp_path), 2)):
+    for page, n_charts in ((report_page(tmp_path), 1), (leaderboard_page(tmp_path), 2)):
         for width in WIDTHS:
             m = show(browser, page, width)
             where = f"{page.name} at {width} px"
             assert m["innerWidth"] == width, where
             assert m["scrollWidth"] <= width and m["bodyScrollWidth"] <= width, f"{where} overflows: {m}"
-            assert len(m["svgs"]) == charts, where
+            assert len(m["svgs"]) == n_charts, where
             for svg in m["svgs"]:
                 assert svg["width"] > 0 and svg["left"] >= 0 and svg["right"] <= width, f"{where}: {svg}"
                 assert svg["width"] <= 720.5  # never blown up past its natural size
