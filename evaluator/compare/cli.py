@@ -12,6 +12,7 @@ from collections import Counter
 from pathlib import Path
 
 import click
+from rich import box
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
@@ -168,9 +169,14 @@ def _check_models(store: Store, selection: Selection, models: list[str]) -> None
 def _pairs_table(
     pairs: list[ModelPair], todo: Counter[tuple[str, str]], done: Counter[tuple[str, str]]
 ) -> Table:
-    table = Table(title="Model pairs", title_justify="left")
-    for col in ("model A", "model B", "pairs", "A only", "B only", "comparisons to judge", "stored"):
-        table.add_column(col, justify="left" if col.startswith("model") else "right")
+    table = Table(
+        title="Model pairs (conversations matched on prompts and run index; 2 comparisons each)",
+        title_justify="left",
+        box=box.SIMPLE_HEAD,
+    )
+    for col in ("model A", "model B", "pairs", "A only", "B only", "to judge", "stored"):
+        model = col.startswith("model")
+        table.add_column(col, justify="left" if model else "right", overflow="fold", no_wrap=not model)
     for p in pairs:
         key = (p.model_a, p.model_b)
         table.add_row(

@@ -43,6 +43,7 @@ PRIOR_SD = 10.0  # log-odds; keeps undefeated models finite
 DEFAULT_RESAMPLES = 1000
 DEFAULT_SEED = 20261204
 LEVEL = 0.95
+_RANK_TOLERANCE = 1e-6  # rating points
 
 Array = NDArray[np.float64]
 
@@ -248,8 +249,10 @@ def rank_ranges(ci: dict[str, tuple[float, float]]) -> dict[str, tuple[int, int]
     """(best, worst) rank of each model from its interval against the others'."""
     out = {}
     for model, (lo, hi) in ci.items():
-        above = sum(1 for m, (lo2, _) in ci.items() if m != model and lo2 > hi)
-        below = sum(1 for m, (_, hi2) in ci.items() if m != model and hi2 < lo)
+        # A hair of tolerance: two zero-width intervals at the same rating (every resample alike)
+        # must not be ranked apart by rounding in the fit.
+        above = sum(1 for m, (lo2, _) in ci.items() if m != model and lo2 > hi + _RANK_TOLERANCE)
+        below = sum(1 for m, (_, hi2) in ci.items() if m != model and hi2 < lo - _RANK_TOLERANCE)
         out[model] = (1 + above, len(ci) - below)
     return out
 
