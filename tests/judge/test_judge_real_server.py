@@ -108,3 +108,56 @@ def test_a_real_run_judged_by_the_bundled_model_gets_valid_judgements(
 
     again = invoke(*args)  # everything is judged: nothing to send
     assert again.exit_code == 0 and "0 to judge, 3 already judged" in flat(again.output)
+
+
+def test_compare_with_the_bundled_model_stores_a_verdict_for_each_order(
+    server: RunningServer, mongo: EmbeddedServer, tmp_path: Path
+) -> None:
+    """`compare` through our server: the pairwise JSON schema becomes a grammar, so even the
+    135M model answers one of the rubric's labels; both orders are stored and the leaderboard
+    reads them back."""
+    models, prompts, rubric_path = write_configs(tmp_path, server.base_url)
+    models.write_text(
+        models.read_text()
+        + f"  - name: hot\n    base_url: {server.base_url}\n    model: story\n    temperature: 1.2\n"
+        "    max_tokens: 32\n    min_output_tokens: 16\n    seed: 42\n"
+    )
+    common = ["--config", str(models), "--mongo-uri", mongo.uri]
+    played = subprocess.run(
+        [sys.executable, "-m", "evaluator.cli", "run", "--models", "local,hot", "--prompts", str(prompts)]
+        + ["--runs", "1", *common],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert played.returncode == 0, played.stdout + played.stderr
+    compared = subprocess.run(
+        [sys.executable, "-m", "evaluator.cli", "compare", "--models", "local,hot", "--judge", "local"]
+        + ["--rubric", str(rubric_path), *common],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert compared.returncode == 0, compared.stdout + compared.stderr
+    rubric = load_rubric(rubric_path)
+    assert rubric.pairwise is not None
+    docs = collection(mongo.uri, "pairwise")
+    assert len(docs) == 2 and {d["first_model"] for d in docs} == {"local", "hot"}
+    for doc in docs:
+        assert doc["status"] == "ok" and doc["verdict"] in rubric.pairwise.scale, doc
+        assert doc["score_first"] == rubric.pairwise.share(doc["verdict"])
+        assert doc["rubric_version"] == rubric.version_id and doc["details"]["judge_model_id"] == "story"
+    board = subprocess.run(
+        [sys.executable, "-m", "evaluator.cli", "leaderboard", "--format", "json", "--judge", "local"]
+        + ["--rubric-version", rubric.version_id, "--mongo-uri", mongo.uri],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert board.returncode == 0, board.stdout + board.stderr
+    table = json.loads(board.stdout)
+    assert {m["model"] for m in table["models"]} == {"local", "hot"}
+    assert table["pairwise"]["pairs"] == 1 and all(m["pairs"] == 1 for m in table["models"])

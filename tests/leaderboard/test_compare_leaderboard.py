@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import math
 from itertools import combinations
@@ -237,3 +238,44 @@ def test_only_complete_conversations_of_the_latest_generation_are_compared(
         for d in docs
     )
     assert "1 incomplete conversation" in " ".join(out.split())
+
+
+def test_every_format_shows_the_same_numbers(shared: Shared, tmp_path: Path, monkeypatch: object) -> None:
+    truth = {"alpha": 0.0, "beta": 1.5, "gamma": 3.0}
+    with shared.open() as store:
+        convs = seed_models(store, list(truth), sequences=4, runs=2)
+        for k, model in enumerate(truth):
+            add_scores(store, convs[model], 3 + 2 * k)
+    with SimJudge(strengths=truth, seed=5) as sim:
+        assert compare(tmp_path, sim, ",".join(truth))[0] == 0
+    board = leaderboard_json("--anchor", "beta")
+    assert next(m for m in board["models"] if m["model"] == "beta")["rating"] == 1000.0
+    order = [m["model"] for m in board["models"]]
+
+    md = tmp_path / "board.md"
+    assert invoke("leaderboard", "-o", str(md), "--resamples", "200", "--anchor", "beta").exit_code == 0
+    text = md.read_text()
+    assert "](board.rating.png)" in text and "](board.by-turn.png)" in text
+    for name in ("board.rating.png", "board.by-turn.png"):
+        assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    rows_md = [line for line in text.splitlines() if line.startswith("| ") and "/" in line]
+    ranked = [line.split("|")[2].strip() for line in rows_md]
+    assert ranked[1:4] == order  # after the header row
+
+    csv_path = tmp_path / "board.csv"
+    assert invoke("leaderboard", "-o", str(csv_path), "--resamples", "200", "--anchor", "beta").exit_code == 0
+    rows = list(csv.DictReader(csv_path.open()))
+    assert [r["model"] for r in rows] == order
+    assert {r["judge"] for r in rows} == {"sim"} and rows[0]["prompt_set"] == board["prompt_set"]
+    assert [float(r["rating"]) for r in rows] == [m["rating"] for m in board["models"]]
+
+    html_path = tmp_path / "board.html"
+    assert invoke("leaderboard", "-o", str(html_path), "--resamples", "200").exit_code == 0
+    page = html_path.read_text()
+    assert "Content-Security-Policy" in page and "<script" not in page
+    assert page.count("<svg") == 2 and "gamma" in page
+
+    monkeypatch.chdir(tmp_path)  # type: ignore[attr-defined]
+    result = invoke("leaderboard", "--format", "html", "--resamples", "50")
+    assert result.exit_code == 0 and (tmp_path / "reports" / "leaderboard.html").exists()
+    assert invoke("leaderboard", "-o", str(tmp_path / "nowhere" / "x.html")).exit_code == 1
