@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from evaluator import compare, judge, leaderboard, report
+from evaluator import compare, judge, leaderboard, metrics, report
 from evaluator.cli_common import (
     EXIT_CONFIG,
     EXIT_FAILED,
@@ -219,6 +219,7 @@ def main() -> None:
 judge.register(cli)
 compare.register(cli)
 leaderboard.register(cli)
+metrics.register(cli)
 report.register(cli)
 
 

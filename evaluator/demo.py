@@ -103,7 +103,15 @@ def _play_judge_rank() -> int:
     code = _step([eval_bin, "judge", "--latest", *judge, "--kind", "sequence"])
     code = _step([eval_bin, "compare", "--models", models, *judge]) or code
     # The rubric version of today's file: older demo runs judged with an earlier rubric stay stored.
-    version = ["--judge", JUDGE, "--rubric-version", load_rubric(DEFAULT_RUBRIC_PATH).version_id]
+    # The judge IS the evaluated model here (self-judging): the leaderboard leaves such judgements
+    # out unless told otherwise, and flags them when shown.
+    print(
+        f"\nSelf-judging: {JUDGE} judges its own answers (one 135M model plays every part), so the "
+        "leaderboard below needs --allow-self-judge and flags every figure as self-judged.",
+        flush=True,
+    )
+    rubric_version = load_rubric(DEFAULT_RUBRIC_PATH).version_id
+    version = ["--judge", JUDGE, "--rubric-version", rubric_version, "--allow-self-judge"]
     board_code = _step([eval_bin, "leaderboard", *version])
     leaderboard = Path("reports/leaderboard.html")
     leaderboard.parent.mkdir(exist_ok=True)

@@ -129,6 +129,30 @@ class StoredDocument(BaseModel):
         return tuple(f.alias or name for name, f in cls.model_fields.items())
 
 
+class TextMetrics(BaseModel):
+    """Judge-free figures of one answer, computed when the turn is stored (evaluator/text_metrics.py).
+
+    Deterministic functions of the stored texts, so they can be recomputed for old turns
+    (`storybench-eval metrics`) and compared across models without any judge.
+    """
+
+    model_config = ConfigDict(use_attribute_docstrings=True, extra="ignore")
+
+    version: int
+    """Definition version of these figures (evaluator/text_metrics.py METRICS_VERSION)."""
+    words: int
+    """Words in the answer (`<think>` blocks removed)."""
+    distinct_1: float | None
+    """Distinct words / words (None for an empty answer): low means repetitive."""
+    distinct_2: float | None
+    """Distinct word pairs / word pairs (None below two words)."""
+    history_overlap: float | None
+    """Share of the answer's word 4-grams already in the conversation's earlier answers (None on
+    the first turn or below four words): high means the model copies its own history."""
+    prompt_overlap: float | None
+    """Share of the answer's word 4-grams found in this turn's user prompt (None below four words)."""
+
+
 class ResponseRecord(StoredDocument):
     """One turn of one run of one sequence against one model (collection `responses`).
 
@@ -208,6 +232,9 @@ class ResponseRecord(StoredDocument):
     """The answer with `<think>` blocks removed: what the next turn sends back."""
     response_raw: str
     """The answer as the endpoint returned it."""
+    metrics: TextMetrics | None = None
+    """Judge-free text figures of the answer; None for turns stored before they existed (or
+    not ok): `storybench-eval metrics` computes them."""
 
     @model_validator(mode="after")
     def _default_id(self) -> ResponseRecord:
@@ -328,18 +355,24 @@ class EvaluationRecord(StoredDocument):
     details: dict[str, Any] = Field(default_factory=dict)
     """How the judgement was made: judge model id and endpoint, tokens, attempts, how much
     context was left out. Never a key."""
+    repeat: int = 0
+    """Which repeat of this judgement: 0 the first; `judge --repeat K` adds 1 .. K-1, each with
+    its own seed (documents from before repeats existed read as 0)."""
 
     @model_validator(mode="after")
     def _default_id(self) -> EvaluationRecord:
         if not self.id:
-            self.id = f"{self.target_id}|{self.judge_model}|{self.rubric_version}"
+            suffix = f"|r{self.repeat}" if self.repeat else ""
+            self.id = f"{self.target_id}|{self.judge_model}|{self.rubric_version}{suffix}"
         return self
 
 
-def pairwise_id(first: str, second: str, judge_model: str, rubric_version: str) -> str:
+def pairwise_id(first: str, second: str, judge_model: str, rubric_version: str, repeat: int = 0) -> str:
     """Deterministic `_id` of one ordered comparison: (conversation shown first, shown second,
-    judge, rubric version). The other order of the same two conversations is another document."""
-    return f"{first}|{second}|{judge_model}|{rubric_version}"
+    judge, rubric version, repeat). The other order of the same two conversations is another
+    document; repeat 0 has no suffix."""
+    suffix = f"|r{repeat}" if repeat else ""
+    return f"{first}|{second}|{judge_model}|{rubric_version}{suffix}"
 
 
 class PairwiseRecord(StoredDocument):
@@ -385,12 +418,18 @@ class PairwiseRecord(StoredDocument):
     """When the comparison was stored (UTC)."""
     details: dict[str, Any] = Field(default_factory=dict)
     """How it was judged: judge model id and endpoint, tokens, latency, cost, attempts. Never a key."""
+    repeat: int = 0
+    """Which repeat of this comparison: 0 the first; `compare --repeat K` adds 1 .. K-1."""
 
     @model_validator(mode="after")
     def _default_id(self) -> PairwiseRecord:
         if not self.id:
             self.id = pairwise_id(
-                self.first_conversation, self.second_conversation, self.judge_model, self.rubric_version
+                self.first_conversation,
+                self.second_conversation,
+                self.judge_model,
+                self.rubric_version,
+                self.repeat,
             )
         return self
 

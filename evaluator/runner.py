@@ -31,7 +31,7 @@ from evaluator.records import (
 from evaluator.store import Store
 from evaluator.store_writer import StoreWriter
 from evaluator.turn_policy import decide_turn
-from evaluator.turn_record import TurnContext, redact, turn_record
+from evaluator.turn_record import TurnContext, assistant_texts, redact, turn_record
 
 
 @dataclass
@@ -246,7 +246,7 @@ class Runner:
     ) -> ResponseRecord:
         """Count, decide (evaluator/turn_policy.py), record (evaluator/turn_record.py)."""
         entry = endpoint.entry
-        ctx = TurnContext(item, index, self.run_id, len(messages), utcnow())
+        ctx = TurnContext(item, index, self.run_id, len(messages), utcnow(), assistant_texts(messages))
         try:
             prompt_tokens = await count_prompt_tokens(messages, endpoint.count_tokens)
         except Exception:  # a tokenizer hiccup must not lose the turn: fall back to the estimate

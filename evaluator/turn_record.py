@@ -1,4 +1,4 @@
-"""A played turn as its stored document: texts, token counts, speed, cost, and no secrets.
+"""A played turn as its stored document: texts, token counts, speed, cost, text metrics, no secrets.
 
 Kept apart from the turn policy (evaluator/turn_policy.py) so that what is decided and what is
 written can change independently; `turn_record` is a pure function of its inputs.
@@ -6,6 +6,7 @@ written can change independently; `turn_record` is a pure function of its inputs
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -14,6 +15,7 @@ from evaluator.config import ModelEntry
 from evaluator.plan import SequenceRun
 from evaluator.records import ResponseRecord, utcnow
 from evaluator.text import strip_think
+from evaluator.text_metrics import text_metrics
 from evaluator.turn_policy import TurnResult
 
 # Keys shorter than this are not masked: masking a 3-character key would mangle ordinary text.
@@ -29,6 +31,12 @@ class TurnContext:
     run_id: str
     messages_sent: int
     started_at: datetime
+    earlier_answers: tuple[str, ...] = ()  # the conversation's answers before this turn, in order
+
+
+def assistant_texts(messages: Iterable[dict[str, str]]) -> tuple[str, ...]:
+    """The model's earlier answers in a chat history (what `history_overlap` compares against)."""
+    return tuple(m["content"] for m in messages if m.get("role") == "assistant")
 
 
 def redact(text: str, secret: str | None) -> str:
@@ -53,6 +61,8 @@ def turn_record(ctx: TurnContext, result: TurnResult, entry: ModelEntry) -> Resp
     done = result.completion
     text = done.text if done else ""
     error = redact(result.error, entry.api_key()) if result.error else None
+    answer = strip_think(text)
+    metrics = text_metrics(answer, turn.text, list(ctx.earlier_answers)) if result.outcome == "ok" else None
     return ResponseRecord(
         run_id=ctx.run_id,
         experiment_key=item.experiment_key,
@@ -86,6 +96,7 @@ def turn_record(ctx: TurnContext, result: TurnResult, entry: ModelEntry) -> Resp
         params=result.params,
         server_timings=done.timings if done else None,
         prompt=turn.text,
-        response_text=strip_think(text),
+        response_text=answer,
         response_raw=text,
+        metrics=metrics,
     )

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import difflib
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 
 import click
@@ -32,11 +33,12 @@ from evaluator.cli_options import db_option, mongo_option
 from evaluator.client import RetryPolicy
 from evaluator.compare.conversations import Selection, select_conversations
 from evaluator.compare.judging import CompareStats, JudgeAborted, PairJudge
-from evaluator.compare.pairs import Comparison, ModelPair, plan_comparisons
+from evaluator.compare.pairs import Comparison, ModelPair, plan_comparisons, with_repeats
 from evaluator.compare.prompt import pair_messages
 from evaluator.config import DEFAULT_MODELS_PATH, ConfigError, ModelEntry, load_models
 from evaluator.endpoint import EndpointError, probe
 from evaluator.judge.cli import pick_judge
+from evaluator.judge.judging import DEFAULT_REPEAT_TEMPERATURE
 from evaluator.judge.rubric import DEFAULT_RUBRIC_PATH, Rubric, load_rubric
 from evaluator.records import pairwise_id
 from evaluator.store import Store, StoreError, open_store
@@ -94,6 +96,22 @@ def _names(csv: str | None) -> list[str]:
     "slot count, else 4 for a hosted API).",
 )
 @click.option("--dry-run", is_flag=True, help="Print the pairs with token and cost estimates; call no model.")
+@click.option(
+    "--repeat",
+    "repeats",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="Verdicts per ordered comparison: repeat 0 at temperature 0 with the rubric's seed, "
+    "repeats 1..K-1 with seed + 1000*k at --repeat-temperature (the judge's spread).",
+)
+@click.option(
+    "--repeat-temperature",
+    type=click.FloatRange(min=0.0),
+    default=DEFAULT_REPEAT_TEMPERATURE,
+    show_default=True,
+    help="Temperature of repeats 1..K-1 (at 0 another seed changes nothing).",
+)
 @mongo_option
 @db_option
 def compare_command(
@@ -105,6 +123,8 @@ def compare_command(
     models_path: Path,
     concurrency: int | None,
     dry_run: bool,
+    repeats: int,
+    repeat_temperature: float,
     mongo_uri: str | None,
     db_name: str,
 ) -> None:
@@ -113,9 +133,10 @@ def compare_command(
     Conversations come from the store, from any runs: for each model, the configuration it was
     played with most recently (its latest generation), complete conversations only. Two models'
     conversations are paired when they played the same sequence content with the same run
-    index, and each pair is judged twice, each model shown first once. Every verdict is stored
-    once per (pair, order, judge, rubric version): a re-run judges only what is missing or
-    failed, an edited rubric judges afresh. Failed comparisons are stored with their reason,
+    index, and each pair is judged twice, each model shown first once (times --repeat). Every
+    verdict is stored once per (pair, order, judge, rubric version, repeat): a re-run judges
+    only what is missing or failed, a larger --repeat adds repeats, an edited rubric judges
+    afresh. Failed comparisons are stored with their reason,
     never given a verdict. `storybench-eval leaderboard` turns the verdicts into ratings.
     Exit codes: 0 done; 1 database failure; 2 bad configuration or usage; 3 some comparisons
     failed (re-run to retry them); 130 interrupted (re-run to resume).
@@ -140,10 +161,22 @@ def compare_command(
     sequences = set(_names(sequences_csv)) or None
     try:
         with open_store(mongo_uri, db_name=db_name) as store:
-            code = _compare(store, rubric, entry, settings, models, baseline, sequences, concurrency, dry_run)
+            code = _compare(
+                store, rubric, entry, settings, models, baseline, sequences, concurrency, dry_run,
+                Repeats(repeats, repeat_temperature),
+            )  # fmt: skip
     except StoreError as exc:
         fail(str(exc), EXIT_FAILED)
     raise SystemExit(code)
+
+
+@dataclass(frozen=True)
+class Repeats:
+    """`--repeat` and `--repeat-temperature`: verdicts per ordered comparison and how repeats
+    1..K-1 sample."""
+
+    count: int = 1
+    temperature: float = DEFAULT_REPEAT_TEMPERATURE
 
 
 def _check_models(store: Store, selection: Selection, models: list[str]) -> None:
@@ -167,10 +200,14 @@ def _check_models(store: Store, selection: Selection, models: list[str]) -> None
 
 
 def _pairs_table(
-    pairs: list[ModelPair], todo: Counter[tuple[str, str]], done: Counter[tuple[str, str]]
+    pairs: list[ModelPair],
+    todo: Counter[tuple[str, str]],
+    done: Counter[tuple[str, str]],
+    repeats: int = 1,
 ) -> Table:
+    each = "2 comparisons each" if repeats == 1 else f"2 orders x {repeats} repeats each"
     table = Table(
-        title="Model pairs (conversations matched on prompts and run index; 2 comparisons each)",
+        title=f"Model pairs (conversations matched on prompts and run index; {each})",
         title_justify="left",
         box=box.SIMPLE_HEAD,
     )
@@ -203,28 +240,33 @@ def _compare(
     sequences: set[str] | None,
     concurrency: int | None,
     dry_run: bool,
+    repeats: Repeats | None = None,
 ) -> int:
+    repeats = repeats or Repeats()
     selection = select_conversations(store, models, sequences)
     _check_models(store, selection, models)
-    comparisons, pairs = plan_comparisons(selection, models, baseline)
+    ordered, pairs = plan_comparisons(selection, models, baseline)
+    comparisons = with_repeats(ordered, repeats.count)
     version = rubric.version_id
     stored = {r.id: r.status for r in store.pairwise(entry.name, version, with_text=False)}
-    pending = [
-        c
-        for c in comparisons
-        if stored.get(pairwise_id(c.first.id, c.second.id, entry.name, version)) != "ok"
-    ]
-    retrying = sum(1 for c in pending if pairwise_id(c.first.id, c.second.id, entry.name, version) in stored)
+
+    def doc_id(c: Comparison) -> str:
+        return pairwise_id(c.first.id, c.second.id, entry.name, version, c.repeat)
+
+    pending = [c for c in comparisons if stored.get(doc_id(c)) != "ok"]
+    retrying = sum(1 for c in pending if doc_id(c) in stored)
     todo: Counter[tuple[str, str]] = Counter(_pair_of(c, baseline, models) for c in pending)
     done: Counter[tuple[str, str]] = Counter(_pair_of(c, baseline, models) for c in comparisons) - todo
+    times = f" x {repeats.count} repeats" if repeats.count > 1 else ""
     console.print(
         f"Compare with judge [bold]{escape(entry.name)}[/bold] ({escape(entry.model)}), rubric "
-        f"{escape(version)}: {len(comparisons)} comparisons ({len(comparisons) // 2} pairs x 2 orders), "
+        f"{escape(version)}: {len(comparisons)} comparisons "
+        f"({len(ordered) // 2} pairs x 2 orders{times}), "
         f"{len(pending)} to judge ({retrying} failed before), "
         f"{len(comparisons) - len(pending)} already stored.",
         highlight=False,
     )
-    console.print(_pairs_table(pairs, todo, done))
+    console.print(_pairs_table(pairs, todo, done, repeats.count))
     for model in models:
         if selection.incomplete[model]:
             console.print(
@@ -262,7 +304,10 @@ def _compare(
         failed = f"[red]{stats.failed} failed[/red]" if stats.failed else ""
         progress.update(task, completed=stats.settled, failed=failed)
 
-    judge = PairJudge(rubric, endpoint, policy, store, limit, on_progress=on_progress)
+    judge = PairJudge(
+        rubric, endpoint, policy, store, limit,
+        on_progress=on_progress, repeat_temperature=repeats.temperature,
+    )  # fmt: skip
     status, message = "completed", ""
     with progress:
         try:
@@ -303,10 +348,14 @@ def _compare(
 
 
 def _print_dry_run(rubric: Rubric, entry: ModelEntry, pending: list[Comparison]) -> None:
-    async def estimate_all() -> list[int]:
-        return [await count_prompt_tokens(pair_messages(rubric, c), None) for c in pending]
+    """Every pending comparison, repeats included, costs a prompt; each order is estimated once."""
+    orders = {(c.first.id, c.second.id): c for c in pending}
 
-    sizes = asyncio.run(estimate_all())
+    async def estimate_all() -> list[int]:
+        return [await count_prompt_tokens(pair_messages(rubric, c), None) for c in orders.values()]
+
+    size_of = dict(zip(orders, asyncio.run(estimate_all()), strict=True))
+    sizes = [size_of[(c.first.id, c.second.id)] for c in pending]
     prompt = sum(sizes)
     completion = len(pending) * rubric.max_tokens
     cost = entry.cost_usd(prompt, completion)

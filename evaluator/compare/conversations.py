@@ -19,7 +19,7 @@ from datetime import datetime
 from typing import Any
 
 from evaluator.judge.targets import Exchange
-from evaluator.records import ResponseRecord, RunRecord, parse_experiment_key, sequence_run_id
+from evaluator.records import ResponseRecord, RunRecord, TextMetrics, parse_experiment_key, sequence_run_id
 from evaluator.store import Store
 
 __all__ = ["Conversation", "Selection", "select_conversations", "build_selection"]
@@ -40,6 +40,18 @@ class Conversation:
     turn_ids: tuple[str, ...]  # the turns' response `_id`s, in order
     completion_tokens: tuple[int | None, ...]  # per turn, as the endpoint counted them
     latency_s: tuple[float | None, ...]
+    model_id: str = ""  # the id the endpoint was sent: a judge with the same id judges itself
+    run_id: str = ""  # the run that played the first turn (its server metadata names the weights)
+    words: tuple[int | None, ...] = ()  # per turn, from the stored text metrics (None: not computed)
+    model_sha256: str | None = None  # the weights' SHA-256 our server reported for this model
+    metrics: tuple[TextMetrics | None, ...] = ()  # per turn: the judge-free text figures
+
+    def length(self, unit: str) -> float | None:
+        """The conversation's answer length in words or completion tokens (None: unknown)."""
+        values = self.words if unit == "words" else self.completion_tokens
+        if not values or any(v is None for v in values):
+            return None
+        return float(sum(v for v in values if v is not None))
 
     @property
     def match_key(self) -> tuple[str, int]:
@@ -127,7 +139,10 @@ def build_selection(
         out.superseded[model] += len(options) - 1
         convs = out.conversations.setdefault(model, [])
         recs = by_experiment[chosen]
-        spec = _sequence_spec(run_of(recs[0].run_id), sequence)
+        run = run_of(recs[0].run_id)
+        spec = _sequence_spec(run, sequence)
+        served = run.server_metadata.get(model) if run is not None else None
+        sha = served.get("sha256") if isinstance(served, dict) else None
         spec_turns = spec.get("turns")
         by_run: dict[int, list[ResponseRecord]] = {}
         for rec in recs:
@@ -152,6 +167,11 @@ def build_selection(
                     turn_ids=tuple(r.id for r in turns),
                     completion_tokens=tuple(r.completion_tokens for r in turns),
                     latency_s=tuple(r.latency_s for r in turns),
+                    model_id=turns[0].model_id,
+                    run_id=turns[0].run_id,
+                    words=tuple(r.metrics.words if r.metrics else None for r in turns),
+                    metrics=tuple(r.metrics for r in turns),
+                    model_sha256=sha if isinstance(sha, str) else None,
                 )
             )
     return out

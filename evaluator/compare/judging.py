@@ -1,8 +1,9 @@
 """Judging comparisons: one request per ordered pair, each outcome stored once.
 
 Like the rubric judge (evaluator/judge/judging.py): the evaluator's own client with its
-retries, temperature 0 and the rubric's seed, one more request with a note after an answer
-that is not a verdict. Unlike it, a comparison that still has no verdict is STORED as failed
+retries, temperature 0 and the rubric's seed (repeats 1..K-1 of `--repeat K` sample with their
+own seed and a temperature above 0, as `judge --repeat` does), one more request with a note
+after an answer that is not a verdict. Unlike it, a comparison that still has no verdict is STORED as failed
 with its reason: the leaderboard lists failures instead of guessing, nothing is ever given a
 default verdict, and a re-run retries exactly the failed ones (`Store.save_pairwise` replaces
 a failed document, never a verdict).
@@ -22,7 +23,13 @@ from evaluator.client import ContextOverflow, FatalRequestError, GaveUp, RetryPo
 from evaluator.compare.pairs import Comparison
 from evaluator.compare.prompt import Preference, pair_messages, pair_response_format, parse_preference
 from evaluator.endpoint import Endpoint
-from evaluator.judge.judging import JudgeAborted, with_note
+from evaluator.judge.judging import (
+    DEFAULT_REPEAT_TEMPERATURE,
+    JudgeAborted,
+    judge_model_sha256,
+    repeat_sampling,
+    with_note,
+)
 from evaluator.judge.prompts import RETRY_NOTE_TOKENS
 from evaluator.judge.rubric import Rubric
 from evaluator.judge.verdict import InvalidJudgement
@@ -57,10 +64,12 @@ class PairJudge:
         store: Store,
         concurrency: int,
         on_progress: Callable[[CompareStats], None] | None = None,
+        repeat_temperature: float = DEFAULT_REPEAT_TEMPERATURE,
     ) -> None:
         if rubric.pairwise is None:
             raise ValueError("the rubric has no pairwise block")
         self.rubric = rubric
+        self.repeat_temperature = repeat_temperature
         self.block = rubric.pairwise
         self.endpoint = endpoint
         self.policy = policy
@@ -88,10 +97,11 @@ class PairJudge:
             self.writer.close()
             await self.endpoint.aclose()
 
-    def _params(self) -> dict[str, Any]:
+    def _params(self, repeat: int) -> dict[str, Any]:
+        temperature, seed = repeat_sampling(self.rubric.seed, repeat, self.repeat_temperature)
         params: dict[str, Any] = {
-            "temperature": 0.0,
-            "seed": self.rubric.seed,
+            "temperature": temperature,
+            "seed": seed,
             "max_tokens": self.rubric.max_tokens,
         }
         fmt = pair_response_format(self.rubric)
@@ -129,7 +139,7 @@ class PairJudge:
         if too_long is not None:
             await self._save(comparison, None, too_long, {})
             return
-        params = self._params()
+        params = self._params(comparison.repeat)
         model = self.endpoint.entry.model
         details: dict[str, Any] = {}
         try:
@@ -142,7 +152,7 @@ class PairJudge:
                 retried_after = None
             except InvalidJudgement as exc:
                 retried_after = str(exc)
-                params = {**params, "seed": self.rubric.seed + 1}
+                params = {**params, "seed": params["seed"] + 1}
                 completion = await chat_with_retries(
                     self.endpoint.chat_client(),
                     model,
@@ -190,6 +200,7 @@ class PairJudge:
     ) -> None:
         entry = self.endpoint.entry
         first, second = comparison.first, comparison.second
+        temperature, seed = repeat_sampling(self.rubric.seed, comparison.repeat, self.repeat_temperature)
         if error is not None:
             error = redact(error, self._secret)
         record = PairwiseRecord(
@@ -208,11 +219,14 @@ class PairJudge:
             rationale=preference.rationale if preference else "",
             error=error,
             created_at=utcnow(),
+            repeat=comparison.repeat,
             details={
                 "judge_model_id": entry.model,
+                "judge_model_sha256": judge_model_sha256(self.endpoint),
                 "judge_endpoint": entry.base_url,
                 "response_format": self.rubric.response_format,
-                "temperature": 0.0,
+                "temperature": temperature,
+                "seed": seed,  # a verdict made on the retry says seed + 1 (from `details`)
                 **details,
             },
         )

@@ -8,25 +8,28 @@ orders disagree counts as a tie and as a position flip instead of as a win for w
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from itertools import combinations
 
 from evaluator.compare.conversations import Conversation, Selection
 
-__all__ = ["Comparison", "ModelPair", "plan_comparisons"]
+__all__ = ["Comparison", "ModelPair", "plan_comparisons", "with_repeats"]
 
 
 @dataclass(frozen=True)
 class Comparison:
-    """One ordered comparison: `first` is shown as conversation A, `second` as B."""
+    """One ordered comparison: `first` is shown as conversation A, `second` as B; `repeat` says
+    which of `compare --repeat K`'s judgements of that order it is (0: the first)."""
 
     first: Conversation
     second: Conversation
+    repeat: int = 0
 
     @property
     def label(self) -> str:
         f, s = self.first, self.second
-        return f"{f.model} vs {s.model} / {f.sequence} run {f.run_index} ({f.model} shown first)"
+        again = f", repeat {self.repeat}" if self.repeat else ""
+        return f"{f.model} vs {s.model} / {f.sequence} run {f.run_index} ({f.model} shown first{again})"
 
 
 @dataclass(frozen=True)
@@ -65,3 +68,9 @@ def plan_comparisons(
             comparisons.append(Comparison(conv_b, conv_a))
         summary.append(ModelPair(a, b, matched, len(selection.of(a)) - matched, len(of_b) - matched))
     return comparisons, summary
+
+
+def with_repeats(comparisons: list[Comparison], repeats: int) -> list[Comparison]:
+    """Each comparison `repeats` times (repeat 0 .. repeats-1), repeat-major: an interrupted
+    run has judged every order once before it judges any order again."""
+    return [replace(c, repeat=k) for k in range(repeats) for c in comparisons]

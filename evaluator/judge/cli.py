@@ -32,11 +32,18 @@ from evaluator.cli_options import db_option, mongo_option
 from evaluator.client import RetryPolicy
 from evaluator.config import DEFAULT_MODELS_PATH, ConfigError, EvalSettings, ModelEntry, load_models, select
 from evaluator.endpoint import EndpointError, probe
-from evaluator.judge.judging import Judge, JudgeAborted, KindStats, split_judged
+from evaluator.judge.judging import (
+    DEFAULT_REPEAT_TEMPERATURE,
+    Job,
+    Judge,
+    JudgeAborted,
+    KindStats,
+    split_judged,
+)
 from evaluator.judge.progress import DryRunRow, JudgeProgress, dry_run_table, judge_summary_table
 from evaluator.judge.prompts import render
 from evaluator.judge.rubric import DEFAULT_RUBRIC_PATH, Rubric, load_rubric
-from evaluator.judge.targets import Collected, SelectionError, Target, collect
+from evaluator.judge.targets import Collected, SelectionError, collect
 from evaluator.records import TargetKind
 from evaluator.store import Store, StoreError, open_store
 
@@ -92,6 +99,22 @@ _SHOWN_FAILURES = 10
     is_flag=True,
     help="Print what would be judged with token estimates; call no model.",
 )
+@click.option(
+    "--repeat",
+    "repeats",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="Judgements per target: repeat 0 at temperature 0 with the rubric's seed, repeats "
+    "1..K-1 with seed + 1000*k at --repeat-temperature (the judge's spread).",
+)
+@click.option(
+    "--repeat-temperature",
+    type=click.FloatRange(min=0.0),
+    default=DEFAULT_REPEAT_TEMPERATURE,
+    show_default=True,
+    help="Temperature of repeats 1..K-1 (at 0 another seed changes nothing).",
+)
 @mongo_option
 @db_option
 def judge_command(
@@ -105,6 +128,8 @@ def judge_command(
     models_path: Path,
     concurrency: int | None,
     dry_run: bool,
+    repeats: int,
+    repeat_temperature: float,
     mongo_uri: str | None,
     db_name: str,
 ) -> None:
@@ -112,8 +137,9 @@ def judge_command(
 
     Judges each successful turn of RUN_ID (id or unique prefix; or --latest) with the
     conversation before it as context, and each complete sequence run as a whole, against the
-    rubric's criteria. Every valid judgement is stored once per target, judge and rubric
-    version: a re-run judges only what is missing, and an edited rubric judges afresh. Exit
+    rubric's criteria. Every valid judgement is stored once per target, judge, rubric version
+    and repeat (--repeat K: K judgements per target): a re-run judges only what is missing, a
+    larger K adds repeats, and an edited rubric judges afresh. Exit
     codes: 0 done; 1 database failure or no such run; 2 bad configuration or usage; 3 some
     judgements failed (re-run to retry them); 130 interrupted (re-run to resume).
     """
@@ -130,8 +156,9 @@ def judge_command(
     if not kinds:
         fail(f"{rubric_path}: has no '{kind}' block, so --kind {kind} judges nothing (docs/judging.md)")
     request = JudgeRequest(
-        run_id, rubric, entry, settings, kinds, models_csv, sequences_csv, concurrency, dry_run
-    )
+        run_id, rubric, entry, settings, kinds, models_csv, sequences_csv, concurrency, dry_run,
+        repeats, repeat_temperature,
+    )  # fmt: skip
     try:
         with open_store(mongo_uri, db_name=db_name) as store:
             code = _judge(store, request)
@@ -167,6 +194,8 @@ class JudgeRequest:
     sequences_csv: str | None
     concurrency: int | None
     dry_run: bool
+    repeats: int = 1  # judgements per target
+    repeat_temperature: float = DEFAULT_REPEAT_TEMPERATURE
 
 
 def _judge(store: Store, req: JudgeRequest) -> int:
@@ -179,10 +208,13 @@ def _judge(store: Store, req: JudgeRequest) -> int:
         fail(str(exc), EXIT_CONFIG)
     version = rubric.version_id
     stored = store.evaluations([t.target_id for t in collected.targets])
-    pending, skipped, stored_model_ids = split_judged(collected.targets, stored, entry.name, version)
+    pending, skipped, stored_model_ids = split_judged(
+        collected.targets, stored, entry.name, version, req.repeats
+    )
+    each = f" ({req.repeats} per target)" if req.repeats > 1 else ""
     console.print(
         f"Run [bold]{resolved_id}[/bold]: judge [bold]{escape(entry.name)}[/bold] "
-        f"({escape(entry.model)}), rubric {escape(version)}: {len(pending)} to judge, "
+        f"({escape(entry.model)}), rubric {escape(version)}: {len(pending)} to judge{each}, "
         f"{len(skipped)} already judged, "
         f"{sum(collected.not_judged_total(k) for k in kinds)} not judged (turn failed or run incomplete).",
         highlight=False,
@@ -224,7 +256,10 @@ def _judge(store: Store, req: JudgeRequest) -> int:
     totals: dict[str, int] = {k: sum(1 for t in pending if t.kind == k) for k in kinds}
     status, message = "completed", None
     with JudgeProgress(console, totals) as bars:
-        judge = Judge(rubric, endpoint, policy, store, resolved_id, limit, on_progress=bars.update)
+        judge = Judge(
+            rubric, endpoint, policy, store, resolved_id, limit,
+            on_progress=bars.update, repeat_temperature=req.repeat_temperature,
+        )  # fmt: skip
         try:
             asyncio.run(judge.run(pending))
         except KeyboardInterrupt:
@@ -273,17 +308,20 @@ def _dry_run(
     entry: ModelEntry,
     kinds: list[TargetKind],
     collected: Collected,
-    pending: list[Target],
-    skipped: list[Target],
+    pending: list[Job],
+    skipped: list[Job],
     run_id: str,
 ) -> Any:
-    async def estimate_all() -> list[int]:
-        return [await count_prompt_tokens(render(rubric, t), None) for t in pending]
+    """Every pending judgement, repeats included, costs a prompt: one estimate per target."""
+    targets = {j.target.target_id: j.target for j in pending}
 
-    sizes = dict(zip((t.target_id for t in pending), asyncio.run(estimate_all()), strict=True))
+    async def estimate_all() -> list[int]:
+        return [await count_prompt_tokens(render(rubric, t), None) for t in targets.values()]
+
+    sizes = dict(zip(targets, asyncio.run(estimate_all()), strict=True))
     rows = []
     for k in kinds:
-        mine = [sizes[t.target_id] for t in pending if t.kind == k]
+        mine = [sizes[j.target.target_id] for j in pending if j.kind == k]
         completion = len(mine) * rubric.max_tokens
         rows.append(
             DryRunRow(

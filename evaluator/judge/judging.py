@@ -2,7 +2,10 @@
 stored once.
 
 The judge is called like any evaluated model (evaluator/client.py: the same retries, Retry-After
-and error classes), with temperature 0 and the rubric's seed so a judgement repeats. An answer
+and error classes), with temperature 0 and the rubric's seed so a judgement repeats. `--repeat K`
+adds judgements 1 .. K-1 of each target to measure the judge's spread: each with its own seed
+(`repeat_seed`) and a temperature above 0, because at temperature 0 another seed changes nothing
+and many providers ignore seeds anyway. An answer
 that is not a valid judgement is asked for once more, with a note saying what was wrong (at
 temperature 0 the same prompt would replay the same answer); a second invalid answer is a
 failure that is reported, never stored. Each judgement is saved as soon as it is made, so Ctrl-C
@@ -40,15 +43,45 @@ from evaluator.store_writer import StoreWriter
 from evaluator.turn_record import redact
 
 __all__ = [
+    "DEFAULT_REPEAT_TEMPERATURE",
     "Failure",
+    "Job",
     "Judge",
     "JudgeAborted",
     "KindStats",
+    "judge_model_sha256",
+    "repeat_sampling",
+    "repeat_seed",
     "split_judged",
 ]
 
 _NOTE_REASON_CHARS = 160
 _OVERFLOW_RETRIES = 4
+# Repeat k >= 1 of a judgement samples at this temperature unless --repeat-temperature says otherwise.
+DEFAULT_REPEAT_TEMPERATURE = 0.7
+# Repeat k is sent with the rubric's seed + REPEAT_SEED_STEP * k: far from seed + 1, the seed of
+# the retry after an invalid answer, so no two requests of one target share a seed.
+REPEAT_SEED_STEP = 1000
+
+
+def repeat_seed(rubric_seed: int, repeat: int) -> int:
+    """The seed of repeat `repeat` (repeat 0: the rubric's seed, as before repeats existed)."""
+    return rubric_seed + REPEAT_SEED_STEP * repeat
+
+
+def repeat_sampling(rubric_seed: int, repeat: int, repeat_temperature: float) -> tuple[float, int]:
+    """(temperature, seed) of one repeat: repeat 0 is today's deterministic judgement, later
+    repeats sample (a different seed alone changes nothing at temperature 0). Shared with
+    `compare`, so a rubric judgement and a verdict repeat alike."""
+    temperature = 0.0 if repeat == 0 else repeat_temperature
+    return temperature, repeat_seed(rubric_seed, repeat)
+
+
+def judge_model_sha256(endpoint: Endpoint) -> str | None:
+    """The judge's model file SHA-256 when our server serves it (its metadata says), else None:
+    what the leaderboard compares with the evaluated models' files to find self-judging."""
+    value = endpoint.metadata.get("sha256")
+    return str(value) if value else None
 
 
 class JudgeAborted(Exception):
@@ -70,6 +103,22 @@ class KindStats:
 
 
 @dataclass(frozen=True)
+class Job:
+    """One judgement to make: a target and which repeat of its judgement (0: the first)."""
+
+    target: Target
+    repeat: int = 0
+
+    @property
+    def kind(self) -> str:
+        return self.target.kind
+
+    @property
+    def label(self) -> str:
+        return self.target.label + (f" (repeat {self.repeat})" if self.repeat else "")
+
+
+@dataclass(frozen=True)
 class Failure:
     kind: str
     label: str
@@ -77,14 +126,22 @@ class Failure:
 
 
 def split_judged(
-    targets: list[Target], stored: list[EvaluationRecord], judge: str, rubric_version: str
-) -> tuple[list[Target], list[Target], set[str]]:
+    targets: list[Target],
+    stored: list[EvaluationRecord],
+    judge: str,
+    rubric_version: str,
+    repeats: int = 1,
+) -> tuple[list[Job], list[Job], set[str]]:
     """(to judge, already judged, judge model ids the stored judgements name) for this judge and
-    rubric version: a re-run sends nothing for what is stored."""
-    done = {e.target_id: e for e in stored if e.judge_model == judge and e.rubric_version == rubric_version}
-    pending = [t for t in targets if t.target_id not in done]
-    skipped = [t for t in targets if t.target_id in done]
-    model_ids = {str(e.details["judge_model_id"]) for e in done.values() if e.details.get("judge_model_id")}
+    rubric version, `repeats` judgements per target: a re-run sends nothing for what is stored,
+    and a larger `repeats` adds only the new repeats. Repeat-major order, so an interrupted run
+    has given every target its first judgement before any second one."""
+    mine = [e for e in stored if e.judge_model == judge and e.rubric_version == rubric_version]
+    done = {(e.target_id, e.repeat) for e in mine}
+    jobs = [Job(t, k) for k in range(repeats) for t in targets]
+    pending = [j for j in jobs if (j.target.target_id, j.repeat) not in done]
+    skipped = [j for j in jobs if (j.target.target_id, j.repeat) in done]
+    model_ids = {str(e.details["judge_model_id"]) for e in mine if e.details.get("judge_model_id")}
     return pending, skipped, model_ids
 
 
@@ -98,8 +155,10 @@ class Judge:
         run_id: str | None,
         concurrency: int,
         on_progress: Callable[[str, KindStats], None] | None = None,
+        repeat_temperature: float = DEFAULT_REPEAT_TEMPERATURE,
     ) -> None:
         self.rubric = rubric
+        self.repeat_temperature = repeat_temperature
         self.endpoint = endpoint
         self.policy = policy
         self.store = store
@@ -114,32 +173,33 @@ class Judge:
         self.writer = StoreWriter()  # closed when `run` ends: one run per Judge
         self._secret = endpoint.entry.api_key()
 
-    async def run(self, targets: list[Target]) -> None:
-        for target in targets:
-            self.stats[target.kind].to_judge += 1
+    async def run(self, jobs: list[Job]) -> None:
+        for job in jobs:
+            self.stats[job.kind].to_judge += 1
         gate = asyncio.Semaphore(self.concurrency)
 
-        async def bounded(target: Target) -> None:
+        async def bounded(job: Job) -> None:
             async with gate:
-                await self.judge_one(target)
+                await self.judge_one(job)
 
         try:
-            await run_all(bounded(t) for t in targets)
+            await run_all(bounded(j) for j in jobs)
         finally:
             self.writer.close()
             await self.endpoint.aclose()
 
     # ---- one target -------------------------------------------------------------------------
 
-    def _fail(self, target: Target, reason: str) -> None:
-        self.stats[target.kind].failed += 1
-        self.failures.append(Failure(target.kind, target.label, redact(reason, self._secret)))
-        self.on_progress(target.kind, self.stats[target.kind])
+    def _fail(self, job: Job, reason: str) -> None:
+        self.stats[job.kind].failed += 1
+        self.failures.append(Failure(job.kind, job.label, redact(reason, self._secret)))
+        self.on_progress(job.kind, self.stats[job.kind])
 
-    def _params(self, kind: str) -> dict[str, Any]:
+    def _params(self, kind: str, repeat: int) -> dict[str, Any]:
+        temperature, seed = repeat_sampling(self.rubric.seed, repeat, self.repeat_temperature)
         params: dict[str, Any] = {
-            "temperature": 0.0,
-            "seed": self.rubric.seed,
+            "temperature": temperature,
+            "seed": seed,
             "max_tokens": self.rubric.max_tokens,
         }
         fmt = response_format(self.rubric, kind)
@@ -156,19 +216,20 @@ class Judge:
             # A tokenizer hiccup must not lose the judgement: fall back to the estimate.
             return await fit(self.rubric, target, None, window, scale=scale)
 
-    async def judge_one(self, target: Target) -> None:
+    async def judge_one(self, job: Job) -> None:
         if self.store_failed is not None:
             raise JudgeAborted(self.store_failed)
         if self.aborted is not None:
-            self._fail(target, f"not sent: {self.aborted}")
+            self._fail(job, f"not sent: {self.aborted}")
             return
+        target = job.target
         try:
             fitted = await self._fit(target, self.endpoint.context_window)
         except DoesNotFit as exc:
-            self._fail(target, str(exc))
+            self._fail(job, str(exc))
             return
         entry, specs = self.endpoint.entry, self.rubric.criteria(target.kind)
-        params = self._params(target.kind)
+        params = self._params(target.kind, job.repeat)
         first_problem: str | None = None
         try:
             completion, fitted, attempts = await self._send(target, fitted, params)
@@ -176,7 +237,7 @@ class Judge:
                 verdict = parse_verdict(completion.text, specs, completion.finish_reason)
             except InvalidJudgement as exc:
                 first_problem = str(exc)
-                params = {**params, "seed": self.rubric.seed + 1}
+                params = {**params, "seed": params["seed"] + 1}
                 completion = await chat_with_retries(
                     self.endpoint.chat_client(),
                     entry.model,
@@ -189,13 +250,13 @@ class Judge:
                     verdict = parse_verdict(completion.text, specs, completion.finish_reason)
                 except InvalidJudgement as again:
                     reason = f"no valid judgement in two answers: first {first_problem}; then {again}"
-                    self._fail(target, reason)
+                    self._fail(job, reason)
                     return
         except DoesNotFit as exc:
-            self._fail(target, str(exc))
+            self._fail(job, str(exc))
             return
         except ContextOverflow as exc:
-            self._fail(target, f"the judge refused the prompt as too long: {exc}")
+            self._fail(job, f"the judge refused the prompt as too long: {exc}")
             return
         except FatalRequestError as exc:
             reason = str(exc)
@@ -206,12 +267,12 @@ class Judge:
                 )
             if exc.aborts_model:
                 self.aborted = f"the judge endpoint refused an earlier request ({exc})"
-            self._fail(target, reason)
+            self._fail(job, reason)
             return
         except GaveUp as exc:
-            self._fail(target, str(exc))
+            self._fail(job, str(exc))
             return
-        await self._save(target, verdict, completion, fitted, attempts, first_problem, params["seed"])
+        await self._save(job, verdict, completion, fitted, attempts, first_problem, params)
 
     async def _send(
         self, target: Target, fitted: Fitted, params: dict[str, Any]
@@ -251,14 +312,15 @@ class Judge:
 
     async def _save(
         self,
-        target: Target,
+        job: Job,
         verdict: Verdict,
         completion: Completion,
         fitted: Fitted,
         attempts: int,
         first_problem: str | None,
-        seed: int,
+        params: dict[str, Any],
     ) -> None:
+        target = job.target
         entry = self.endpoint.entry
         stats = self.stats[target.kind]
         rationale = verdict.rationale
@@ -277,8 +339,10 @@ class Judge:
             rationale=rationale,
             created_at=utcnow(),
             run_id=self.run_id,
+            repeat=job.repeat,
             details={
                 "judge_model_id": entry.model,
+                "judge_model_sha256": judge_model_sha256(self.endpoint),
                 "judge_endpoint": entry.base_url,
                 "response_format": self.rubric.response_format,
                 "scales": {c.name: [c.min, c.max] for c in self.rubric.criteria(target.kind)},
@@ -293,8 +357,8 @@ class Judge:
                 "cost_usd": entry.cost_usd(completion.prompt_tokens, completion.completion_tokens),
                 "attempts": attempts,
                 "retried_after": first_problem,
-                "temperature": 0.0,
-                "seed": seed,
+                "temperature": params["temperature"],
+                "seed": params["seed"],
             },
         )
         try:  # off the event loop: a database round trip never stalls other judge requests

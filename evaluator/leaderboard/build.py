@@ -1,11 +1,8 @@
 """The leaderboard's numbers, from `Inputs` (gather.py) to one `Leaderboard`.
 
-**Pairs.** The two orders of a pair are combined: when they disagree in direction (each order
-prefers the conversation shown first, say) the pair is a tie and counts as a position flip;
-otherwise the mean of the two shares decides win (> 0.5), tie (= 0.5) or loss. A pair with only
-one order judged (the other failed or is still to come) is left out and counted, never
-completed with a guess. The ratings use the outcome's direction (ratings.py); the strength of
-a preference ("much better") stays in the stored verdicts.
+**Pairs.** Both orders of a pair are combined into one outcome (pairs.py); a pair whose orders
+disagree is a tie and a position flip. The ratings use the outcome's direction (ratings.py);
+the strength of a preference ("much better") stays in the stored verdicts.
 
 **Rubric scores.** A conversation's score on a criterion is the mean of that criterion over its
 judgements (each turn's and the whole conversation's); its overall score is the mean of every
@@ -19,22 +16,24 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any
 
+from evaluator.compare.conversations import Conversation
 from evaluator.leaderboard.gather import Inputs
+from evaluator.leaderboard.pairs import PairStats, combine_ordered, ordered_shares
 from evaluator.leaderboard.ratings import (
     DEFAULT_RESAMPLES,
     DEFAULT_SEED,
     MeanCI,
-    PairVerdict,
     cluster_bootstrap_mean,
     rank_ranges,
     rate,
 )
-from evaluator.records import PairwiseRecord
+from evaluator.leaderboard.reliability import JudgeReliability, judge_reliability, mean_by_target
+from evaluator.records import TextMetrics
 
 # Below this many sequences the intervals say more about the few sequences than about the models.
 FEW_SEQUENCES = 5
 
-__all__ = ["Leaderboard", "ModelRow", "PairStats", "TurnScore", "build", "combine_pairs"]
+__all__ = ["Leaderboard", "ModelRow", "TurnScore", "build"]
 
 
 @dataclass(frozen=True)
@@ -59,6 +58,11 @@ class ModelRow:
     losses: int = 0
     answer_tokens: float | None = None  # mean completion tokens per answer
     by_turn: list[TurnScore] = field(default_factory=list)
+    rating_lc: float | None = None  # length-controlled rating (length_control.py)
+    rating_lc_ci: tuple[float, float] | None = None
+    text_metrics: dict[str, float | None] = field(default_factory=dict)  # mean per answer
+    text_metrics_turns: int = 0  # answers with metrics behind those means
+    text_metrics_by_turn: list[dict[str, Any]] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -79,35 +83,15 @@ class ModelRow:
             "ties": self.ties,
             "losses": self.losses,
             "mean_answer_tokens": _round(self.answer_tokens, 1),
+            "text_metrics": {k: _round(v, 4) for k, v in self.text_metrics.items()},
+            "text_metrics_answers": self.text_metrics_turns,
+            "text_metrics_by_turn": self.text_metrics_by_turn,
+            "rating_length_controlled": _round(self.rating_lc),
+            "rating_length_controlled_ci": _pair(self.rating_lc_ci),
             "score_by_turn": [
                 {"turn": t.turn, "mean": _round(t.score.mean, 3), "ci": _pair(t.score.ci, 3), "n": t.score.n}
                 for t in self.by_turn
             ],
-        }
-
-
-@dataclass
-class PairStats:
-    pairs: int = 0  # pairs with both orders judged
-    position_flips: int = 0  # of those, the orders disagreed in direction
-    one_order_only: int = 0  # left out: the other order failed or is missing
-    failed: int = 0  # stored comparisons without a verdict
-    first_preferred: int = 0  # single verdicts (of both orders) that preferred the conversation shown first
-    second_preferred: int = 0
-
-    @property
-    def flip_rate(self) -> float | None:
-        return self.position_flips / self.pairs if self.pairs else None
-
-    def to_json(self) -> dict[str, Any]:
-        decided = self.first_preferred + self.second_preferred
-        return {
-            "pairs": self.pairs,
-            "position_flips": self.position_flips,
-            "position_flip_rate": _round(self.flip_rate, 4),
-            "first_shown_preferred_rate": _round(self.first_preferred / decided if decided else None, 4),
-            "one_order_only": self.one_order_only,
-            "failed_comparisons": self.failed,
         }
 
 
@@ -124,6 +108,10 @@ class Leaderboard:
     resamples: int
     notes: list[str] = field(default_factory=list)
     failures: list[str] = field(default_factory=list)  # failed comparisons: "label: reason"
+    reliability: JudgeReliability = field(default_factory=lambda: JudgeReliability(""))
+    other_reliability: dict[str, JudgeReliability] = field(default_factory=dict)  # side-by-side judges
+    target_means: dict[str, dict[str, float]] = field(default_factory=dict)  # for judge agreement
+    others: list[Leaderboard] = field(default_factory=list)  # judges shown beside this one
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -136,7 +124,8 @@ class Leaderboard:
             "models": [r.to_json() for r in self.rows],
             "pairwise": self.pair_stats.to_json(),
             "notes": self.notes,
-            "reliability": {},
+            "reliability": {self.judge: self.reliability.to_json()}
+            | {j: r.to_json() for j, r in self.other_reliability.items()},
         }
 
 
@@ -148,49 +137,12 @@ def _pair(ci: tuple[float, float] | None, digits: int = 1) -> list[float] | None
     return None if ci is None else [round(ci[0], digits), round(ci[1], digits)]
 
 
-def _direction(share: float) -> int:
-    return (share > 0.5) - (share < 0.5)
-
-
-def combine_pairs(records: list[PairwiseRecord], stats: PairStats | None = None) -> list[PairVerdict]:
-    """One verdict per pair of conversations from its two orders (see the module docstring)."""
-    stats = stats if stats is not None else PairStats()
-    by_pair: dict[tuple[str, str], list[PairwiseRecord]] = defaultdict(list)
-    for rec in records:
-        if rec.status != "ok" or rec.score_first is None:
-            stats.failed += rec.status != "ok"
-            continue
-        by_pair[rec.pair_key].append(rec)
-        if rec.score_first > 0.5:
-            stats.first_preferred += 1
-        elif rec.score_first < 0.5:
-            stats.second_preferred += 1
-    verdicts = []
-    for recs in by_pair.values():
-        orders = {r.first_conversation: r for r in recs}
-        if len(orders) < 2:
-            stats.one_order_only += 1
-            continue
-        one, other = sorted(orders.values(), key=lambda r: r.first_conversation)
-        assert one.score_first is not None and other.score_first is not None
-        share_one = one.score_first  # for one.first_model
-        share_two = 1.0 - other.score_first  # also for one.first_model, shown second there
-        stats.pairs += 1
-        if _direction(share_one) * _direction(share_two) < 0:
-            stats.position_flips += 1
-            score = 0.5
-        else:
-            mean = (share_one + share_two) / 2
-            score = 1.0 if mean > 0.5 else 0.0 if mean < 0.5 else 0.5
-        verdicts.append(PairVerdict(one.first_model, one.second_model, score, one.sequence_hash))
-    return verdicts
-
-
 def _conversation_scores(
-    inputs: Inputs,
+    inputs: Inputs, target_means: dict[str, dict[str, float]]
 ) -> tuple[dict[str, dict[str, list[float]]], dict[tuple[str, int], list[float]]]:
     """conversation id -> criterion -> values; (conversation id, turn index) -> values of that
-    turn's judgement (response kind)."""
+    turn's judgement (response kind). A target's repeats are averaged first, so a target judged
+    three times weighs as much as one judged once."""
     owner: dict[str, tuple[str, int]] = {}
     for convs in inputs.conversations.values():
         for c in convs:
@@ -198,15 +150,12 @@ def _conversation_scores(
                 owner[turn_id] = (c.id, index)
     per_conv: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
     per_turn: dict[tuple[str, int], list[float]] = defaultdict(list)
-    for e in inputs.evaluations:
-        numbers = {
-            k: float(v) for k, v in e.scores.items() if isinstance(v, int | float) and not isinstance(v, bool)
-        }
-        if e.target_kind == "response" and e.target_id in owner:
-            conv_id, index = owner[e.target_id]
+    for target, numbers in target_means.items():
+        if target in owner:
+            conv_id, index = owner[target]
             per_turn[(conv_id, index)].extend(numbers.values())
         else:
-            conv_id = e.target_id
+            conv_id = target
         for name, value in numbers.items():
             per_conv[conv_id][name].append(value)
     return per_conv, per_turn
@@ -225,7 +174,8 @@ def build(
 ) -> Leaderboard:
     rows = {m: ModelRow(m) for m in inputs.models}
     notes = list(inputs.notes)
-    per_conv, per_turn = _conversation_scores(inputs)
+    target_means = mean_by_target(inputs.evaluations)
+    per_conv, per_turn = _conversation_scores(inputs, target_means)
     criteria: list[str] = []
     for scores in per_conv.values():
         criteria.extend(name for name in scores if name not in criteria)
@@ -235,6 +185,7 @@ def build(
         row.conversations = len(convs)
         tokens = [t for c in convs for t in c.completion_tokens if t is not None]
         row.answer_tokens = _mean([float(t) for t in tokens]) if tokens else None
+        _text_metrics(row, convs)
         overall = []
         by_criterion: dict[str, list[tuple[str, float]]] = defaultdict(list)
         by_turn: dict[int, list[tuple[str, float]]] = defaultdict(list)
@@ -262,7 +213,9 @@ def build(
         ]
 
     stats = PairStats()
-    verdicts = combine_pairs(inputs.pairwise, stats)
+    shares = ordered_shares(inputs.pairwise, stats)
+    combined = combine_ordered(shares, stats)
+    verdicts = [c.verdict for c in combined]
     failures = [
         f"{p.first_model} vs {p.second_model} / {p.sequence} run {p.run_index} "
         f"({p.first_model} shown first): {p.error}"
@@ -306,6 +259,13 @@ def build(
             f"correspondingly wide (Student's t with {max(clusters - 1, 0)} degree(s) of freedom); "
             "comparable numbers need more sequences"
         )
+    reliability, length_controlled = judge_reliability(
+        inputs, combined, per_conv, rated_models, chosen, resamples, seed
+    )
+    if length_controlled is not None:
+        for model, value in length_controlled.ratings.items():
+            rows[model].rating_lc = value
+            rows[model].rating_lc_ci = length_controlled.ci.get(model)
     _rank_unrated(rows)
     ordered = sorted(
         rows.values(),
@@ -327,7 +287,44 @@ def build(
         resamples=resamples,
         notes=notes,
         failures=failures,
+        reliability=reliability,
+        target_means=target_means,
     )
+
+
+_METRIC_NAMES = ("words", "distinct_1", "distinct_2", "history_overlap", "prompt_overlap")
+
+
+def _metric_means(metrics: list[TextMetrics]) -> dict[str, float | None]:
+    out: dict[str, float | None] = {}
+    for name in _METRIC_NAMES:
+        values = [float(v) for m in metrics if (v := getattr(m, name)) is not None]
+        out[name] = _mean(values) if values else None
+    return out
+
+
+def _rounded(values: dict[str, float | None]) -> dict[str, float | None]:
+    return {k: None if v is None else round(v, 4) for k, v in values.items()}
+
+
+def _text_metrics(row: ModelRow, convs: list[Conversation]) -> None:
+    """Judge-free figures per answer, overall and by turn (turns stored without them are left
+    out and counted: `storybench-eval metrics` computes them)."""
+    by_turn: dict[int, list[TextMetrics]] = defaultdict(list)
+    for c in convs:
+        for index, m in enumerate(c.metrics):
+            if m is not None:
+                by_turn[index].append(m)
+    every = [m for ms in by_turn.values() for m in ms]
+    row.text_metrics_turns = len(every)
+    if not every:
+        return
+    row.text_metrics = _metric_means(every)
+    row.text_metrics_by_turn = [
+        {"turn": index + 1, "n": len(ms)}
+        | {k: None if v is None else round(v, 4) for k, v in _metric_means(ms).items()}
+        for index, ms in sorted(by_turn.items())
+    ]
 
 
 def _rank_unrated(rows: dict[str, ModelRow]) -> None:

@@ -19,20 +19,25 @@ from evaluator.cli_common import EXIT_CONFIG, EXIT_FAILED, console, fail
 from evaluator.cli_options import db_option, mongo_option
 from evaluator.leaderboard.build import Leaderboard, build
 from evaluator.leaderboard.gather import LeaderboardError, gather
+from evaluator.leaderboard.judges import link_judges
 from evaluator.leaderboard.ratings import DEFAULT_RESAMPLES, DEFAULT_SEED
 from evaluator.leaderboard.render import (
     FORMATS,
-    TERMINAL_HEADERS,
     chart_file_names,
     charts,
-    criteria_table,
-    facts,
     render_csv,
     render_html,
     render_json,
     render_md,
+)
+from evaluator.leaderboard.tables import (
+    TERMINAL_HEADERS,
+    criteria_table,
+    facts,
+    reliability_rows,
     summary_table,
     terminal_rows,
+    text_metrics_table,
 )
 from evaluator.report.present import Table
 from evaluator.store import StoreError, open_store
@@ -61,7 +66,10 @@ def _rich(t: Table, *, two_lines: bool = False) -> RichTable:
 
 @click.command("leaderboard", context_settings={"help_option_names": ["-h", "--help"]})
 @click.option(
-    "--judge", default=None, help="Only this judge's verdicts and scores (needed when several judged)."
+    "--judge",
+    default=None,
+    help="Only this judge's verdicts and scores (needed when several judged); J1,J2 shows each "
+    "judge's table side by side with their agreement.",
 )
 @click.option(
     "--rubric-version", default=None, help="Only this rubric version (needed when several were used)."
@@ -102,6 +110,12 @@ def _rich(t: Table, *, two_lines: bool = False) -> RichTable:
     help="Bootstrap resamples of sequences for the 95% intervals (0: no intervals).",
 )
 @click.option("--seed", type=int, default=DEFAULT_SEED, show_default=True, help="Seed of the bootstrap.")
+@click.option(
+    "--allow-self-judge",
+    is_flag=True,
+    help="Keep judgements where the judge is the judged model (same model id or weights); they are "
+    "left out by default and always flagged.",
+)
 @mongo_option
 @db_option
 def leaderboard_command(
@@ -114,6 +128,7 @@ def leaderboard_command(
     output: Path | None,
     resamples: int,
     seed: int,
+    allow_self_judge: bool,
     mongo_uri: str | None,
     db_name: str,
 ) -> None:
@@ -128,20 +143,34 @@ def leaderboard_command(
     a mix, or bad usage.
     """
     fmt = fmt or _format_for(output)
+    named = _names(judge)
+    judges: list[str | None] = list(named) if named else [None]
     try:
         with open_store(mongo_uri, db_name=db_name) as store:
-            inputs = gather(
-                store,
-                judge=judge,
-                rubric_version=rubric_version,
-                models=_names(models_csv),
-                sequences=_names(sequences_csv),
-            )
+            all_inputs = [
+                gather(
+                    store,
+                    judge=one,
+                    rubric_version=rubric_version,
+                    models=_names(models_csv),
+                    sequences=_names(sequences_csv),
+                    allow_self_judge=allow_self_judge,
+                )
+                for one in judges
+            ]
     except LeaderboardError as exc:
         fail(str(exc), EXIT_CONFIG)
     except StoreError as exc:
         fail(str(exc), EXIT_FAILED)
-    board = build(inputs, anchor=anchor, resamples=resamples, seed=seed)
+    prompt_sets = {i.prompt_set for i in all_inputs}
+    if len(prompt_sets) > 1:
+        fail(
+            "the judges scored different prompt sets ("
+            + ", ".join(f"{i.judge}: {i.prompt_set}" for i in all_inputs)
+            + "); side by side they must share one: choose the sequences with --sequences",
+            EXIT_CONFIG,
+        )
+    board = link_judges([build(i, anchor=anchor, resamples=resamples, seed=seed) for i in all_inputs])
     try:
         written = _write(board, fmt, output)
     except WriteError as exc:
@@ -202,6 +231,13 @@ def _write(board: Leaderboard, fmt: str, output: Path | None) -> Path | None:
 
 
 def _print_table(board: Leaderboard) -> None:
+    for one in [board, *board.others]:
+        if board.others:
+            console.rule(f"judge {escape(one.judge)}")
+        _print_one(one)
+
+
+def _print_one(board: Leaderboard) -> None:
     for key, value in facts(board):
         console.print(f"[bold]{escape(key)}[/bold]: {escape(value)}", highlight=False)
     summary = summary_table(board)
@@ -217,6 +253,13 @@ def _print_table(board: Leaderboard) -> None:
     crit = criteria_table(board)
     if crit is not None:
         console.print(_rich(crit, two_lines=True))
+    metrics = text_metrics_table(board)
+    if metrics is not None:
+        console.print(_rich(metrics))
+    console.print("[bold]Judge reliability[/bold]")
+    for figure, value, how in reliability_rows(board.reliability):
+        console.print(f"  {escape(figure)}: {escape(value)}", highlight=False)
+        console.print(f"    [dim]{escape(how)}[/dim]", highlight=False)
     for note in board.notes:
         console.print(f"[yellow]note: {escape(note)}[/yellow]", highlight=False)
     for failure in board.failures[:10]:

@@ -43,6 +43,8 @@ class Inputs:
     pairwise: list[PairwiseRecord]  # between those conversations, this judge and rubric version
     sequences: dict[str, str]  # sequence name -> content hash
     notes: list[str] = field(default_factory=list)
+    self_judged: int = 0  # judgements where the judge is the judged model (or one of the pair)
+    self_judged_left_out: int = 0  # of those, left out (without --allow-self-judge)
 
     @property
     def prompt_set(self) -> str:
@@ -59,6 +61,15 @@ def _names(values: list[str] | None) -> set[str] | None:
     return set(values) if values else None
 
 
+def is_self_judged(details: dict[str, object], conv: Conversation) -> bool:
+    """The judge is the judged model: the same model id, or the same weights (SHA-256 of the
+    model file, as our server reports it for both the judge and the evaluated model)."""
+    judge_id, judge_sha = details.get("judge_model_id"), details.get("judge_model_sha256")
+    same_id = isinstance(judge_id, str) and bool(judge_id) and judge_id == conv.model_id
+    same_weights = isinstance(judge_sha, str) and bool(judge_sha) and judge_sha == conv.model_sha256
+    return same_id or same_weights
+
+
 def gather(
     store: Store,
     *,
@@ -66,6 +77,7 @@ def gather(
     rubric_version: str | None = None,
     models: list[str] | None = None,
     sequences: list[str] | None = None,
+    allow_self_judge: bool = False,
 ) -> Inputs:
     """Read and check; LeaderboardError when nothing is judged or the data mixes judges,
     rubric versions or sequence contents."""
@@ -115,6 +127,20 @@ def gather(
         lines.append("choose one with --judge and/or --rubric-version")
         raise LeaderboardError("\n".join(lines))
     ((chosen_judge, chosen_version),) = combos
+    self_evals = [
+        e for e in evaluations if is_self_judged(e.details, convs[turn_owner.get(e.target_id, e.target_id)])
+    ]
+    self_pairs = [
+        p
+        for p in pairwise
+        if is_self_judged(p.details, convs[p.first_conversation])
+        or is_self_judged(p.details, convs[p.second_conversation])
+    ]
+    self_judged = len(self_evals) + len(self_pairs)
+    if self_judged and not allow_self_judge:
+        left_out_ids = {e.id for e in self_evals} | {p.id for p in self_pairs}
+        evaluations = [e for e in evaluations if e.id not in left_out_ids]
+        pairwise = [p for p in pairwise if p.id not in left_out_ids]
     judged_convs: set[str] = {p.first_conversation for p in pairwise} | {
         p.second_conversation for p in pairwise
     }
@@ -138,6 +164,18 @@ def gather(
         )
         raise LeaderboardError("\n".join(lines))
     notes = []
+    if self_judged:
+        verb = "kept (--allow-self-judge)" if allow_self_judge else "left out (--allow-self-judge keeps them)"
+        notes.append(
+            f"{self_judged} judgement(s) by {chosen_judge} judge its own model (same model id or "
+            f"weights): {verb}"
+        )
+        if not evaluations and not pairwise:
+            raise LeaderboardError(
+                f"every judgement by {chosen_judge} judges its own model (the judge is the evaluated model, "
+                "by model id or weights); a model grading itself is biased, so these are left out. "
+                "Judge with another model, or pass --allow-self-judge to show them, flagged"
+            )
     for m in shown:
         if selection.incomplete[m]:
             notes.append(f"{m}: {selection.incomplete[m]} incomplete conversation(s) left out")
@@ -150,4 +188,6 @@ def gather(
         pairwise=[p for p in pairwise if p.first_model in shown and p.second_model in shown],
         sequences={name: next(iter(h)) for name, h in sorted(contents.items())},
         notes=notes,
+        self_judged=self_judged,
+        self_judged_left_out=0 if allow_self_judge else self_judged,
     )

@@ -16,134 +16,20 @@ from pathlib import Path
 from typing import TextIO
 
 from evaluator.charts import Chart, RatingBar, TurnPoint, TurnSeries, ratings_chart, score_by_turn_chart
-from evaluator.leaderboard.build import Leaderboard, ModelRow
-from evaluator.leaderboard.ratings import MeanCI
+from evaluator.leaderboard.build import Leaderboard
+from evaluator.leaderboard.tables import (
+    criteria_table,
+    facts,
+    reliability_rows,
+    summary_table,
+    text_metrics_table,
+)
 from evaluator.report import render_html as html_parts
 from evaluator.report import render_md as md_parts
-from evaluator.report.present import Table
 
 __all__ = ["FORMATS", "charts", "render_csv", "render_html", "render_json", "render_md", "summary_table"]
 
 FORMATS = ("table", "md", "html", "json", "csv")
-_NONE = "-"
-
-
-def _num(value: float | None, digits: int = 0) -> str:
-    return _NONE if value is None else f"{value:.{digits}f}"
-
-
-def _ci(ci: tuple[float, float] | None, digits: int = 0) -> str:
-    return _NONE if ci is None else f"{ci[0]:.{digits}f} to {ci[1]:.{digits}f}"
-
-
-def _rating_ci(board: Leaderboard, row: ModelRow) -> str:
-    if row.model == board.anchor and row.rating is not None:
-        return "anchor"  # fixed at 1000: its interval has no width by construction
-    return _ci(row.rating_ci)
-
-
-def terminal_rows(board: Leaderboard) -> list[list[str]]:
-    """The summary for an 80-column terminal: each interval under its value (two-line cells)."""
-    rows = []
-    for r in board.rows:
-        rating = _num(r.rating) + ("" if r.rating is None else f"\n{_rating_ci(board, r)}")
-        rubric = _mean(r.rubric) + (
-            "" if r.rubric is None or r.rubric.ci is None else f"\n{_ci(r.rubric.ci, 2)}"
-        )
-        rows.append(
-            [
-                _ranks(r),
-                r.model,
-                rating,
-                f"{r.wins}/{r.ties}/{r.losses}",
-                rubric,
-                str(r.conversations),
-                _num(r.answer_tokens),
-            ]
-        )
-    return rows
-
-
-TERMINAL_HEADERS = ["rank", "model", "rating\n95% CI", "W/T/L", "rubric\n95% CI", "convs", "answer\ntokens"]
-
-
-def _ranks(row: ModelRow) -> str:
-    best, worst = row.rank_range
-    return str(best) if best == worst else f"{best}-{worst}"
-
-
-def _mean(m: MeanCI | None) -> str:
-    return _NONE if m is None else f"{m.mean:.2f}"
-
-
-def summary_table(board: Leaderboard) -> Table:
-    headers = [
-        "rank", "model", "rating", "95% CI", "W/T/L", "pairs", "rubric", "rubric 95% CI", "convs",
-        "answer tokens",
-    ]  # fmt: skip
-    rows = [
-        [
-            _ranks(r),
-            r.model,
-            _num(r.rating),
-            _rating_ci(board, r),
-            f"{r.wins}/{r.ties}/{r.losses}",
-            str(r.pairs),
-            _mean(r.rubric),
-            _ci(r.rubric.ci if r.rubric else None, 2),
-            str(r.conversations),
-            _num(r.answer_tokens),
-        ]  # fmt: skip
-        for r in board.rows
-    ]
-    numeric = [False, False, True, True, True, True, True, True, True, True]
-    anchor = f"; {board.anchor} fixed at 1000" if board.anchor else ""
-    note = (
-        f"rating: Bradley-Terry-Davidson on pairwise verdicts (both orders), 1000 + 400 log10 odds{anchor}; "
-        f"intervals: 95%, {board.resamples} bootstrap resamples of sequences; rank: range over the intervals"
-    )
-    return Table(headers, rows, numeric, title="Leaderboard", note=note)
-
-
-def criteria_table(board: Leaderboard) -> Table | None:
-    if not board.criteria:
-        return None
-    headers = ["model", *board.criteria]
-    rows = []
-    for r in board.rows:
-        cells = []
-        for name in board.criteria:
-            m = r.criteria.get(name)
-            cells.append(_NONE if m is None else f"{m.mean:.2f} ({_ci(m.ci, 2)})")
-        rows.append([r.model, *cells])
-    return Table(
-        headers, rows, [False] + [True] * len(board.criteria), title="Rubric criteria (mean, 95% CI)"
-    )
-
-
-def facts(board: Leaderboard) -> list[tuple[str, str]]:
-    stats = board.pair_stats
-    flips = (
-        f"{stats.position_flips} of {stats.pairs} pairs ({stats.flip_rate:.0%})"
-        if stats.flip_rate is not None
-        else _NONE
-    )
-    return [
-        ("judge", board.judge),
-        ("rubric version", board.rubric_version),
-        (
-            "prompt set",
-            f"{board.prompt_set} ({len(board.sequences)} sequences: {', '.join(board.sequences)})",
-        ),
-        ("position flips", flips),
-        (
-            "left out",
-            f"{stats.one_order_only} pair(s) with one order judged, {stats.failed} failed comparison(s)",
-        ),
-    ]
-
-
-# ---- charts -------------------------------------------------------------------------------
 
 
 def _turn_series(board: Leaderboard) -> list[TurnSeries]:
@@ -186,7 +72,11 @@ def charts(board: Leaderboard, scale: tuple[float, float] | None = None) -> list
 
 
 def render_json(board: Leaderboard, out: TextIO) -> None:
-    json.dump(board.to_json(), out, indent=2, ensure_ascii=False)
+    """The first judge's table; judges shown beside it under `other_judges`, each in the same shape."""
+    doc = board.to_json()
+    if board.others:
+        doc["other_judges"] = [other.to_json() for other in board.others]
+    json.dump(doc, out, indent=2, ensure_ascii=False)
     out.write("\n")
 
 
@@ -246,18 +136,30 @@ def render_csv(board: Leaderboard, out: TextIO) -> None:
 
 
 def render_md(board: Leaderboard, out: TextIO, chart_files: list[tuple[Chart, str]] | None = None) -> None:
-    """Markdown; `chart_files` are (chart, file name beside the Markdown) already written."""
+    """Markdown; `chart_files` are (chart, file name beside the Markdown) already written. Judges
+    shown side by side (`board.others`) follow, each with its own table (charts: HTML only)."""
     out.write("# StoryBench leaderboard\n\n")
+    for one, files in [(board, chart_files or []), *((other, []) for other in board.others)]:
+        if board.others:
+            out.write(f"## Judge {md_parts.inline(one.judge)}\n\n")
+        _md_board(one, out, files)
+
+
+def _md_board(board: Leaderboard, out: TextIO, chart_files: list[tuple[Chart, str]]) -> None:
     for key, value in facts(board):
         out.write(f"- **{md_parts.inline(key)}**: {md_parts.inline(value)}\n")
+    out.write("\n**Judge reliability**\n\n")
+    for figure, value, how in reliability_rows(board.reliability):
+        out.write(f"- **{md_parts.inline(figure)}**: {md_parts.inline(value)} — {md_parts.inline(how)}\n")
     out.write("\n")
     out.write(md_parts.table(summary_table(board)))
-    crit = criteria_table(board)
-    if crit is not None:
-        out.write(md_parts.table(crit))
-    for chart, name in chart_files or []:
+    for extra in (criteria_table(board), text_metrics_table(board)):
+        if extra is not None:
+            out.write(md_parts.table(extra))
+    for chart, name in chart_files:
         out.write(f"![{md_parts.inline(chart.title)}]({name})\n\n")
     _md_notes(board, out)
+    out.write("\n")
 
 
 def _md_notes(board: Leaderboard, out: TextIO) -> None:
@@ -270,20 +172,34 @@ def _md_notes(board: Leaderboard, out: TextIO) -> None:
 
 
 def render_html(board: Leaderboard, out: TextIO, chart_list: list[Chart] | None = None) -> None:
-    esc = html_parts.esc
+    """One page: the board, then each judge shown beside it (`board.others`) with its charts."""
     out.write(_page_head("StoryBench leaderboard"))
-    out.write('<h1>StoryBench leaderboard</h1>\n<table class="facts">')
+    out.write("<h1>StoryBench leaderboard</h1>\n")
+    boards = [(board, chart_list or [])] + [(other, charts(other)) for other in board.others]
+    for one, one_charts in boards:
+        if board.others:
+            out.write(f"<h2>Judge {html_parts.esc(one.judge)}</h2>\n")
+        _html_board(one, out, one_charts)
+    out.write("</body></html>\n")
+
+
+def _html_board(board: Leaderboard, out: TextIO, chart_list: list[Chart]) -> None:
+    esc = html_parts.esc
+    out.write('<table class="facts">')
     for key, value in facts(board):
         out.write(f"<tr><th>{esc(key)}</th><td>{esc(value)}</td></tr>")
+    out.write('</table>\n<h3>Judge reliability</h3>\n<table class="facts">')
+    for figure, value, how in reliability_rows(board.reliability):
+        out.write(f'<tr><th>{esc(figure)}</th><td>{esc(value)}<div class="note">{esc(how)}</div></td></tr>')
     out.write("</table>\n")
     out.write(html_parts.table(summary_table(board)))
-    for chart in chart_list or []:
+    for chart in chart_list:
         out.write(f'<figure class="chart">{chart.svg}<figcaption>{esc(chart.title)}</figcaption></figure>\n')
-    crit = criteria_table(board)
-    if crit is not None:
-        out.write(html_parts.table(crit))
+    for extra in (criteria_table(board), text_metrics_table(board)):
+        if extra is not None:
+            out.write(html_parts.table(extra))
     if board.notes or board.failures:
-        out.write("<h2>Notes</h2>\n<ul>")
+        out.write("<h3>Notes</h3>\n<ul>")
         for note in board.notes:
             out.write(f"<li>{esc(note)}</li>")
         for failure in board.failures[:50]:
@@ -291,7 +207,6 @@ def render_html(board: Leaderboard, out: TextIO, chart_list: list[Chart] | None 
         if len(board.failures) > 50:
             out.write(f"<li>... and {len(board.failures) - 50} more failed comparisons</li>")
         out.write("</ul>\n")
-    out.write("</body></html>\n")
 
 
 def _page_head(title: str) -> str:

@@ -32,6 +32,7 @@ from evaluator.report.model import (
 from evaluator.report.stats import (
     ScoreAccumulator,
     SummaryAccumulator,
+    TextMetricsAccumulator,
     TurnAccumulator,
     outcome_columns,
 )
@@ -276,7 +277,7 @@ def summarize(store: Store, run: RunRecord, *, now: datetime | None = None) -> S
     """Pass one: every number above the transcripts, reading no answer or prompt text."""
     head = header(run, now=now)
     groups, scores, per_turn = SummaryAccumulator(), ScoreAccumulator(), TurnAccumulator()
-    usage = UsageAccumulator()
+    usage, metrics = UsageAccumulator(), TextMetricsAccumulator()
     n_conversations = n_turns = 0
     for conv in _walk(store, run, with_text=False):
         n_conversations += 1
@@ -285,6 +286,7 @@ def summarize(store: Store, run: RunRecord, *, now: datetime | None = None) -> S
             groups.add(conv.model, conv.sequence, conv.experiment_key, conv.run_index, turn)
             per_turn.add_turn(conv.model, conv.sequence, turn)
             usage.add(conv.model, turn)
+            metrics.add(conv.model, turn)
             for judgement in turn.judgements:
                 scores.add(conv.model, conv.sequence, judgement)
                 per_turn.add_judgement(conv.model, conv.sequence, turn.turn_index, judgement)
@@ -305,4 +307,5 @@ def summarize(store: Store, run: RunRecord, *, now: datetime | None = None) -> S
         turns_stored=n_turns,
         generated_at=now or datetime.now(timezone.utc),
         usage=usage.result(models),
+        text_metrics=metrics.result(models),
     )

@@ -147,6 +147,22 @@ class UsagePoint:
     latency_mean: float | None  # seconds, over ok turns that report it
 
 
+@dataclass(frozen=True)
+class MetricsPoint:
+    """One model's ok turns at one turn index, over every sequence and run of the report: the
+    means of their judge-free text metrics (evaluator/text_metrics.py), each over the turns
+    that have that figure."""
+
+    model: str
+    turn_index: int  # 0-based, as stored
+    ok_turns: int
+    measured: int  # ok turns with metrics (older turns lack them until `storybench-eval metrics`)
+    words_mean: float | None
+    distinct_2_mean: float | None
+    history_overlap_mean: float | None
+    prompt_overlap_mean: float | None
+
+
 def usage_chart(points: list[UsagePoint]) -> Chart | None:
     """The run report's "tokens and latency by turn" chart; None when no ok turn has a number.
 
@@ -229,3 +245,4 @@ class Summary:
     turns_stored: int
     generated_at: datetime
     usage: list[UsagePoint] = field(default_factory=list)  # by model (plan order), then turn index
+    text_metrics: list[MetricsPoint] = field(default_factory=list)  # by model (plan order), then turn

@@ -229,6 +229,39 @@ def turn_tables(summary: Summary) -> list[Table]:
     return tables
 
 
+def metrics_table(summary: Summary) -> Table | None:
+    """Judge-free text metrics of ok turns per model and turn index; None when no turn is ok."""
+    if not summary.text_metrics:
+        return None
+    headers = ["model", "turn", "with metrics/ok", "words", "distinct-2", "history overlap", "prompt overlap"]
+    rows = [
+        [
+            p.model,
+            str(p.turn_index),
+            f"{p.measured}/{p.ok_turns}",
+            integer(p.words_mean),
+            decimal(p.distinct_2_mean, 3),
+            decimal(p.history_overlap_mean, 3),
+            decimal(p.prompt_overlap_mean, 3),
+        ]
+        for p in summary.text_metrics
+    ]
+    note = (
+        "Means over ok turns of every sequence and run. distinct-2: distinct word pairs / word pairs "
+        "(low: repetitive). history overlap: share of the answer's word 4-grams already in the "
+        "conversation's earlier answers (high: it copies its history; none on the first turn). "
+        "prompt overlap: share found in the turn's prompt."
+    )
+    missing = sum(p.ok_turns - p.measured for p in summary.text_metrics)
+    if missing:
+        note += (
+            f" {missing} ok turn(s) were stored before these metrics existed: "
+            f"`storybench-eval metrics {summary.header.run_id}` computes them."
+        )
+    numeric = [False] + [True] * (len(headers) - 1)
+    return Table(headers, rows, numeric, title="Text metrics by turn", note=note)
+
+
 def failure(turn: Turn) -> str | None:
     """Why a turn is not a normal answer; None for an ok turn with text."""
     if turn.outcome == "ok":

@@ -184,6 +184,9 @@ def render_html(summary: Summary, conversations: Iterable[Conversation] | None, 
     out.write(
         "".join(table(t) for t in present.turn_tables(summary)) or '<p class="note">No turns stored.</p>\n'
     )
+    metrics = present.metrics_table(summary)
+    if metrics is not None:
+        out.write(table(metrics))
     out.write('<h2 id="usage">Tokens and latency by turn</h2>\n' + _usage(summary))
     out.write('<h2 id="transcripts">Transcripts</h2>\n')
     if conversations is None:

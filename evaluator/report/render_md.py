@@ -140,6 +140,9 @@ def render_md(
     out.write("".join(table(t) for t in scores) or "*No judgements are stored for this run's turns.*\n\n")
     out.write("## Turn by turn\n\n")
     out.write("".join(table(t) for t in present.turn_tables(summary)) or "*No turns stored.*\n\n")
+    metrics = present.metrics_table(summary)
+    if metrics is not None:
+        out.write(table(metrics))
     out.write("## Tokens and latency by turn\n\n" + _usage(summary, usage_png))
     out.write("## Transcripts\n\n")
     if conversations is None:

@@ -18,6 +18,7 @@ from evaluator.records import OUTCOMES, EvaluationRecord
 from evaluator.report.model import (
     CriterionStat,
     GroupSummary,
+    MetricsPoint,
     ScoreGroup,
     Turn,
     TurnCell,
@@ -251,3 +252,54 @@ class TurnAccumulator:
                 )
             rows.append(TurnRow(key[0], key[1], self._names.get(key, ""), cells))
         return rows
+
+
+@dataclass
+class _Metrics:
+    ok: int = 0
+    measured: int = 0
+    words: _Mean = field(default_factory=_Mean)
+    distinct_2: _Mean = field(default_factory=_Mean)
+    history_overlap: _Mean = field(default_factory=_Mean)
+    prompt_overlap: _Mean = field(default_factory=_Mean)
+
+
+class TextMetricsAccumulator:
+    """Means of the ok turns' text metrics per (model, turn index), over every sequence and run:
+    does a model's answer get shorter, more repetitive or more copied as the story grows?"""
+
+    def __init__(self) -> None:
+        self._cells: dict[tuple[str, int], _Metrics] = {}
+
+    def add(self, model: str, turn: Turn) -> None:
+        if turn.outcome != "ok":
+            return
+        cell = self._cells.setdefault((model, turn.turn_index), _Metrics())
+        cell.ok += 1
+        m = turn.metrics
+        if m is None:
+            return
+        cell.measured += 1
+        cell.words.add(float(m.words))
+        cell.distinct_2.add(m.distinct_2)
+        cell.history_overlap.add(m.history_overlap)
+        cell.prompt_overlap.add(m.prompt_overlap)
+
+    def result(self, model_order: list[str]) -> list[MetricsPoint]:
+        def order(key: tuple[str, int]) -> tuple[int, str, int]:
+            model, index = key
+            return (model_order.index(model) if model in model_order else len(model_order), model, index)
+
+        return [
+            MetricsPoint(
+                model=key[0],
+                turn_index=key[1],
+                ok_turns=c.ok,
+                measured=c.measured,
+                words_mean=c.words.value,
+                distinct_2_mean=c.distinct_2.value,
+                history_overlap_mean=c.history_overlap.value,
+                prompt_overlap_mean=c.prompt_overlap.value,
+            )
+            for key, c in sorted(self._cells.items(), key=lambda item: order(item[0]))
+        ]

@@ -1,10 +1,12 @@
 """Export stored turns (with their judgements) as JSON Lines or CSV with a stable column order.
 
 One row per turn. COLUMNS is the order of both formats and is documented in docs/store.md;
-new columns are only ever appended. Datetimes are ISO-8601 strings (UTC). In CSV, a missing
-value is an empty cell and a nested value (params, evaluations, ...) is a JSON string; in
-JSON Lines they stay JSON values. The file is written beside its target and renamed into
-place, so an interrupted export never leaves a half-written file.
+new columns are only ever appended. A turn's text metrics (`metrics`) are flattened into
+`metric_<field>` columns at the end, empty for a turn without them. Datetimes are ISO-8601
+strings (UTC). In CSV, a missing value is an empty cell and a nested value (params,
+evaluations, ...) is a JSON string; in JSON Lines they stay JSON values. The file is written
+beside its target and renamed into place, so an interrupted export never leaves a
+half-written file.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import IO, Any, Literal
 
-from evaluator.records import EvaluationRecord, ResponseRecord
+from evaluator.records import EvaluationRecord, ResponseRecord, TextMetrics
 from evaluator.store.errors import ExportError
 from evaluator.store.store import Store
 from evaluator.whole_file import WriteError, written_whole
@@ -27,14 +29,18 @@ FORMATS: tuple[str, ...] = ("jsonl", "csv")
 
 def _response_columns() -> tuple[tuple[str, str], ...]:
     """(column, stored field): `_id` first as `response_id`, then ResponseRecord's fields in
-    declaration order, `schema_version` last (as it has been since the first export)."""
-    stored = [f for f in ResponseRecord.field_names() if f not in ("_id", "schema_version")]
+    declaration order, `schema_version` last (as it has been since the first export). The
+    nested `metrics` is not one of them: it is flattened into METRIC_COLUMNS."""
+    stored = [f for f in ResponseRecord.field_names() if f not in ("_id", "schema_version", "metrics")]
     return (("response_id", "_id"), *((f, f) for f in stored), ("schema_version", "schema_version"))
 
 
 _RESPONSE_COLUMNS = _response_columns()
 JOINED_COLUMNS: tuple[str, ...] = ("evaluations", "sequence_evaluations")
-COLUMNS: tuple[str, ...] = tuple(c for c, _ in _RESPONSE_COLUMNS) + JOINED_COLUMNS
+# (column, TextMetrics field), appended after the joined columns when the metrics came.
+_METRIC_COLUMNS = tuple((f"metric_{name}", name) for name in TextMetrics.model_fields)
+METRIC_COLUMNS: tuple[str, ...] = tuple(c for c, _ in _METRIC_COLUMNS)
+COLUMNS: tuple[str, ...] = tuple(c for c, _ in _RESPONSE_COLUMNS) + JOINED_COLUMNS + METRIC_COLUMNS
 _EVALUATION_FIELDS = ("judge_model", "rubric_version", "scores", "rationale", "created_at")
 
 
@@ -65,6 +71,8 @@ def response_row(
     row = {column: _jsonable(doc.get(source)) for column, source in _RESPONSE_COLUMNS}
     row["evaluations"] = [_judgement(e) for e in evaluations]
     row["sequence_evaluations"] = [_judgement(e) for e in sequence_evaluations]
+    metrics = rec.metrics.model_dump() if rec.metrics is not None else {}
+    row.update({column: metrics.get(field) for column, field in _METRIC_COLUMNS})
     return row
 
 

@@ -35,6 +35,7 @@ from evaluator.records import (
     ResponseRecord,
     RunRecord,
     StoredDocument,
+    TextMetrics,
     parse_experiment_key,
 )
 from evaluator.store import embedded as embedded_mod
@@ -76,8 +77,13 @@ INDEXES: tuple[IndexSpec, ...] = (
     ),  # fmt: skip
     IndexSpec(
         EVALUATIONS,
-        "evaluations_target_judge_rubric_unique",
-        (("target_id", ASCENDING), ("judge_model", ASCENDING), ("rubric_version", ASCENDING)),
+        "evaluations_target_judge_rubric_repeat_unique",
+        (
+            ("target_id", ASCENDING),
+            ("judge_model", ASCENDING),
+            ("rubric_version", ASCENDING),
+            ("repeat", ASCENDING),
+        ),
         unique=True,
     ),  # fmt: skip
     IndexSpec(RESPONSES, "responses_model", (("model", ASCENDING),)),
@@ -85,6 +91,17 @@ INDEXES: tuple[IndexSpec, ...] = (
         PAIRWISE,
         "pairwise_judge_rubric",
         (("judge_model", ASCENDING), ("rubric_version", ASCENDING)),
+    ),  # fmt: skip
+)
+
+# Unique indexes of earlier versions that would refuse what this version writes: dropped by
+# `ensure_indexes` when a database still has them. (target, judge, rubric) refuses repeat 1.
+RETIRED_UNIQUE_INDEXES: tuple[IndexSpec, ...] = (
+    IndexSpec(
+        EVALUATIONS,
+        "evaluations_target_judge_rubric_unique",
+        (("target_id", ASCENDING), ("judge_model", ASCENDING), ("rubric_version", ASCENDING)),
+        unique=True,
     ),  # fmt: skip
 )
 
@@ -194,8 +211,12 @@ class Store:
             self.client.admin.command("ping")
 
     def ensure_indexes(self) -> None:
-        """Create every index in INDEXES by name (idempotent); verify the unique ones exist."""
+        """Drop the retired unique indexes a database still has, create every index in INDEXES
+        by name (idempotent), verify the unique ones exist."""
         with self._guard("creating indexes"):
+            for spec in RETIRED_UNIQUE_INDEXES:
+                for name in self._unique_index_names(spec):
+                    self.db[spec.collection].drop_index(name)
             for spec in INDEXES:
                 self.db[spec.collection].create_index(list(spec.keys), name=spec.name, unique=spec.unique)
             for spec in INDEXES:
@@ -207,11 +228,17 @@ class Store:
 
     def _has_unique_index(self, spec: IndexSpec) -> bool:
         """By field names: nx-27017 keeps neither our index names nor key directions."""
+        return bool(self._unique_index_names(spec))
+
+    def _unique_index_names(self, spec: IndexSpec) -> list[str]:
+        """The names the server reports for unique indexes on exactly `spec`'s fields, in order
+        (nx-27017 names them `idx_<collection>_<fields>`, not as we asked)."""
         wanted = [name for name, _ in spec.keys]
-        return any(
-            [name for name, _ in info["key"]] == wanted and info.get("unique")
-            for info in self.db[spec.collection].index_information().values()
-        )
+        return [
+            name
+            for name, info in self.db[spec.collection].index_information().items()
+            if [field for field, _ in info["key"]] == wanted and info.get("unique")
+        ]
 
     # -- runs ------------------------------------------------------------------------------
 
@@ -427,6 +454,26 @@ class Store:
                 for doc in cursor:
                     yield read_document(ResponseRecord, doc | blank)
 
+    def set_response_metrics(self, response_id: str, metrics: TextMetrics) -> bool:
+        """Store the text metrics of one ok turn (`storybench-eval metrics` backfills them);
+        False when no ok turn has that id (missing, or not ok: such turns keep None).
+
+        Reads the turn and replaces the whole document, upgraded to the current schema, under
+        the same `_id`; never `$set`, which loses types on nx-27017. An ok turn's texts never
+        change once stored, so the read and the replace cannot disagree about the answer.
+        """
+        with self._guard(f"storing the text metrics of turn {response_id}"):
+            doc = self._responses.find_one({"_id": response_id, "outcome": "ok"})
+            if doc is None:
+                return False
+            record = read_document(ResponseRecord, doc)
+            record.metrics = metrics
+            replacement = record.to_doc()
+            replacement["schema_version"] = SCHEMA_VERSION
+            replacement.pop("_id")
+            result = self._responses.replace_one({"_id": response_id, "outcome": "ok"}, replacement)
+            return result.matched_count == 1
+
     # -- evaluations -----------------------------------------------------------------------
 
     def save_evaluation(self, rec: EvaluationRecord) -> bool:
@@ -484,14 +531,14 @@ class Store:
         with_text: bool = True,
     ) -> Iterator[PairwiseRecord]:
         """Stored comparisons, of one judge and/or rubric version when given. `with_text=False`
-        leaves the rationale and details out (read as "" and {}): the leaderboard's pass."""
+        leaves the rationale out (read as ""): the leaderboard's pass."""
         query: dict[str, Any] = {}
         if judge_model is not None:
             query["judge_model"] = judge_model
         if rubric_version is not None:
             query["rubric_version"] = rubric_version
-        projection = None if with_text else {"rationale": 0, "details": 0}
-        blank: dict[str, Any] = {} if with_text else {"rationale": "", "details": {}}
+        projection = None if with_text else {"rationale": 0}
+        blank: dict[str, Any] = {} if with_text else {"rationale": ""}
         with self._guard("reading pairwise comparisons"):
             cursor = self._pairwise.find(query, projection=projection, batch_size=1000)
             with cursor:

@@ -149,9 +149,13 @@ def test_compare_with_the_bundled_model_stores_a_verdict_for_each_order(
         assert doc["status"] == "ok" and doc["verdict"] in rubric.pairwise.scale, doc
         assert doc["score_first"] == rubric.pairwise.share(doc["verdict"])
         assert doc["rubric_version"] == rubric.version_id and doc["details"]["judge_model_id"] == "story"
+    # Our server reports the judge's model file: the same file the run recorded for the evaluated
+    # model, which is how the leaderboard recognises self-judging.
+    (evaluated_sha,) = {r["server_metadata"]["local"]["sha256"] for r in collection(mongo.uri, "runs")}
+    assert len(evaluated_sha) == 64 and {d["details"]["judge_model_sha256"] for d in docs} == {evaluated_sha}
     board = subprocess.run(
         [sys.executable, "-m", "evaluator.cli", "leaderboard", "--format", "json", "--judge", "local"]
-        + ["--rubric-version", rubric.version_id, "--mongo-uri", mongo.uri],
+        + ["--rubric-version", rubric.version_id, "--mongo-uri", mongo.uri, "--allow-self-judge"],
         cwd=REPO,
         capture_output=True,
         text=True,

@@ -47,7 +47,11 @@ class Shared:
 @pytest.fixture
 def shared(monkeypatch: pytest.MonkeyPatch) -> Shared:
     db = Shared()
-    for where in ("evaluator.compare.cli.open_store", "evaluator.leaderboard.cli.open_store"):
+    for where in (
+        "evaluator.compare.cli.open_store",
+        "evaluator.leaderboard.cli.open_store",
+        "evaluator.judge.cli.open_store",
+    ):
         monkeypatch.setattr(where, db.open)
     with db.open() as store:
         store.ensure_indexes()
@@ -65,6 +69,7 @@ def seed_models(
     run_id: str = "run-1",
     generation: int = 1,
     broken_turn: dict[str, int] | None = None,
+    extra_words: dict[str, int] | None = None,
 ) -> dict[str, list[str]]:
     """Complete conversations of every model on `sequences` x `runs`; returns model -> the
     conversations' sequence-run ids. `broken_turn[model] = k` makes its k-th conversation fail."""
@@ -92,15 +97,20 @@ def seed_models(
                 out.setdefault(model, []).append(f"{key}:{model}:{name}:r{r}")
                 for t in range(turns):
                     broken = broken_turn is not None and broken_turn.get(model) == len(out[model]) - 1
+                    padding = (extra_words or {}).get(model, 0)
                     rec = make_response(
                         t, exp_key=key, model=model, sequence=name, run_index=r, run_id=run_id,
                         generation=generation, cfg=cfg,
                         outcome="empty" if broken and t == turns - 1 else "ok",
-                        text=f"[writer:{model}] {name} run {r} turn {t}: the keeper climbs.",
+                        text=f"[writer:{model}] {name} run {r} turn {t}: the keeper climbs."
+                        + " more" * padding,
                     )  # fmt: skip
                     store.save_response(
                         replaced(
-                            rec, sequence_hash=h, prompt=f"{name} turn {t}", completion_tokens=100 + 10 * t
+                            rec,
+                            sequence_hash=h,
+                            prompt=f"{name} turn {t}",
+                            completion_tokens=100 + 10 * t + padding,
                         )
                     )
     store.create_run(

@@ -64,7 +64,8 @@ def test_ratings_recover_the_true_order_and_the_flip_rate_matches_the_bias(
 
         board = leaderboard_json("--judge", "sim")
         assert board["judge"] == "sim" and board["rubric_version"] == RUBRIC.version_id
-        assert board["reliability"] == {}
+        rel = board["reliability"]["sim"]
+        assert rel["self_judged"] is False and rel["rejudge_sd"]["pairwise_verdict"] is None  # no repeats
         rows = {m["model"]: m for m in board["models"]}
         assert [m["model"] for m in board["models"]] == ["m3", "m2", "m1", "m0"]
         assert rows["m0"]["rating"] == 1000.0  # the anchor: the first model rated
@@ -91,6 +92,9 @@ def test_ratings_recover_the_true_order_and_the_flip_rate_matches_the_bias(
         se = math.sqrt(expected * (1 - expected) / pairs)
         assert abs(stats["position_flip_rate"] - expected) < 4 * se, (stats, expected)
         assert stats["first_shown_preferred_rate"] > 0.6  # the bias shows
+        assert rel["position_flip_rate"] == stats["position_flip_rate"]
+        lo, hi = rel["position_flip_rate_ci"]  # 95%: may miss the truth 1 time in 20, so no check on that
+        assert lo < rel["position_flip_rate"] < hi and hi - lo < 0.25
 
         # Re-running resumes: nothing is sent again.
         before = sim.requests

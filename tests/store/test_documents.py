@@ -89,7 +89,7 @@ def test_pairwise_round_trip_and_retry_of_a_failed_one(store: Store) -> None:
     assert back == ok
     assert list(store.pairwise("other-judge")) == []
     (bare,) = store.pairwise(with_text=False)
-    assert (bare.rationale, bare.details) == ("", {})
+    assert (bare.rationale, bare.details) == ("", ok.details)
     assert bare.pair_key == make_pairwise(first=ok.second_conversation, second=ok.first_conversation).pair_key
 
 

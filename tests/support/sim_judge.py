@@ -9,6 +9,13 @@ with the first-shown conversation's log-strength raised by `position_bias`, and 
 random draw seeded by the prompt: the same prompt always gets the same verdict, so a resumed
 comparison is reproducible. `broken` models make it answer text that is not a verdict, which
 is how a judge that cannot follow the schema looks.
+
+It also plays the rubric judge: a prompt without the two conversation sections is scored, every
+criterion the format line asks for, as round(quality + shared + own) clipped to the scale, where
+`shared` is noise drawn from the target alone (the same for every judge with the same
+`shared_seed`, so two judges agree as much as `shared_noise` and `score_noise` say) and `own` is
+drawn from the request, its seed included (so `--repeat` changes it). `length_preference` adds
+that many log-odds per unit of log(words in A / words in B) to A, a judge that likes length.
 """
 
 from __future__ import annotations
@@ -27,6 +34,8 @@ MARKER = re.compile(r"\[writer:([^\]]+)\]")
 SECTION = {"a": re.compile(r"<conversation_a>(.*?)</conversation_a>", re.S),
            "b": re.compile(r"<conversation_b>(.*?)</conversation_b>", re.S)}  # fmt: skip
 LABELS = ("A much better", "A better", "tie", "B better", "B much better")
+SCORE_FORMAT = re.compile(r'"([A-Za-z0-9._-]+)": <integer (\d+)-(\d+)>')
+WORD = re.compile(r"\w+")
 
 
 def davidson(theta_a: float, theta_b: float, nu: float) -> tuple[float, float, float]:
@@ -44,6 +53,11 @@ class SimJudge:
     nu: float = 0.5  # Davidson's tie parameter
     seed: int = 0
     broken: set[str] = field(default_factory=set)  # models whose comparisons get no verdict
+    length_preference: float = 0.0  # log-odds per unit of log(words A / words B)
+    qualities: dict[str, float] = field(default_factory=dict)  # model -> true rubric score
+    score_noise: float = 0.0  # sd of each request's own noise on a rubric score
+    shared_noise: float = 0.0  # sd of the target's noise that every judge shares
+    shared_seed: int = 0
     requests: int = 0
     port: int = 0
     _server: ThreadingHTTPServer | None = None
@@ -54,19 +68,41 @@ class SimJudge:
     def base_url(self) -> str:
         return f"http://127.0.0.1:{self.port}/v1"
 
-    def verdict(self, prompt: str) -> str:
-        """The reply's text for one prompt: a JSON verdict, or prose for a broken model."""
+    def scores(self, prompt: str, request_seed: object = None) -> str:
+        """A rubric judgement: every criterion of the format line, around the model's quality."""
+        found = MARKER.search(prompt)
+        criteria = SCORE_FORMAT.findall(prompt)
+        if found is None or not criteria:
+            return "I cannot grade this."
+        digest = hashlib.sha256(prompt.encode()).hexdigest()
+        shared = random.Random(f"shared:{self.shared_seed}:{digest}")
+        own = random.Random(f"{self.seed}:{request_seed}:{digest}")
+        quality = self.qualities.get(found.group(1), 5.0)
+        out = {}
+        for name, low, high in criteria:
+            value = quality + shared.gauss(0, self.shared_noise) + own.gauss(0, self.score_noise)
+            out[name] = min(int(high), max(int(low), round(value)))
+        return json.dumps({"scores": out, "rationale": "simulated"})
+
+    def verdict(self, prompt: str, request_seed: object = None) -> str:
+        """The reply's text for one prompt: a JSON verdict (or scores for a rubric prompt), or
+        prose for a broken model."""
         models = {}
+        words = {}
         for side, pattern in SECTION.items():
             section = pattern.search(prompt)
             found = MARKER.search(section.group(1)) if section else None
+            if section is None:
+                return self.scores(prompt, request_seed)
             if found is None:
                 return "I cannot tell these conversations apart."
             models[side] = found.group(1)
+            words[side] = max(1, len(WORD.findall(section.group(1))))
         if models["a"] in self.broken or models["b"] in self.broken:
             return "Both stories are lovely in their own way!"
-        rng = random.Random(f"{self.seed}:{hashlib.sha256(prompt.encode()).hexdigest()}")
+        rng = random.Random(f"{self.seed}:{request_seed}:{hashlib.sha256(prompt.encode()).hexdigest()}")
         theta_a = self.strengths[models["a"]] + self.position_bias
+        theta_a += self.length_preference * math.log(words["a"] / words["b"])
         theta_b = self.strengths[models["b"]]
         p_a, p_tie, _ = davidson(theta_a, theta_b, self.nu)
         u = rng.random()
@@ -105,7 +141,7 @@ class SimJudge:
                 prompt = "\n".join(str(m.get("content", "")) for m in body.get("messages", []))
                 with judge._lock:
                     judge.requests += 1
-                self._send(200, _sse(judge.verdict(prompt)), "text/event-stream")
+                self._send(200, _sse(judge.verdict(prompt, body.get("seed"))), "text/event-stream")
 
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.port = self._server.server_address[1]
