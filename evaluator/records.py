@@ -332,7 +332,8 @@ class RunRecord(StoredDocument):
 
 
 class EvaluationRecord(StoredDocument):
-    """One judgement (collection `evaluations`): unique per (target, judge model, rubric version)."""
+    """One judgement (collection `evaluations`): unique per (target, judge model, rubric version,
+    repeat)."""
 
     collection: ClassVar[str] = "evaluations"
 
@@ -377,7 +378,8 @@ def pairwise_id(first: str, second: str, judge_model: str, rubric_version: str, 
 
 class PairwiseRecord(StoredDocument):
     """One side-by-side judgement of two whole conversations in one order (collection
-    `pairwise`): unique per (conversation shown first, shown second, judge, rubric version).
+    `pairwise`): unique per (conversation shown first, shown second, judge, rubric version,
+    repeat).
 
     Both orders of a pair are stored as two documents; the leaderboard combines them (a pair
     whose two orders disagree in direction is a tie and a position flip).

@@ -477,7 +477,7 @@ class Store:
     # -- evaluations -----------------------------------------------------------------------
 
     def save_evaluation(self, rec: EvaluationRecord) -> bool:
-        """Insert one judgement; False if (target, judge, rubric version) is already stored."""
+        """Insert one judgement; False if (target, judge, rubric version, repeat) is already stored."""
         doc = rec.to_doc()
         doc["schema_version"] = SCHEMA_VERSION
         with self._guard(f"saving evaluation {rec.id}"):

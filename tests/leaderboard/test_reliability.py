@@ -175,3 +175,29 @@ def test_rejudge_spread_and_agreement_on_fixed_numbers() -> None:
     other = {t: {"prose": v["prose"] + float(noise.integers(-3, 4))} for t, v in same.items()}
     weaker = agreement(same, other)["prose"]
     assert weaker.spearman is not None and weaker.spearman < 0.9
+
+
+def test_rejudge_spread_recovers_the_judges_noise(shared: Shared, tmp_path: Path) -> None:
+    """`judge --repeat 3` against a judge whose every score carries noise of sd 1 (then rounded):
+    the pooled within-target sd is what a large simulation of that recipe gives, within 0.15,
+    and most targets change between repeats."""
+    quality = {"a": 5.0, "b": 6.0}
+    with shared.open() as store:
+        seed_models(store, list(quality), sequences=6, runs=2)
+    with SimJudge(strengths={}, qualities=quality, score_noise=1.0, seed=4) as sim:
+        config = models_yaml(tmp_path, {"sim": sim.base_url})
+        result = invoke("judge", "--latest", "--judge", "sim", "--config", str(config), "--repeat", "3")
+        assert result.exit_code == 0, result.output
+    rel = board_json()["reliability"]["sim"]
+    assert rel["rejudged_targets"] == 2 * 6 * 2 * 3
+    rng = random.Random(1)
+    deviations = []
+    for _ in range(5000):
+        center = rng.choice(list(quality.values()))
+        scores = [min(10, max(1, round(center + rng.gauss(0, 1)))) for _ in range(3)]
+        mean = sum(scores) / 3
+        deviations.append(sum((s - mean) ** 2 for s in scores) / 2)
+    expected = math.sqrt(sum(deviations) / len(deviations))
+    for criterion in ("prose", "coherence"):
+        assert abs(rel["rejudge_sd"][criterion] - expected) < 0.15, (criterion, rel["rejudge_sd"], expected)
+        assert rel["rejudge_changed_share"][criterion] > 0.5
