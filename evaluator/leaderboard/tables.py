@@ -187,13 +187,13 @@ def text_metrics_table(board: Leaderboard) -> Table | None:
             cells.append(_NONE if value is None else (f"{value:.0f}" if name == "words" else f"{value:.3f}"))
         body.append([r.model, *cells, str(r.text_metrics_turns)])
     return Table(
-        ["model", "words per answer", "distinct-2", "history overlap", "prompt overlap", "turns"],
+        ["model", "words", "distinct-2", "history", "prompt", "answers"],
         body,
         [False, True, True, True, True, True],
         title="Text metrics (no judge; mean per answer)",
-        note="history overlap: share of an answer's 4-grams already in the model's earlier answers of the "
-        "conversation (copying its history); turns without metrics: "
-        "`storybench-eval metrics --all` computes them",
+        note="words: per answer; history: share of an answer's 4-grams already in the model's earlier "
+        "answers of the conversation (copying its history); prompt: share taken from the turn's prompt; "
+        "answers: those with metrics (`storybench-eval metrics --all` computes the missing ones)",
     )
 
 
