@@ -252,6 +252,12 @@ def build(
             )
     if anchor is not None and anchor not in rated_models:
         notes.append(f"--anchor {anchor} has no pairwise verdicts; the anchor is {chosen}")
+    missing = sum(1 for cs in inputs.conversations.values() for c in cs for m in c.metrics if m is None)
+    if missing:
+        notes.append(
+            f"{missing} answer(s) have no text metrics (stored before they existed): "
+            "`storybench-eval metrics --all` computes them; until then lengths are completion tokens"
+        )
     clusters = len(inputs.sequences)
     if 0 < clusters < FEW_SEQUENCES:
         notes.append(

@@ -58,8 +58,10 @@ def _rich(t: Table, *, two_lines: bool = False) -> RichTable:
     )
     for k, (header, numeric) in enumerate(zip(t.headers, t.numeric, strict=True)):
         width = 16 if k == 0 else None  # the model name: room for a usual name before it folds
-        justify = "right" if numeric else "left"
-        table.add_column(escape(header), justify=justify, overflow="fold", min_width=width)
+        if numeric:
+            table.add_column(escape(header), justify="right", overflow="fold", min_width=width)
+        else:
+            table.add_column(escape(header), justify="left", overflow="fold", min_width=width)
     for row in t.rows:
         cells = [c.replace(" (", "\n", 1).rstrip(")") if two_lines and " (" in c else c for c in row]
         table.add_row(*(escape(cell) for cell in cells))

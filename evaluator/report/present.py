@@ -306,9 +306,14 @@ def score_value(value: Any) -> str:
     return str(int(num)) if num.is_integer() else f"{num:g}"
 
 
-def judgement_line(j: EvaluationRecord) -> str:
+def judgement_line(j: EvaluationRecord, judged_model_id: str | None = None) -> str:
+    """One judgement; flagged when the judge is the judged model (same model id or weights are
+    what the leaderboard checks; the id is what a report knows)."""
     scores = ", ".join(f"{name} {score_value(v)}" for name, v in j.scores.items()) or "no scores"
-    return f"{j.judge_model} (rubric {j.rubric_version}): {scores}"
+    repeat = f", repeat {j.repeat}" if j.repeat else ""
+    judge_id = j.details.get("judge_model_id")
+    own = " [self-judged: the judge is this model]" if judged_model_id and judge_id == judged_model_id else ""
+    return f"{j.judge_model} (rubric {j.rubric_version}{repeat}): {scores}{own}"
 
 
 def unplayed(conv: Conversation) -> str | None:

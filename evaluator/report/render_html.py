@@ -88,12 +88,12 @@ def _facts(summary: Summary) -> str:
     return f'<table class="facts">{rows}</table>\n'
 
 
-def _judgements(judgements: list[EvaluationRecord], what: str) -> str:
+def _judgements(judgements: list[EvaluationRecord], what: str, model_id: str | None = None) -> str:
     if not judgements:
         return ""
     parts = [f'<div class="judged"><div class="label">{esc(what)}</div>']
     for j in judgements:
-        parts.append(f"<p><strong>{esc(present.judgement_line(j))}</strong></p>")
+        parts.append(f"<p><strong>{esc(present.judgement_line(j, model_id))}</strong></p>")
         if j.rationale:
             parts.append(f"<p>{esc(j.rationale)}</p>")
     parts.append("</div>")
@@ -119,7 +119,7 @@ def _turn(turn: Turn) -> str:
             "<details><summary>the answer as returned (with its &lt;think&gt; blocks)</summary>"
             f"<pre>{esc(turn.raw_answer)}</pre></details>"
         )
-    parts.append(_judgements(turn.judgements, "judgements of this turn"))
+    parts.append(_judgements(turn.judgements, "judgements of this turn", turn.model_id))
     parts.append("</article>")
     return "\n".join(p for p in parts if p)
 
@@ -137,7 +137,7 @@ def _conversation(conv: Conversation) -> str:
     parts = [
         f'<details class="conv{" bad" if bad else ""}"><summary>{esc(title)}{flag}</summary>',
         f'<p class="meta">experiment {esc(conv.experiment_key)}{esc(seed)}</p>',
-        _judgements(conv.judgements, "judgements of the whole conversation"),
+        _judgements(conv.judgements, "judgements of the whole conversation", _model_id(conv)),
         f'<div class="label">system</div><pre>{esc(conv.system)}</pre>' if conv.system else "",
         *(_turn(t) for t in conv.turns),
         f'<p class="note">{esc(ending)}</p>' if ending else "",
@@ -199,3 +199,8 @@ def render_html(summary: Summary, conversations: Iterable[Conversation] | None, 
         if not written:
             out.write('<p class="note">No turns stored for this run.</p>\n')
     out.write("</body></html>\n")
+
+
+def _model_id(conv: Conversation) -> str | None:
+    """The evaluated model's id, for the self-judging flag of whole-conversation judgements."""
+    return conv.turns[0].model_id if conv.turns else None

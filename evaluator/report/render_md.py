@@ -54,12 +54,12 @@ def table(t: Table) -> str:
     return "\n".join(lines) + "\n\n"
 
 
-def _judgements(judgements: list[EvaluationRecord], what: str) -> str:
+def _judgements(judgements: list[EvaluationRecord], what: str, model_id: str | None = None) -> str:
     if not judgements:
         return ""
     lines = [f"{inline(what)}:", ""]
     for j in judgements:
-        line = f"- **{inline(present.judgement_line(j))}**"
+        line = f"- **{inline(present.judgement_line(j, model_id))}**"
         if j.rationale:
             line += f" — {inline(j.rationale)}"
         lines.append(line)
@@ -85,7 +85,7 @@ def _turn(turn: Turn) -> str:
             + fenced(turn.raw_answer)
             + "\n</details>\n\n"
         )
-    parts.append(_judgements(turn.judgements, "Judgements of this turn"))
+    parts.append(_judgements(turn.judgements, "Judgements of this turn", turn.model_id))
     return "".join(parts)
 
 
@@ -101,7 +101,7 @@ def _conversation(conv: Conversation) -> str:
     parts = [
         f"<details><summary>{html.escape(title)}</summary>\n\n",
         f"*experiment {inline(conv.experiment_key)}{seed}*\n\n",
-        _judgements(conv.judgements, "Judgements of the whole conversation"),
+        _judgements(conv.judgements, "Judgements of the whole conversation", _model_id(conv)),
         "System:\n\n" + fenced(conv.system) + "\n" if conv.system else "",
         *(_turn(t) for t in conv.turns),
         f"*{inline(ending)}*\n\n" if ending else "",
@@ -154,3 +154,8 @@ def render_md(
         written += 1
     if not written:
         out.write("*No turns stored for this run.*\n")
+
+
+def _model_id(conv: Conversation) -> str | None:
+    """The evaluated model's id, for the self-judging flag of whole-conversation judgements."""
+    return conv.turns[0].model_id if conv.turns else None

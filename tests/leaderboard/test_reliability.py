@@ -132,6 +132,7 @@ def test_one_judge_without_repeats_reports_not_measured_never_zero(shared: Share
     table = invoke("leaderboard")
     flat = " ".join(table.output.split())
     assert "re-judge spread: not measured" in flat and "judge agreement: not measured" in flat
+    assert "storybench-eval metrics --all" in flat  # these turns were stored without text metrics
 
 
 def test_a_judge_grading_its_own_model_is_flagged_and_left_out(shared: Shared) -> None:
