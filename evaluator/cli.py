@@ -161,7 +161,8 @@ def list_runs(limit: int, mongo_uri: str | None, db_name: str) -> None:
     """List runs: id, start time, models, progress, status."""
     try:
         with open_store(mongo_uri, db_name=db_name) as store:
-            console.print(format_runs_table(store.list_runs(limit=limit)))
+            listed = store.list_runs(limit=limit)
+            console.print(format_runs_table(listed, store.run_tallies(listed)))
     except StoreError as exc:
         fail(str(exc), code=EXIT_FAILED)
 
@@ -175,7 +176,8 @@ def show(run_id: str, mongo_uri: str | None, db_name: str) -> None:
     try:
         with open_store(mongo_uri, db_name=db_name) as store:
             found = resolve_run_or_exit(store, run_id)
-            console.print(format_run_detail(found, store.run_responses(found.id)))
+            tally = store.run_tallies([found])[found.id]
+            console.print(format_run_detail(found, store.run_responses(found.id), tally))
     except StoreError as exc:
         fail(str(exc), code=EXIT_FAILED)
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from statistics import median
 
-from rich.console import Console
+from rich import box
+from rich.console import Console, Group
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -14,6 +15,7 @@ from rich.progress import (
     TimeElapsedColumn,
 )
 from rich.table import Table
+from rich.text import Text
 
 from evaluator.plan import Estimate, Plan
 from evaluator.runner import ModelStats
@@ -56,26 +58,46 @@ class RunProgress:
         )
 
 
-def run_summary_table(stats: dict[str, ModelStats]) -> Table:
-    table = Table(title="Run summary (turns written by this run)")
-    width = max([5, *(len(name) for name in stats)])
-    table.add_column("model", no_wrap=True, min_width=min(width, 32))
-    for col in ("ok", "empty", "ctx full", "errors", "tok/s", "TTFT p50", "cache", "cost"):
-        table.add_column(col, justify="right", no_wrap=True)
+def run_summary_table(stats: dict[str, ModelStats]) -> Group:
+    """Two tables that each fit 80 columns: the turns (written by this run, reused from earlier
+    runs of the same plan) and the speed and cost of what was written."""
+    width = min(max([5, *(len(name) for name in stats)]), 24)
+    turns = Table(title="Run summary: turns", title_justify="left", box=box.SIMPLE_HEAD)
+    turns.add_column("model", min_width=width, overflow="fold")
+    for col in ("ok", "empty", "ctx full", "errors", "reused"):
+        turns.add_column(col, justify="right", no_wrap=True)
+    speed = Table(
+        title="Run summary: speed and cost (turns written)", title_justify="left", box=box.SIMPLE_HEAD
+    )
+    speed.add_column("model", min_width=width, overflow="fold")
+    for col in ("tok/s", "TTFT p50", "cache reuse", "cost"):
+        speed.add_column(col, justify="right", no_wrap=True)
     for name, s in stats.items():
         reuse = f"{100 * s.cached_tokens / s.prompt_tokens:.0f}%" if s.prompt_tokens else "-"
-        table.add_row(
+        turns.add_row(
             name,
             str(s.outcomes.get("ok", 0)),
             str(s.outcomes.get("empty", 0)),
             str(s.outcomes.get("context_exhausted", 0)),
             str(s.errors),
+            str(s.reused),
+        )
+        speed.add_row(
+            name,
             f"{s.tokens_per_s:.1f}" if s.tokens_per_s else "-",
             f"{median(s.ttfts):.2f}s" if s.ttfts else "-",
             reuse,
             f"${s.cost_usd:.4f}" if s.priced else "-",
         )
-    return table
+    reused = sum(s.reused for s in stats.values())
+    written = sum(s.written for s in stats.values())
+    note = Text(
+        f"{written} turn(s) written by this run; {reused} already stored by earlier runs of the same "
+        "plan were reused (not asked again)."
+        if reused
+        else f"{written} turn(s) written by this run."
+    )
+    return Group(turns, speed, note)
 
 
 def plan_table(plan: Plan, estimates: list[Estimate]) -> Table:

@@ -39,6 +39,7 @@ class ModelStats:
     total: int = 0
     done: int = 0  # turns finished (this run or earlier), including turns skipped after an end
     written: int = 0
+    reused: int = 0  # turns stored by earlier runs of the same plan, kept (not asked again)
     outcomes: dict[str, int] = field(default_factory=lambda: defaultdict(int))
     completion_tokens: int = 0
     generation_s: float = 0.0
@@ -141,6 +142,7 @@ class Runner:
         for item in self.plan.items:
             start, done = resume_point(item, stored.get(item.key, []))
             stats = self.stats[item.model.name]
+            stats.reused += sum(1 for r in stored.get(item.key, []) if r.outcome != "error")
             stats.done += start if start < len(item.sequence.turns) else len(item.sequence.turns)
             if start < len(item.sequence.turns):
                 pending[item.model.name].append((item, start, done))

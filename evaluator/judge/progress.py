@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from rich import box
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 from rich.table import Table
@@ -49,9 +50,17 @@ class JudgeProgress:
 
 
 def judge_summary_table(stats: dict[str, KindStats], title: str) -> Table:
-    table = Table(title=title)
+    """Fits 80 columns: short headers, explained in the caption."""
+    table = Table(
+        title=title,
+        title_justify="left",
+        box=box.SIMPLE_HEAD,
+        caption="earlier: judged before (kept); not judged: the turn failed or the run is incomplete; "
+        "trimmed: judged with the oldest turns left out to fit the judge's context",
+        caption_justify="left",
+    )
     table.add_column("target", no_wrap=True)
-    for col in ("judged", "already judged", "failed", "not judged", "context trimmed"):
+    for col in ("judged", "earlier", "failed", "not judged", "trimmed"):
         table.add_column(col, justify="right", no_wrap=True)
     for kind, s in stats.items():
         table.add_row(

@@ -278,11 +278,15 @@ def summarize(store: Store, run: RunRecord, *, now: datetime | None = None) -> S
     head = header(run, now=now)
     groups, scores, per_turn = SummaryAccumulator(), ScoreAccumulator(), TurnAccumulator()
     usage, metrics = UsageAccumulator(), TextMetricsAccumulator()
-    n_conversations = n_turns = 0
+    n_conversations = n_turns = written = reused = 0
     for conv in _walk(store, run, with_text=False):
         n_conversations += 1
         for turn in conv.turns:
             n_turns += 1
+            if turn.run_id == run.id:
+                written += 1
+            elif turn.outcome != "error" and turn.finished_at < run.started_at:
+                reused += 1
             groups.add(conv.model, conv.sequence, conv.experiment_key, conv.run_index, turn)
             per_turn.add_turn(conv.model, conv.sequence, turn)
             usage.add(conv.model, turn)
@@ -305,6 +309,8 @@ def summarize(store: Store, run: RunRecord, *, now: datetime | None = None) -> S
         turn_rows=per_turn.result(sequences),
         conversations=n_conversations,
         turns_stored=n_turns,
+        turns_written=written,
+        turns_reused=reused,
         generated_at=now or datetime.now(timezone.utc),
         usage=usage.result(models),
         text_metrics=metrics.result(models),

@@ -244,5 +244,7 @@ class Summary:
     conversations: int
     turns_stored: int
     generated_at: datetime
+    turns_written: int = 0  # of those, written by this run (right even for a killed run)
+    turns_reused: int = 0  # stored by earlier runs of the same plan before this one started, kept
     usage: list[UsagePoint] = field(default_factory=list)  # by model (plan order), then turn index
     text_metrics: list[MetricsPoint] = field(default_factory=list)  # by model (plan order), then turn

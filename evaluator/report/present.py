@@ -109,6 +109,8 @@ def facts(summary: Summary) -> list[tuple[str, str]]:
         ("runs per sequence", "" if h.runs_per_sequence is None else str(h.runs_per_sequence)),
         ("planned turns", "" if h.planned_turns is None else f"{h.planned_turns:,}"),
         ("stored turns", f"{summary.turns_stored:,} in {summary.conversations:,} conversation(s)"),
+        ("written by this run", f"{summary.turns_written:,}"),
+        ("reused from earlier runs", f"{summary.turns_reused:,}" if summary.turns_reused else ""),
         ("report generated", when(summary.generated_at)),
     ]
 

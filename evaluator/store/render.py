@@ -17,6 +17,7 @@ from rich.text import Text
 
 from evaluator.records import ResponseRecord, RunRecord
 from evaluator.store.liveness import ABANDONED, RESUME, UNKNOWN, RunState, age, as_utc, run_state
+from evaluator.store.store import RunTally
 
 _STATUS_STYLE = {
     "running": "yellow",
@@ -50,13 +51,32 @@ def _num(value: Any, fmt: str = "{:,}") -> str:
     return "" if value is None else fmt.format(value)
 
 
-def _progress(run: RunRecord) -> str:
-    done = sum(run.counts.values())
-    return f"{done}/{run.planned_turns}"
+def _tally(run: RunRecord, tallies: dict[str, RunTally] | None) -> RunTally:
+    """Counters derived from the stored turns when given (right even for a killed run, whose
+    document never recorded them); else what the run document recorded."""
+    if tallies is not None and run.id in tallies:
+        return tallies[run.id]
+    return RunTally(dict(run.counts), 0)
 
 
-def _errors(run: RunRecord) -> str:
-    errors = run.counts.get("error", 0)
+def _progress(tally: RunTally, planned: int) -> str:
+    """written/planned, and the turns reused from earlier runs: "0/9 written, 9 reused"."""
+    text = f"{tally.total_written}/{planned} written"
+    return text + (f", {tally.reused} reused" if tally.reused else "")
+
+
+def _turns_cell(tally: RunTally, planned: int, errors: str) -> str:
+    """The runs table's turns: "5/9" written, then "+4 reused" and errors on lines below."""
+    lines = [f"{tally.total_written}/{planned}"]
+    if tally.reused:
+        lines.append(f"+{tally.reused} reused")
+    if errors:
+        lines.append(f"{errors} err")
+    return "\n".join(lines)
+
+
+def _errors(tally: RunTally) -> str:
+    errors = tally.written.get("error", 0)
     return str(errors) if errors else ""
 
 
@@ -88,9 +108,10 @@ def _heartbeat(run: RunRecord) -> str:
     return f"{_when(beat)} ({age(datetime.now(beat.tzinfo) - beat)} ago)"
 
 
-def format_runs_table(runs: list[RunRecord]) -> Table:
+def format_runs_table(runs: list[RunRecord], tallies: dict[str, RunTally] | None = None) -> Table:
     """Runs newest first: id, start, models, plan (sequences x runs), turns written/planned
-    with errors, status. Durations are in `format_run_detail`."""
+    (and reused) with errors, status. Durations are in `format_run_detail`. Laid out for 80
+    columns: model names and the turns cell wrap instead of being cut."""
     table = Table(
         title="StoryBench runs",
         title_justify="left",
@@ -100,19 +121,20 @@ def format_runs_table(runs: list[RunRecord]) -> Table:
     )
     table.add_column("run", no_wrap=True, min_width=8)
     table.add_column("started", no_wrap=True, min_width=10)
-    table.add_column("models", min_width=8, ratio=1)
+    table.add_column("models", min_width=8, ratio=1, overflow="fold")
     table.add_column("plan", no_wrap=True, justify="right", min_width=4)
-    table.add_column("turns", no_wrap=True, justify="right", min_width=5)
+    table.add_column("turns", justify="right", min_width=9)
     table.add_column("status", no_wrap=True, min_width=6)
     states = [run_state(run) for run in runs]
     for run, state in zip(runs, states, strict=True):
-        errors = _errors(run)
+        tally = _tally(run, tallies)
+        errors = _errors(tally)
         table.add_row(
             run.id,
             _when(run.started_at, seconds=False),
-            ", ".join(run.models),
+            Text(", ".join(run.models)),
             f"{len(run.sequences)}x{run.runs_per_sequence}",
-            _progress(run) + (f" {errors}err" if errors else ""),
+            _turns_cell(tally, run.planned_turns, errors),
             _status(state),
         )
     if not runs:
@@ -128,13 +150,17 @@ def _preview(text: Any, width: int = 70) -> str:
     return flat if len(flat) <= width else flat[: width - 1] + "…"
 
 
-def format_run_detail(run: RunRecord, responses: list[ResponseRecord]) -> RenderableType:
+def format_run_detail(
+    run: RunRecord, responses: list[ResponseRecord], tally: RunTally | None = None
+) -> RenderableType:
     """A run's facts, then one line per stored turn (ordered as given)."""
     facts = Table.grid(padding=(0, 2))
     facts.add_column(style="bold")
     facts.add_column()
     outcomes = Counter(r.outcome for r in responses)
     state = run_state(run)
+    counted = tally if tally is not None else _tally(run, None)
+    errors = _errors(counted)
     for label, value in (
         ("run", run.id),
         ("status", _status(state)),
@@ -149,7 +175,7 @@ def format_run_detail(run: RunRecord, responses: list[ResponseRecord]) -> Render
         ("models", ", ".join(run.models)),
         ("sequences", ", ".join(run.sequences)),
         ("runs per sequence", str(run.runs_per_sequence)),
-        ("written this run", _progress(run) + (f", {_errors(run)} errors" if _errors(run) else "")),
+        ("turns", _progress(counted, run.planned_turns) + (f", {errors} errors" if errors else "")),
         ("stored turns", ", ".join(f"{k} {v}" for k, v in sorted(outcomes.items())) or "none"),
         ("message", Text(run.message or "")),
     ):

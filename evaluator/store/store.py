@@ -16,7 +16,7 @@ import contextlib
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timezone
 from pathlib import Path
 from types import TracebackType
 from typing import Any, TypeVar, cast
@@ -54,6 +54,19 @@ _TURN_ORDER = [(name, ASCENDING) for name in RESPONSE_KEY]
 _CONVERSATION_ORDER = [(name, ASCENDING) for name in ("model", "sequence", "run_index", "turn_index")]
 # Documents per round trip when streaming turns (`iter_responses`).
 CURSOR_BATCH = 200
+
+
+@dataclass(frozen=True)
+class RunTally:
+    """What the stored turns say about one run, whatever its document recorded: a killed run
+    never records its counters, so readers derive them (`Store.run_tallies`)."""
+
+    written: dict[str, int]  # outcome -> turns of the plan this run wrote (as stored now)
+    reused: int  # turns of the plan stored before the run started (it resumed from them)
+
+    @property
+    def total_written(self) -> int:
+        return sum(self.written.values())
 
 
 @dataclass(frozen=True)
@@ -419,6 +432,29 @@ class Store:
             raise StoreError(f"no run {run_id!r}; `storybench-eval runs` lists them")
         return self.responses(experiment_keys=run.experiment_keys)
 
+    def run_tallies(self, runs: list[RunRecord]) -> dict[str, RunTally]:
+        """Per run, the turns of its plan it wrote and those it reused, from the turns stored
+        now (a turn retried by a later run counts for that run). One query per run, reading
+        only `run_id`, `outcome` and `finished_at`."""
+        out: dict[str, RunTally] = {}
+        fields = {"run_id": 1, "outcome": 1, "finished_at": 1}
+        for run in runs:
+            written: dict[str, int] = {}
+            reused = 0
+            if run.experiment_keys:
+                with self._guard(f"counting the turns of run {run.id}"):
+                    query = {"experiment_key": {"$in": list(run.experiment_keys)}}
+                    docs = list(self._responses.find(query, projection=fields))
+                started = run.started_at
+                for doc in docs:
+                    if doc.get("run_id") == run.id:
+                        outcome = str(doc.get("outcome"))
+                        written[outcome] = written.get(outcome, 0) + 1
+                    elif doc.get("outcome") != "error" and isinstance(doc.get("finished_at"), datetime):
+                        reused += _utc(doc["finished_at"]) < started
+            out[run.id] = RunTally(written, reused)
+        return out
+
     def iter_responses(self, experiment_key: str, *, with_text: bool = True) -> Iterator[ResponseRecord]:
         """The turns of one experiment key, a conversation's turns together and in order,
         streamed from a cursor (a long run's answers never sit in memory at once).
@@ -570,3 +606,8 @@ def open_store(
             server.release()
         raise
     return Store(client, db_name, uri=resolved, embedded=server)
+
+
+def _utc(value: datetime) -> datetime:
+    """A stored time as an aware UTC time (some servers hand back naive UTC)."""
+    return value if value.tzinfo is not None else value.replace(tzinfo=timezone.utc)

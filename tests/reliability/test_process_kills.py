@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from evaluator.store import run_state
+from evaluator.store import open_store, run_state
 from evaluator.store.embedded import EmbeddedServer, running_server
 from tests.reliability.checks import assert_whole, duplicates, history_mismatches
 from tests.reliability.conftest import (
@@ -102,8 +102,19 @@ def test_sigkill_of_the_evaluator_then_resume_stores_each_turn_once(
     assert history_mismatches(docs, SYSTEMS) == []
     # Turns stored before a kill are untouched; the resume wrote exactly the missing ones.
     assert all(snapshot[d["_id"]] == (d["run_id"], d["finished_at"]) for d in docs if d["_id"] in snapshot)
-    last_run = runs(mongo.uri, db_name)[-1]
+    all_runs = runs(mongo.uri, db_name)
+    last_run = all_runs[-1]
     assert last_run.counts == {"ok": PLANNED - len(snapshot)}
+    # The counters readers show come from the stored turns, so a killed run's are right too: it
+    # never recorded its own (its document still says {}), yet `runs` and `show` say what it wrote.
+    with open_store(mongo.uri, db_name=db_name) as store:
+        tallies = store.run_tallies(all_runs)
+    for killed in all_runs[:-1]:
+        wrote = sum(1 for run_id, _ in snapshot.values() if run_id == killed.id)
+        assert killed.counts == {} and wrote > 0
+        assert tallies[killed.id].written == {"ok": wrote}, (killed.id, tallies[killed.id])
+    assert tallies[last_run.id].written == {"ok": PLANNED - len(snapshot)}
+    assert tallies[last_run.id].reused == len(snapshot)
     # A turn in flight at the kill was answered but not stored: it is asked again (at most one per
     # conversation in flight), never stored twice.
     asked_again = sum(n - 1 for n in served_ok.values() if n > 1)
