@@ -1,4 +1,5 @@
-"""`storybench-serve`: validate the config, then serve it (or just report it with --check)."""
+"""`storybench-serve`: validate the config, then serve it (or just report it with --check, or
+fetch its Hugging Face model files with --download)."""
 
 from __future__ import annotations
 
@@ -99,6 +100,16 @@ def serve(cfg: ServerConfig, api_key: str | None, log_level: str = "info") -> in
     return outcome["rc"]
 
 
+def downloaded_report(cfg: ServerConfig) -> str:
+    """What --download prints: where each enabled model's file is."""
+    lines = [f"Config {cfg.file}: every enabled model file is present"]
+    for model in cfg.models:
+        size = model.path.stat().st_size / 1e6
+        lines.append(f"  {model.name}: {model.entry.gguf} -> {model.path} ({size:,.1f} MB)")
+    lines.append(f"OK: {len(cfg.models)} model file(s) ready; nothing served (--download).")
+    return "\n".join(lines)
+
+
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option(
     "--config",
@@ -117,22 +128,33 @@ def serve(cfg: ServerConfig, api_key: str | None, log_level: str = "info") -> in
     help="Validate the config and model files, print the effective settings, exit 0 or 1.",
 )
 @click.option(
+    "--download",
+    is_flag=True,
+    help="Fetch every enabled model's hf: file into the Hugging Face cache, say where each file "
+    "is, exit 0 or 1; serves nothing.",
+)
+@click.option(
     "--log-level",
     type=click.Choice(["critical", "error", "warning", "info", "debug"]),
     default="info",
     show_default=True,
 )
-def main(config_path: Path, host: str | None, port: int | None, check: bool, log_level: str) -> None:
+def main(
+    config_path: Path, host: str | None, port: int | None, check: bool, download: bool, log_level: str
+) -> None:
     """Serve local GGUF models through llama-cpp-python's OpenAI-compatible API.
 
-    Prints "Serving on http://HOST:PORT/v1 (models: ...)" once requests are answered.
-    Exit codes: 0 clean shutdown (SIGINT/SIGTERM) or --check passed; 1 --check failed or a
-    model could not be loaded; 2 invalid configuration.
+    Prints "Serving on http://HOST:PORT/v1 (models: ...)" once requests are answered. Model
+    files named "hf:ORG/REPO/FILE.gguf" or "hf:ORG/REPO:QUANT" are downloaded first (into the
+    Hugging Face cache; HF_HOME, HF_TOKEN, HF_ENDPOINT apply).
+    Exit codes: 0 clean shutdown (SIGINT/SIGTERM), --check passed or --download fetched every
+    file; 1 --check or --download failed or a model could not be loaded; 2 invalid configuration.
     """
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # the readiness probe
     try:
-        cfg = load_config(config_path)
+        # --check looks in the cache and asks the hub only for metadata; the rest downloads.
+        cfg = load_config(config_path, hub_mode="check" if check and not download else "download")
         if host is not None:
             cfg.host = host
         if port is not None:
@@ -141,8 +163,11 @@ def main(config_path: Path, host: str | None, port: int | None, check: bool, log
             report, ok = check_report(cfg)
             click.echo(report)
             sys.exit(0 if ok else 1)
+        if download:
+            click.echo(downloaded_report(cfg))
+            sys.exit(0)
         api_key = cfg.api_key()
     except ServerConfigError as exc:
         click.echo(str(exc), err=True)
-        sys.exit(1 if check else 2)
+        sys.exit(1 if check or download else 2)
     sys.exit(serve(cfg, api_key, log_level))

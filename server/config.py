@@ -16,7 +16,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from server import bundled
+from server import bundled, hub
 from server import config_messages as messages
 from server.errors import ServerConfigError
 from server.gguf_info import GGUFInfo, has_gguf_magic, read_info, sha256_text
@@ -240,8 +240,13 @@ def valid_chat_formats() -> list[str]:
 # --- loading -------------------------------------------------------------------------------
 
 
-def load_config(path: Path, *, check_files: bool = True) -> ServerConfig:
-    """Parse and validate a config file; ServerConfigError lists every problem found."""
+def load_config(path: Path, *, check_files: bool = True, hub_mode: hub.Mode = "cache") -> ServerConfig:
+    """Parse and validate a config file; ServerConfigError lists every problem found.
+
+    `hub_mode` says how far an `hf:` model file may be looked for: the local cache only (the
+    default: validation never touches the network), the cache and then the hub's metadata
+    (`--check`), or a download of what is missing (server start, `--download`).
+    """
     text, raw = messages.read_json_object(path, default=DEFAULT_CONFIG, docs=DOCS)
     try:
         parsed = ConfigFile.model_validate_json(text)
@@ -258,7 +263,7 @@ def load_config(path: Path, *, check_files: bool = True) -> ServerConfig:
                 continue
             where = messages.where(i, entry.name)
             try:
-                models.append(_check_model_file(entry, path.parent))
+                models.append(_check_model_file(entry, path.parent, hub_mode))
             except ServerConfigError as exc:
                 problems.append(f'{where}, field "gguf": {exc}')
     if problems:
@@ -273,19 +278,24 @@ def load_config(path: Path, *, check_files: bool = True) -> ServerConfig:
     )
 
 
-def resolve_gguf(source: str, base: Path) -> Path:
-    """`bundled:<name>` or a path; relative paths resolve against the config file's folder."""
+def resolve_gguf(source: str, base: Path, hub_mode: hub.Mode = "cache") -> Path:
+    """`bundled:<name>`, `hf:<reference>` (server/hub.py) or a path; relative paths resolve
+    against the config file's folder."""
     if bundled.is_bundled(source):
         return bundled.locate(source)
+    if hub.is_hub(source):
+        return hub.resolve(hub.parse(source), hub_mode)
     p = Path(os.path.expanduser(source))
     return (p if p.is_absolute() else base / p).resolve()
 
 
-def _check_model_file(entry: LocalModelEntry, base: Path) -> ModelConfig:
-    path = resolve_gguf(entry.gguf, base)
+def _check_model_file(entry: LocalModelEntry, base: Path, hub_mode: hub.Mode) -> ModelConfig:
+    path = resolve_gguf(entry.gguf, base, hub_mode)
     relative_note = (
         ""
-        if bundled.is_bundled(entry.gguf) or Path(os.path.expanduser(entry.gguf)).is_absolute()
+        if bundled.is_bundled(entry.gguf)
+        or hub.is_hub(entry.gguf)
+        or Path(os.path.expanduser(entry.gguf)).is_absolute()
         else f" (relative paths resolve against the config file's folder, {base.resolve()})"
     )
     if not path.exists():
@@ -333,6 +343,11 @@ def _semantic_problems(cfg: ConfigFile) -> list[str]:
             )
         else:
             seen[m.name] = i
+        if hub.is_hub(m.gguf):
+            try:
+                hub.parse(m.gguf)
+            except ValueError as exc:
+                problems.append(f'{where}, field "gguf": {exc}')
         if m.n_ubatch > m.n_batch:
             problems.append(
                 f'{where}, field "n_ubatch": {m.n_ubatch} is larger than n_batch ({m.n_batch}); '
