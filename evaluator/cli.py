@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from evaluator import compare, judge, leaderboard, metrics, report
+from evaluator import compare, judge, leaderboard, metrics, report, viewer
 from evaluator.cli_common import (
     EXIT_CONFIG,
     EXIT_FAILED,
@@ -104,6 +104,13 @@ def _load(
     help="Conversations in flight overall (default: settings.concurrency). Each endpoint "
     "is also bounded by its max_concurrency (default for our local server: its slot count).",
 )
+@click.option(
+    "--limit",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Play only the first N conversations of the plan (models in the order given, then "
+    "sequences, then runs), for a quick try; recorded in the run's config snapshot.",
+)
 @click.option("--dry-run", is_flag=True, help="Print the plan with token and cost estimates; send nothing.")
 @click.option(
     "--restart",
@@ -119,6 +126,7 @@ def run(
     sequences_csv: str | None,
     runs: int | None,
     concurrency: int | None,
+    limit: int | None,
     dry_run: bool,
     restart: bool,
     mongo_uri: str | None,
@@ -136,10 +144,12 @@ def run(
     except ValueError as exc:
         fail(str(exc))
     if dry_run:
-        plan = build_plan(models, sequences, runs)
+        plan = build_plan(models, sequences, runs, limit=limit)
         console.print(plan_table(plan, estimate(plan)))
         return
-    evaluation = Evaluation(models, sequences, settings, runs, concurrency, restart, heartbeat_s)
+    if limit is not None:  # only the models the first conversations belong to are probed and played
+        models = build_plan(models, sequences, runs, limit=limit).models
+    evaluation = Evaluation(models, sequences, settings, runs, concurrency, restart, heartbeat_s, limit=limit)
     try:
         with open_store(mongo_uri, db_name=db_name) as store:
             store.ensure_indexes()
@@ -223,6 +233,7 @@ compare.register(cli)
 leaderboard.register(cli)
 metrics.register(cli)
 report.register(cli)
+viewer.register(cli)
 
 
 if __name__ == "__main__":

@@ -28,6 +28,7 @@ from tenacity import (
 )
 
 from evaluator.config import EvalSettings
+from evaluator.flow_control import FlowControl
 
 
 @dataclass(frozen=True)
@@ -61,6 +62,8 @@ class Completion:
     latency_s: float
     timings: dict[str, Any] | None
     attempts: int = 1
+    # Of `completion_tokens`, those spent reasoning before the answer (hidden); None unless reported.
+    reasoning_tokens: int | None = None
 
 
 class StreamIncomplete(Exception):
@@ -109,6 +112,65 @@ class GaveUp(Exception):
 
     def __str__(self) -> str:
         return self.message
+
+
+# Sampling parameters a reasoning request never carries (OpenAI refuses them with 400).
+_SAMPLING = ("temperature", "top_p")
+
+
+def wire_params(params: dict[str, Any]) -> dict[str, Any]:
+    """The generation parameters as the request body carries them.
+
+    `max_completion_tokens` in `params` marks a reasoning model (`ModelEntry.generation_params`,
+    the judges' params): its body has that limit and never `max_tokens`, `temperature` or
+    `top_p`. A `max_tokens` beside it is the context budget's cap (evaluator/turn_policy.py
+    writes every cap under that one name), so the smaller of the two is sent. Other params are
+    returned unchanged.
+    """
+    if "max_completion_tokens" not in params:
+        return dict(params)
+    out = {k: v for k, v in params.items() if k not in _SAMPLING and k != "max_tokens"}
+    if params.get("max_tokens") is not None:
+        out["max_completion_tokens"] = min(int(params["max_tokens"]), int(params["max_completion_tokens"]))
+    return out
+
+
+@dataclass(frozen=True)
+class TokenUsage:
+    """The usage block of an answer, in OpenAI's meaning: `completion_tokens` counts every
+    generated token, the hidden reasoning included, and `reasoning_tokens` says how many of them
+    were reasoning (`usage.completion_tokens_details.reasoning_tokens`). OpenAI bills all
+    completion tokens as output, so cost never adds the reasoning tokens again."""
+
+    prompt_tokens: int | None
+    completion_tokens: int | None
+    reasoning_tokens: int | None
+
+
+def read_usage(usage: Any) -> TokenUsage:
+    """`TokenUsage` from an SDK usage object (None: nothing reported).
+
+    Some OpenAI-compatible gateways report reasoning apart from `completion_tokens` (a Gemini
+    answer through a proxy: `total_tokens` = prompt + completion + reasoning); their reasoning
+    is added to `completion_tokens`, so stored counts and costs mean the same for every endpoint.
+    """
+    if usage is None:
+        return TokenUsage(None, None, None)
+    prompt = getattr(usage, "prompt_tokens", None)
+    completion = getattr(usage, "completion_tokens", None)
+    details = getattr(usage, "completion_tokens_details", None)
+    reasoning = getattr(details, "reasoning_tokens", None) if details is not None else None
+    reasoning = reasoning if isinstance(reasoning, int) else None
+    total = getattr(usage, "total_tokens", None)
+    if (
+        reasoning
+        and isinstance(prompt, int)
+        and isinstance(completion, int)
+        and isinstance(total, int)
+        and total == prompt + completion + reasoning
+    ):
+        completion += reasoning
+    return TokenUsage(prompt, completion, reasoning)
 
 
 def make_client(base_url: str, api_key: str | None, timeout_s: float) -> AsyncOpenAI:
@@ -228,7 +290,7 @@ async def stream_chat(
     usage: Any = None
     timings: dict[str, Any] | None = None
     extra_body = dict(params.get("extra_body") or {})
-    kwargs = {k: v for k, v in params.items() if k != "extra_body" and v is not None}
+    kwargs = {k: v for k, v in wire_params(params).items() if k != "extra_body" and v is not None}
     stream = await client.chat.completions.create(  # type: ignore[call-overload]
         model=model,
         messages=messages,  # type: ignore[arg-type]
@@ -268,15 +330,17 @@ async def stream_chat(
         cached = int(timings["cache_n"])
     elif usage is not None and getattr(usage, "prompt_tokens_details", None) is not None:
         cached = getattr(usage.prompt_tokens_details, "cached_tokens", None)
+    tokens = read_usage(usage)
     return Completion(
         text="".join(parts),
         finish_reason=finish_reason,
-        prompt_tokens=getattr(usage, "prompt_tokens", None),
-        completion_tokens=getattr(usage, "completion_tokens", None),
+        prompt_tokens=tokens.prompt_tokens,
+        completion_tokens=tokens.completion_tokens,
         cached_tokens=cached,
         ttft_s=ttft,
         latency_s=latency,
         timings=timings,
+        reasoning_tokens=tokens.reasoning_tokens,
     )
 
 
@@ -286,8 +350,14 @@ async def chat_with_retries(
     messages: list[dict[str, str]],
     params: dict[str, Any],
     policy: RetryPolicy,
+    flow: FlowControl | None = None,
+    tokens: int = 0,
 ) -> Completion:
-    """Retry transient failures; raise FatalRequestError, ContextOverflow or GaveUp otherwise."""
+    """Retry transient failures; raise FatalRequestError, ContextOverflow or GaveUp otherwise.
+
+    With `flow`, every attempt waits for the endpoint's rate limits and a slot of its adaptive
+    limit (evaluator/flow_control.py), and its outcome moves that limit; `tokens` is what the
+    attempt counts against a tokens-per-minute limit."""
     started = time.monotonic()
     attempts = 0
     retrying = AsyncRetrying(
@@ -302,7 +372,11 @@ async def chat_with_retries(
             with attempt:
                 attempts = attempt.retry_state.attempt_number
                 try:
-                    result = await stream_chat(client, model, messages, params)
+                    if flow is None:
+                        result = await stream_chat(client, model, messages, params)
+                    else:
+                        async with flow.attempt(tokens):
+                            result = await stream_chat(client, model, messages, params)
                 except openai.APIStatusError as exc:
                     if _is_transient(exc):
                         raise

@@ -13,7 +13,7 @@ import hashlib
 import json
 import os
 from pathlib import Path
-from typing import Annotated, Any, Protocol, TypeVar
+from typing import Annotated, Any, Literal, Protocol, TypeVar
 from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
@@ -50,6 +50,11 @@ _ENV_RE = r"^[A-Za-z_][A-Za-z0-9_]*$"
 
 Name = Annotated[str, Field(pattern=_NAME_RE)]
 
+# How hard a reasoning model thinks before it answers (OpenAI's `reasoning_effort`).
+ReasoningEffort = Literal["minimal", "low", "medium", "high"]
+# Sampling parameters a reasoning model refuses (OpenAI o-series and gpt-5 answer 400).
+_NOT_FOR_REASONING = ("temperature", "top_p")
+
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
@@ -70,10 +75,15 @@ class ModelEntry(_Strict):
     extra_body: dict[str, Any] = Field(default_factory=dict)
     context_window: int | None = Field(default=None, gt=0)
     max_concurrency: int | None = Field(default=None, ge=1)
+    # Rate limits of the provider's plan (evaluator/flow_control.py); not part of the fingerprint.
+    requests_per_minute: int | None = Field(default=None, ge=1)
+    tokens_per_minute: int | None = Field(default=None, ge=1)
     price_input_per_mtok: float | None = Field(default=None, ge=0)
     price_output_per_mtok: float | None = Field(default=None, ge=0)
     request_timeout_s: float = Field(default=600.0, gt=0)
     min_output_tokens: int = Field(default=64, ge=1)
+    reasoning: bool = False
+    reasoning_effort: ReasoningEffort | None = None
     _source: str = PrivateAttr(default=str(DEFAULT_MODELS_PATH))
 
     @field_validator("base_url")
@@ -95,6 +105,24 @@ class ModelEntry(_Strict):
     @classmethod
     def _no_extra_body(cls, value: Any) -> Any:
         return {} if value is None else value
+
+    @model_validator(mode="after")
+    def _check_reasoning(self) -> ModelEntry:
+        # An error, not a warning: a dropped temperature would silently make the results differ
+        # from what the file says, and a sent one makes the provider refuse every request.
+        if self.reasoning:
+            for name in _NOT_FOR_REASONING:
+                if getattr(self, name) is not None:
+                    raise ValueError(
+                        f"{name}: a reasoning model (reasoning: true) takes no {name}; remove "
+                        f"{name}, or set reasoning: false if this model samples"
+                    )
+        elif self.reasoning_effort is not None:
+            raise ValueError(
+                "reasoning_effort is only sent to reasoning models; add reasoning: true or remove "
+                "reasoning_effort"
+            )
+        return self
 
     @model_validator(mode="after")
     def _check_budget(self) -> ModelEntry:
@@ -138,17 +166,29 @@ class ModelEntry(_Strict):
         return None if self.seed is None else self.seed + run_index
 
     def fingerprint(self) -> dict[str, Any]:
-        """What determines an answer; prices, limits, timeouts and the key's name do not."""
-        return self.model_dump(include=_FINGERPRINT)
+        """What determines an answer; prices, limits, timeouts and the key's name do not.
+
+        The reasoning fields join only for a reasoning entry, so every entry written before
+        they existed keeps its configuration hash (and its stored results).
+        """
+        found = self.model_dump(include=_FINGERPRINT)
+        if self.reasoning:
+            found.update(reasoning=True, reasoning_effort=self.reasoning_effort)
+        return found
 
     def generation_params(self, run_index: int = 0) -> dict[str, Any]:
         """Keyword arguments for `chat.completions.create`, recorded with each turn.
 
         Unset parameters are left out (the endpoint's default applies); `extra_body` is
         included only when non-empty. The runner may lower `max_tokens` to fit the context.
+        A reasoning entry's limit is `max_completion_tokens` (it counts the hidden reasoning
+        too) with its `reasoning_effort`; the client sends the budget's cap under that name
+        (`evaluator.client.wire_params`).
         """
+        limit = "max_completion_tokens" if self.reasoning else "max_tokens"
         params = {
-            "max_tokens": self.max_tokens,
+            limit: self.max_tokens,
+            "reasoning_effort": self.reasoning_effort,
             "temperature": self.temperature,
             "top_p": self.top_p,
             "seed": self.seed_for_run(run_index),

@@ -29,7 +29,7 @@ import types
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar, Union, get_args, get_origin
+from typing import Any, Literal, TypeVar, Union, get_args, get_origin
 
 import yaml
 from pydantic import BaseModel, ValidationError
@@ -435,6 +435,8 @@ def _expected(owner: type[BaseModel], name: str, dialect: Dialect) -> str:
         words = f"a list of {plural}"
         if bounds.get("min_length"):
             words = "a non-empty " + words[2:]
+    elif get_origin(annotation) is Literal:  # e.g. reasoning_effort: the valid values, spelled out
+        words = "one of " + ", ".join(f"'{value}'" for value in get_args(annotation))
     elif get_origin(annotation) is dict or (
         inspect.isclass(annotation) and issubclass(annotation, BaseModel)
     ):

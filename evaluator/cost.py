@@ -4,6 +4,12 @@ A cost is known only when BOTH prices are set; a price of 0 is a price (a free l
 costs $0, not "unknown"). With one price missing, no cost is recorded: a partial sum would
 under-count silently, so estimates and summaries say which price is missing instead. Used by
 `run` (each turn's `cost_usd`), `run --dry-run`, `judge --dry-run` and the judge's details.
+
+Reasoning tokens are output tokens: OpenAI bills a reasoning model's hidden reasoning at the
+output price, and its `usage.completion_tokens` already counts them
+(`completion_tokens_details.reasoning_tokens` is a breakdown of that number, not an addition).
+So the completion tokens priced here include the reasoning exactly once; evaluator/client.py
+(`read_usage`) folds in the reasoning of a gateway that reports it apart.
 """
 
 from __future__ import annotations

@@ -50,6 +50,7 @@ class Evaluation:
     concurrency: int
     restart: bool = False
     heartbeat_s: float = DEFAULT_HEARTBEAT_S
+    limit: int | None = None  # `run --limit N`: only the plan's first N conversations
 
 
 @dataclass
@@ -71,6 +72,7 @@ def snapshot(evaluation: Evaluation) -> dict[str, Any]:
         "runs": evaluation.runs,
         "concurrency": evaluation.concurrency,
         "settings": evaluation.settings.model_dump(mode="json"),
+        "limit": evaluation.limit,
     }
 
 
@@ -81,7 +83,9 @@ def plan_for(store: Store, evaluation: Evaluation) -> Plan:
         cfg: (store.next_generation(cfg) if evaluation.restart else store.current_generation(cfg))
         for cfg in set(hashes.values())
     }
-    return build_plan(evaluation.models, evaluation.sequences, evaluation.runs, generations)
+    return build_plan(
+        evaluation.models, evaluation.sequences, evaluation.runs, generations, limit=evaluation.limit
+    )
 
 
 def run_record(run_id: str, evaluation: Evaluation, plan: Plan, endpoints: dict[str, Endpoint]) -> RunRecord:
@@ -158,7 +162,15 @@ def evaluate(store: Store, evaluation: Evaluation, endpoints: dict[str, Endpoint
         status = "incomplete"
         message = "some turns failed or were not played; re-run the same command to retry them"
     try:
-        store.update_run(run_id, status=status, finished_at=utcnow(), counts=counts, message=message)
+        store.update_run(
+            run_id,
+            status=status,
+            finished_at=utcnow(),
+            counts=counts,
+            reused=sum(s.reused for s in stats.values()),
+            message=message,
+            flow_control=runner.flow_snapshot(),
+        )
     except StoreError as exc:
         err_console.print(f"[red]could not record the run's end: {escape(str(exc))}[/red]")
     code = _report_end(store, run_id, status, message, stats)

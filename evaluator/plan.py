@@ -56,8 +56,17 @@ def build_plan(
     sequences: list[Sequence],
     runs: int,
     generations: dict[str, int] | None = None,
+    limit: int | None = None,
 ) -> Plan:
-    """`generations` maps a config hash to the generation to play (default 1)."""
+    """The conversations in their one order: model by model (as given), within a model
+    sequence by sequence (as given), within a sequence run 0, 1, ...
+
+    `generations` maps a config hash to the generation to play (default 1). `limit` keeps only
+    the first `limit` conversations of that order (`run --limit N`, a quick try); the models
+    left without any are left out of the plan.
+    """
+    if limit is not None and limit < 1:
+        raise ValueError(f"limit must be at least 1, got {limit}")
     generations = generations or {}
     items: list[SequenceRun] = []
     for model in models:
@@ -74,6 +83,10 @@ def build_plan(
                         generation=generations.get(cfg, 1),
                     )
                 )
+    if limit is not None:
+        items = items[:limit]
+        playing = {item.model.name for item in items}
+        models = [model for model in models if model.name in playing]
     return Plan(models=models, sequences=sequences, runs=runs, items=items)
 
 

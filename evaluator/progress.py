@@ -54,7 +54,8 @@ class RunProgress:
             self.tasks[name],
             completed=min(stats.done, stats.total),
             speed=f"{tps:.1f} tok/s" if tps else "",
-            errors=f"[red]{problems} problem(s)[/red]" if problems else "",
+            errors=(f"[red]{problems} problem(s)[/red] " if problems else "")
+            + (f"limit {stats.concurrency_limit}" if stats.concurrency_limit is not None else ""),
         )
 
 

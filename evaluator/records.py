@@ -235,6 +235,10 @@ class ResponseRecord(StoredDocument):
     metrics: TextMetrics | None = None
     """Judge-free text figures of the answer; None for turns stored before they existed (or
     not ok): `storybench-eval metrics` computes them."""
+    reasoning_tokens: int | None = None
+    """Of `completion_tokens`, those a reasoning model spent thinking before its answer
+    (`usage.completion_tokens_details.reasoning_tokens`; billed as output and already in
+    `completion_tokens` and `cost_usd`); None when the endpoint does not report them."""
 
     @model_validator(mode="after")
     def _default_id(self) -> ResponseRecord:
@@ -303,7 +307,10 @@ class RunRecord(StoredDocument):
     finished_at: datetime | None = None
     """When the run recorded its end; None while running (or when killed)."""
     counts: dict[str, int] = Field(default_factory=dict)
-    """Outcome -> turns written by this invocation."""
+    """Outcome -> turns written by this invocation (recorded at its end; readers derive them
+    from the stored turns for a run that never recorded its end)."""
+    reused: int | None = None
+    """Turns of the plan stored by earlier runs and kept, recorded at the end (None before)."""
     message: str | None = None
     """Why the run ended as it did, for any status but completed."""
     host: str | None = None
@@ -321,6 +328,9 @@ class RunRecord(StoredDocument):
     arrays of documents)."""
     experiment_config_hashes: list[str] = Field(default_factory=list)
     """Derived from `experiments`: the configuration hashes, for generation lookups."""
+    flow_control: dict[str, Any] = Field(default_factory=dict)
+    """Per endpoint at the run's end: the adaptive concurrency limit, its lowest value, how often
+    it was halved, the most requests in flight, and the rate limits in force."""
 
     @model_validator(mode="after")
     def _derive_lists(self) -> RunRecord:

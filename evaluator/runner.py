@@ -21,6 +21,7 @@ from evaluator.budget import count_prompt_tokens
 from evaluator.client import RetryPolicy, chat_with_retries
 from evaluator.config import ModelEntry
 from evaluator.endpoint import Endpoint
+from evaluator.flow_control import AdaptiveLimit, FlowControl
 from evaluator.plan import Plan, SequenceRun
 from evaluator.records import (
     FINAL_OUTCOMES,
@@ -40,6 +41,7 @@ class ModelStats:
     done: int = 0  # turns finished (this run or earlier), including turns skipped after an end
     written: int = 0
     reused: int = 0  # turns stored by earlier runs of the same plan, kept (not asked again)
+    concurrency_limit: int | None = None  # the endpoint's adaptive limit after the last turn
     outcomes: dict[str, int] = field(default_factory=lambda: defaultdict(int))
     completion_tokens: int = 0
     generation_s: float = 0.0
@@ -124,6 +126,7 @@ class Runner:
         self.store_failed: str | None = None  # why the first failed write failed
         self.writer = StoreWriter()  # closed when `run` ends: one run per Runner
         self.stats: dict[str, ModelStats] = {m.name: ModelStats(total=plan.turns_for(m)) for m in plan.models}
+        self.flows: dict[str, FlowControl] = {}  # connection key -> its pacing (flow_control.py)
 
     # ---- scheduling -------------------------------------------------------------------------
 
@@ -159,6 +162,15 @@ class Runner:
             groups[key if endpoint.one_model_at_a_time else f"{key}|{model.name}"].append(endpoint)
             limits[key] = min(limits.get(key, endpoint.max_connections), endpoint.max_connections)
         bounds = {key: asyncio.Semaphore(limit) for key, limit in limits.items()}
+        for model in self.plan.models:
+            endpoint = self.endpoints[model.name]
+            if endpoint.connection_key not in self.flows:
+                limit = limits[endpoint.connection_key]
+                self.flows[endpoint.connection_key] = FlowControl(
+                    AdaptiveLimit(start=min(limit, self.concurrency), maximum=limit),
+                    requests_per_minute=model.requests_per_minute,
+                    tokens_per_minute=model.tokens_per_minute,
+                )
 
         async def play_model(endpoint: Endpoint) -> None:
             bound = bounds[endpoint.connection_key]
@@ -222,7 +234,14 @@ class Runner:
             messages.append({"role": "assistant", "content": record.response_text})
             self.on_progress(entry.name, stats)
 
+    def flow_snapshot(self) -> dict[str, dict[str, Any]]:
+        """Per endpoint (connection key): the adaptive limit now, its lowest, how often it was
+        halved, the most requests seen in flight, and the rate limits; stored with the run."""
+        return {key: flow.snapshot() for key, flow in self.flows.items()}
+
     def _account(self, stats: ModelStats, entry: ModelEntry, rec: ResponseRecord) -> None:
+        flow = self.flows.get(self.endpoints[entry.name].connection_key)
+        stats.concurrency_limit = flow.limit.limit if flow is not None else None
         stats.done += 1
         stats.written += 1
         stats.outcomes[rec.outcome] += 1
@@ -255,8 +274,11 @@ class Runner:
             prompt_tokens = await count_prompt_tokens(messages, None)
         client = endpoint.chat_client()
 
+        flow = self.flows.get(endpoint.connection_key)
+
         async def send(params: dict[str, Any]) -> Any:
-            return await chat_with_retries(client, entry.model, messages, params, self.policy)
+            tokens = prompt_tokens + int(params.get("max_tokens") or 0)
+            return await chat_with_retries(client, entry.model, messages, params, self.policy, flow, tokens)
 
         result = await decide_turn(
             send,

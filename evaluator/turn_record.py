@@ -10,7 +10,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
 
-from evaluator.client import Completion
+from evaluator.client import Completion, wire_params
 from evaluator.config import ModelEntry
 from evaluator.plan import SequenceRun
 from evaluator.records import ResponseRecord, utcnow
@@ -93,10 +93,11 @@ def turn_record(ctx: TurnContext, result: TurnResult, entry: ModelEntry) -> Resp
         cost_usd=entry.cost_usd(done.prompt_tokens, done.completion_tokens) if done else None,
         started_at=ctx.started_at,
         finished_at=utcnow(),
-        params=result.params,
+        params=wire_params(result.params),  # what the body carried (a reasoning model's limit)
         server_timings=done.timings if done else None,
         prompt=turn.text,
         response_text=answer,
         response_raw=text,
         metrics=metrics,
+        reasoning_tokens=done.reasoning_tokens if done else None,
     )

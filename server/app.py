@@ -30,7 +30,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from starlette_context.middleware import RawContextMiddleware
 from starlette_context.plugins import RequestIdPlugin
 
-from server import llama_settings
+from server import llama_settings, openapi_schema
 from server.auth import bearer_ok
 from server.config import ServerConfig
 from server.engine.app import build_batched_app
@@ -39,15 +39,17 @@ from server.gguf_info import file_sha256
 from server.instrumented import StoryBenchProxy
 from server.llama_middleware import LlamaMiddleware
 from server.metadata import METADATA_PATH, server_metadata
-from server.openai_errors import send_json, send_unauthorized
+from server.openai_errors import install_error_handlers, send_json, send_unauthorized
+from server.openapi_schema import Served
 
 log = logging.getLogger("storybench.server")
 
 
-def build_llama_app(cfg: ServerConfig, proxy: StoryBenchProxy) -> ASGIApp:
+def build_llama_app(cfg: ServerConfig, proxy: StoryBenchProxy, auth: bool = False) -> ASGIApp:
     """llama-cpp-python's app around our proxy (what its `create_app` does, minus the CORS
     wildcard and minus loading the model with its own, guessing, LlamaProxy). Upstream is given
-    no key: `StoryBenchApp` checks it once for every route."""
+    no key: `StoryBenchApp` checks it once for every route (`auth`: whether one is configured,
+    for the OpenAPI schema)."""
     llama_app.set_server_settings(llama_settings.server_settings(cfg))
     llama_app._llama_proxy = proxy  # the global its routes' get_llama_proxy dependency yields
     app = FastAPI(
@@ -56,6 +58,10 @@ def build_llama_app(cfg: ServerConfig, proxy: StoryBenchProxy) -> ASGIApp:
         version=llama_cpp.__version__,
     )
     app.include_router(llama_app.router)
+    install_error_handlers(app)
+    model = proxy.current_model
+    served = Served("llama-cpp-python", cfg.model_names, auth, model.n_vocab() if model is not None else None)
+    openapi_schema.install(app, served)
 
     @app.get(METADATA_PATH, tags=["StoryBench"])
     async def storybench_models() -> dict[str, Any]:
@@ -90,12 +96,12 @@ class StoryBenchApp:
             if self.cfg.models[0].entry.engine == "batched":
                 self.host = EngineHost(self.cfg, verbose=self.verbose)
                 self.host.load(self.cfg.models[0].name)
-                self.inner = build_batched_app(self.cfg, self.host)
+                self.inner = build_batched_app(self.cfg, self.host, auth=self.api_key is not None)
             else:
                 settings = [llama_settings.model_settings(m, self.verbose) for m in self.cfg.models]
                 extra = {m.name: llama_settings.extra_model_params(m) for m in self.cfg.models}
                 self.proxy = StoryBenchProxy(settings, extra)
-                self.inner = build_llama_app(self.cfg, self.proxy)
+                self.inner = build_llama_app(self.cfg, self.proxy, auth=self.api_key is not None)
             self.state = "ready"
             log.info("ready in %.2f s", time.perf_counter() - start)
         except Exception as exc:  # reported by /health and the CLI, which exits 1

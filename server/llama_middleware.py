@@ -3,8 +3,11 @@
 llama-cpp-python's routes neither check that a prompt fits nor report `timings`, and its
 detokenizer crashes on some input, so for this engine only:
 
-- `/extras/detokenize`: token ids outside the vocabulary are refused (detokenizing them
-  SIGSEGVs llama.cpp), and so are tokens that do not form UTF-8 text (upstream answers 500);
+- `/extras/detokenize` is answered here: token ids outside the vocabulary are refused
+  (detokenizing them SIGSEGVs llama.cpp), and tokens that split a UTF-8 character give U+FFFD
+  as in the batched engine (upstream decodes strictly and answers 500);
+- `logit_bias` token ids outside the vocabulary are refused, as the batched engine does
+  (upstream would bias some other token or fail);
 - generation requests get the preflight (server/preflight.py: HTTP 400
   `context_length_exceeded` before any response starts; a grammar llama.cpp cannot parse and a
   prompt the chat template refuses are 400s too), then run with a `RequestMetrics` in
@@ -18,6 +21,7 @@ itself (server/engine/api.py).
 from __future__ import annotations
 
 import contextlib
+import json
 from typing import Any
 
 import anyio
@@ -29,7 +33,7 @@ from server.instrumented import CURRENT_METRICS, RequestMetrics
 from server.middleware import StoryBenchMiddleware
 from server.openai_errors import error_body, send_json
 from server.preflight import preflight
-from server.request_checks import Rejection, unknown_model
+from server.request_checks import Rejection
 from server.response_rewrite import ResponseWriter
 
 
@@ -37,22 +41,20 @@ class LlamaMiddleware(StoryBenchMiddleware):
     """The shared checks, plus the detokenize check, preflight and response rewriting."""
 
     async def check_other(self, path: str, body: dict[str, Any]) -> Rejection | None:
+        """The shared checks; then the answer to /extras/detokenize (module docstring)."""
         rejection = await super().check_other(path, body)
         if rejection is not None or path != "/extras/detokenize":
             return rejection
-        if unknown_model(body, self.model_names) is not None:
-            return None  # upstream answers 404 naming the models
-        request = DetokenizeInputRequest.model_validate(body)  # valid: checked above
+        request = DetokenizeInputRequest.model_validate(body)  # valid, known model: checked above
         async with contextlib.asynccontextmanager(llama_app.get_llama_proxy)() as proxy:
-            problem = await anyio.to_thread.run_sync(detokenize_problem, proxy(request.model), request.tokens)
-        if problem is not None:
-            return 400, error_body(problem, code="invalid_token", param="tokens")
-        return None
+            return await anyio.to_thread.run_sync(detokenize_answer, proxy(request.model), request.tokens)
 
     async def generate(
         self, kind: str, body: dict[str, Any], scope: Scope, receive: Receive, send: Send
     ) -> None:
-        rejection = await preflight(kind, body)
+        rejection = await self.check_logit_bias(body)
+        if rejection is None:
+            rejection = await preflight(kind, body)
         if rejection is not None:
             await send_json(send, *rejection)
             return
@@ -70,19 +72,29 @@ class LlamaMiddleware(StoryBenchMiddleware):
         finally:
             CURRENT_METRICS.reset(token)
 
+    async def check_logit_bias(self, body: dict[str, Any]) -> Rejection | None:
+        """400 for a `logit_bias` token id outside the model's vocabulary (the keys are
+        decimal integers: checked before, server/request_checks.py)."""
+        bias = body.get("logit_bias")
+        if not isinstance(bias, dict) or not bias or body.get("logit_bias_type") not in (None, "input_ids"):
+            return None
+        async with contextlib.asynccontextmanager(llama_app.get_llama_proxy)() as proxy:
+            llama = await anyio.to_thread.run_sync(proxy, body.get("model"))
+            n_vocab = llama.n_vocab()
+        bad = sorted(int(key) for key in bias if int(key) >= n_vocab)
+        if bad:
+            message = f"logit_bias token ids must be from 0 to {n_vocab - 1} (the vocabulary); got {bad[:5]}."
+            return 400, error_body(message, code="invalid_logit_bias", param="logit_bias")
+        return None
 
-def detokenize_problem(llama: Any, tokens: list[int]) -> str | None:
-    """Why upstream's /extras/detokenize would fail on these tokens (SIGSEGV for ids outside the
-    vocabulary, a 500 for bytes that are not UTF-8), or None."""
+
+def detokenize_answer(llama: Any, tokens: list[int]) -> Rejection:
+    """/extras/detokenize's answer: 400 for ids outside the vocabulary (llama.cpp would
+    SIGSEGV), else the text, a character split by the sequence's ends as U+FFFD."""
     n_vocab = llama.n_vocab()
     bad = [t for t in tokens if not 0 <= t < n_vocab]
     if bad:
-        return f"Token ids must be from 0 to {n_vocab - 1} (this model's vocabulary); got {bad[:5]}."
-    try:
-        llama.detokenize(tokens).decode("utf-8")
-    except UnicodeDecodeError:
-        return (
-            "These tokens do not form UTF-8 text (they split a multi-byte character); "
-            "detokenize a longer sequence."
-        )
-    return None
+        message = f"Token ids must be from 0 to {n_vocab - 1} (this model's vocabulary); got {bad[:5]}."
+        return 400, error_body(message, code="invalid_token", param="tokens")
+    text = llama.detokenize(tokens).decode("utf-8", errors="replace")
+    return 200, json.dumps({"text": text}).encode("utf-8")

@@ -14,9 +14,11 @@ once, before this, by `StoryBenchApp`: server/auth.py) it:
 
 Bad requests get a 4xx with a message, never upstream's 500 (its route wrapper turns every
 exception, validation errors included, into a 500) and never a crash: bodies that are not JSON
-objects (400), invalid fields (422), an empty prompt or several prompts (400), non-integer
-`logit_bias` keys (400). The tokenizer routes get the same body checks; `/v1/embeddings`
-answers 400 (models are loaded for generation only). The checks themselves are in
+objects (400), invalid fields (422, in OpenAI's error shape), an empty prompt, no messages or
+several prompts (400), `logit_bias` keys that are not token ids (400), a forced `tool_choice`
+or `function_call` (400). The tokenizer routes get the same body checks; `/v1/embeddings`
+answers 400 (models are loaded for generation only). What passes here is what the published
+OpenAPI schema calls valid (server/openapi_schema.py). The checks themselves are in
 server/request_checks.py; this module reads, parses and replays the body around them.
 """
 
@@ -35,6 +37,7 @@ from server.request_checks import (
     check_generation,
     check_other,
     normalize,
+    validate_generation,
 )
 
 
@@ -83,6 +86,10 @@ class StoryBenchMiddleware:
             raw = json.dumps(body).encode("utf-8")
             headers = [(k, v) for k, v in scope["headers"] if k != b"content-length"]
             scope = {**scope, "headers": [*headers, (b"content-length", str(len(raw)).encode())]}
+        rejection = validate_generation(kind, body)
+        if rejection is not None:
+            await send_json(send, *rejection)
+            return
         await self.generate(kind, body, scope, replay(raw, receive), send)
 
     async def check_other(self, path: str, body: dict[str, Any]) -> Rejection | None:

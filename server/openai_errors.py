@@ -1,15 +1,21 @@
 """OpenAI-style error answers, the same from both engines: the body, the 422 for an invalid
 request, the 401 for a missing or wrong key, the 400 `context_length_exceeded` with its numbers,
-the 404 for an unknown model, and sending a JSON answer over raw ASGI. Both engines import
+the 404 for an unknown model, sending a JSON answer over raw ASGI, and the FastAPI exception
+handlers that give an `HTTPException` or a request validation error the same body (FastAPI's
+own would be `{"detail": ...}`, which the OpenAPI schema does not promise). Both engines import
 these from here, so neither imports the other's modules for an error."""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from typing import Any
 
-from fastapi import HTTPException
+from fastapi import FastAPI, HTTPException, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import Response
 from pydantic import ValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import Send
 
 # Fields of a 422 listed before "(and N more)".
@@ -30,7 +36,11 @@ def error_body(message: str, *, code: str | None, param: str | None = None, **ex
 
 def invalid_request(exc: ValidationError) -> tuple[int, bytes]:
     """422 naming the invalid fields (never echoing their values)."""
-    errors = exc.errors()
+    return invalid_fields(exc.errors())
+
+
+def invalid_fields(errors: Sequence[Any]) -> tuple[int, bytes]:
+    """422 for pydantic's error list (`loc`, `msg` of each)."""
     problems = ["/".join(str(p) for p in e["loc"]) + f": {e['msg']}" for e in errors[:SHOWN_PROBLEMS]]
     more = f" (and {len(errors) - SHOWN_PROBLEMS} more)" if len(errors) > SHOWN_PROBLEMS else ""
     param = str(errors[0]["loc"][0]) if errors and errors[0]["loc"] else None
@@ -87,6 +97,30 @@ class UnknownModelError(HTTPException):
 
     def __init__(self, model: str, known: list[str]) -> None:
         super().__init__(status_code=404, detail=unknown_model_message(model, known))
+        self.known = known
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, StarletteHTTPException)
+    if isinstance(exc, UnknownModelError):
+        body = error_body(exc.detail, code="model_not_found", param="model", known_models=exc.known)
+    else:
+        body = error_body(str(exc.detail), code=None)
+    return Response(body, status_code=exc.status_code, media_type="application/json", headers=exc.headers)
+
+
+async def _invalid_request(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, RequestValidationError)
+    # FastAPI prefixes each location with where the value was ("body", "query", ...).
+    errors = [{**e, "loc": tuple(e["loc"])[1:] or tuple(e["loc"])} for e in exc.errors()]
+    status, body = invalid_fields(errors)
+    return Response(body, status_code=status, media_type="application/json")
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Every error FastAPI answers itself in OpenAI's shape, for either engine's app."""
+    app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(RequestValidationError, _invalid_request)
 
 
 async def send_json(

@@ -35,11 +35,12 @@ from evaluator.compare.conversations import Selection, select_conversations
 from evaluator.compare.judging import CompareStats, JudgeAborted, PairJudge
 from evaluator.compare.pairs import Comparison, ModelPair, plan_comparisons, with_repeats
 from evaluator.compare.prompt import pair_messages
-from evaluator.config import DEFAULT_MODELS_PATH, ConfigError, ModelEntry, load_models
+from evaluator.config import ConfigError, ModelEntry, load_models
 from evaluator.endpoint import EndpointError, probe
 from evaluator.judge.cli import pick_judge
 from evaluator.judge.judging import DEFAULT_REPEAT_TEMPERATURE
-from evaluator.judge.rubric import DEFAULT_RUBRIC_PATH, Rubric, load_rubric
+from evaluator.judge.options import judge_options
+from evaluator.judge.rubric import Rubric, load_rubric
 from evaluator.records import pairwise_id
 from evaluator.store import Store, StoreError, open_store
 
@@ -59,59 +60,17 @@ def _names(csv: str | None) -> list[str]:
     "with --baseline, the models compared against it.",
 )
 @click.option(
-    "--judge",
-    "judge_name",
-    default=None,
-    help="The judge: a model entry name of --config. Default: the rubric's `judge`, else the first "
-    "model of --config.",
-)
-@click.option(
     "--baseline", default=None, help="Compare each model with this one only, instead of every pair."
 )
 @click.option(
     "--sequences", "sequences_csv", default=None, help="Only these sequences (comma-separated names)."
 )
-@click.option(
-    "--rubric",
-    "rubric_path",
-    type=click.Path(path_type=Path),
-    default=DEFAULT_RUBRIC_PATH,
-    show_default=True,
-    help="The rubric file; its `pairwise` block says what to weigh and the verdict scale "
+@judge_options(
+    rubric_help="The rubric file; its `pairwise` block says what to weigh and the verdict scale "
     "(docs/leaderboard.md).",
-)
-@click.option(
-    "--config",
-    "models_path",
-    type=click.Path(path_type=Path),
-    default=DEFAULT_MODELS_PATH,
-    show_default=True,
-    help="Models file the judge entry and the retry settings come from (YAML).",
-)
-@click.option(
-    "--concurrency",
-    type=click.IntRange(min=1),
-    default=None,
-    help="Judge requests in flight (default: the judge entry's max_concurrency, else our server's "
-    "slot count, else 4 for a hosted API).",
+    repeat_unit="ordered comparison",
 )
 @click.option("--dry-run", is_flag=True, help="Print the pairs with token and cost estimates; call no model.")
-@click.option(
-    "--repeat",
-    "repeats",
-    type=click.IntRange(min=1),
-    default=1,
-    show_default=True,
-    help="Verdicts per ordered comparison: repeat 0 at temperature 0 with the rubric's seed, "
-    "repeats 1..K-1 with seed + 1000*k at --repeat-temperature (the judge's spread).",
-)
-@click.option(
-    "--repeat-temperature",
-    type=click.FloatRange(min=0.0),
-    default=DEFAULT_REPEAT_TEMPERATURE,
-    show_default=True,
-    help="Temperature of repeats 1..K-1 (at 0 another seed changes nothing).",
-)
 @mongo_option
 @db_option
 def compare_command(

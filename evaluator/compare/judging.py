@@ -2,8 +2,9 @@
 
 Like the rubric judge (evaluator/judge/judging.py): the evaluator's own client with its
 retries, temperature 0 and the rubric's seed (repeats 1..K-1 of `--repeat K` sample with their
-own seed and a temperature above 0, as `judge --repeat` does), one more request with a note
-after an answer that is not a verdict. Unlike it, a comparison that still has no verdict is STORED as failed
+own seed and a temperature above 0, as `judge --repeat` does; a reasoning judge takes no
+temperature, `judge_params`), one more request with a note after an answer that is not a
+verdict. Unlike it, a comparison that still has no verdict is STORED as failed
 with its reason: the leaderboard lists failures instead of guessing, nothing is ever given a
 default verdict, and a re-run retries exactly the failed ones (`Store.save_pairwise` replaces
 a failed document, never a verdict).
@@ -19,7 +20,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from evaluator.budget import count_prompt_tokens
-from evaluator.client import ContextOverflow, FatalRequestError, GaveUp, RetryPolicy, chat_with_retries
+from evaluator.client import (
+    Completion,
+    ContextOverflow,
+    FatalRequestError,
+    GaveUp,
+    RetryPolicy,
+    chat_with_retries,
+)
 from evaluator.compare.pairs import Comparison
 from evaluator.compare.prompt import Preference, pair_messages, pair_response_format, parse_preference
 from evaluator.endpoint import Endpoint
@@ -27,6 +35,8 @@ from evaluator.judge.judging import (
     DEFAULT_REPEAT_TEMPERATURE,
     JudgeAborted,
     judge_model_sha256,
+    judge_params,
+    judged_cost,
     repeat_sampling,
     with_note,
 )
@@ -99,11 +109,7 @@ class PairJudge:
 
     def _params(self, repeat: int) -> dict[str, Any]:
         temperature, seed = repeat_sampling(self.rubric.seed, repeat, self.repeat_temperature)
-        params: dict[str, Any] = {
-            "temperature": temperature,
-            "seed": seed,
-            "max_tokens": self.rubric.max_tokens,
-        }
+        params = judge_params(self.endpoint.entry, temperature, seed, self.rubric.max_tokens)
         fmt = pair_response_format(self.rubric)
         if fmt is not None:
             params["response_format"] = fmt
@@ -140,12 +146,14 @@ class PairJudge:
             await self._save(comparison, None, too_long, {})
             return
         params = self._params(comparison.repeat)
-        model = self.endpoint.entry.model
-        details: dict[str, Any] = {}
+        entry = self.endpoint.entry
+        model = entry.model
+        answers: list[Completion] = []  # every answer paid for, for the comparison's cost
         try:
             completion = await chat_with_retries(
                 self.endpoint.chat_client(), model, messages, params, self.policy
             )
+            answers.append(completion)
             attempts = completion.attempts
             try:
                 preference = parse_preference(completion.text, self.block, completion.finish_reason)
@@ -161,30 +169,33 @@ class PairJudge:
                     self.policy,
                 )
                 attempts += completion.attempts
+                answers.append(completion)
                 try:
                     preference = parse_preference(completion.text, self.block, completion.finish_reason)
                 except InvalidJudgement as again:
                     reason = f"no valid verdict in two answers: first {retried_after}; then {again}"
-                    await self._save(comparison, None, reason, {"attempts": attempts})
+                    # No verdict, but both answers were paid for: their cost is stored too.
+                    spent = {**judged_cost(entry, answers), "attempts": attempts}
+                    await self._save(comparison, None, reason, spent)
                     return
         except ContextOverflow as exc:
-            await self._save(comparison, None, f"the judge refused the prompt as too long: {exc}", {})
+            spent = judged_cost(entry, answers) if answers else {}  # an invalid first answer was paid for
+            await self._save(comparison, None, f"the judge refused the prompt as too long: {exc}", spent)
             return
         except FatalRequestError as exc:
             if exc.aborts_model:
                 self.aborted = f"the judge endpoint refused an earlier request ({exc})"
-            await self._save(comparison, None, str(exc), {})
+            await self._save(comparison, None, str(exc), judged_cost(entry, answers) if answers else {})
             return
         except GaveUp as exc:
-            await self._save(comparison, None, str(exc), {})
+            await self._save(comparison, None, str(exc), judged_cost(entry, answers) if answers else {})
             return
-        entry = self.endpoint.entry
         details = {
-            "prompt_tokens": completion.prompt_tokens,
-            "completion_tokens": completion.completion_tokens,
             "finish_reason": completion.finish_reason,
             "latency_s": completion.latency_s,
-            "cost_usd": entry.cost_usd(completion.prompt_tokens, completion.completion_tokens),
+            # Tokens and cost of both answers when the first was not a verdict; the cost by the
+            # one rule (evaluator/cost.py): None unless the judge entry has both prices.
+            **judged_cost(entry, answers),
             "attempts": attempts,
             "retried_after": retried_after,
             "seed": params["seed"],
@@ -225,7 +236,8 @@ class PairJudge:
                 "judge_model_sha256": judge_model_sha256(self.endpoint),
                 "judge_endpoint": entry.base_url,
                 "response_format": self.rubric.response_format,
-                "temperature": temperature,
+                "temperature": None if entry.reasoning else temperature,  # a reasoning judge takes none
+                "reasoning_effort": entry.reasoning_effort,
                 "seed": seed,  # a verdict made on the retry says seed + 1 (from `details`)
                 **details,
             },

@@ -30,7 +30,7 @@ from evaluator.cli_common import (
 )
 from evaluator.cli_options import db_option, mongo_option
 from evaluator.client import RetryPolicy
-from evaluator.config import DEFAULT_MODELS_PATH, ConfigError, EvalSettings, ModelEntry, load_models, select
+from evaluator.config import ConfigError, EvalSettings, ModelEntry, load_models, select
 from evaluator.endpoint import EndpointError, probe
 from evaluator.judge.judging import (
     DEFAULT_REPEAT_TEMPERATURE,
@@ -40,9 +40,10 @@ from evaluator.judge.judging import (
     KindStats,
     split_judged,
 )
+from evaluator.judge.options import judge_options
 from evaluator.judge.progress import DryRunRow, JudgeProgress, dry_run_table, judge_summary_table
 from evaluator.judge.prompts import render
-from evaluator.judge.rubric import DEFAULT_RUBRIC_PATH, Rubric, load_rubric
+from evaluator.judge.rubric import Rubric, load_rubric
 from evaluator.judge.targets import Collected, SelectionError, collect
 from evaluator.records import TargetKind
 from evaluator.store import Store, StoreError, open_store
@@ -64,56 +65,13 @@ _SHOWN_FAILURES = 10
     show_default=True,
     help="What to judge: each successful turn (response), each complete sequence run (sequence), or both.",
 )
-@click.option(
-    "--judge",
-    "judge_name",
-    default=None,
-    help="The judge: a model entry name of --config. Default: the rubric's `judge`, else the "
-    "first model of --config.",
-)
-@click.option(
-    "--rubric",
-    "rubric_path",
-    type=click.Path(path_type=Path),
-    default=DEFAULT_RUBRIC_PATH,
-    show_default=True,
-    help="Criteria, scales and prompt templates (JSON; docs/judging.md).",
-)
-@click.option(
-    "--config",
-    "models_path",
-    type=click.Path(path_type=Path),
-    default=DEFAULT_MODELS_PATH,
-    show_default=True,
-    help="Models file the judge entry and the retry settings come from (YAML).",
-)
-@click.option(
-    "--concurrency",
-    type=click.IntRange(min=1),
-    default=None,
-    help="Judge requests in flight (default, the same rule as `run`: the judge entry's "
-    "max_concurrency, else our server's slot count, else 4 for a hosted API).",
+@judge_options(
+    rubric_help="Criteria, scales and prompt templates (JSON; docs/judging.md).", repeat_unit="target"
 )
 @click.option(
     "--dry-run",
     is_flag=True,
     help="Print what would be judged with token estimates; call no model.",
-)
-@click.option(
-    "--repeat",
-    "repeats",
-    type=click.IntRange(min=1),
-    default=1,
-    show_default=True,
-    help="Judgements per target: repeat 0 at temperature 0 with the rubric's seed, repeats "
-    "1..K-1 with seed + 1000*k at --repeat-temperature (the judge's spread).",
-)
-@click.option(
-    "--repeat-temperature",
-    type=click.FloatRange(min=0.0),
-    default=DEFAULT_REPEAT_TEMPERATURE,
-    show_default=True,
-    help="Temperature of repeats 1..K-1 (at 0 another seed changes nothing).",
 )
 @mongo_option
 @db_option

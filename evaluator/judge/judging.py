@@ -1,11 +1,14 @@
 """Judging: one request per target through the evaluator's own client, each valid judgement
-stored once.
+stored once. About 420 lines on purpose: sending, the one retry with a note, fitting to the
+judge's context and recording are one flow, read top to bottom.
 
 The judge is called like any evaluated model (evaluator/client.py: the same retries, Retry-After
 and error classes), with temperature 0 and the rubric's seed so a judgement repeats. `--repeat K`
 adds judgements 1 .. K-1 of each target to measure the judge's spread: each with its own seed
 (`repeat_seed`) and a temperature above 0, because at temperature 0 another seed changes nothing
-and many providers ignore seeds anyway. An answer
+and many providers ignore seeds anyway. A reasoning judge (`reasoning: true`) takes no
+temperature at all (`judge_params`): it is sent `max_completion_tokens` and its
+`reasoning_effort`, its details say `temperature: null`, and its repeats differ only by seed. An answer
 that is not a valid judgement is asked for once more, with a note saying what was wrong (at
 temperature 0 the same prompt would replay the same answer); a second invalid answer is a
 failure that is reported, never stored. Each judgement is saved as soon as it is made, so Ctrl-C
@@ -31,6 +34,7 @@ from evaluator.client import (
     RetryPolicy,
     chat_with_retries,
 )
+from evaluator.config import ModelEntry
 from evaluator.endpoint import Endpoint
 from evaluator.judge.prompts import DoesNotFit, Fitted, fit, render, response_format
 from evaluator.judge.rubric import KINDS, Rubric
@@ -50,6 +54,8 @@ __all__ = [
     "JudgeAborted",
     "KindStats",
     "judge_model_sha256",
+    "judge_params",
+    "judged_cost",
     "repeat_sampling",
     "repeat_seed",
     "split_judged",
@@ -75,6 +81,37 @@ def repeat_sampling(rubric_seed: int, repeat: int, repeat_temperature: float) ->
     `compare`, so a rubric judgement and a verdict repeat alike."""
     temperature = 0.0 if repeat == 0 else repeat_temperature
     return temperature, repeat_seed(rubric_seed, repeat)
+
+
+def judge_params(entry: ModelEntry, temperature: float, seed: int, max_tokens: int) -> dict[str, Any]:
+    """The sampling part of a judge request (rubric judge and `compare` alike).
+
+    A reasoning judge refuses `temperature` and `max_tokens` (OpenAI answers 400): it is sent
+    `max_completion_tokens`, which also bounds its hidden reasoning, and the entry's
+    `reasoning_effort` when set; `temperature` is None in what this returns for the record.
+    """
+    if not entry.reasoning:
+        return {"temperature": temperature, "seed": seed, "max_tokens": max_tokens}
+    params: dict[str, Any] = {"seed": seed, "max_completion_tokens": max_tokens}
+    if entry.reasoning_effort is not None:
+        params["reasoning_effort"] = entry.reasoning_effort
+    return params
+
+
+def judged_cost(entry: ModelEntry, completions: list[Completion]) -> dict[str, Any]:
+    """Tokens and cost of every answer a judgement took (a retried one costs both answers), for
+    its details: `cost_usd` by the one rule (evaluator/cost.py), None unless the judge entry has
+    both prices. Reasoning tokens are already in `completion_tokens` (and priced with them)."""
+    prompt = sum(c.prompt_tokens or 0 for c in completions)
+    completion = sum(c.completion_tokens or 0 for c in completions)
+    reasoning = [c.reasoning_tokens for c in completions if c.reasoning_tokens is not None]
+    reported = any(c.completion_tokens is not None for c in completions)
+    return {
+        "prompt_tokens": prompt if any(c.prompt_tokens is not None for c in completions) else None,
+        "completion_tokens": completion if reported else None,
+        "reasoning_tokens": sum(reasoning) if reasoning else None,
+        "cost_usd": entry.cost_usd(prompt, completion) if completions else None,
+    }
 
 
 def judge_model_sha256(endpoint: Endpoint) -> str | None:
@@ -197,11 +234,7 @@ class Judge:
 
     def _params(self, kind: str, repeat: int) -> dict[str, Any]:
         temperature, seed = repeat_sampling(self.rubric.seed, repeat, self.repeat_temperature)
-        params: dict[str, Any] = {
-            "temperature": temperature,
-            "seed": seed,
-            "max_tokens": self.rubric.max_tokens,
-        }
+        params = judge_params(self.endpoint.entry, temperature, seed, self.rubric.max_tokens)
         fmt = response_format(self.rubric, kind)
         if fmt is not None:
             params["response_format"] = fmt
@@ -231,8 +264,10 @@ class Judge:
         entry, specs = self.endpoint.entry, self.rubric.criteria(target.kind)
         params = self._params(target.kind, job.repeat)
         first_problem: str | None = None
+        answers: list[Completion] = []  # every answer paid for, for the judgement's cost
         try:
             completion, fitted, attempts = await self._send(target, fitted, params)
+            answers.append(completion)
             try:
                 verdict = parse_verdict(completion.text, specs, completion.finish_reason)
             except InvalidJudgement as exc:
@@ -246,6 +281,7 @@ class Judge:
                     self.policy,
                 )
                 attempts += completion.attempts
+                answers.append(completion)
                 try:
                     verdict = parse_verdict(completion.text, specs, completion.finish_reason)
                 except InvalidJudgement as again:
@@ -272,7 +308,7 @@ class Judge:
         except GaveUp as exc:
             self._fail(job, str(exc))
             return
-        await self._save(job, verdict, completion, fitted, attempts, first_problem, params)
+        await self._save(job, verdict, answers, fitted, attempts, first_problem, params)
 
     async def _send(
         self, target: Target, fitted: Fitted, params: dict[str, Any]
@@ -314,7 +350,7 @@ class Judge:
         self,
         job: Job,
         verdict: Verdict,
-        completion: Completion,
+        answers: list[Completion],
         fitted: Fitted,
         attempts: int,
         first_problem: str | None,
@@ -322,6 +358,7 @@ class Judge:
     ) -> None:
         target = job.target
         entry = self.endpoint.entry
+        completion = answers[-1]  # the answer that was a judgement
         stats = self.stats[target.kind]
         rationale = verdict.rationale
         if fitted.left_out:
@@ -348,16 +385,16 @@ class Judge:
                 "scales": {c.name: [c.min, c.max] for c in self.rubric.criteria(target.kind)},
                 "context_turns": len(target.history) if target.kind == "response" else None,
                 "context_turns_left_out": fitted.left_out,
-                "prompt_tokens": completion.prompt_tokens,
                 "prompt_tokens_estimated": fitted.prompt_tokens,
-                "completion_tokens": completion.completion_tokens,
                 "finish_reason": completion.finish_reason,
                 "latency_s": completion.latency_s,
-                # The one cost rule (evaluator/cost.py): None unless the judge entry has both prices.
-                "cost_usd": entry.cost_usd(completion.prompt_tokens, completion.completion_tokens),
+                # Tokens and cost of both answers when the first was not a judgement; the cost by
+                # the one rule (evaluator/cost.py): None unless the judge entry has both prices.
+                **judged_cost(entry, answers),
                 "attempts": attempts,
                 "retried_after": first_problem,
-                "temperature": params["temperature"],
+                "temperature": params.get("temperature"),  # None: a reasoning judge takes none
+                "reasoning_effort": params.get("reasoning_effort"),
                 "seed": params["seed"],
             },
         )

@@ -142,8 +142,7 @@ class PairwiseRubric(_Strict):
     def _valid_scale(cls, labels: list[str]) -> list[str]:
         if len(labels) < 3 or len(labels) % 2 == 0:
             raise ValueError(
-                "needs an odd number of labels (3 or more) with the tie in the middle, "
-                f"got {len(labels)}"
+                f"needs an odd number of labels (3 or more) with the tie in the middle, got {len(labels)}"
             )
         if len({label.strip().lower() for label in labels}) != len(labels):
             raise ValueError("the labels must differ from each other (ignoring case)")

@@ -33,7 +33,7 @@ from evaluator.records import TextMetrics
 # Below this many sequences the intervals say more about the few sequences than about the models.
 FEW_SEQUENCES = 5
 
-__all__ = ["Leaderboard", "ModelRow", "TurnScore", "build"]
+__all__ = ["JudgeCost", "Leaderboard", "ModelRow", "TurnScore", "build", "judge_cost"]
 
 
 @dataclass(frozen=True)
@@ -112,10 +112,12 @@ class Leaderboard:
     other_reliability: dict[str, JudgeReliability] = field(default_factory=dict)  # side-by-side judges
     target_means: dict[str, dict[str, float]] = field(default_factory=dict)  # for judge agreement
     others: list[Leaderboard] = field(default_factory=list)  # judges shown beside this one
+    judge_cost: JudgeCost = field(default_factory=lambda: JudgeCost(None, 0, 0))
 
     def to_json(self) -> dict[str, Any]:
         return {
             "judge": self.judge,
+            "judge_cost_usd": _round(self.judge_cost.cost_usd, 6),
             "rubric_version": self.rubric_version,
             "prompt_set": self.prompt_set,
             "sequences": self.sequences,
@@ -127,6 +129,27 @@ class Leaderboard:
             "reliability": {self.judge: self.reliability.to_json()}
             | {j: r.to_json() for j, r in self.other_reliability.items()},
         }
+
+
+@dataclass(frozen=True)
+class JudgeCost:
+    """What the judgements and comparisons behind a table cost (their `details.cost_usd`, by the
+    judge entry's prices, failed comparisons and retried answers included): None when none of
+    them is priced; `priced` of `items` had a cost."""
+
+    cost_usd: float | None
+    priced: int
+    items: int
+
+
+def judge_cost(inputs: Inputs) -> JudgeCost:
+    details = [e.details for e in inputs.evaluations] + [p.details for p in inputs.pairwise]
+    costs = [
+        float(c)
+        for d in details
+        if isinstance(c := d.get("cost_usd"), (int, float)) and not isinstance(c, bool)
+    ]
+    return JudgeCost(sum(costs) if costs else None, len(costs), len(details))
 
 
 def _round(value: float | None, digits: int = 1) -> float | None:
@@ -295,6 +318,7 @@ def build(
         failures=failures,
         reliability=reliability,
         target_means=target_means,
+        judge_cost=judge_cost(inputs),
     )
 
 

@@ -53,11 +53,24 @@ class LengthControlled:
     beta_ci: tuple[float, float] | None
 
 
-def _nll(
-    params: Array, rows: tuple[NDArray[np.intp], NDArray[np.intp], Array, Array], weights: Array, anchor: int
-) -> tuple[float, Array]:
-    pi, pj, x, outcome = rows
-    n_models = len(params) - 1
+@dataclass(frozen=True)
+class _Terms:
+    """Each verdict's three log-numerators (a: i wins, b: j wins, t: tie), shifted exponentials
+    and their sum: what the likelihood, its gradient and the per-sequence scores share."""
+
+    theta: Array
+    a: Array
+    b: Array
+    t: Array
+    top: Array
+    e_a: Array
+    e_b: Array
+    e_t: Array
+    norm: Array
+
+
+def _terms(params: Array, rows: Rows, anchor: int) -> _Terms:
+    pi, pj, x, _ = rows
     theta = np.insert(params[:-2], anchor, 0.0)
     log_nu, beta = params[-2], params[-1]
     a = theta[pi] + beta * x / 2
@@ -65,8 +78,16 @@ def _nll(
     t = log_nu + (theta[pi] + theta[pj]) / 2
     top = np.maximum(np.maximum(a, b), t)
     e_a, e_b, e_t = np.exp(a - top), np.exp(b - top), np.exp(t - top)
-    norm = e_a + e_b + e_t
-    log_d = top + np.log(norm)
+    return _Terms(theta, a, b, t, top, e_a, e_b, e_t, e_a + e_b + e_t)
+
+
+def _nll(params: Array, rows: Rows, weights: Array, anchor: int) -> tuple[float, Array]:
+    pi, pj, x, outcome = rows
+    n_models = len(params) - 1
+    terms = _terms(params, rows, anchor)
+    theta, a, b, t = terms.theta, terms.a, terms.b, terms.t
+    e_a, e_b, e_t, norm = terms.e_a, terms.e_b, terms.e_t, terms.norm
+    log_d = terms.top + np.log(norm)
     wins = weights * (outcome == 0)
     ties = weights * (outcome == 1)
     losses = weights * (outcome == 2)
@@ -104,14 +125,8 @@ def _cluster_scores(params: Array, rows: Rows, row_cluster: NDArray[np.intp], g:
     """Per cluster, the gradient of its rows' negative log-likelihood (no prior): G x params."""
     pi, pj, x, outcome = rows
     n_models = len(params) - 1
-    theta = np.insert(params[:-2], anchor, 0.0)
-    log_nu, beta = params[-2], params[-1]
-    a = theta[pi] + beta * x / 2
-    b = theta[pj] - beta * x / 2
-    t = log_nu + (theta[pi] + theta[pj]) / 2
-    top = np.maximum(np.maximum(a, b), t)
-    e_a, e_b, e_t = np.exp(a - top), np.exp(b - top), np.exp(t - top)
-    norm = e_a + e_b + e_t
+    terms = _terms(params, rows, anchor)
+    e_a, e_b, e_t, norm = terms.e_a, terms.e_b, terms.e_t, terms.norm
     ga = e_a / norm - (outcome == 0)
     gb = e_b / norm - (outcome == 2)
     gt = e_t / norm - (outcome == 1)

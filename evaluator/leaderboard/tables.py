@@ -216,7 +216,19 @@ def facts(board: Leaderboard) -> list[tuple[str, str]]:
             "left out",
             f"{stats.one_order_only} pair(s) with one order judged, {stats.failed} failed comparison(s)",
         ),
+        ("judge cost", _judge_cost(board)),
     ]
+
+
+def _judge_cost(board: Leaderboard) -> str:
+    """The judge's bill for this table: every judgement and comparison behind it."""
+    cost = board.judge_cost
+    if cost.cost_usd is None:
+        return f"{_NONE} (no judge prices set)" if cost.items else _NONE
+    text = f"${cost.cost_usd:.4f}"
+    if cost.priced < cost.items:
+        text += f" ({cost.priced} of {cost.items} judgements and comparisons priced)"
+    return text
 
 
 # ---- charts -------------------------------------------------------------------------------

@@ -113,6 +113,10 @@ class ScoreGroup:
     sequence: str
     judgements: int
     criteria: dict[str, CriterionStat]
+    # What these judgements cost (their `details.cost_usd`, retried answers included); None when
+    # none is priced (a judge entry without both prices), and how many of them were priced.
+    cost_usd: float | None = None
+    priced: int = 0
 
 
 @dataclass(frozen=True)

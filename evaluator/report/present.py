@@ -89,6 +89,26 @@ def cost(group: GroupSummary) -> str:
     return text
 
 
+def judge_cost(cost_usd: float | None, priced: int, judgements: int) -> str:
+    """What judgements cost by the judge entry's prices; NONE when none is priced."""
+    if cost_usd is None:
+        return NONE
+    text = f"${cost_usd:.4f}"
+    if priced < judgements:
+        text += f" ({priced} of {judgements} judgements priced)"
+    return text
+
+
+def total_judge_cost(summary: Summary) -> str:
+    """The judge cost of every judgement in the report, every judge and rubric together ("" for
+    none judged): what scoring this run cost, beside what playing it cost."""
+    if not summary.scores:
+        return ""
+    priced = [g.cost_usd for g in summary.scores if g.cost_usd is not None]
+    total = sum(priced) if priced else None
+    return judge_cost(total, sum(g.priced for g in summary.scores), sum(g.judgements for g in summary.scores))
+
+
 def facts(summary: Summary) -> list[tuple[str, str]]:
     """The run's header as label/value pairs; empty values are left out by the renderers."""
     h = summary.header
@@ -111,6 +131,7 @@ def facts(summary: Summary) -> list[tuple[str, str]]:
         ("stored turns", f"{summary.turns_stored:,} in {summary.conversations:,} conversation(s)"),
         ("written by this run", f"{summary.turns_written:,}"),
         ("reused from earlier runs", f"{summary.turns_reused:,}" if summary.turns_reused else ""),
+        ("judge cost", total_judge_cost(summary)),
         ("report generated", when(summary.generated_at)),
     ]
 
@@ -172,6 +193,12 @@ def report_summary_table(summary: Summary) -> Table:
     return Table(headers, rows, numeric, note=note)
 
 
+_SCORE_NOTE = (
+    "mean (n = judgements with that criterion); judge cost: what these judgements cost by the "
+    "judge entry's prices (retried answers included), – when it has none"
+)
+
+
 def score_tables(summary: Summary) -> list[Table]:
     """One table per (what was judged, judge model, rubric version): means never cross them."""
     tables: list[Table] = []
@@ -180,17 +207,21 @@ def score_tables(summary: Summary) -> list[Table]:
         grouped.setdefault((group.target_kind, group.judge_model, group.rubric_version), []).append(group)
     for (kind, judge, rubric), groups in grouped.items():
         criteria = sorted({name for g in groups for name in g.criteria})
-        headers = ["model", "sequence", "judgements", *criteria]
+        headers = ["model", "sequence", "judgements", *criteria, "judge cost"]
         rows = [
-            [g.model, g.sequence, str(g.judgements), *(stat(g.criteria.get(c)) for c in criteria)]
+            [
+                g.model,
+                g.sequence,
+                str(g.judgements),
+                *(stat(g.criteria.get(c)) for c in criteria),
+                judge_cost(g.cost_usd, g.priced, g.judgements),
+            ]
             for g in groups
         ]
         what = "each turn" if kind == "response" else "whole conversations" if kind == "sequence" else kind
         title = f"judge {judge}, rubric {rubric}, judging {what}"
         numeric = [False, False] + [True] * (len(headers) - 2)
-        tables.append(
-            Table(headers, rows, numeric, title=title, note="mean (n = judgements with that criterion)")
-        )
+        tables.append(Table(headers, rows, numeric, title=title, note=_SCORE_NOTE))
     return tables
 
 

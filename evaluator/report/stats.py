@@ -154,10 +154,12 @@ class ScoreAccumulator:
     def __init__(self) -> None:
         self._groups: dict[tuple[str, str, str, str, str], dict[str, _Mean]] = {}
         self._judgements: Counter[tuple[str, str, str, str, str]] = Counter()
+        self._costs: dict[tuple[str, str, str, str, str], _Mean] = {}
 
     def add(self, model: str, sequence: str, judgement: EvaluationRecord) -> None:
         key = (judgement.target_kind, judgement.judge_model, judgement.rubric_version, model, sequence)
         self._judgements[key] += 1
+        self._costs.setdefault(key, _Mean()).add(number(judgement.details.get("cost_usd")))
         criteria = self._groups.setdefault(key, {})
         for name, value in judgement.scores.items():
             score = number(value)
@@ -184,6 +186,7 @@ class ScoreAccumulator:
         for key in keys:
             kind, judge, rubric, model, sequence = key
             stats = {name: m.stat() for name, m in sorted(self._groups.get(key, {}).items())}
+            cost = self._costs.get(key, _Mean())
             out.append(
                 ScoreGroup(
                     target_kind=kind,
@@ -193,6 +196,8 @@ class ScoreAccumulator:
                     sequence=sequence,
                     judgements=self._judgements[key],
                     criteria={n: s for n, s in stats.items() if s is not None},
+                    cost_usd=cost.total if cost.count else None,
+                    priced=cost.count,
                 )
             )
         return out

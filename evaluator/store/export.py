@@ -27,11 +27,17 @@ Format = Literal["jsonl", "csv"]
 FORMATS: tuple[str, ...] = ("jsonl", "csv")
 
 
+# ResponseRecord fields added after the metric columns existed: exported after them, in order.
+LATE_FIELDS: tuple[str, ...] = ("reasoning_tokens",)
+
+
 def _response_columns() -> tuple[tuple[str, str], ...]:
     """(column, stored field): `_id` first as `response_id`, then ResponseRecord's fields in
     declaration order, `schema_version` last (as it has been since the first export). The
-    nested `metrics` is not one of them: it is flattened into METRIC_COLUMNS."""
-    stored = [f for f in ResponseRecord.field_names() if f not in ("_id", "schema_version", "metrics")]
+    nested `metrics` is not one of them: it is flattened into METRIC_COLUMNS. Fields added
+    after the metrics (LATE_FIELDS) come after them, so no existing column ever moves."""
+    left_out = ("_id", "schema_version", "metrics", *LATE_FIELDS)
+    stored = [f for f in ResponseRecord.field_names() if f not in left_out]
     return (("response_id", "_id"), *((f, f) for f in stored), ("schema_version", "schema_version"))
 
 
@@ -40,7 +46,9 @@ JOINED_COLUMNS: tuple[str, ...] = ("evaluations", "sequence_evaluations")
 # (column, TextMetrics field), appended after the joined columns when the metrics came.
 _METRIC_COLUMNS = tuple((f"metric_{name}", name) for name in TextMetrics.model_fields)
 METRIC_COLUMNS: tuple[str, ...] = tuple(c for c, _ in _METRIC_COLUMNS)
-COLUMNS: tuple[str, ...] = tuple(c for c, _ in _RESPONSE_COLUMNS) + JOINED_COLUMNS + METRIC_COLUMNS
+COLUMNS: tuple[str, ...] = (
+    tuple(c for c, _ in _RESPONSE_COLUMNS) + JOINED_COLUMNS + METRIC_COLUMNS + LATE_FIELDS
+)
 _EVALUATION_FIELDS = ("judge_model", "rubric_version", "scores", "rationale", "created_at")
 
 
@@ -73,6 +81,7 @@ def response_row(
     row["sequence_evaluations"] = [_judgement(e) for e in sequence_evaluations]
     metrics = rec.metrics.model_dump() if rec.metrics is not None else {}
     row.update({column: metrics.get(field) for column, field in _METRIC_COLUMNS})
+    row.update({name: _jsonable(doc.get(name)) for name in LATE_FIELDS})
     return row
 
 

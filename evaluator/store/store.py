@@ -6,7 +6,7 @@ no `find_one_and_replace`, no `$set` (it loses bool and datetime types on nx-270
 instead of `server_info()`.
 docs/store.md documents the collections, their indexes and the gaps.
 
-It is one class of about 550 lines on purpose: every query the product makes is here, next to
+It is one class of about 650 lines on purpose: every query the product makes is here, next to
 the nx-27017 constraint it respects, so a port to another MongoDB is read in one place.
 """
 
@@ -100,6 +100,9 @@ INDEXES: tuple[IndexSpec, ...] = (
         unique=True,
     ),  # fmt: skip
     IndexSpec(RESPONSES, "responses_model", (("model", ASCENDING),)),
+    # nx-27017 uses single-field indexes for equality but not the compound one above that starts
+    # with experiment_key (seen with explain()): reads of one experiment need this one.
+    IndexSpec(RESPONSES, "responses_experiment_key", (("experiment_key", ASCENDING),)),
     IndexSpec(
         PAIRWISE,
         "pairwise_judge_rubric",
@@ -433,18 +436,25 @@ class Store:
         return self.responses(experiment_keys=run.experiment_keys)
 
     def run_tallies(self, runs: list[RunRecord]) -> dict[str, RunTally]:
-        """Per run, the turns of its plan it wrote and those it reused, from the turns stored
-        now (a turn retried by a later run counts for that run). One query per run, reading
-        only `run_id`, `outcome` and `finished_at`."""
+        """Per run, the turns of its plan it wrote and those it reused. A run that recorded its
+        end (with `reused`) says so itself; for any other run (killed, still playing) they are
+        derived from the turns stored now, one indexed query per experiment, reading only
+        `run_id`, `outcome` and `finished_at`."""
         out: dict[str, RunTally] = {}
         fields = {"run_id": 1, "outcome": 1, "finished_at": 1}
         for run in runs:
+            if run.finished_at is not None and run.reused is not None:
+                out[run.id] = RunTally(dict(run.counts), run.reused)
+                continue
             written: dict[str, int] = {}
             reused = 0
             if run.experiment_keys:
+                docs: list[dict[str, Any]] = []
                 with self._guard(f"counting the turns of run {run.id}"):
-                    query = {"experiment_key": {"$in": list(run.experiment_keys)}}
-                    docs = list(self._responses.find(query, projection=fields))
+                    # One equality query per experiment: nx-27017 uses an index for those, never
+                    # for $in.
+                    for key in dict.fromkeys(run.experiment_keys):
+                        docs.extend(self._responses.find({"experiment_key": key}, projection=fields))
                 started = run.started_at
                 for doc in docs:
                     if doc.get("run_id") == run.id:
@@ -580,6 +590,53 @@ class Store:
             with cursor:
                 for doc in cursor:
                     yield read_document(PairwiseRecord, doc | blank)
+
+    # -- viewer reads (storybench-eval view, evaluator/viewer/) ----------------------------------
+    # Read-only look-ups of single documents and a bounded text search, for the web viewer.
+
+    def get_response(self, response_id: str) -> ResponseRecord | None:
+        """One stored turn by its `_id`, or None."""
+        with self._guard(f"reading turn {response_id}"):
+            doc = self._responses.find_one({"_id": response_id})
+        return None if doc is None else read_document(ResponseRecord, doc)
+
+    def responses_by_ids(self, response_ids: list[str]) -> list[ResponseRecord]:
+        """Stored turns among these `_id`s, in the order given. By `_id` because nx-27017 plans
+        `_id $in` with its index but scans for an equality on the compound index's first field."""
+        ids = list(dict.fromkeys(response_ids))
+        with self._guard("reading turns by id"):
+            found = {str(d["_id"]): d for d in self._responses.find({"_id": {"$in": ids}})}
+        return [read_document(ResponseRecord, found[i]) for i in ids if i in found]
+
+    def pairwise_of(self, conversation_ids: list[str]) -> list[PairwiseRecord]:
+        """Stored comparisons that show one of these conversations (first or second), with
+        their rationale. Two `$in` queries rather than `$or`, which nx-27017 may not plan."""
+        ids = list(dict.fromkeys(conversation_ids))
+        found: dict[str, dict[str, Any]] = {}
+        with self._guard("reading the comparisons of conversations"):
+            for field in ("first_conversation", "second_conversation"):
+                for doc in self._pairwise.find({field: {"$in": ids}}).limit(2000):
+                    found[str(doc["_id"])] = doc
+        return [read_document(PairwiseRecord, d) for _, d in sorted(found.items())]
+
+    def search_answers(self, text: str, limit: int = 50) -> list[ResponseRecord]:
+        """Turns whose cleaned answer contains `text` (case-insensitive), at most `limit`: a
+        bounded scan (a substring cannot use an index), the prompt left out."""
+        query = {"response_text": {"$regex": re.escape(text), "$options": "i"}}
+        with self._guard("searching the answers"):
+            docs = list(self._responses.find(query, projection={"prompt": 0}).limit(limit))
+        return [read_document(ResponseRecord, d | {"prompt": ""}) for d in docs]
+
+    def collection_sizes(self) -> tuple[int, int, int, int]:
+        """Documents in runs, responses, evaluations and pairwise, from the collections'
+        metadata (no scan): a cheap fingerprint of what the viewer's cached leaderboard read."""
+        with self._guard("counting documents"):
+            return (
+                self._runs.estimated_document_count(),
+                self._responses.estimated_document_count(),
+                self._evaluations.estimated_document_count(),
+                self._pairwise.estimated_document_count(),
+            )
 
 
 def open_store(

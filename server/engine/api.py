@@ -26,7 +26,7 @@ from typing import Any
 import anyio
 import jinja2
 import llama_cpp
-from fastapi import APIRouter, HTTPException, Request
+from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from llama_cpp.llama_grammar import LlamaGrammar
 from llama_cpp.server.types import (
@@ -78,14 +78,7 @@ def prepare(model: BatchedModel, kind: str, body: Any, seeds: Seeds) -> Prepared
     if getattr(body, "min_tokens", 0) > 0:
         raise _unsupported("min_tokens", "min_tokens is not supported by the batched engine.")
     grammar = LlamaGrammar.from_string(body.grammar) if body.grammar else None
-    if kind == "chat":
-        for param in ("tool_choice", "function_call"):
-            if isinstance(getattr(body, param), dict):
-                raise _unsupported(
-                    param,
-                    f"a forced {param} is not supported by the batched engine; use "
-                    "response_format (json_object with a schema) or grammar instead.",
-                )
+    if kind == "chat":  # a forced tool_choice or function_call was refused before (request_checks)
         request = {
             "messages": body.messages,
             "functions": body.functions,
@@ -365,7 +358,7 @@ def build_router(host: EngineHost) -> APIRouter:
             ],
         }
 
-    @router.post("/v1/embeddings")
+    @router.post("/v1/embeddings", include_in_schema=False)  # not served: a clear 400
     async def create_embedding() -> Response:
         body = error_body("Embeddings are not served by the batched engine.", code="unsupported_endpoint")
         return Response(body, status_code=400, media_type="application/json")
@@ -387,11 +380,14 @@ def build_router(host: EngineHost) -> APIRouter:
         return {"count": len(await tokens_of(body))}
 
     @router.post("/extras/detokenize")
-    async def detokenize(body: DetokenizeInputRequest) -> dict[str, Any]:
+    async def detokenize(body: DetokenizeInputRequest) -> Any:
         engine = await host.acquire(body.model)
         try:
-            if any(not 0 <= t < engine.model.n_vocab for t in body.tokens):
-                raise HTTPException(400, "a token id is outside the vocabulary")
+            n_vocab = engine.model.n_vocab
+            if any(not 0 <= t < n_vocab for t in body.tokens):
+                message = f"Token ids must be from 0 to {n_vocab - 1} (this model's vocabulary)."
+                return Response(error_body(message, code="invalid_token", param="tokens"), status_code=400,
+                                media_type="application/json")  # fmt: skip
             text = engine.model.detokenize(body.tokens).decode("utf-8", errors="replace")
         finally:
             await host.release()

@@ -13,11 +13,14 @@ import anyio
 from fastapi import FastAPI
 from starlette.types import ASGIApp
 
+from server import openapi_schema
 from server.config import ServerConfig
 from server.engine.api import build_router
 from server.engine.host import EngineHost
 from server.metadata import METADATA_PATH, server_metadata
 from server.middleware import StoryBenchMiddleware
+from server.openai_errors import install_error_handlers
+from server.openapi_schema import Served
 
 # The engine thread needs the GIL back as soon as each decode returns. Python's default switch
 # interval (5 ms) lets the event loop, busy turning many streams' tokens into SSE chunks, hold it
@@ -41,10 +44,14 @@ def set_switch_interval() -> float:
     return ms
 
 
-def build_batched_app(cfg: ServerConfig, host: EngineHost) -> ASGIApp:
+def build_batched_app(cfg: ServerConfig, host: EngineHost, auth: bool = False) -> ASGIApp:
+    """`auth`: whether `StoryBenchApp` asks for a key (the OpenAPI schema declares it)."""
     set_switch_interval()
     app = FastAPI(title="StoryBench local server (batched engine)")
     app.include_router(build_router(host))
+    install_error_handlers(app)
+    n_vocab = host.engine.model.n_vocab if host.engine is not None else None
+    openapi_schema.install(app, Served("batched", cfg.model_names, auth, n_vocab))
 
     @app.get(METADATA_PATH, tags=["StoryBench"])
     async def storybench_models() -> dict[str, Any]:

@@ -101,11 +101,10 @@ def test_export_flattens_the_metrics_into_columns_at_the_end(tmp_path: Path) -> 
     backfill(store, store.run_responses("run-a"))
     metric_columns = [c for c in EXPORT_COLUMNS if c.startswith("metric_")]
     assert metric_columns == [f"metric_{f}" for f in TextMetrics.model_fields]
-    assert list(EXPORT_COLUMNS[-len(metric_columns) :]) == metric_columns  # appended, nothing moved
-    assert (
-        "metrics" not in EXPORT_COLUMNS
-        and EXPORT_COLUMNS.index("sequence_evaluations") == len(EXPORT_COLUMNS) - 7
-    )
+    # Appended right after the joined columns; later fields (LATE_FIELDS) only after them.
+    start = EXPORT_COLUMNS.index("sequence_evaluations") + 1
+    assert list(EXPORT_COLUMNS[start : start + len(metric_columns)]) == metric_columns
+    assert "metrics" not in EXPORT_COLUMNS and EXPORT_COLUMNS[-1] == "reasoning_tokens"
     export_responses(store, "run-a", "jsonl", tmp_path / "t.jsonl")
     rows = {(r["run_index"], r["turn_index"]): r for r in map(json.loads, (tmp_path / "t.jsonl").open())}
     assert rows[(0, 1)]["metric_words"] == 12 and rows[(0, 1)]["metric_history_overlap"] == 0.4444
