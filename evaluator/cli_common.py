@@ -95,3 +95,26 @@ def resolve_run_or_exit(store: Store, run_id: str | None, *, latest: bool = Fals
         fail(str(exc), EXIT_CONFIG)
     except RunNotFound as exc:
         fail(str(exc), EXIT_FAILED)
+
+
+SHOWN_FAILURES = 10
+
+
+def print_failures(failures: list[tuple[str, str]], noun: str) -> None:
+    """The first failures as "label: reason" lines (stored text escaped), then how many more."""
+    for label, reason in failures[:SHOWN_FAILURES]:
+        console.print(f"  [yellow]{escape(label)}: {escape(reason)}[/yellow]", highlight=False)
+    if len(failures) > SHOWN_FAILURES:
+        console.print(f"  ... and {len(failures) - SHOWN_FAILURES} more failed {noun}")
+
+
+def stopped_exit(status: str, message: str | None, verb: str) -> int | None:
+    """The exit code of a judging command that stopped early (failed: 1, Ctrl-C: 130), after
+    saying why; None when it ran to its end."""
+    if status == "failed":
+        err_console.print(f"[bold red]{verb} stopped:[/bold red] {escape(str(message))}", highlight=False)
+        return EXIT_FAILED
+    if status == "interrupted":
+        err_console.print(f"[yellow]{escape(str(message))}[/yellow]")
+        return EXIT_INTERRUPTED
+    return None

@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import asyncio
 from collections import defaultdict
-from collections.abc import Callable, Coroutine, Iterable
+from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from evaluator.budget import count_prompt_tokens
 from evaluator.client import RetryPolicy, chat_with_retries
@@ -87,6 +87,9 @@ def resume_point(item: SequenceRun, stored: list[ResponseRecord]) -> tuple[int, 
     return len(item.sequence.turns), done
 
 
+T = TypeVar("T")
+
+
 async def run_all(coros: Iterable[Coroutine[Any, Any, None]]) -> None:
     """Run concurrently; the first failure cancels the rest and propagates (like a TaskGroup)."""
     tasks = [asyncio.ensure_future(c) for c in coros]
@@ -97,6 +100,18 @@ async def run_all(coros: Iterable[Coroutine[Any, Any, None]]) -> None:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         raise
+
+
+async def run_bounded(items: Iterable[T], work: Callable[[T], Awaitable[None]], limit: int) -> None:
+    """`work(item)` for every item, at most `limit` at a time, with `run_all`'s failure rule.
+    The judge and the pairwise judge drive their requests through this."""
+    gate = asyncio.Semaphore(max(1, limit))
+
+    async def bounded(item: T) -> None:
+        async with gate:
+            await work(item)
+
+    await run_all(bounded(item) for item in items)
 
 
 class RunAborted(Exception):

@@ -23,11 +23,12 @@ from evaluator.cli_common import (
     EXIT_CONFIG,
     EXIT_FAILED,
     EXIT_INCOMPLETE,
-    EXIT_INTERRUPTED,
     EXIT_OK,
     console,
     err_console,
     fail,
+    print_failures,
+    stopped_exit,
 )
 from evaluator.cli_options import db_option, mongo_option
 from evaluator.client import RetryPolicy
@@ -43,8 +44,6 @@ from evaluator.judge.options import judge_options
 from evaluator.judge.rubric import Rubric, load_rubric
 from evaluator.records import pairwise_id
 from evaluator.store import Store, StoreError, open_store
-
-_SHOWN_FAILURES = 10
 
 
 def _names(csv: str | None) -> list[str]:
@@ -284,16 +283,10 @@ def _compare(
     console.print(
         f"Judged {stats.judged}, failed {stats.failed}. Verdicts: {escape(verdicts)}", highlight=False
     )
-    for label, reason in stats.failures[:_SHOWN_FAILURES]:
-        console.print(f"  [yellow]{escape(label)}: {escape(reason)}[/yellow]", highlight=False)
-    if len(stats.failures) > _SHOWN_FAILURES:
-        console.print(f"  ... and {len(stats.failures) - _SHOWN_FAILURES} more failed comparisons")
-    if status == "failed":
-        err_console.print(f"[bold red]comparing stopped:[/bold red] {escape(message)}", highlight=False)
-        return EXIT_FAILED
-    if status == "interrupted":
-        err_console.print(f"[yellow]{escape(message)}[/yellow]")
-        return EXIT_INTERRUPTED
+    print_failures(stats.failures, "comparisons")
+    code = stopped_exit(status, message, "comparing")
+    if code is not None:
+        return code
     if stats.failures:
         err_console.print(
             f"[yellow]{len(stats.failures)} comparison(s) failed; they are stored as failed with the "

@@ -12,7 +12,6 @@ a failed document, never a verdict).
 
 from __future__ import annotations
 
-import asyncio
 import copy
 from collections import Counter
 from collections.abc import Callable
@@ -44,7 +43,7 @@ from evaluator.judge.prompts import RETRY_NOTE_TOKENS
 from evaluator.judge.rubric import Rubric
 from evaluator.judge.verdict import InvalidJudgement
 from evaluator.records import PairwiseRecord, utcnow
-from evaluator.runner import run_all
+from evaluator.runner import run_bounded
 from evaluator.store import Store
 from evaluator.store_writer import StoreWriter
 from evaluator.turn_record import redact
@@ -95,14 +94,8 @@ class PairJudge:
 
     async def run(self, comparisons: list[Comparison]) -> None:
         self.stats.to_judge += len(comparisons)
-        gate = asyncio.Semaphore(self.concurrency)
-
-        async def bounded(comparison: Comparison) -> None:
-            async with gate:
-                await self.judge_one(comparison)
-
         try:
-            await run_all(bounded(c) for c in comparisons)
+            await run_bounded(comparisons, self.judge_one, self.concurrency)
         finally:
             self.writer.close()
             await self.endpoint.aclose()

@@ -20,13 +20,14 @@ from evaluator.cli_common import (
     EXIT_CONFIG,
     EXIT_FAILED,
     EXIT_INCOMPLETE,
-    EXIT_INTERRUPTED,
     EXIT_OK,
     RUN_OR_LATEST,
     console,
     err_console,
     fail,
+    print_failures,
     resolve_run_or_exit,
+    stopped_exit,
 )
 from evaluator.cli_options import db_option, mongo_option
 from evaluator.client import RetryPolicy
@@ -47,8 +48,6 @@ from evaluator.judge.rubric import Rubric, load_rubric
 from evaluator.judge.targets import Collected, SelectionError, collect
 from evaluator.records import TargetKind
 from evaluator.store import Store, StoreError, open_store
-
-_SHOWN_FAILURES = 10
 
 
 @click.command("judge", context_settings={"help_option_names": ["-h", "--help"]})
@@ -233,18 +232,10 @@ def _judge(store: Store, req: JudgeRequest) -> int:
         stats[k].judged, stats[k].failed, stats[k].trimmed = done.judged, done.failed, done.trimmed
     console.print(judge_summary_table(stats, title))
     _print_not_judged(console, collected)
-    for failure in judge.failures[:_SHOWN_FAILURES]:
-        console.print(
-            f"  [yellow]{escape(failure.label)}: {escape(failure.reason)}[/yellow]", highlight=False
-        )
-    if len(judge.failures) > _SHOWN_FAILURES:
-        console.print(f"  ... and {len(judge.failures) - _SHOWN_FAILURES} more failed judgements")
-    if status == "failed":
-        err_console.print(f"[bold red]judging stopped:[/bold red] {escape(str(message))}", highlight=False)
-        return EXIT_FAILED
-    if status == "interrupted":
-        err_console.print(f"[yellow]{escape(str(message))}[/yellow]")
-        return EXIT_INTERRUPTED
+    print_failures([(f.label, f.reason) for f in judge.failures], "judgements")
+    code = stopped_exit(status, message, "judging")
+    if code is not None:
+        return code
     if judge.failures:
         err_console.print(
             f"[yellow]{len(judge.failures)} judgement(s) failed and were not stored; "

@@ -17,7 +17,6 @@ keeps what was judged and a re-run judges only what is missing.
 
 from __future__ import annotations
 
-import asyncio
 import copy
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -41,7 +40,7 @@ from evaluator.judge.rubric import KINDS, Rubric
 from evaluator.judge.targets import Target
 from evaluator.judge.verdict import InvalidJudgement, Verdict, parse_verdict
 from evaluator.records import EvaluationRecord, utcnow
-from evaluator.runner import run_all
+from evaluator.runner import run_bounded
 from evaluator.store import Store
 from evaluator.store_writer import StoreWriter
 from evaluator.turn_record import redact
@@ -213,14 +212,8 @@ class Judge:
     async def run(self, jobs: list[Job]) -> None:
         for job in jobs:
             self.stats[job.kind].to_judge += 1
-        gate = asyncio.Semaphore(self.concurrency)
-
-        async def bounded(job: Job) -> None:
-            async with gate:
-                await self.judge_one(job)
-
         try:
-            await run_all(bounded(j) for j in jobs)
+            await run_bounded(jobs, self.judge_one, self.concurrency)
         finally:
             self.writer.close()
             await self.endpoint.aclose()

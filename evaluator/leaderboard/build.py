@@ -289,7 +289,7 @@ def build(
             "comparable numbers need more sequences"
         )
     reliability, length_controlled = judge_reliability(
-        inputs, combined, per_conv, rated_models, chosen, resamples, seed
+        inputs, combined, shares, per_conv, rated_models, chosen, resamples, seed
     )
     if length_controlled is not None:
         for model, value in length_controlled.ratings.items():

@@ -38,9 +38,9 @@ from evaluator.leaderboard.length_control import (
     log_ratio,
     rate_length_controlled,
 )
-from evaluator.leaderboard.pairs import CombinedPair, PairStats, ordered_shares
+from evaluator.leaderboard.pairs import CombinedPair
 from evaluator.leaderboard.ratings import MeanCI, cluster_bootstrap_mean
-from evaluator.records import EvaluationRecord
+from evaluator.records import EvaluationRecord, PairwiseRecord
 
 __all__ = [
     "Agreement",
@@ -225,6 +225,7 @@ def length_unit(inputs: Inputs) -> str:
 def judge_reliability(
     inputs: Inputs,
     combined: list[CombinedPair],
+    shares: dict[tuple[str, str], tuple[float, PairwiseRecord]],
     per_conv: dict[str, dict[str, list[float]]],
     rated_models: list[str],
     anchor: str | None,
@@ -237,9 +238,8 @@ def judge_reliability(
     rel.position_flip_rate = rate_with_ci(
         ((c.verdict.cluster, 1.0 if c.flipped else 0.0) for c in combined), resamples=resamples, seed=seed
     )
-    ordered = ordered_shares(inputs.pairwise, PairStats())  # cheap next to the store read
     rel.first_position_win_rate = rate_with_ci(
-        ((rec.sequence_hash, 1.0 if share > 0.5 else 0.0) for share, rec in ordered.values() if share != 0.5),
+        ((rec.sequence_hash, 1.0 if share > 0.5 else 0.0) for share, rec in shares.values() if share != 0.5),
         resamples=resamples,
         seed=seed,
     )

@@ -173,7 +173,7 @@ def _md_notes(board: Leaderboard, out: TextIO) -> None:
 
 def render_html(board: Leaderboard, out: TextIO, chart_list: list[Chart] | None = None) -> None:
     """One page: the board, then each judge shown beside it (`board.others`) with its charts."""
-    out.write(_page_head("StoryBench leaderboard"))
+    out.write(html_parts.page_head("StoryBench leaderboard"))
     out.write("<h1>StoryBench leaderboard</h1>\n")
     boards = [(board, chart_list or [])] + [(other, charts(other)) for other in board.others]
     for one, one_charts in boards:
@@ -207,16 +207,6 @@ def _html_board(board: Leaderboard, out: TextIO, chart_list: list[Chart]) -> Non
         if len(board.failures) > 50:
             out.write(f"<li>... and {len(board.failures) - 50} more failed comparisons</li>")
         out.write("</ul>\n")
-
-
-def _page_head(title: str) -> str:
-    """The report's page head: the same Content-Security-Policy (no scripts) and styles."""
-    return (
-        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">\n'
-        f'<meta http-equiv="Content-Security-Policy" content="{html_parts._CSP}">\n'
-        '<meta name="viewport" content="width=device-width, initial-scale=1">\n'
-        f"<title>{html_parts.esc(title)}</title>\n<style>{html_parts._CSS}</style></head>\n<body>\n"
-    )
 
 
 def chart_file_names(md_path: Path, chart_list: list[Chart]) -> list[tuple[Chart, str]]:

@@ -21,7 +21,7 @@ from evaluator.report.model import Conversation, Summary, Turn, usage_chart
 from evaluator.report.present import Table
 
 _CSP = "default-src 'none'; style-src 'unsafe-inline'; img-src 'none'; form-action 'none'"
-_CSS = """
+CSS = """
 body{font:14px/1.45 system-ui,-apple-system,"Segoe UI",sans-serif;margin:1.5rem auto;max-width:1400px;
 padding:0 1rem;color:#1b1f24;background:#fff}
 h1{font-size:1.5rem;margin:0 0 .2rem}h2{font-size:1.2rem;margin:2rem 0 .5rem;border-bottom:1px solid #d0d7de}
@@ -154,14 +154,22 @@ def _usage(summary: Summary) -> str:
     return f'<figure class="chart">\n{chart.svg}<figcaption>{esc(caption)}</figcaption></figure>\n'
 
 
-def render_html(summary: Summary, conversations: Iterable[Conversation] | None, out: TextIO) -> None:
-    """Write the report; `conversations` None leaves the transcripts out."""
-    run_id = summary.header.run_id
-    out.write(
+def page_head(title: str) -> str:
+    """The head of every page StoryBench writes (report, leaderboard): no scripts allowed by the
+    Content-Security-Policy, the styles inline. `title` is escaped."""
+    return (
         '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">\n'
         f'<meta http-equiv="Content-Security-Policy" content="{_CSP}">\n'
         '<meta name="viewport" content="width=device-width, initial-scale=1">\n'
-        f"<title>StoryBench report: {esc(run_id)}</title>\n<style>{_CSS}</style></head>\n<body>\n"
+        f"<title>{esc(title)}</title>\n<style>{CSS}</style></head>\n<body>\n"
+    )
+
+
+def render_html(summary: Summary, conversations: Iterable[Conversation] | None, out: TextIO) -> None:
+    """Write the report; `conversations` None leaves the transcripts out."""
+    run_id = summary.header.run_id
+    out.write(page_head(f"StoryBench report: {run_id}"))
+    out.write(
         f"<h1>StoryBench report</h1>\n<p>run <code>{esc(run_id)}</code></p>\n"
         '<nav><a href="#summary">summary</a><a href="#scores">judge scores</a>'
         '<a href="#turns">turn by turn</a><a href="#usage">tokens and latency</a>'

@@ -23,7 +23,7 @@ from evaluator.leaderboard.render import charts
 from evaluator.leaderboard.render import render_html as render_leaderboard
 from evaluator.records import RunRecord
 from evaluator.report.gather import summarize
-from evaluator.report.render_html import _CSS as REPORT_CSS
+from evaluator.report.render_html import CSS as REPORT_CSS
 from evaluator.report.render_html import render_html as render_report
 from evaluator.store.store import Store
 

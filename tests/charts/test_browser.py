@@ -24,8 +24,7 @@ from evaluator.leaderboard.render import render_html as render_leaderboard
 from evaluator.report.gather import conversations, summarize
 from evaluator.report.render_html import render_html
 from tests.charts.conftest import HOSTILE_MODEL, model_names, seed_usage_run
-from tests.leaderboard.conftest import add_scores, seed_models
-from tests.support.documents import make_pairwise
+from tests.leaderboard.conftest import add_ordered_verdicts, add_scores, seed_models
 from tests.support.memory_store import memory_store
 
 pytestmark = pytest.mark.integration
@@ -65,24 +64,7 @@ def leaderboard_page(folder: Path) -> Path:
     convs = seed_models(store, names, sequences=3, runs=1, turns=3)
     for k, name in enumerate(names):
         add_scores(store, convs[name], 1 + k % 9, judge="judge", rubric="v1", turns=3)
-    for i, a in enumerate(names):
-        for b in names[i + 1 :]:
-            for conv_a, conv_b in zip(convs[a], convs[b], strict=True):
-                for first, second, fm, sm in ((conv_a, conv_b, a, b), (conv_b, conv_a, b, a)):
-                    better = names.index(fm) > names.index(sm)
-                    store.save_pairwise(
-                        make_pairwise(
-                            first,
-                            second,
-                            first_model=fm,
-                            second_model=sm,
-                            judge="judge",
-                            rubric="v1",
-                            score_first=0.75 if better else 0.25,
-                            verdict="A better" if better else "B better",
-                            sequence_hash="hash-" + conv_a.rsplit(":", 2)[1],
-                        )  # fmt: skip
-                    )
+    add_ordered_verdicts(store, convs, names)
     board = build(gather(store), resamples=100)
     out = io.StringIO()
     render_leaderboard(board, out, charts(board, scale=(1, 10)))

@@ -19,7 +19,7 @@ from evaluator.records import EvaluationRecord, ResponseRecord, RunRecord, confi
 from evaluator.store import Store
 from evaluator.store.connect import URI_ENV
 from evaluator.store.embedded import DATA_DIR_ENV
-from tests.support.documents import T0, make_response, replaced
+from tests.support.documents import T0, make_pairwise, make_response, replaced
 from tests.support.memory_store import MEMORY_URI
 from tests.support.sim_judge import SimJudge
 
@@ -163,6 +163,36 @@ def add_scores(
             )
         for rec in records:
             store.save_evaluation(rec)
+
+
+def add_ordered_verdicts(
+    store: Store,
+    conversations: dict[str, list[str]],
+    models: list[str],
+    *,
+    judge: str = "judge",
+    rubric: str = "v1",
+) -> None:
+    """Both orders of every pair of `models`' matched conversations, the later model in `models`
+    always preferred ("A better" / "B better"): a leaderboard whose order is `models` reversed."""
+    for i, a in enumerate(models):
+        for b in models[i + 1 :]:
+            for conv_a, conv_b in zip(conversations[a], conversations[b], strict=True):
+                for first, second, fm, sm in ((conv_a, conv_b, a, b), (conv_b, conv_a, b, a)):
+                    better = models.index(fm) > models.index(sm)
+                    store.save_pairwise(
+                        make_pairwise(
+                            first,
+                            second,
+                            first_model=fm,
+                            second_model=sm,
+                            judge=judge,
+                            rubric=rubric,
+                            score_first=0.75 if better else 0.25,
+                            verdict="A better" if better else "B better",
+                            sequence_hash="hash-" + conv_a.rsplit(":", 2)[1],
+                        )  # fmt: skip
+                    )
 
 
 def models_yaml(tmp_path: Path, judge_url: str) -> Path:

@@ -10,8 +10,8 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 
 from evaluator.store import Store
-from tests.leaderboard.conftest import add_scores, seed_models
-from tests.support.documents import make_evaluation, make_pairwise, make_response, make_run, replaced
+from tests.leaderboard.conftest import add_ordered_verdicts, add_scores, seed_models
+from tests.support.documents import make_evaluation, make_response, make_run, replaced
 
 MODELS = ("alpha", "beta", "gamma")
 HOSTILE = '<script>alert("stored")</script><img src=x onerror=alert(1)> The keeper lights the lamp.'
@@ -30,24 +30,7 @@ def seed(store: Store, *, live: bool = False) -> Seeded:
     convs = seed_models(store, list(MODELS), sequences=3, runs=1, turns=2, run_id="run-1")
     for k, model in enumerate(MODELS):
         add_scores(store, convs[model], 3 + 2 * k, judge="judge", rubric="v1", turns=2)
-    for i, a in enumerate(MODELS):
-        for b in MODELS[i + 1 :]:
-            for conv_a, conv_b in zip(convs[a], convs[b], strict=True):
-                for first, second, fm, sm in ((conv_a, conv_b, a, b), (conv_b, conv_a, b, a)):
-                    better = MODELS.index(fm) > MODELS.index(sm)
-                    store.save_pairwise(
-                        make_pairwise(
-                            first,
-                            second,
-                            first_model=fm,
-                            second_model=sm,
-                            judge="judge",
-                            rubric="v1",
-                            score_first=0.75 if better else 0.25,
-                            verdict="A better" if better else "B better",
-                            sequence_hash="hash-" + conv_a.rsplit(":", 2)[1],
-                        )  # fmt: skip
-                    )
+    add_ordered_verdicts(store, convs, list(MODELS))
     store.create_run(replaced(make_run(HOSTILE_RUN), status="completed"))
     turns = [make_response(t, run_id=HOSTILE_RUN, text=HOSTILE if t == 1 else None) for t in range(3)]
     for turn in turns:
