@@ -87,7 +87,7 @@ def gather(
 
     evaluations = [
         e
-        for e in store.judge_evaluations()
+        for e in store.judge_evaluations(judge, rubric_version)
         if (e.target_id in convs or e.target_id in turn_owner)
         and (judge is None or e.judge_model == judge)
         and (rubric_version is None or e.rubric_version == rubric_version)

@@ -544,10 +544,18 @@ class Store:
                 docs.extend(self._evaluations.find({"target_id": {"$in": chunk}}).sort(order))
         return [read_document(EvaluationRecord, d) for d in docs]
 
-    def judge_evaluations(self) -> Iterator[EvaluationRecord]:
-        """Every stored judgement without its rationale (read as ""), for the leaderboard."""
+    def judge_evaluations(
+        self, judge_model: str | None = None, rubric_version: str | None = None
+    ) -> Iterator[EvaluationRecord]:
+        """Stored judgements (of one judge and/or rubric version when given) without their
+        rationale (read as ""), for the leaderboard."""
+        query: dict[str, Any] = {}
+        if judge_model is not None:
+            query["judge_model"] = judge_model
+        if rubric_version is not None:
+            query["rubric_version"] = rubric_version
         with self._guard("reading evaluations"):
-            cursor = self._evaluations.find({}, projection={"rationale": 0}, batch_size=1000)
+            cursor = self._evaluations.find(query, projection={"rationale": 0}, batch_size=1000)
             with cursor:
                 for doc in cursor:
                     yield read_document(EvaluationRecord, doc | {"rationale": ""})
