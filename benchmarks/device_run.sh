@@ -44,36 +44,12 @@ exec > >(tee -a "$OUT/device.log") 2>&1
 start=$(date +%s)
 stamp() { echo "[$(($(date +%s) - start))s] $*"; }
 
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
-tar -xzf .device/llama-cuda-sm90.tgz -C /tmp || exit 1
-# shellcheck disable=SC1091
-source /tmp/llama-cuda-sm90/env.sh
-export PYTHONPATH="/tmp/site:${PYTHONPATH:-}:$PWD"
-export STORYBENCH_NATIVE_BIN=/tmp/llama-cuda-sm90/bin PYTHONUNBUFFERED=1
-nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,clocks.max.sm --format=csv
-python3 -c "import llama_cpp, sys; print('llama_cpp', llama_cpp.__version__, 'gpu offload', llama_cpp.llama_supports_gpu_offload(), sys.version)"
+# shellcheck source=benchmarks/device_common.sh
+source benchmarks/device_common.sh
+device_setup || exit 1
 stamp "setup done"
 
-# Models: F16 into RAM (/dev/shm) when it has room, quantised files next to them.
-M=/dev/shm/sb
-mkdir -p "$M" 2>/dev/null && [ "$(df -Pk /dev/shm | awk 'NR==2{print $4}')" -gt 30000000 ] || M=/tmp/sb
-mkdir -p "$M"
-model_files=()
-pids=()
-for shape in $SHAPES; do
-    python3 -m benchmarks.gen_model .device/vocab-llama-bpe.json.gz "$M/$shape-f16.gguf" --shape "$shape" &
-    pids+=($!)
-done
-i=0
-for shape in $SHAPES; do
-    wait "${pids[$i]}" || { stamp "generating $shape failed"; exit 1; }
-    llama-quantize "$M/$shape-f16.gguf" "$M/$shape-q4km.gguf" Q4_K_M "$(nproc)" > "$OUT/quantize-$shape.log" 2>&1 \
-        || { stamp "quantize $shape failed"; tail -20 "$OUT/quantize-$shape.log"; exit 1; }
-    rm -f "$M/$shape-f16.gguf"
-    ls -la "$M/$shape-q4km.gguf"
-    model_files+=("$M/$shape-q4km.gguf")
-    i=$((i + 1))
-done
+make_models $SHAPES || exit 1
 stamp "models ready"
 
 # run_bench OUT_JSON WORKDIR LABEL_SUFFIX SHAPES RESERVE_S ARGS...: the harness on those models,

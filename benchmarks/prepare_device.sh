@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # `make bench-gpu`: prepare what the GPU benchmark command carries to the lent GPU machine, then say
 # how to run it and how to record its results here. Idempotent. Run from the repository root.
-#   .device/  the CUDA llama.cpp bundle and the Llama 3 vocabulary (from ../shared/device)
+#   .device/  the CUDA llama.cpp bundle, llama-batched-bench and the Llama 3 vocabulary (from ../shared/device)
 #   .whl/     the 15 wheels our server needs beyond the GPU machine's image (cp312, manylinux)
 set -euo pipefail
 SHARED=${SHARED:-../shared/device}
@@ -10,7 +10,7 @@ for d in /.device/ /.whl/ /.bench/; do
     grep -qxF "$d" .git/info/exclude 2>/dev/null || echo "$d" >> .git/info/exclude
 done
 mkdir -p .device .whl
-for f in llama-cuda-sm90.tgz vocab-llama-bpe.json.gz; do
+for f in llama-cuda-sm90.tgz vocab-llama-bpe.json.gz llama-batched-bench-sm90.tgz; do
     [ -f ".device/$f" ] || cp "$SHARED/$f" .device/
 done
 if [ "$(ls .whl/*.whl 2>/dev/null | wc -l)" -lt 15 ]; then

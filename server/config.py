@@ -100,6 +100,7 @@ class LocalModelEntry(BaseModel):
     kv_unified: bool = False
     n_threads_sampling: int | None = Field(None, ge=1, le=64)
     backend_sampling: bool | None = None
+    host_top_k: bool = False
 
 
 class ConfigFile(BaseModel):
@@ -359,7 +360,7 @@ def _semantic_problems(cfg: ConfigFile) -> list[str]:
                 "llama-cpp-python's server answers one request at a time (remove n_parallel or "
                 'set "engine": "batched")'
             )
-        for name in ("kv_unified", "n_threads_sampling", "backend_sampling"):
+        for name in ("kv_unified", "n_threads_sampling", "backend_sampling", "host_top_k"):
             if getattr(m, name) and m.engine != "batched":
                 problems.append(f'{where}, field "{name}": only used by "engine": "batched"')
         if m.engine == "batched" and (m.n_parallel or DEFAULT_PARALLEL) > m.n_batch:

@@ -68,6 +68,7 @@ def model_entry(model: ModelConfig, current: str | None) -> dict[str, Any]:
         "kv_unified": e.kv_unified,
         "n_threads_sampling": model.n_threads_sampling,
         "backend_sampling": model.backend_sampling,
+        "host_top_k": model.entry.host_top_k,
         "chat_format": e.chat_format,
         "chat_template_source": model.chat_template_source,
         "chat_template_sha256": model.chat_template_sha256,

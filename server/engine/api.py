@@ -319,7 +319,11 @@ def build_router(host: EngineHost) -> APIRouter:
             )
             try:
                 chains = await anyio.to_thread.run_sync(
-                    build_chains, engine.model.model, prepared.sampling, engine.model.config.backend_sampling
+                    build_chains,
+                    engine.model.model,
+                    prepared.sampling,
+                    engine.model.config.backend_sampling,
+                    engine.model.config.entry.host_top_k,
                 )
             except ValueError as exc:
                 raise RequestError(400, error_body(str(exc), code=None, param="grammar")) from None

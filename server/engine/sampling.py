@@ -18,6 +18,8 @@ import llama_cpp
 from llama_cpp import _internals as internals
 from llama_cpp.llama_grammar import LlamaGrammar
 
+from server.engine.host_sampling import HostPlan, make_plan, tail_chain
+
 # llama-cpp-python's `last_n_tokens_size`: the window of the repetition penalties.
 PENALTY_LAST_N = 64
 
@@ -53,6 +55,9 @@ class Chains:
     graph_key: tuple[object, ...] | None = None
     # The graph chain keeps a history (repetition penalties): each picked token goes into it.
     accept_graph: bool = False
+    # Top-k or greedy done by the engine over the step's rows (`host_sampling`); `sampler` is
+    # then llama.cpp's chain after top-k.
+    host: HostPlan | None = None
 
     def close(self) -> None:
         self.sampler.close()
@@ -66,10 +71,27 @@ def in_graph(p: SamplingParams) -> bool:
     return p.grammar is None and p.typical_p >= 1.0 and not (p.mirostat_mode and p.temperature > 0.0)
 
 
-def build_chains(model: internals.LlamaModel, p: SamplingParams, backend: bool) -> Chains:
+def host_plan(p: SamplingParams) -> HostPlan | None:
+    """The engine's own top-k (or greedy) for a request, or None when llama.cpp must run the
+    whole chain: repetition penalties, a grammar, typical, mirostat or a plain seeded draw."""
+    penalties = (p.repeat_penalty, p.frequency_penalty, p.presence_penalty)
+    if p.grammar is not None or penalties != (1.0, 0.0, 0.0):
+        return None
+    if p.temperature == 0.0:
+        return make_plan(0, p.logit_bias)  # greedy, whatever else is set (as build_sampler orders it)
+    if p.temperature > 0.0 and p.top_k > 0 and p.typical_p >= 1.0 and not p.mirostat_mode:
+        return make_plan(p.top_k, p.logit_bias)
+    return None
+
+
+def build_chains(model: internals.LlamaModel, p: SamplingParams, backend: bool, host: bool = False) -> Chains:
     """The chains for one request (the caller closes them).
 
-    Without backend sampling, or when the graph cannot run it, one CPU chain (`build_sampler`).
+    Without backend sampling: the engine's own top-k or greedy over the step's rows and
+    llama.cpp's chain after it (`host_sampling`), when the request allows (`host_plan`) and
+    `host` is on; otherwise one CPU chain (`build_sampler`). With backend sampling, when the
+    graph cannot run the chain, one CPU chain (a step never mixes graph-picked rows with the
+    host's matrix of rows).
     Otherwise the graph applies the logit bias and penalties over the whole vocabulary and then
     either picks the token itself (greedy, a plain seeded draw, or no top-k) or keeps the top-k
     candidates, and the CPU finishes top-p, min-p, temperature and the seeded draw on those k
@@ -77,6 +99,9 @@ def build_chains(model: internals.LlamaModel, p: SamplingParams, backend: bool) 
     per sequence, which at 16 sequences cost more than the CPU needs for k = 40 candidates.
     """
     if not (backend and in_graph(p)):
+        plan = host_plan(p) if host and not backend else None
+        if plan is not None:
+            return Chains(tail_chain(p.top_p, p.min_p, p.temperature, p.seed), host=plan)
         return Chains(build_sampler(model, p))
     n_vocab = llama_cpp.llama_vocab_n_tokens(model.vocab)
     seed = p.seed & 0xFFFFFFFF

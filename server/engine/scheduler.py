@@ -36,6 +36,7 @@ import llama_cpp
 import numpy as np
 from llama_cpp import _internals as internals
 
+from server.engine.host_sampling import HostPlan, HostSampler
 from server.engine.model import BatchedModel
 from server.engine.sampling import Chains, SamplingParams, build_sampler
 from server.engine.text import Pieces, TextStream
@@ -65,6 +66,8 @@ class Generation:
     graph: internals.LlamaSampler | None = None
     graph_key: tuple[object, ...] | None = None
     accept_graph: bool = False
+    # The engine's own top-k or greedy (`host_sampling`); `sampler` is then the chain after it.
+    host: HostPlan | None = None
     # To rebuild everything as one CPU chain should llama.cpp refuse the graph chain.
     params: SamplingParams | None = None
     cancelled: bool = False
@@ -89,6 +92,7 @@ class Generation:
             graph=chains.graph,
             graph_key=chains.graph_key,
             accept_graph=chains.accept_graph,
+            host=chains.host,
             params=params,
             **fields,
         )
@@ -321,6 +325,7 @@ class Engine:
         self._pool = (
             ThreadPoolExecutor(self._pool_size, thread_name_prefix="sampler") if self._pool_size > 1 else None
         )
+        self._host = HostSampler()
         self._thread = threading.Thread(target=self._run, name=f"engine:{model.name}", daemon=True)
         self._thread.start()
 
@@ -516,22 +521,32 @@ class Engine:
         self._last_step_end = t2
 
     def _sample(self, outputs: list[tuple[Slot, int]]) -> list[int]:
-        """Each output row through its request's CPU chain. A slot whose graph chain ran in the
-        decode only reads back its pick or finishes its top-k candidates (cheap, done here);
-        full rows of logits go to the pool, when there is one, to run in parallel (ctypes
-        releases the GIL; each chain has its own buffers, and the context's output rows are
-        only read once `llama_get_logits` has put them in order)."""
+        """One token per output row. Rows with a host plan are sampled together over the step's
+        matrix of logits (`host_sampling`: numpy's top-k or greedy, then each request's chain
+        after it). The others go through their request's llama.cpp chain: a slot whose graph
+        chain ran in the decode only reads back its pick or finishes its top-k candidates
+        (cheap, done here); full rows of logits go to the pool, when there is one, to run in
+        parallel (ctypes releases the GIL; each chain has its own buffers, and the context's
+        output rows are only read once `llama_get_logits` has put them in order)."""
         ctx = self.model.ctx
-        chains = [(slot.gen.sampler.sampler, i) for slot, i in outputs if slot.gen is not None]
-        on_cpu = [n for n, (slot, _) in enumerate(outputs) if slot.attached is None]
-        self.stats.backend_sampled += len(chains) - len(on_cpu)
-        if self._pool is None or len(on_cpu) < 2:
-            tokens = [llama_cpp.llama_sampler_sample(chain, ctx, i) for chain, i in chains]
-        else:
-            tokens = [
-                -1 if slot.attached is None else llama_cpp.llama_sampler_sample(chain, ctx, i)
-                for (slot, _), (chain, i) in zip(outputs, chains, strict=True)
-            ]
+        tokens = [-1] * len(outputs)
+        gens = [slot.gen for slot, _ in outputs]
+        rows = [(n, g.host, g.sampler) for n, g in enumerate(gens) if g is not None and g.host is not None]
+        host = [n for n, _, _ in rows]
+        if rows:
+            shape = (len(outputs), self.model.n_vocab)
+            logits = np.ctypeslib.as_array(llama_cpp.llama_get_logits(ctx), shape=shape)
+            map_ = self._pool.map if self._pool is not None and len(host) > 1 else map
+            for n, token in zip(host, self._host.sample(logits, rows, map_, self._pool_size), strict=True):
+                tokens[n] = token
+        rest = [n for n in range(len(outputs)) if tokens[n] == -1]
+        chains = {n: (g.sampler.sampler, outputs[n][1]) for n in rest if (g := gens[n]) is not None}
+        on_cpu = [n for n in rest if outputs[n][0].attached is None]
+        self.stats.backend_sampled += len(rest) - len(on_cpu)
+        for n in rest:
+            if outputs[n][0].attached is not None or self._pool is None or len(on_cpu) < 2:
+                tokens[n] = llama_cpp.llama_sampler_sample(chains[n][0], ctx, chains[n][1])
+        if self._pool is not None and len(on_cpu) >= 2:
             llama_cpp.llama_get_logits(ctx)
             k = min(self._pool_size, len(on_cpu))
             groups = [on_cpu[j::k] for j in range(k)]

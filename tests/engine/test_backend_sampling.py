@@ -17,7 +17,7 @@ from llama_cpp.llama_grammar import LlamaGrammar
 
 from server.config import load_config
 from server.engine.model import BatchedModel
-from server.engine.sampling import SamplingParams, build_chains, in_graph
+from server.engine.sampling import Chains, SamplingParams, build_chains, in_graph
 from server.engine.scheduler import Engine, Event, Generation
 from tests.engine.conftest import N_PARALLEL, batched_entry
 from tests.engine.test_engine import PROMPTS, agreeing, eog_tokens
@@ -40,11 +40,19 @@ def gpu_style(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Engine]:
 
 
 class Job:
-    def __init__(self, engine: Engine, prompt: str, max_tokens: int, params: SamplingParams) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        prompt: str,
+        max_tokens: int,
+        params: SamplingParams,
+        chains: Chains | None = None,
+    ) -> None:
         self.events: list[Event] = []
         self.done = threading.Event()
         model = engine.model
-        chains = build_chains(model.model, params, model.config.backend_sampling)
+        if chains is None:
+            chains = build_chains(model.model, params, model.config.backend_sampling)
         self.gen = Generation.sampled_by(
             chains,
             params,

@@ -1,0 +1,72 @@
+#!/usr/bin/env bash
+# Issue 16 on the lent GPU machine, in ONE call: per shape, (1) llama.cpp's batched limit
+# (llama-batched-bench), (2) our engine in-process with no HTTP (benchmarks/engine_steps.py: raw
+# decode on our context, the engine with the split graph chain, the engine sampling on the CPU),
+# (3) the HTTP servers (ours batched vs native llama-server -np N, benchmarks.run concurrency).
+# All at LEVELS sequences, PROMPT prompt tokens and GEN generated tokens per sequence, CTX tokens
+# of context per slot, flash attention, full offload, THREADS threads.
+#
+#   `make bench-gpu` (prepares .device/ with the CUDA bundle and llama-batched-bench, and .whl/), then
+#   run(command='STORYBENCH_COMMIT=<rev> bash benchmarks/device_steps.sh', carry=['.device', '.whl'],
+#       timeout_s=600, kind='nvidia-h200')
+# Results in $OUT: steps-<shape>.json, batched-bench-<shape>.txt, http-<shape>.json, device.log.
+# `python -m benchmarks.steps_report <files_at>` prints the tables BENCHMARKS.md records.
+set -uo pipefail
+OUT=${OUT:-/tmp/sb-out}
+SHAPES=${SHAPES:-"llama-1b llama-8b"}
+LEVELS=${LEVELS:-1,16,32,64}
+HTTP_LEVELS=${HTTP_LEVELS:-16,32,64}
+HTTP_REPEATS=${HTTP_REPEATS:-1}
+PROMPT=${PROMPT:-64}
+GEN=${GEN:-256}
+CTX=${CTX:-2048}
+THREADS=${THREADS:-8}
+VARIANTS=${VARIANTS:-raw,engine-host,engine-graph,engine-llama}
+STEPS_ARGS=${STEPS_ARGS:-}   # more engine_steps arguments, e.g. --kv-unified
+HTTP_ARGS=${HTTP_ARGS:-}     # more benchmarks.run arguments, e.g. --ours-backend-sampling on
+DEADLINE_S=${DEADLINE_S:-570}
+mkdir -p "$OUT"
+exec > >(tee -a "$OUT/device.log") 2>&1
+start=$(date +%s)
+stamp() { echo "[$(($(date +%s) - start))s] $*"; }
+left() { echo $((DEADLINE_S - ($(date +%s) - start))); }
+
+# shellcheck source=benchmarks/device_common.sh
+source benchmarks/device_common.sh
+device_setup || exit 1
+stamp "setup done (storybench ${STORYBENCH_COMMIT:-unknown})"
+make_models $SHAPES || exit 1
+stamp "models ready"
+
+max_level=$(tr ',' '\n' <<< "$LEVELS" | sort -n | tail -1)
+i=0
+for shape in $SHAPES; do
+    f=${model_files[$i]}
+    i=$((i + 1))
+    case $shape in
+        llama-1b) label="synthetic Llama-1B shape Q4_K_M" ;;
+        llama-8b) label="synthetic Llama-8B shape Q4_K_M" ;;
+        *) label="synthetic $shape Q4_K_M" ;;
+    esac
+    stamp "$shape: llama-batched-bench"
+    timeout -k 10 "$(($(left) / 3))" llama-batched-bench -m "$f" -ngl 99 -fa on -c $((CTX * max_level)) -b 512 -ub 512 \
+        -t "$THREADS" -npp "$PROMPT" -ntg "$GEN" -npl "$LEVELS" > "$OUT/batched-bench-$shape.txt" 2>&1
+    stamp "batched-bench exit $?"; grep '^|' "$OUT/batched-bench-$shape.txt"
+    stamp "$shape: engine_steps"
+    # shellcheck disable=SC2086
+    timeout -k 10 "$(($(left) / 3))" python3 -m benchmarks.engine_steps --model "$f" --label "$label" --gpu \
+        --levels "$LEVELS" --prompt "$PROMPT" --gen "$GEN" --n-ctx "$CTX" --threads "$THREADS" \
+        --variants "$VARIANTS" --out "$OUT/steps-$shape.json" $STEPS_ARGS
+    stamp "engine_steps exit $?"
+    [ "$HTTP_LEVELS" = none ] && continue
+    stamp "$shape: HTTP concurrency $HTTP_LEVELS"
+    # shellcheck disable=SC2086
+    timeout -k 20 "$(($(left) / (i == 1 ? 3 : 1) - 10))" python3 -m benchmarks.run --gpu --model "$f::$label" \
+        --benchmarks concurrency --concurrency "$HTTP_LEVELS" --repeats "$HTTP_REPEATS" --ours-engine batched \
+        --ctx "$CTX" --max-tokens "$GEN" --threads "$THREADS" --workdir "/tmp/sb-run/$shape" \
+        --out-json "$OUT/http-$shape.json" --results-dir none --markdown none $HTTP_ARGS
+    stamp "HTTP exit $?"
+done
+mkdir -p /tmp/sb-run && mv "$OUT"/quantize-*.log /tmp/sb-run/ 2>/dev/null  # at most 8 files come back
+tar -czf "$OUT/server-logs.tgz" -C /tmp sb-run 2>/dev/null
+stamp "done"

@@ -1,0 +1,230 @@
+"""Where a step's time goes, without HTTP: our engine in this process against the same context
+decoding with no sampling at all, at several numbers of sequences (issue 16).
+
+The HTTP benchmarks (`concurrency`) compare whole servers; `llama-batched-bench` gives llama.cpp's
+own ceiling (N sequences decoded together, no sampling, no server). Between the two sit four
+costs that only an in-process run can separate, so this benchmark measures each level as
+
+1. `raw`: `llama_decode` + `llama_synchronize` on our own context (our `n_ctx` per slot, our KV
+   layout), one token per sequence per step, every row output, nothing sampled: what our
+   context costs against batched-bench's;
+2. `engine-host`: the real `Engine` (scheduler thread, batch building, text, events) sampling
+   as it does by default: every row of logits back, top-k over all rows at once with numpy,
+   llama.cpp's chain on the 40 survivors (`server/engine/host_sampling.py`);
+3. `engine-graph`: the same engine with backend sampling (top-k in the decode graph, one
+   launch per sequence, the rest on the CPU);
+4. `engine-llama`: the same engine with llama.cpp's whole chain on the CPU for every row;
+
+each with the engine's own per-step profile (decode / sampling / other). `raw` also times
+`llama_decode`'s return apart from the synchronize: how much of a step the CPU could overlap.
+
+Runs on the GPU machine (`benchmarks/device_steps.sh`) and on the CPU with the bundled model
+(`python -m benchmarks.engine_steps --levels 1,4 --gen 32`). Writes one JSON document.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import llama_cpp
+
+from server.config import load_config
+from server.engine.app import set_switch_interval
+from server.engine.model import BatchedModel
+from server.engine.sampling import SamplingParams, build_chains
+from server.engine.scheduler import Engine, Event, Generation, _Batch
+
+
+def _prompt(model: BatchedModel, n: int, seed: int) -> list[int]:
+    """`n` token ids drawn from the ordinary vocabulary (no control tokens), one per seed."""
+    rng = random.Random(seed)
+    first = min(1000, model.n_vocab // 4)
+    return [rng.randrange(first, model.n_vocab - 1) for _ in range(n)]
+
+
+def _clear(model: BatchedModel) -> None:
+    llama_cpp.llama_memory_clear(model.memory, True)
+
+
+def raw_decode(model: BatchedModel, n: int, prompt: int, gen: int) -> dict[str, float]:
+    """Prefill `n` prompts, then `gen` steps of one token per sequence, every row an output, no
+    sampling. Times the whole step (decode + synchronize) and llama_decode's own return."""
+    _clear(model)
+    batch = _Batch(model.n_batch)
+    for seq in range(n):  # prompts one sequence per decode: prefill is not what is measured
+        tokens = _prompt(model, prompt, seed=seq)
+        for at in range(0, len(tokens), model.n_batch):
+            batch.clear()
+            chunk = tokens[at : at + model.n_batch]
+            batch.add_run(chunk, at, seq, output_last=at + len(chunk) == len(tokens))
+            if batch.decode(model.ctx) != 0:
+                raise RuntimeError("prefill failed")
+    llama_cpp.llama_synchronize(model.ctx)
+    token = _prompt(model, 1, seed=9999)[0]
+    launch = 0.0
+    start = time.perf_counter()
+    for step in range(gen):
+        batch.clear()
+        for seq in range(n):
+            batch.add(token, prompt + step, seq)
+        t0 = time.perf_counter()
+        if batch.decode(model.ctx) != 0:
+            raise RuntimeError(f"decode failed at step {step}")
+        launch += time.perf_counter() - t0
+        llama_cpp.llama_synchronize(model.ctx)
+    wall = time.perf_counter() - start
+    return {
+        "tok_per_s": n * gen / wall,
+        "ms_per_step": 1000 * wall / gen,
+        "decode_call_ms_per_step": 1000 * launch / gen,
+    }
+
+
+class _Done:
+    def __init__(self, n: int) -> None:
+        self.left = n
+        self.errors: list[str] = []
+        self.tokens = 0
+        self.lock = threading.Lock()
+        self.event = threading.Event()
+
+    def sink(self, events: list[Event]) -> None:
+        with self.lock:
+            for kind, value in events:
+                if kind == "error":
+                    self.errors.append(str(value))
+                if kind in ("done", "error"):
+                    self.left -= 1
+            if self.left == 0:
+                self.event.set()
+
+
+def engine_run(
+    model: BatchedModel, n: int, prompt: int, gen: int, variant: str, params: SamplingParams
+) -> dict[str, Any]:
+    """`n` generations of `gen` tokens through the real engine, submitted together."""
+    _clear(model)
+    engine = Engine(model)
+    graph, host = variant == "engine-graph", variant == "engine-host"
+    try:
+        engine._backend_sampling = graph  # the variant under test, whatever the config's default
+        done = _Done(n)
+        gens = []
+        for k in range(n):
+            p = SamplingParams(**{**params.__dict__, "seed": 1234 + k})
+            gens.append(
+                Generation.sampled_by(
+                    build_chains(model.model, p, graph, host=host), p,
+                    prompt=_prompt(model, prompt, seed=k), max_tokens=gen, sink=done.sink,
+                )
+            )  # fmt: skip
+        before = engine.stats.summary()
+        start = time.perf_counter()
+        for g in gens:
+            engine.submit(g)
+        if not done.event.wait(600):
+            raise TimeoutError("the engine did not finish")
+        wall = time.perf_counter() - start
+        after = engine.stats.summary()
+    finally:
+        engine.close()
+    if done.errors:
+        raise RuntimeError(f"generation errors: {done.errors[:3]}")
+    produced = sum(g.predicted_n for g in gens)
+    row = after["decode_only_ms_per_step_by_sequences"].get(str(n), {})
+    return {
+        "tok_per_s": produced / wall,
+        "tokens": produced,
+        "wall_s": wall,
+        "ttft_ms_median": sorted(1000 * ((g.t_first or 0) - g.t_submit) for g in gens)[n // 2],
+        "decode_only_step_ms": {k: row.get(k) for k in ("steps", "decode", "sample", "other")},
+        "all_steps_ms": after["ms_per_step"],
+        "steps": after["steps"] - before["steps"],
+        "backend_sampled": after["backend_sampled"],
+    }
+
+
+def write_config(path: Path, gguf: Path, args: argparse.Namespace, n_parallel: int) -> Path:
+    entry = {
+        "name": "bench",
+        "gguf": str(gguf.resolve()),
+        "engine": "batched",
+        "n_parallel": n_parallel,
+        "n_ctx": args.n_ctx,
+        "n_batch": max(args.n_batch, n_parallel),
+        "n_ubatch": args.n_ubatch,
+        "n_gpu_layers": -1 if args.gpu else 0,
+        "flash_attn": args.gpu,
+        "n_threads": args.threads,
+        "n_threads_batch": args.threads,
+        "kv_unified": args.kv_unified,
+    }
+    path.write_text(json.dumps({"models": [entry]}), encoding="utf-8")
+    return path
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--model", type=Path, required=True, help="a GGUF file")
+    ap.add_argument("--label", default="", help="the model's name in the results")
+    ap.add_argument("--levels", default="1,16,32,64", help="numbers of sequences, comma-separated")
+    ap.add_argument("--prompt", type=int, default=64, help="prompt tokens per sequence (batched-bench -npp)")
+    ap.add_argument("--gen", type=int, default=256, help="generated tokens per sequence (batched-bench -ntg)")
+    ap.add_argument("--n-ctx", type=int, default=8192, help="context per slot")
+    ap.add_argument("--n-batch", type=int, default=512)
+    ap.add_argument("--n-ubatch", type=int, default=512)
+    ap.add_argument("--threads", type=int, default=8)
+    ap.add_argument("--gpu", action="store_true", help="full offload and flash attention")
+    ap.add_argument("--kv-unified", action="store_true", help="one KV pool for all slots")
+    ap.add_argument("--variants", default="raw,engine-host,engine-graph,engine-llama")
+    ap.add_argument("--eog-bias", action="store_true", help="ban end-of-generation tokens (real weights)")
+    ap.add_argument("--out", type=Path, default=None, help="JSON file (default: stdout)")
+    args = ap.parse_args(argv)
+    levels = [int(x) for x in args.levels.split(",")]
+    set_switch_interval()  # as the server does: the engine thread gets the GIL back quickly
+    variants = args.variants.split(",")
+    with tempfile.TemporaryDirectory() as tmp:
+        config = load_config(write_config(Path(tmp) / "c.json", args.model, args, max(levels)))
+        t0 = time.perf_counter()
+        model = BatchedModel(config.models[0])
+        load_s = time.perf_counter() - t0
+    params = SamplingParams(temperature=0.7, top_k=40, top_p=0.95, min_p=0.05, repeat_penalty=1.0)
+    if args.eog_bias:
+        params.logit_bias = {t: -100.0 for t in range(model.n_vocab) if model.is_eog(t)}
+    results: dict[str, Any] = {
+        "model": args.label or args.model.name,
+        "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+        "load_s": load_s,
+        "levels": {},
+    }
+    try:
+        for n in levels:
+            row: dict[str, Any] = {}
+            for variant in variants:
+                if variant == "raw":
+                    row[variant] = raw_decode(model, n, args.prompt, args.gen)
+                else:
+                    row[variant] = engine_run(model, n, args.prompt, args.gen, variant, params)
+                rate, split = row[variant]["tok_per_s"], row[variant].get("decode_only_step_ms", "")
+                print(f"{results['model']} x{n} {variant}: {rate:.0f} tok/s {split}", file=sys.stderr)
+            results["levels"][str(n)] = row
+    finally:
+        model.close()
+    text = json.dumps(results, indent=1)
+    if args.out:
+        args.out.write_text(text, encoding="utf-8")
+    else:
+        print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,100 @@
+"""Tables for BENCHMARKS.md from one `benchmarks/device_steps.sh` call (issue 16): our engine's
+throughput in-process against llama.cpp's batched limit, the per-step profile, and a roofline line.
+
+    python -m benchmarks.steps_report DIR [DIR ...]
+
+Each DIR holds `batched-bench-<shape>.txt` and `steps-<shape>.json` as the device call left them
+(a copy is kept under benchmarks/results/). The roofline line divides the bytes a decode step
+must read at least once, the whole model file plus the K and V of every sequence's context
+(prompt + half the answer on average), by the step time, against the H200's 4.8 TB/s.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+from pathlib import Path
+
+H200_BYTES_PER_S = 4.8e12
+# K and V bytes per token of context, f16 cache: 2 x layers x KV heads x head size x 2 bytes.
+KV_BYTES_PER_TOKEN = {"llama-1b": 2 * 16 * 8 * 64 * 2, "llama-8b": 2 * 32 * 8 * 128 * 2}
+MODEL_BYTES = {"llama-1b": 807_690_240, "llama-8b": 4_920_734_176}  # the Q4_K_M files of the calls
+
+
+def batched_bench(path: Path) -> dict[int, float]:
+    """S_TG (generated tokens/s) by number of sequences, from llama-batched-bench's table."""
+    out: dict[int, float] = {}
+    for line in path.read_text(encoding="utf-8").splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) == 10 and re.fullmatch(r"\d+", cells[2]):
+            out[int(cells[2])] = float(cells[7])
+    return out
+
+
+def roofline_share(shape: str, n: int, step_s: float, prompt: int, gen: int) -> float:
+    context = prompt + gen / 2
+    moved = MODEL_BYTES[shape] + n * context * KV_BYTES_PER_TOKEN[shape]
+    return moved / step_s / H200_BYTES_PER_S
+
+
+def report(folder: Path) -> str:
+    lines = []
+    for steps_path in sorted(folder.glob("steps-*.json")):
+        shape = steps_path.stem.removeprefix("steps-")
+        steps = json.loads(steps_path.read_text(encoding="utf-8"))
+        bb = batched_bench(folder / f"batched-bench-{shape}.txt")
+        prompt, gen = steps["settings"]["prompt"], steps["settings"]["gen"]
+        levels = steps["levels"]
+        variants = list(next(iter(levels.values())).keys())
+        lines.append(f"\n{steps['model']} ({folder.name}): tok/s, share of llama-batched-bench S_TG\n")
+        lines.append("| sequences | batched-bench | " + " | ".join(variants) + " |")
+        lines.append("|---" * (2 + len(variants)) + "|")
+        for n, row in levels.items():
+            ref = bb.get(int(n))
+            cells = []
+            for v in variants:
+                rate = row[v]["tok_per_s"]
+                cells.append(f"{rate:,.0f} ({100 * rate / ref:.0f}%)" if ref else f"{rate:,.0f}")
+            lines.append(f"| {n} | {ref:,.0f} | " + " | ".join(cells) + " |" if ref else f"| {n} | - | ...")
+        lines.append(
+            "\nPer decode-only step, ms: decode / sampling / other; roofline share of the H200's bandwidth\n"
+        )
+        lines.append("| sequences | " + " | ".join(variants) + " | batched-bench roofline |")
+        lines.append("|---" * (2 + len(variants)) + "|")
+        for n, row in levels.items():
+            cells = []
+            for v in variants:
+                r = row[v]
+                if "decode_only_step_ms" in r:
+                    d = r["decode_only_step_ms"]
+                    step = (d["decode"] + d["sample"] + d["other"]) / 1000
+                    share = roofline_share(shape, int(n), step, prompt, gen)
+                    cells.append(
+                        f"{d['decode']:.2f} / {d['sample']:.2f} / {d['other']:.2f} ({100 * share:.1f}%)"
+                    )
+                else:
+                    step = r["ms_per_step"] / 1000
+                    share = roofline_share(shape, int(n), step, prompt, gen)
+                    launch = r["decode_call_ms_per_step"]
+                    cells.append(f"{r['ms_per_step']:.2f} (launch {launch:.2f}; {100 * share:.1f}%)")
+            ref = bb.get(int(n))
+            ref_cell = (
+                f"{100 * roofline_share(shape, int(n), int(n) / ref, prompt, gen):.1f}%" if ref else "-"
+            )
+            lines.append(f"| {n} | " + " | ".join(cells) + f" | {ref_cell} |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    folders = [Path(a) for a in (argv if argv is not None else sys.argv[1:])]
+    if not folders:
+        print(__doc__)
+        return 2
+    for folder in folders:
+        print(report(folder))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
