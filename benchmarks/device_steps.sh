@@ -21,7 +21,7 @@ PROMPT=${PROMPT:-64}
 GEN=${GEN:-256}
 CTX=${CTX:-2048}
 THREADS=${THREADS:-8}
-VARIANTS=${VARIANTS:-raw,engine-host,engine-graph,engine-llama}
+VARIANTS=${VARIANTS:-raw,engine-host,engine-graph,engine-llama}  # none: HTTP only
 STEPS_ARGS=${STEPS_ARGS:-}   # more engine_steps arguments, e.g. --kv-unified
 HTTP_ARGS=${HTTP_ARGS:-}     # more benchmarks.run arguments, e.g. --ours-backend-sampling on
 DEADLINE_S=${DEADLINE_S:-570}
@@ -39,6 +39,7 @@ make_models $SHAPES || exit 1
 stamp "models ready"
 
 max_level=$(tr ',' '\n' <<< "$LEVELS" | sort -n | tail -1)
+n_shapes=$(wc -w <<< "$SHAPES")
 i=0
 for shape in $SHAPES; do
     f=${model_files[$i]}
@@ -48,6 +49,8 @@ for shape in $SHAPES; do
         llama-8b) label="synthetic Llama-8B shape Q4_K_M" ;;
         *) label="synthetic $shape Q4_K_M" ;;
     esac
+    share=$(($(left) / (n_shapes - i + 1)))  # this shape's part of the time left
+    if [ "$VARIANTS" != none ]; then
     stamp "$shape: llama-batched-bench"
     timeout -k 10 "$(($(left) / 3))" llama-batched-bench -m "$f" -ngl 99 -fa on -c $((CTX * max_level)) -b 512 -ub 512 \
         -t "$THREADS" -npp "$PROMPT" -ntg "$GEN" -npl "$LEVELS" > "$OUT/batched-bench-$shape.txt" 2>&1
@@ -58,10 +61,11 @@ for shape in $SHAPES; do
         --levels "$LEVELS" --prompt "$PROMPT" --gen "$GEN" --n-ctx "$CTX" --threads "$THREADS" \
         --variants "$VARIANTS" --out "$OUT/steps-$shape.json" $STEPS_ARGS
     stamp "engine_steps exit $?"
+    fi
     [ "$HTTP_LEVELS" = none ] && continue
     stamp "$shape: HTTP concurrency $HTTP_LEVELS"
     # shellcheck disable=SC2086
-    timeout -k 20 "$(($(left) / (i == 1 ? 3 : 1) - 10))" python3 -m benchmarks.run --gpu --model "$f::$label" \
+    timeout -k 20 "$((share > $(left) - 10 ? $(left) - 10 : share))" python3 -m benchmarks.run --gpu --model "$f::$label" \
         --benchmarks concurrency --concurrency "$HTTP_LEVELS" --repeats "$HTTP_REPEATS" --ours-engine batched \
         --ctx "$CTX" --max-tokens "$GEN" --threads "$THREADS" --workdir "/tmp/sb-run/$shape" \
         --out-json "$OUT/http-$shape.json" --results-dir none --markdown none $HTTP_ARGS

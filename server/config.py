@@ -3,6 +3,10 @@
 Every problem is reported at once, each naming the file, the model, the field and what would be
 valid (see docs/local_models.md for the fields). Nothing here loads a model: files are checked
 for existence, the GGUF magic and a readable GGUF header only.
+
+A little over 400 lines: the schema, the defaults that depend on the machine (threads, GPU) and the
+cross-field rules are one contract that docs/local_models.md documents field by field; split, a
+rule would sit apart from the field it constrains.
 """
 
 from __future__ import annotations
@@ -98,6 +102,7 @@ class LocalModelEntry(BaseModel):
     engine: Literal["llama-cpp-python", "batched"] = "llama-cpp-python"
     n_parallel: int | None = Field(None, ge=1, le=MAX_PARALLEL)
     kv_unified: bool = False
+    kv_pool: int | None = Field(None, ge=1)
     n_threads_sampling: int | None = Field(None, ge=1, le=64)
     backend_sampling: bool | None = None
     host_top_k: bool = False
@@ -140,6 +145,14 @@ class ModelConfig:
         if self.entry.engine != "batched":
             return 1
         return self.entry.n_parallel or DEFAULT_PARALLEL
+
+    @property
+    def kv_pool(self) -> int:
+        """KV cells of the whole context: with `kv_unified`, one pool all slots draw on (`kv_pool`,
+        or every slot at full length); otherwise `n_ctx` reserved per slot."""
+        if self.entry.kv_unified and self.entry.kv_pool is not None:
+            return self.entry.kv_pool
+        return self.n_ctx * self.n_parallel
 
     @property
     def n_threads_sampling(self) -> int:
@@ -360,7 +373,17 @@ def _semantic_problems(cfg: ConfigFile) -> list[str]:
                 "llama-cpp-python's server answers one request at a time (remove n_parallel or "
                 'set "engine": "batched")'
             )
-        for name in ("kv_unified", "n_threads_sampling", "backend_sampling", "host_top_k"):
+        if m.kv_pool is not None and not m.kv_unified:
+            problems.append(
+                f'{where}, field "kv_pool": a shared pool of KV cells needs "kv_unified": true '
+                "(without it every slot has its own n_ctx cells)"
+            )
+        elif m.kv_pool is not None and m.n_ctx and m.kv_pool < m.n_ctx:
+            problems.append(
+                f'{where}, field "kv_pool": {m.kv_pool} cells cannot hold one conversation at full '
+                f'length (n_ctx {m.n_ctx}); set kv_pool >= n_ctx'
+            )
+        for name in ("kv_unified", "kv_pool", "n_threads_sampling", "backend_sampling", "host_top_k"):
             if getattr(m, name) and m.engine != "batched":
                 problems.append(f'{where}, field "{name}": only used by "engine": "batched"')
         if m.engine == "batched" and (m.n_parallel or DEFAULT_PARALLEL) > m.n_batch:

@@ -135,6 +135,7 @@ class EngineHost:
             "n_ctx": engine.model.n_ctx_slot,
             "n_ctx_seq": llama_cpp.llama_n_ctx_seq(ctx),
             "n_ctx_total": llama_cpp.llama_n_ctx(ctx),
+            "kv_pool": engine.model.pool,
             "n_batch": llama_cpp.llama_n_batch(ctx),
             "n_ubatch": llama_cpp.llama_n_ubatch(ctx),
             "n_threads": llama_cpp.llama_n_threads(ctx),

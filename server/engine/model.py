@@ -3,7 +3,8 @@ request into prompt tokens: llama-cpp-python's own chat handlers and tokenizer r
 
 The context has `n_parallel` sequences of `n_ctx` tokens each (`n_ctx` in the config is the
 context of one slot, i.e. of one conversation). Without `kv_unified` llama.cpp gives every
-sequence its own KV stream, so attention at each step reads only that sequence's cells.
+sequence its own KV stream, so attention at each step reads only that sequence's cells. With
+it, the slots draw on one pool of `kv_pool` cells, and a conversation holds only its own tokens.
 """
 
 from __future__ import annotations
@@ -66,6 +67,9 @@ class BatchedModel:
         self.name = e.name
         self.n_parallel = config.n_parallel
         self.n_ctx_slot = config.n_ctx
+        # With a unified KV cache, the cells all slots share (the engine admits requests so that
+        # running ones never run out); None when each slot has its own n_ctx cells.
+        self.pool: int | None = config.kv_pool if e.kv_unified else None
         set_verbose(verbose)
         start = time.perf_counter()
         mparams = llama_cpp.llama_model_default_params()
@@ -83,7 +87,7 @@ class BatchedModel:
         self.model = internals.LlamaModel(path_model=str(config.path), params=mparams, verbose=verbose)
         try:
             cparams = llama_cpp.llama_context_default_params()
-            cparams.n_ctx = self.n_ctx_slot * self.n_parallel
+            cparams.n_ctx = config.kv_pool
             cparams.n_batch = e.n_batch
             cparams.n_ubatch = min(e.n_ubatch, e.n_batch)
             cparams.n_seq_max = self.n_parallel

@@ -15,7 +15,7 @@ The HTTP side talks to this thread only through `submit`, `cancel` and each gene
 `sink`, which receives the events of one step at a time: `("text", str)`, `("done",
 finish_reason)` or `("error", message)`.
 
-About 600 lines on purpose: the step loop, slot choice and the per-slot state it mutates are
+About 700 lines on purpose: the step loop, slot choice and the per-slot state it mutates are
 one piece of code that a single thread owns; split across modules, the invariant "only the
 engine thread touches llama.cpp state" would no longer be visible in one file.
 """
@@ -258,6 +258,11 @@ class EngineStats:
     chains_attached: int = 0  # chains attached to a sequence (each re-plans the graph once)
     chains_reused: int = 0  # requests that reused their slot's attached chain
     sequences_per_step: float = 0.0  # running sum of generating sequences per step
+    # Shared KV pool (`kv_pool`): admission rounds the queue's head waited for cells, idle caches dropped to
+    # make room, and the most cells ever committed (running conversations at full length).
+    pool_waits: int = 0
+    pool_evictions: int = 0
+    pool_peak: int = 0
     # Steps that only decoded (no prompt tokens), by number of sequences:
     # [steps, decode seconds, sample seconds, busy seconds].
     decode_only: dict[int, list[float]] = field(default_factory=dict)
@@ -294,6 +299,9 @@ class EngineStats:
             "backend_sampled": self.backend_sampled,
             "chains_attached": self.chains_attached,
             "chains_reused": self.chains_reused,
+            "pool_waits": self.pool_waits,
+            "pool_evictions": self.pool_evictions,
+            "pool_peak": self.pool_peak,
             "ms_per_step": self._split(self.steps, self.decode_s, self.sample_s, self.busy_s),
             "decode_only_ms_per_step_by_sequences": {
                 str(n): {"steps": int(row[0]), **self._split(*row)}
@@ -405,17 +413,24 @@ class Engine:
         return any(s.gen is not None for s in self.slots)
 
     def _admit(self) -> None:
-        """Move queued requests into idle slots (called with the lock held)."""
+        """Move queued requests into idle slots, in arrival order (called with the lock held).
+        With a shared KV pool the request at the head waits while the running conversations
+        and it would not fit (`_make_room`), so a running one never runs out of cells."""
         while self._pending:
             idle = [s for s in self.slots if s.gen is None]
             if not idle:
                 return
-            gen = self._pending.popleft()
+            gen = self._pending[0]
             if gen.cancelled:
+                self._pending.popleft()
                 gen.close_samplers()
                 continue
             slot, keep = choose_slot(idle, gen.prompt)
             keep = min(keep, len(gen.prompt) - 1)  # the last prompt token gives the logits
+            if self.model.pool is not None and not self._make_room(slot, keep, gen, idle):
+                self.stats.pool_waits += 1
+                return
+            self._pending.popleft()
             if keep < len(slot.cache):
                 mem = self.model.memory
                 if not llama_cpp.llama_memory_seq_rm(mem, slot.seq, keep, -1):
@@ -425,6 +440,29 @@ class Engine:
             slot.gen, slot.at, slot.next_token, slot.prompt_len = gen, keep, None, len(gen.prompt)
             gen.slot, gen.cache_n, gen.t_admit = slot.seq, keep, time.perf_counter()
             self._attach(slot, gen)
+
+    def _make_room(self, slot: Slot, keep: int, gen: Generation, idle: list[Slot]) -> bool:
+        """Whether `gen` fits the KV pool in `slot` (keeping `keep` cached tokens) beside the
+        running conversations at their full length (prompt + max_tokens), after dropping the
+        caches of idle slots, least recently used first, as far as needed. Nothing is dropped
+        when even that would not be enough: the request waits for a running one to end."""
+        assert self.model.pool is not None
+        running = sum(max(len(s.cache), len(s.gen.prompt) + s.gen.max_tokens) for s in self.slots if s.gen)
+        others = sorted((s for s in idle if s is not slot and s.cache), key=lambda s: s.last_used)
+        kept = sum(len(s.cache) for s in others)
+        need = running + kept + len(gen.prompt) + gen.max_tokens
+        if need - kept > self.model.pool:
+            return False
+        for other in others:
+            if need <= self.model.pool:
+                break
+            need -= len(other.cache)
+            llama_cpp.llama_memory_seq_rm(self.model.memory, other.seq, -1, -1)
+            other.cache.clear()
+            other.prompt_len = 0
+            self.stats.pool_evictions += 1
+        self.stats.pool_peak = max(self.stats.pool_peak, need)
+        return True
 
     def _attach(self, slot: Slot, gen: Generation) -> None:
         """Give the slot's sequence the request's graph chain (or its own, reset), or none."""
