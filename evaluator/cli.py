@@ -28,11 +28,12 @@ from evaluator.config import (
     load_prompts,
     select,
 )
-from evaluator.endpoint import EndpointError, probe_all
+from evaluator.endpoint import EndpointError
 from evaluator.evaluate import Evaluation, evaluate
 from evaluator.heartbeat import heartbeat_interval
 from evaluator.plan import build_plan, estimate
 from evaluator.progress import plan_table
+from evaluator.replicas import probe_all
 from evaluator.store import (
     StoreError,
     export_responses,
@@ -40,6 +41,8 @@ from evaluator.store import (
     format_runs_table,
     open_store,
 )
+from evaluator.store.liveness import co_workers
+from evaluator.workers import lease_seconds
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -132,7 +135,13 @@ def run(
     mongo_uri: str | None,
     db_name: str,
 ) -> None:
-    """Play the sequences against the models and store every turn (resumes by default)."""
+    """Play the sequences against the models and store every turn (resumes by default).
+
+    Start it on several machines with the same configuration and store (--mongo-uri) to share
+    the work: each conversation is claimed in the store while one worker plays it, and a killed
+    worker's conversations are finished by the others once its claims expire (3 heartbeats:
+    STORYBENCH_HEARTBEAT_S, default 30 s; or STORYBENCH_LEASE_S). See docs/scale.md.
+    """
     try:
         models, settings, sequences = _load(models_path, prompts_path, models_csv, sequences_csv)
     except ConfigError as exc:
@@ -141,6 +150,7 @@ def run(
     concurrency = concurrency or settings.concurrency
     try:
         heartbeat_s = heartbeat_interval()
+        lease_s = lease_seconds(heartbeat_s)
     except ValueError as exc:
         fail(str(exc))
     if dry_run:
@@ -149,7 +159,9 @@ def run(
         return
     if limit is not None:  # only the models the first conversations belong to are probed and played
         models = build_plan(models, sequences, runs, limit=limit).models
-    evaluation = Evaluation(models, sequences, settings, runs, concurrency, restart, heartbeat_s, limit=limit)
+    evaluation = Evaluation(
+        models, sequences, settings, runs, concurrency, restart, heartbeat_s, limit=limit, lease_s=lease_s
+    )
     try:
         with open_store(mongo_uri, db_name=db_name) as store:
             store.ensure_indexes()
@@ -187,7 +199,8 @@ def show(run_id: str, mongo_uri: str | None, db_name: str) -> None:
         with open_store(mongo_uri, db_name=db_name) as store:
             found = resolve_run_or_exit(store, run_id)
             tally = store.run_tallies([found])[found.id]
-            console.print(format_run_detail(found, store.run_responses(found.id), tally))
+            workers = co_workers(found, store.plan_runs(found.plan_key)) if found.plan_key else None
+            console.print(format_run_detail(found, store.run_responses(found.id), tally, workers))
     except StoreError as exc:
         fail(str(exc), code=EXIT_FAILED)
 

@@ -5,6 +5,9 @@ validate everything on load: any problem is a `ConfigError` whose message names 
 entry, the field, what is valid and how to fix it, and never echoes a secret. Pydantic models sit
 at the boundary; evaluator/config_messages.py turns their errors into those messages (the same
 translator as the rubric's). docs/configuration.md documents both files.
+
+Over 400 lines because every field of both files sits here with the rule that validates it
+(replicas, reasoning models, budgets, unique names): one read shows what a valid file is.
 """
 
 from __future__ import annotations
@@ -84,17 +87,52 @@ class ModelEntry(_Strict):
     min_output_tokens: int = Field(default=64, ge=1)
     reasoning: bool = False
     reasoning_effort: ReasoningEffort | None = None
+    # Replicas: several servers of the same model (evaluator/replicas.py). `base_url` is then
+    # the first of them, so the fingerprint (and the stored results) follow the first URL.
+    base_urls: list[str] | None = Field(default=None, min_length=1)
     _source: str = PrivateAttr(default=str(DEFAULT_MODELS_PATH))
+
+    @model_validator(mode="before")
+    @classmethod
+    def _first_replica(cls, data: Any) -> Any:
+        # `base_urls` alone names the replicas; `base_url` becomes the first of them (a dumped
+        # entry carries both, equal, and validates again).
+        if isinstance(data, dict) and "base_urls" in data and "base_url" not in data:
+            urls = data["base_urls"]
+            if isinstance(urls, list) and urls and isinstance(urls[0], str):
+                return data | {"base_url": urls[0]}
+        return data
 
     @field_validator("base_url")
     @classmethod
     def _check_url(cls, value: str) -> str:
-        parts = urlsplit(value)
-        if parts.scheme not in ("http", "https") or not parts.netloc:
-            raise ValueError("must be an http:// or https:// URL with a host, e.g. http://127.0.0.1:8080/v1")
-        if parts.path.rstrip("/").endswith("/chat/completions"):
-            raise ValueError("must stop before /chat/completions (the client appends it)")
-        return value.rstrip("/")
+        return _valid_url(value)
+
+    @field_validator("base_urls")
+    @classmethod
+    def _check_urls(cls, value: list[str] | None) -> list[str] | None:
+        if value is None:
+            return None
+        urls = [_valid_url(url) for url in value]
+        for url in dict.fromkeys(urls):
+            places = [str(i + 1) for i, other in enumerate(urls) if other == url]
+            if len(places) > 1:
+                raise ValueError(f"URLs {' and '.join(places)} are the same server; list each replica once")
+        return urls
+
+    @model_validator(mode="after")
+    def _check_replicas(self) -> ModelEntry:
+        if self.base_urls is not None and self.base_url != self.base_urls[0]:
+            raise ValueError(
+                "base_url and base_urls are both set and differ: list every replica in base_urls "
+                "and remove base_url"
+            )
+        return self
+
+    @property
+    def replica_urls(self) -> list[str]:
+        """Every server of this entry: its `base_urls`, or its one `base_url`."""
+        return list(self.base_urls) if self.base_urls else [self.base_url]
 
     @field_validator("stop", mode="before")
     @classmethod
@@ -218,6 +256,15 @@ _FINGERPRINT = {
     "stop",
     "extra_body",
 }
+
+
+def _valid_url(value: str) -> str:
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise ValueError("must be an http:// or https:// URL with a host, e.g. http://127.0.0.1:8080/v1")
+    if parts.path.rstrip("/").endswith("/chat/completions"):
+        raise ValueError("must stop before /chat/completions (the client appends it)")
+    return value.rstrip("/")
 
 
 class EvalSettings(_Strict):

@@ -162,7 +162,7 @@ CONFIG = Dialect(
         "sequences": Entry("sequence", "sequences"),
         "turns": Entry("turn", "turns", unit="turn"),
     },
-    sensitive=frozenset({"api_key_env", "base_url", "extra_body"}),
+    sensitive=frozenset({"api_key_env", "base_url", "base_urls", "extra_body"}),
     key_like=frozenset({"api_key", "apikey", "key", "token", "api_token", "secret", "authorization"}),
     key_hint=(
         " Keys never go in this file: put the key in an environment variable and set "

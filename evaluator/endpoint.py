@@ -13,13 +13,15 @@ so no caller branches on which it is (inspect_ai's ModelAPI is the model for thi
 - `one_model_at_a_time`: our server holds one model (and its cached prefixes) at a time, so
   its models are played one after another;
 - `metadata`: what the run records about the served model (empty for hosted APIs);
-- `chat_client()`: the AsyncOpenAI client (made in the running event loop; `aclose()` ends it).
+- `chat_client()`: the AsyncOpenAI client (made in the running event loop; `aclose()` ends it);
+- `url` / `replica`: the one server it talks to (one of the entry's `base_urls` for a replica,
+  evaluator/replicas.py), and that URL without credentials, as each stored turn records it.
 """
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 from openai import AsyncOpenAI
@@ -41,6 +43,16 @@ def server_root(base_url: str) -> str:
     return root[: -len("/v1")] if root.endswith("/v1") else root
 
 
+def public_url(url: str) -> str:
+    """`url` without user, password, query or fragment: what may be stored and printed."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    if ":" in host:  # an IPv6 literal keeps its brackets
+        host = f"[{host}]"
+    netloc = f"{host}:{parts.port}" if parts.port is not None else host
+    return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
+
+
 class EndpointError(Exception):
     """The endpoint cannot be used as configured; the message says what to fix."""
 
@@ -52,10 +64,18 @@ def _headers(api_key: str | None) -> dict[str, str]:
 class Endpoint:
     """A hosted OpenAI-compatible API (the base behaviour); our server overrides what it knows."""
 
-    def __init__(self, entry: ModelEntry, *, metadata: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self, entry: ModelEntry, *, metadata: dict[str, Any] | None = None, url: str | None = None
+    ) -> None:
         self.entry = entry
+        self.url = url or entry.base_url  # the server this endpoint talks to
         self.metadata: dict[str, Any] = metadata or {}
         self._chat: AsyncOpenAI | None = None
+
+    @property
+    def replica(self) -> str:
+        """The server's URL without credentials: what a stored turn records as its replica."""
+        return public_url(self.url)
 
     @property
     def context_window(self) -> int | None:
@@ -67,7 +87,7 @@ class Endpoint:
 
     @property
     def connection_key(self) -> str:
-        return server_root(self.entry.base_url)
+        return server_root(self.url)
 
     @property
     def one_model_at_a_time(self) -> bool:
@@ -80,7 +100,7 @@ class Endpoint:
     def chat_client(self) -> AsyncOpenAI:
         """The chat client, made on first use inside the running event loop."""
         if self._chat is None:
-            self._chat = make_client(self.entry.base_url, self.entry.api_key(), self.entry.request_timeout_s)
+            self._chat = make_client(self.url, self.entry.api_key(), self.entry.request_timeout_s)
         return self._chat
 
     async def aclose(self) -> None:
@@ -93,8 +113,10 @@ class Endpoint:
 class StoryBenchEndpoint(Endpoint):
     """Our own server: exact token counts, its context size, its slots, one model at a time."""
 
-    def __init__(self, entry: ModelEntry, *, metadata: dict[str, Any], slots: int | None) -> None:
-        super().__init__(entry, metadata=metadata)
+    def __init__(
+        self, entry: ModelEntry, *, metadata: dict[str, Any], slots: int | None, url: str | None = None
+    ) -> None:
+        super().__init__(entry, metadata=metadata, url=url)
         self.slots = slots
         self._http: httpx.AsyncClient | None = None
         self._counts: dict[str, int] = {}
@@ -118,7 +140,7 @@ class StoryBenchEndpoint(Endpoint):
             return self._counts[text]
         if self._http is None:
             self._http = httpx.AsyncClient(
-                base_url=server_root(self.entry.base_url),
+                base_url=server_root(self.url),
                 timeout=TOKENIZE_TIMEOUT_S,
                 headers=_headers(self.entry.api_key()),
             )
@@ -134,32 +156,35 @@ class StoryBenchEndpoint(Endpoint):
         await super().aclose()
 
 
-async def probe(entry: ModelEntry) -> Endpoint:
-    """Recognise our server and fetch its metadata; anything else is a hosted API."""
-    base_url, model_id, api_key = entry.base_url, entry.model, entry.api_key()
-    url = server_root(base_url) + METADATA_PATH
+async def probe(entry: ModelEntry, url: str | None = None) -> Endpoint:
+    """Recognise our server and fetch its metadata; anything else is a hosted API.
+
+    `url` is one of the entry's replicas (evaluator/replicas.py); the entry's `base_url` if None.
+    """
+    base_url, model_id, api_key = url or entry.base_url, entry.model, entry.api_key()
+    metadata_url = server_root(base_url) + METADATA_PATH
     try:
         async with httpx.AsyncClient(timeout=PROBE_TIMEOUT_S) as client:
-            response = await client.get(url, headers=_headers(api_key))
+            response = await client.get(metadata_url, headers=_headers(api_key))
     except httpx.TransportError as exc:
         if _is_loopback(base_url):
             raise EndpointError(
-                f"nothing answers at {base_url} ({type(exc).__name__}); start the local server "
-                "with `make serve` (or `storybench-serve`) and try again"
+                f"nothing answers at {public_url(base_url)} ({type(exc).__name__}); start the local "
+                "server with `make serve` (or `storybench-serve`) and try again"
             ) from exc
-        return Endpoint(entry)
+        return Endpoint(entry, url=base_url)
     if response.status_code != 200:
-        return Endpoint(entry)
+        return Endpoint(entry, url=base_url)
     try:
         body = response.json()
     except ValueError:
-        return Endpoint(entry)
+        return Endpoint(entry, url=base_url)
     if not isinstance(body, dict) or body.get("server") != "storybench":
-        return Endpoint(entry)
+        return Endpoint(entry, url=base_url)
     models = {m.get("name"): m for m in body.get("models", []) if isinstance(m, dict)}
     if model_id not in models:
         raise EndpointError(
-            f"the server at {base_url} does not serve model '{model_id}'; it serves: "
+            f"the server at {public_url(base_url)} does not serve model '{model_id}'; it serves: "
             f"{', '.join(sorted(str(m) for m in models)) or 'nothing'}. "
             "Fix `model` in config/models.yaml or add the model to config/local_models.json"
         )
@@ -168,13 +193,8 @@ async def probe(entry: ModelEntry) -> Endpoint:
         entry,
         metadata=models[model_id] | {"server": {k: v for k, v in body.items() if k != "models"}},
         slots=int(slots) if slots else None,
+        url=base_url,
     )
-
-
-async def probe_all(entries: list[ModelEntry]) -> dict[str, Endpoint]:
-    """Every entry's endpoint, by entry name, probed concurrently."""
-    endpoints = await asyncio.gather(*(probe(entry) for entry in entries))
-    return {entry.name: endpoint for entry, endpoint in zip(entries, endpoints, strict=True)}
 
 
 def _is_loopback(base_url: str) -> bool:

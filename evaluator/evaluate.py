@@ -4,6 +4,14 @@ One call plays a plan against probed endpoints and records it: the `runs` docume
 config snapshot, server metadata, process and heartbeat), the turns (through the Runner), and
 the run's end (status, counts, message). It prints progress and the summary on the console,
 as the command shows them, and returns the outcome with the exit code the command uses.
+
+Every call is one worker (evaluator/workers.py): it claims each conversation before playing it,
+so any number of `run` processes on the same configuration and store share the plan. Each
+worker writes its own `runs` document (its process, heartbeat, counts and end, as one process
+always did), and the workers of one plan share its `plan_key`: `show` lists them together. One
+document per worker, rather than one run with a list of workers, keeps every write to a run
+document with the one process that owns it (no contended updates, no run that must be joined
+or closed by whoever comes last), and a killed worker's document reads "abandoned" on its own.
 """
 
 from __future__ import annotations
@@ -31,9 +39,18 @@ from evaluator.endpoint import Endpoint
 from evaluator.heartbeat import Heartbeat, process_identity
 from evaluator.plan import Plan, build_plan, model_config_hashes
 from evaluator.progress import RunProgress, run_summary_table
-from evaluator.records import DEFAULT_HEARTBEAT_S, ExperimentEntry, RunRecord, RunStatus, utcnow
+from evaluator.records import (
+    DEFAULT_HEARTBEAT_S,
+    ExperimentEntry,
+    RunRecord,
+    RunStatus,
+    sequence_run_id,
+    stable_hash,
+    utcnow,
+)
 from evaluator.runner import ModelStats, RunAborted, Runner
 from evaluator.store import Store, StoreError
+from evaluator.workers import LEASE_INTERVALS, Worker
 
 # Lines of per-model messages printed after the summary; `show RUN` has them all.
 SHOWN_MESSAGES = 10
@@ -51,6 +68,11 @@ class Evaluation:
     restart: bool = False
     heartbeat_s: float = DEFAULT_HEARTBEAT_S
     limit: int | None = None  # `run --limit N`: only the plan's first N conversations
+    lease_s: float | None = None  # a claim's life unrenewed; None: LEASE_INTERVALS heartbeats
+
+    @property
+    def lease_seconds(self) -> float:
+        return self.lease_s if self.lease_s is not None else LEASE_INTERVALS * self.heartbeat_s
 
 
 @dataclass
@@ -88,6 +110,14 @@ def plan_for(store: Store, evaluation: Evaluation) -> Plan:
     )
 
 
+def plan_key(plan: Plan) -> str:
+    """What the workers of one plan share: a hash of its conversations (at their generations)."""
+    conversations = sorted(
+        sequence_run_id(i.experiment_key, i.model.name, i.sequence.name, i.run_index) for i in plan.items
+    )
+    return stable_hash(conversations)[:24]
+
+
 def run_record(run_id: str, evaluation: Evaluation, plan: Plan, endpoints: dict[str, Endpoint]) -> RunRecord:
     host, pid = process_identity()
     started_at = utcnow()
@@ -119,6 +149,9 @@ def run_record(run_id: str, evaluation: Evaluation, plan: Plan, endpoints: dict[
         pid=pid,
         heartbeat_at=started_at,
         heartbeat_s=evaluation.heartbeat_s,
+        plan_key=plan_key(plan),
+        conversations_done=0,
+        lease_s=evaluation.lease_seconds,
     )
 
 
@@ -140,18 +173,32 @@ def evaluate(store: Store, evaluation: Evaluation, endpoints: dict[str, Endpoint
     totals = {m.name: plan.turns_for(m) for m in models}
     status: RunStatus = "completed"
     message: str | None = None
+    worker = Worker(store, "conversation", evaluation.lease_seconds, owner=run_id)
+    bars = RunProgress(console, [m.name for m in models], totals)
+    runner = Runner(
+        plan, store, run_id, endpoints, policy, evaluation.concurrency, on_progress=bars.update, worker=worker
+    )
+
+    def beat() -> bool:
+        """Renew this worker's claims first (a late renewal lets another worker take over),
+        then the run's own heartbeat with the conversations done so far."""
+        try:
+            worker.renew_all()
+        finally:
+            alive = store.heartbeat(run_id, utcnow(), conversations_done=runner.conversations_done)
+        return alive
+
     # The heartbeat stops before the run's end is recorded, so its last beat never races it.
-    beats = Heartbeat(lambda: store.heartbeat(run_id, utcnow()), evaluation.heartbeat_s, what=f"run {run_id}")
-    with RunProgress(console, [m.name for m in models], totals) as bars, beats:
-        runner = Runner(
-            plan, store, run_id, endpoints, policy, evaluation.concurrency, on_progress=bars.update
-        )
+    beats = Heartbeat(beat, evaluation.heartbeat_s, what=f"run {run_id}")
+    with bars, beats:
         try:
             asyncio.run(runner.run())
         except KeyboardInterrupt:
             status, message = "interrupted", "stopped by Ctrl-C; re-run the same command to resume"
         except RunAborted as exc:
             status, message = "failed", str(exc)
+        finally:
+            worker.release_all()  # claims of an interrupted run: free for the others at once
     stats = runner.stats
     counts: dict[str, int] = {}
     for s in stats.values():
@@ -161,6 +208,24 @@ def evaluate(store: Store, evaluation: Evaluation, endpoints: dict[str, Endpoint
     if status == "completed" and (incomplete or counts.get("error")):
         status = "incomplete"
         message = "some turns failed or were not played; re-run the same command to retry them"
+    if worker.store_gone:  # recording the end would only wait out the same server selection
+        err_console.print("[red]the run's end is not recorded: the store stopped answering; "
+                          "`runs` will show this run as abandoned[/red]")  # fmt: skip
+    else:
+        _record_end(store, run_id, status, message, counts, stats, runner)
+    code = _report_end(store, run_id, status, message, stats)
+    return EvaluationResult(run_id, status, message, code, stats)
+
+
+def _record_end(
+    store: Store,
+    run_id: str,
+    status: RunStatus,
+    message: str | None,
+    counts: dict[str, int],
+    stats: dict[str, ModelStats],
+    runner: Runner,
+) -> None:
     try:
         store.update_run(
             run_id,
@@ -170,11 +235,10 @@ def evaluate(store: Store, evaluation: Evaluation, endpoints: dict[str, Endpoint
             reused=sum(s.reused for s in stats.values()),
             message=message,
             flow_control=runner.flow_snapshot(),
+            conversations_done=runner.conversations_done,
         )
     except StoreError as exc:
         err_console.print(f"[red]could not record the run's end: {escape(str(exc))}[/red]")
-    code = _report_end(store, run_id, status, message, stats)
-    return EvaluationResult(run_id, status, message, code, stats)
 
 
 def _report_end(

@@ -239,6 +239,10 @@ class ResponseRecord(StoredDocument):
     """Of `completion_tokens`, those a reasoning model spent thinking before its answer
     (`usage.completion_tokens_details.reasoning_tokens`; billed as output and already in
     `completion_tokens` and `cost_usd`); None when the endpoint does not report them."""
+    replica: str | None = None
+    """The server that answered this turn, its URL without credentials: one of the entry's
+    `base_urls` (a conversation moves to another replica when its own is drained,
+    evaluator/replicas.py), else its `base_url`; None in turns stored before replicas existed."""
 
     @model_validator(mode="after")
     def _default_id(self) -> ResponseRecord:
@@ -331,6 +335,15 @@ class RunRecord(StoredDocument):
     flow_control: dict[str, Any] = Field(default_factory=dict)
     """Per endpoint at the run's end: the adaptive concurrency limit, its lowest value, how often
     it was halved, the most requests in flight, and the rate limits in force."""
+    plan_key: str | None = None
+    """Hash of the plan's conversations (every experiment key x sequence x run index played):
+    the workers started on the same configuration share it, so `show` lists a run's workers
+    (evaluator/store/liveness.py `co_workers`). None in records from before workers existed."""
+    conversations_done: int | None = None
+    """Conversations this worker played to their end (or found finished), refreshed with its
+    heartbeat and recorded at its end; None before workers existed."""
+    lease_s: float | None = None
+    """How long this worker's claim on a conversation lasts without a renewal (evaluator/workers.py)."""
 
     @model_validator(mode="after")
     def _derive_lists(self) -> RunRecord:
@@ -373,9 +386,15 @@ class EvaluationRecord(StoredDocument):
     @model_validator(mode="after")
     def _default_id(self) -> EvaluationRecord:
         if not self.id:
-            suffix = f"|r{self.repeat}" if self.repeat else ""
-            self.id = f"{self.target_id}|{self.judge_model}|{self.rubric_version}{suffix}"
+            self.id = evaluation_id(self.target_id, self.judge_model, self.rubric_version, self.repeat)
         return self
+
+
+def evaluation_id(target_id: str, judge_model: str, rubric_version: str, repeat: int = 0) -> str:
+    """Deterministic `_id` of one judgement: (target, judge, rubric version, repeat); repeat 0
+    has no suffix."""
+    suffix = f"|r{repeat}" if repeat else ""
+    return f"{target_id}|{judge_model}|{rubric_version}{suffix}"
 
 
 def pairwise_id(first: str, second: str, judge_model: str, rubric_version: str, repeat: int = 0) -> str:
@@ -452,9 +471,51 @@ class PairwiseRecord(StoredDocument):
         return (a, b)
 
 
+ClaimKind = Literal["conversation", "judgement", "comparison"]
+
+
+class ClaimRecord(StoredDocument):
+    """One piece of work held by one worker process (collection `claims`): a lease.
+
+    Cooperating workers (`run`, `judge`, `compare` started on the same configuration and store)
+    claim each conversation, judgement or comparison here before asking a model for it. Every
+    write is one single-document operation: a claim is an insert on the deterministic `_id`
+    (DuplicateKeyError: someone holds it), a renewal and a takeover replace the document only if
+    its `revision` is still the one read, a release deletes it only if `owner` is still us. The
+    document is gone once the work is done; a dead worker's claim stays until it expires and
+    another worker takes it over (evaluator/store/leases.py).
+    """
+
+    collection: ClassVar[str] = "claims"
+
+    kind: ClaimKind
+    """What is claimed: a conversation (`run`), a judgement (`judge`) or a comparison (`compare`)."""
+    owner: str
+    """The worker holding it: a `run` worker's run id, or `judgement-<host>-<pid>-...` / `comparison-...`."""
+    host: str
+    """Host name of the owner's process."""
+    pid: int
+    """Process id of the owner's process: on the same host a dead pid frees the claim at once."""
+    owner_started_at: datetime
+    """When the owner's process started its work (UTC): a reused pid is not the owner."""
+    claimed_at: datetime
+    """When the current owner claimed it (UTC)."""
+    expires_at: datetime
+    """The lease's end (UTC, by the owner's clock): renewed by the owner's heartbeat; after it,
+    any worker may take the claim over."""
+    revision: int = 0
+    """Bumped by every renewal and takeover: both replace only the revision they read, so of
+    two racing writers exactly one wins."""
+    takeovers: int = 0
+    """How many times the claim passed from an expired (or dead) owner to another worker."""
+    previous_owner: str | None = None
+    """The owner it was taken over from, if any."""
+
+
 DOCUMENT_KINDS: tuple[type[StoredDocument], ...] = (
     RunRecord,
     ResponseRecord,
     EvaluationRecord,
     PairwiseRecord,
+    ClaimRecord,
 )

@@ -7,13 +7,25 @@ holds its endpoint slot for all of its turns, so its prefix stays cached between
 
 Resume is driven by the store: finished turns are read back, the history is rebuilt from them,
 and the conversation continues at the first missing turn.
+
+With a `Worker` (evaluator/workers.py; `evaluate` always gives one), each conversation is claimed
+in the store before its first request and released after its last, so several `run` processes on
+the same configuration share the plan: a conversation another live worker holds is waited for
+outside the concurrency slots, then found finished (or taken over, once its worker died, and
+continued from its stored turns). A lost lease stops the conversation before the next request
+and before the next write.
+
+About 460 lines on purpose: scheduling, the claim around each conversation and the turn loop are
+one flow, read top to bottom (the bounded helpers the judges share sit at the top).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
 from collections import defaultdict
-from collections.abc import Awaitable, Callable, Coroutine, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -27,12 +39,16 @@ from evaluator.records import (
     FINAL_OUTCOMES,
     SEQUENCE_ENDING_OUTCOMES,
     ResponseRecord,
+    response_id,
+    sequence_run_id,
     utcnow,
 )
-from evaluator.store import Store
+from evaluator.replicas import ReplicaSet, current_limit, guard, servers
+from evaluator.store import Store, StoreError
 from evaluator.store_writer import StoreWriter
 from evaluator.turn_policy import decide_turn
 from evaluator.turn_record import TurnContext, assistant_texts, redact, turn_record
+from evaluator.workers import Lease, Worker, claimed
 
 
 @dataclass
@@ -114,6 +130,51 @@ async def run_bounded(items: Iterable[T], work: Callable[[T], Awaitable[None]], 
     await run_all(bounded(item) for item in items)
 
 
+@contextlib.asynccontextmanager
+async def holding(*semaphores: asyncio.Semaphore) -> AsyncIterator[None]:
+    """All of `semaphores`, acquired in order, released in reverse."""
+    async with contextlib.AsyncExitStack() as stack:
+        for semaphore in semaphores:
+            await stack.enter_async_context(semaphore)
+        yield
+
+
+async def share_bounded(
+    items: Iterable[T],
+    work: Callable[[T], Awaitable[None]],
+    limit: int,
+    worker: Worker,
+    key: Callable[[T], str],
+    done: Callable[[T], bool],
+) -> None:
+    """`run_bounded` shared with other workers: each item is claimed first (evaluator/workers.py);
+    one another live worker holds is waited for outside the `limit` slots; one `done(item)`
+    says is finished (checked in a thread once claimed) is skipped. The judge and the pairwise
+    judge share their work through this."""
+    gate = asyncio.Semaphore(max(1, limit))
+
+    async def one(item: T) -> None:
+        async def attempt(lease: Lease) -> None:
+            if not await worker.call(done, item):
+                await work(item)
+
+        await claimed(worker, key(item), lambda: holding(gate), attempt)
+
+    await run_all(one(item) for item in items)
+
+
+def conversation_claim(item: SequenceRun) -> str:
+    """The claim key of one conversation of the plan (its sequence-run id)."""
+    conversation = sequence_run_id(item.experiment_key, item.model.name, item.sequence.name, item.run_index)
+    return f"conversation:{conversation}"
+
+
+def settled_turns(item: SequenceRun, stored: list[ResponseRecord]) -> int:
+    """Turns of the conversation that need nothing more (all of them once it ended)."""
+    start, _ = resume_point(item, stored)
+    return min(start, len(item.sequence.turns))
+
+
 class RunAborted(Exception):
     """Stops the whole run (e.g. the database went away)."""
 
@@ -130,8 +191,12 @@ class Runner:
         policy: RetryPolicy,
         concurrency: int,
         on_progress: Callable[[str, ModelStats], None] | None = None,
+        worker: Worker | None = None,
     ) -> None:
         self.plan = plan
+        self.worker = worker  # claims each conversation when set (cooperating workers)
+        self.conversations_done = 0  # conversations this process played to their end
+        self.leases_lost = 0  # conversations given up because another worker took them over
         self.store = store
         self.run_id = run_id
         self.policy = policy
@@ -142,6 +207,7 @@ class Runner:
         self.writer = StoreWriter()  # closed when `run` ends: one run per Runner
         self.stats: dict[str, ModelStats] = {m.name: ModelStats(total=plan.turns_for(m)) for m in plan.models}
         self.flows: dict[str, FlowControl] = {}  # connection key -> its pacing (flow_control.py)
+        self._credited: dict[tuple[str, str, str, int], int] = {}  # conversation -> settled turns counted
 
     # ---- scheduling -------------------------------------------------------------------------
 
@@ -161,7 +227,8 @@ class Runner:
             start, done = resume_point(item, stored.get(item.key, []))
             stats = self.stats[item.model.name]
             stats.reused += sum(1 for r in stored.get(item.key, []) if r.outcome != "error")
-            stats.done += start if start < len(item.sequence.turns) else len(item.sequence.turns)
+            self._credited[item.key] = settled_turns(item, stored.get(item.key, []))
+            stats.done += self._credited[item.key]
             if start < len(item.sequence.turns):
                 pending[item.model.name].append((item, start, done))
         for name, stats in self.stats.items():
@@ -178,14 +245,14 @@ class Runner:
             limits[key] = min(limits.get(key, endpoint.max_connections), endpoint.max_connections)
         bounds = {key: asyncio.Semaphore(limit) for key, limit in limits.items()}
         for model in self.plan.models:
-            endpoint = self.endpoints[model.name]
-            if endpoint.connection_key not in self.flows:
-                limit = limits[endpoint.connection_key]
-                self.flows[endpoint.connection_key] = FlowControl(
-                    AdaptiveLimit(start=min(limit, self.concurrency), maximum=limit),
-                    requests_per_minute=model.requests_per_minute,
-                    tokens_per_minute=model.tokens_per_minute,
-                )
+            for endpoint in servers(self.endpoints[model.name]):  # each replica paced on its own
+                if endpoint.connection_key not in self.flows:
+                    limit = limits.get(endpoint.connection_key, endpoint.max_connections)
+                    self.flows[endpoint.connection_key] = FlowControl(
+                        AdaptiveLimit(start=min(limit, self.concurrency), maximum=limit),
+                        requests_per_minute=model.requests_per_minute,
+                        tokens_per_minute=model.tokens_per_minute,
+                    )
 
         async def play_model(endpoint: Endpoint) -> None:
             bound = bounds[endpoint.connection_key]
@@ -202,7 +269,23 @@ class Runner:
                 await play_model(endpoint)
 
         await run_all(play_group(endpoints) for endpoints in groups.values())
+        if self.worker is not None:
+            # Other workers finished conversations this one never played or lost: the stored
+            # turns say what is settled, whoever wrote them.
+            stored = await asyncio.to_thread(self.store.done_turns, keys)
+            for item in self.plan.items:
+                self._credit(item, stored.get(item.key, []))
+            for name, stats in self.stats.items():
+                self.on_progress(name, stats)
         return self.stats
+
+    def _credit(self, item: SequenceRun, stored: list[ResponseRecord]) -> None:
+        """Count the turns of `item` settled by other workers since we last looked."""
+        settled = settled_turns(item, stored)
+        before = self._credited.get(item.key, 0)
+        if settled > before:
+            self.stats[item.model.name].done += settled - before
+            self._credited[item.key] = settled
 
     async def _bounded(
         self,
@@ -213,41 +296,109 @@ class Runner:
         start: int,
         done: list[ResponseRecord],
     ) -> None:
-        async with bound, overall:
-            await self.play_conversation(endpoint, item, start, done)
+        if self.worker is None:
+            async with bound, overall:
+                await self.play_conversation(endpoint, item, start, done)
+            return
+
+        lease_holder = self.worker
+
+        async def play_claimed(lease: Lease) -> None:
+            # Read again under the claim: another worker may have played it meanwhile.
+            ids = [
+                response_id(item.experiment_key, item.model.name, item.sequence.name, item.run_index, t)
+                for t in range(len(item.sequence.turns))
+            ]
+            stored = await lease_holder.call(self.store.responses_by_ids, ids)
+            self._credit(item, stored)
+            start, done = resume_point(item, stored)
+            if start >= len(item.sequence.turns):
+                self.on_progress(item.model.name, self.stats[item.model.name])
+                return
+            await self.play_conversation(endpoint, item, start, done, lease)
+
+        key = conversation_claim(item)
+        try:
+            await claimed(self.worker, key, lambda: holding(bound, overall), play_claimed)
+        except StoreError as exc:  # a claim or a read under it: the database is gone, as for a write
+            self.store_failed = self.store_failed or str(exc)
+            self.worker.store_gone = True  # its claims expire; releasing them would only wait
+            raise RunAborted(str(exc)) from exc
 
     # ---- one conversation ---------------------------------------------------------------------
 
     async def play_conversation(
-        self, endpoint: Endpoint, item: SequenceRun, start: int, done: list[ResponseRecord]
+        self,
+        endpoint: Endpoint,
+        item: SequenceRun,
+        start: int,
+        done: list[ResponseRecord],
+        lease: Lease | None = None,
     ) -> None:
+        """Play from turn `start`; with a `lease`, only while it is held (checked before each
+        request and before each write)."""
+        if isinstance(endpoint, ReplicaSet):  # on one replica, moved when it drains (replicas.py)
+            replay = functools.partial(self.play_conversation, lease=lease)
+            note = self.stats[endpoint.entry.name].messages.append
+            await endpoint.play(item, start, done, replay, self._resume, note)
+            return
         entry = endpoint.entry
         stats = self.stats[entry.name]
         messages = history_messages(item.sequence.system, done)
         turns = item.sequence.turns
         for index in range(start, len(turns)):
-            if stats.aborted:
+            if stats.aborted or self._lease_lost(lease, item, index):
                 return
             turn = turns[index]
             messages.append({"role": "user", "content": turn.text})
             record = await self.play_turn(endpoint, item, index, messages)
             if self.store_failed is not None:  # another conversation's write already failed
                 raise RunAborted(self.store_failed)
+            if self._lease_lost(lease, item, index):
+                return
             try:
                 await self.writer.write(self.store.save_response, record)
             except Exception as exc:  # the store raises StoreError; anything else is as fatal
                 # The first failed write stops the run (evaluator/store_writer.py).
                 self.store_failed = str(exc)
+                if self.worker is not None:  # its claims expire; releasing them would only wait
+                    self.worker.store_gone = True
                 raise RunAborted(str(exc)) from exc
             self._account(stats, entry, record)
+            self._credited[item.key] = max(self._credited.get(item.key, 0), index + 1)
             if record.outcome != "ok":
                 # The rest of this conversation cannot be played: count it as settled for progress.
                 if record.outcome in SEQUENCE_ENDING_OUTCOMES:
                     stats.done += len(turns) - index - 1
+                    self._settled(item)
                 self.on_progress(entry.name, stats)
                 return
             messages.append({"role": "assistant", "content": record.response_text})
             self.on_progress(entry.name, stats)
+        self._settled(item)
+
+    async def _resume(self, item: SequenceRun) -> tuple[int, list[ResponseRecord]]:
+        """Where a conversation moved off a drained replica goes on: from its stored turns."""
+        key = (item.experiment_key, item.model.name, item.sequence.name, item.run_index)
+        ids = [response_id(*key, t) for t in range(len(item.sequence.turns))]
+        return resume_point(item, await asyncio.to_thread(self.store.responses_by_ids, ids))
+
+    def _settled(self, item: SequenceRun) -> None:
+        self.conversations_done += 1
+        self._credited[item.key] = len(item.sequence.turns)
+
+    def _lease_lost(self, lease: Lease | None, item: SequenceRun, index: int) -> bool:
+        """True (and noted once) when our claim on the conversation is gone: another worker
+        owns it now, so nothing more is requested or written for it here."""
+        if lease is None or lease.held:
+            return False
+        self.leases_lost += 1
+        self.stats[item.model.name].messages.append(
+            f"{item.model.name} / {item.sequence.name} run {item.run_index} turn {index + 1}: "
+            "this worker's claim on the conversation ran out (the database did not take its "
+            "renewals in time); another worker continues it"
+        )
+        return True
 
     def flow_snapshot(self) -> dict[str, dict[str, Any]]:
         """Per endpoint (connection key): the adaptive limit now, its lowest, how often it was
@@ -255,8 +406,7 @@ class Runner:
         return {key: flow.snapshot() for key, flow in self.flows.items()}
 
     def _account(self, stats: ModelStats, entry: ModelEntry, rec: ResponseRecord) -> None:
-        flow = self.flows.get(self.endpoints[entry.name].connection_key)
-        stats.concurrency_limit = flow.limit.limit if flow is not None else None
+        stats.concurrency_limit = current_limit(self.flows, self.endpoints[entry.name])
         stats.done += 1
         stats.written += 1
         stats.outcomes[rec.outcome] += 1
@@ -282,7 +432,9 @@ class Runner:
     ) -> ResponseRecord:
         """Count, decide (evaluator/turn_policy.py), record (evaluator/turn_record.py)."""
         entry = endpoint.entry
-        ctx = TurnContext(item, index, self.run_id, len(messages), utcnow(), assistant_texts(messages))
+        ctx = TurnContext(
+            item, index, self.run_id, len(messages), utcnow(), assistant_texts(messages), endpoint.replica
+        )
         try:
             prompt_tokens = await count_prompt_tokens(messages, endpoint.count_tokens)
         except Exception:  # a tokenizer hiccup must not lose the turn: fall back to the estimate
@@ -296,7 +448,7 @@ class Runner:
             return await chat_with_retries(client, entry.model, messages, params, self.policy, flow, tokens)
 
         result = await decide_turn(
-            send,
+            guard(endpoint, send),  # a replica that gave up is drained (evaluator/replicas.py)
             entry.generation_params(item.run_index),
             prompt_tokens,
             wanted_tokens=entry.max_tokens,

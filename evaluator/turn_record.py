@@ -32,6 +32,7 @@ class TurnContext:
     messages_sent: int
     started_at: datetime
     earlier_answers: tuple[str, ...] = ()  # the conversation's answers before this turn, in order
+    replica: str | None = None  # the server that answers it (`Endpoint.replica`: no credentials)
 
 
 def assistant_texts(messages: Iterable[dict[str, str]]) -> tuple[str, ...]:
@@ -100,4 +101,5 @@ def turn_record(ctx: TurnContext, result: TurnResult, entry: ModelEntry) -> Resp
         response_raw=text,
         metrics=metrics,
         reasoning_tokens=done.reasoning_tokens if done else None,
+        replica=ctx.replica,
     )

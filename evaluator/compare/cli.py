@@ -44,6 +44,7 @@ from evaluator.judge.options import judge_options
 from evaluator.judge.rubric import Rubric, load_rubric
 from evaluator.records import pairwise_id
 from evaluator.store import Store, StoreError, open_store
+from evaluator.workers import shared_work, worker_beats
 
 
 def _names(csv: str | None) -> list[str]:
@@ -262,12 +263,17 @@ def _compare(
         failed = f"[red]{stats.failed} failed[/red]" if stats.failed else ""
         progress.update(task, completed=stats.settled, failed=failed)
 
-    judge = PairJudge(
-        rubric, endpoint, policy, store, limit,
-        on_progress=on_progress, repeat_temperature=repeats.temperature,
-    )  # fmt: skip
+    try:
+        beats = worker_beats()
+    except ValueError as exc:
+        fail(str(exc))
     status, message = "completed", ""
-    with progress:
+    # Other `compare` processes with the same selection and judge share the comparisons.
+    with progress, shared_work(store, "comparison", *beats) as worker:
+        judge = PairJudge(
+            rubric, endpoint, policy, store, limit,
+            on_progress=on_progress, repeat_temperature=repeats.temperature, worker=worker,
+        )  # fmt: skip
         try:
             asyncio.run(judge.run(pending))
         except KeyboardInterrupt:
@@ -283,6 +289,8 @@ def _compare(
     console.print(
         f"Judged {stats.judged}, failed {stats.failed}. Verdicts: {escape(verdicts)}", highlight=False
     )
+    if judge.by_others:
+        console.print(f"  {judge.by_others} compared by another worker meanwhile (docs/scale.md)")
     print_failures(stats.failures, "comparisons")
     code = stopped_exit(status, message, "comparing")
     if code is not None:

@@ -42,11 +42,12 @@ from evaluator.judge.judging import (
 from evaluator.judge.prompts import RETRY_NOTE_TOKENS
 from evaluator.judge.rubric import Rubric
 from evaluator.judge.verdict import InvalidJudgement
-from evaluator.records import PairwiseRecord, utcnow
-from evaluator.runner import run_bounded
-from evaluator.store import Store
+from evaluator.records import PairwiseRecord, pairwise_id, utcnow
+from evaluator.runner import run_bounded, share_bounded
+from evaluator.store import Store, StoreError
 from evaluator.store_writer import StoreWriter
 from evaluator.turn_record import redact
+from evaluator.workers import Worker
 
 __all__ = ["CompareStats", "PairJudge", "JudgeAborted"]
 
@@ -74,10 +75,13 @@ class PairJudge:
         concurrency: int,
         on_progress: Callable[[CompareStats], None] | None = None,
         repeat_temperature: float = DEFAULT_REPEAT_TEMPERATURE,
+        worker: Worker | None = None,
     ) -> None:
         if rubric.pairwise is None:
             raise ValueError("the rubric has no pairwise block")
         self.rubric = rubric
+        self.worker = worker  # claims each comparison when set (cooperating workers)
+        self.by_others = 0  # comparisons another worker stored while this one waited
         self.repeat_temperature = repeat_temperature
         self.block = rubric.pairwise
         self.endpoint = endpoint
@@ -95,10 +99,35 @@ class PairJudge:
     async def run(self, comparisons: list[Comparison]) -> None:
         self.stats.to_judge += len(comparisons)
         try:
-            await run_bounded(comparisons, self.judge_one, self.concurrency)
+            if self.worker is None:
+                await run_bounded(comparisons, self.judge_one, self.concurrency)
+            else:
+                await share_bounded(
+                    comparisons, self.judge_one, self.concurrency, self.worker, self._claim_key, self._stored
+                )
+        except StoreError as exc:  # a claim or a read under it: the database is gone
+            raise JudgeAborted(str(exc)) from exc
         finally:
             self.writer.close()
             await self.endpoint.aclose()
+
+    def _pairwise_id(self, comparison: Comparison) -> str:
+        first, second = comparison.first.id, comparison.second.id
+        return pairwise_id(first, second, self.endpoint.entry.name, self.version, comparison.repeat)
+
+    def _claim_key(self, comparison: Comparison) -> str:
+        return f"comparison:{self._pairwise_id(comparison)}"
+
+    def _stored(self, comparison: Comparison) -> bool:
+        """Stored meanwhile by another worker (checked under our claim, in a thread): a verdict,
+        or a failure recorded since this worker started (older failures are retried)."""
+        found = self.store.get_pairwise(self._pairwise_id(comparison))
+        if found is None or self.worker is None:
+            return False
+        if found.status == "ok" or found.created_at >= self.worker.started_at:
+            self.by_others += 1
+            return True
+        return False
 
     def _params(self, repeat: int) -> dict[str, Any]:
         temperature, seed = repeat_sampling(self.rubric.seed, repeat, self.repeat_temperature)

@@ -48,6 +48,7 @@ from evaluator.judge.rubric import Rubric, load_rubric
 from evaluator.judge.targets import Collected, SelectionError, collect
 from evaluator.records import TargetKind
 from evaluator.store import Store, StoreError, open_store
+from evaluator.workers import shared_work, worker_beats
 
 
 @click.command("judge", context_settings={"help_option_names": ["-h", "--help"]})
@@ -212,10 +213,15 @@ def _judge(store: Store, req: JudgeRequest) -> int:
     )
     totals: dict[str, int] = {k: sum(1 for t in pending if t.kind == k) for k in kinds}
     status, message = "completed", None
-    with JudgeProgress(console, totals) as bars:
+    try:
+        beats = worker_beats()
+    except ValueError as exc:
+        fail(str(exc))
+    # Other `judge` processes on the same run, judge and rubric share the targets (docs/scale.md).
+    with JudgeProgress(console, totals) as bars, shared_work(store, "judgement", *beats) as worker:
         judge = Judge(
             rubric, endpoint, policy, store, resolved_id, limit,
-            on_progress=bars.update, repeat_temperature=req.repeat_temperature,
+            on_progress=bars.update, repeat_temperature=req.repeat_temperature, worker=worker,
         )  # fmt: skip
         try:
             asyncio.run(judge.run(pending))
@@ -231,6 +237,8 @@ def _judge(store: Store, req: JudgeRequest) -> int:
         done = judge.stats[k]
         stats[k].judged, stats[k].failed, stats[k].trimmed = done.judged, done.failed, done.trimmed
     console.print(judge_summary_table(stats, title))
+    if judge.by_others:
+        console.print(f"  {judge.by_others} judged by another worker meanwhile (docs/scale.md)")
     _print_not_judged(console, collected)
     print_failures([(f.label, f.reason) for f in judge.failures], "judgements")
     code = stopped_exit(status, message, "judging")

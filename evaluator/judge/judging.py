@@ -39,11 +39,12 @@ from evaluator.judge.prompts import DoesNotFit, Fitted, fit, render, response_fo
 from evaluator.judge.rubric import KINDS, Rubric
 from evaluator.judge.targets import Target
 from evaluator.judge.verdict import InvalidJudgement, Verdict, parse_verdict
-from evaluator.records import EvaluationRecord, utcnow
-from evaluator.runner import run_bounded
-from evaluator.store import Store
+from evaluator.records import EvaluationRecord, evaluation_id, utcnow
+from evaluator.runner import run_bounded, share_bounded
+from evaluator.store import Store, StoreError
 from evaluator.store_writer import StoreWriter
 from evaluator.turn_record import redact
+from evaluator.workers import Worker
 
 __all__ = [
     "DEFAULT_REPEAT_TEMPERATURE",
@@ -192,9 +193,12 @@ class Judge:
         concurrency: int,
         on_progress: Callable[[str, KindStats], None] | None = None,
         repeat_temperature: float = DEFAULT_REPEAT_TEMPERATURE,
+        worker: Worker | None = None,
     ) -> None:
         self.rubric = rubric
         self.repeat_temperature = repeat_temperature
+        self.worker = worker  # claims each judgement when set (cooperating workers)
+        self.by_others = 0  # judgements another worker stored while this one waited
         self.endpoint = endpoint
         self.policy = policy
         self.store = store
@@ -213,10 +217,30 @@ class Judge:
         for job in jobs:
             self.stats[job.kind].to_judge += 1
         try:
-            await run_bounded(jobs, self.judge_one, self.concurrency)
+            if self.worker is None:
+                await run_bounded(jobs, self.judge_one, self.concurrency)
+            else:
+                await share_bounded(
+                    jobs, self.judge_one, self.concurrency, self.worker, self._claim_key, self._judged
+                )
+        except StoreError as exc:  # a claim or a read under it: the database is gone
+            raise JudgeAborted(str(exc)) from exc
         finally:
             self.writer.close()
             await self.endpoint.aclose()
+
+    def _evaluation_id(self, job: Job) -> str:
+        return evaluation_id(job.target.target_id, self.endpoint.entry.name, self.version, job.repeat)
+
+    def _claim_key(self, job: Job) -> str:
+        return f"judgement:{self._evaluation_id(job)}"
+
+    def _judged(self, job: Job) -> bool:
+        """Stored meanwhile by another worker (checked under our claim, in a thread)."""
+        if not self.store.has_evaluation(self._evaluation_id(job)):
+            return False
+        self.by_others += 1
+        return True
 
     # ---- one target -------------------------------------------------------------------------
 

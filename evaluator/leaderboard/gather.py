@@ -13,10 +13,11 @@ left out.
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from evaluator.compare.conversations import Conversation, select_conversations
-from evaluator.records import EvaluationRecord, PairwiseRecord, stable_hash
+from evaluator.compare.conversations import Conversation, Selection, build_selection, select_conversations
+from evaluator.records import EvaluationRecord, PairwiseRecord, RunRecord, stable_hash
 from evaluator.store import Store
 
 __all__ = ["Inputs", "LeaderboardError", "gather", "prompt_set_id"]
@@ -70,6 +71,24 @@ def is_self_judged(details: dict[str, object], conv: Conversation) -> bool:
     return same_id or same_weights
 
 
+def _paged_selection(store: Store, models: list[str] | None, sequences: set[str] | None) -> Selection:
+    """`select_conversations` over `Store.all_responses` (the selection does not depend on the
+    order the turns are read in)."""
+    runs: dict[str, RunRecord | None] = {}
+
+    def run_of(run_id: str) -> RunRecord | None:
+        if run_id not in runs:
+            runs[run_id] = store.get_run(run_id)
+        return runs[run_id]
+
+    records = (
+        r
+        for r in store.all_responses()
+        if (models is None or r.model in models) and (sequences is None or r.sequence in sequences)
+    )
+    return build_selection(records, run_of, models)
+
+
 def gather(
     store: Store,
     *,
@@ -78,24 +97,37 @@ def gather(
     models: list[str] | None = None,
     sequences: list[str] | None = None,
     allow_self_judge: bool = False,
+    paged: bool = False,
 ) -> Inputs:
     """Read and check; LeaderboardError when nothing is judged or the data mixes judges,
-    rubric versions or sequence contents."""
-    selection = select_conversations(store, models, _names(sequences), with_text=False)
+    rubric versions or sequence contents. `paged` reads every turn, judgement and comparison
+    in pages (`Store.all_responses` and the like: the viewer, so the database answers its pages
+    meanwhile) and filters here."""
+    if paged:
+        selection = _paged_selection(store, models, _names(sequences))
+        stored_evaluations: Iterable[EvaluationRecord] = store.all_evaluations()
+        stored_pairwise: Iterable[PairwiseRecord] = store.all_pairwise()
+    else:
+        selection = select_conversations(store, models, _names(sequences), with_text=False)
+        stored_evaluations = store.judge_evaluations(judge, rubric_version)
+        stored_pairwise = store.pairwise(judge, rubric_version, with_text=False)
     convs = {c.id: c for c in selection.all()}
     turn_owner = {turn_id: c.id for c in convs.values() for turn_id in c.turn_ids}
 
     evaluations = [
         e
-        for e in store.judge_evaluations(judge, rubric_version)
+        for e in stored_evaluations
         if (e.target_id in convs or e.target_id in turn_owner)
         and (judge is None or e.judge_model == judge)
         and (rubric_version is None or e.rubric_version == rubric_version)
     ]
     pairwise = [
         p
-        for p in store.pairwise(judge, rubric_version, with_text=False)
-        if p.first_conversation in convs and p.second_conversation in convs
+        for p in stored_pairwise
+        if p.first_conversation in convs
+        and p.second_conversation in convs
+        and (judge is None or p.judge_model == judge)
+        and (rubric_version is None or p.rubric_version == rubric_version)
     ]
     combos: Counter[tuple[str, str]] = Counter()
     for e in evaluations:

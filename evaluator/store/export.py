@@ -28,7 +28,7 @@ FORMATS: tuple[str, ...] = ("jsonl", "csv")
 
 
 # ResponseRecord fields added after the metric columns existed: exported after them, in order.
-LATE_FIELDS: tuple[str, ...] = ("reasoning_tokens",)
+LATE_FIELDS: tuple[str, ...] = ("reasoning_tokens", "replica")
 
 
 def _response_columns() -> tuple[tuple[str, str], ...]:

@@ -12,6 +12,9 @@ lives (evaluator/heartbeat.py), and readers decide here, every time they show a 
 - a record from before these fields existed is "unknown" once it is older than that.
 
 Nothing is written back: see docs/store.md ("Abandoned runs") for why.
+
+Several `run` processes sharing one plan (cooperating workers, docs/scale.md) each keep their
+own run document; `co_workers` tells which of them worked at the same time as a given one.
 """
 
 from __future__ import annotations
@@ -161,3 +164,31 @@ def run_state(run: RunRecord, *, now: datetime | None = None, hostname: str | No
             f"(or lost the database); {RESUME}",
         )
     return RunState(status)
+
+
+def _lifetime(run: RunRecord, now: datetime) -> tuple[datetime, datetime]:
+    """When a worker started, and its end: recorded, else its last heartbeat (now if it still
+    runs by `run_state`)."""
+    start = as_utc(run.started_at) or now
+    end = as_utc(run.finished_at)
+    if end is None:
+        end = now if run_state(run, now=now).status == "running" else (as_utc(run.heartbeat_at) or start)
+    return start, end
+
+
+def co_workers(run: RunRecord, plan_runs: list[RunRecord], *, now: datetime | None = None) -> list[RunRecord]:
+    """The workers of `run`'s plan (`plan_runs`: the documents with its `plan_key`) whose
+    lifetimes overlap its own, `run` included, oldest first. A run without `plan_key` (from
+    before workers existed) is its own only worker."""
+    now = now or datetime.now(timezone.utc)
+    if run.plan_key is None:
+        return [run]
+    start, end = _lifetime(run, now)
+    found = {run.id: run}
+    for other in plan_runs:
+        if other.plan_key != run.plan_key:
+            continue
+        other_start, other_end = _lifetime(other, now)
+        if other_start <= end and other_end >= start:
+            found[other.id] = other
+    return sorted(found.values(), key=lambda r: (r.started_at, r.id))

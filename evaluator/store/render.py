@@ -1,7 +1,9 @@
 """Rich renderings of stored runs for `storybench-eval runs` and `storybench-eval show RUN`.
 
 A run stored as "running" is shown as its process's state says (evaluator/store/liveness.py):
-"abandoned" when the process is gone, so a killed run never reads "running" forever.
+"abandoned" when the process is gone, so a killed run never reads "running" forever. A run
+played by several cooperating workers (docs/scale.md) says so: `runs` counts the workers of each
+listed run, `show` lists them (host, pid, status, conversations done, last heartbeat).
 """
 
 from __future__ import annotations
@@ -16,7 +18,16 @@ from rich.table import Table
 from rich.text import Text
 
 from evaluator.records import ResponseRecord, RunRecord
-from evaluator.store.liveness import ABANDONED, RESUME, UNKNOWN, RunState, age, as_utc, run_state
+from evaluator.store.liveness import (
+    ABANDONED,
+    RESUME,
+    UNKNOWN,
+    RunState,
+    age,
+    as_utc,
+    co_workers,
+    run_state,
+)
 from evaluator.store.store import RunTally
 
 _STATUS_STYLE = {
@@ -80,8 +91,11 @@ def _errors(tally: RunTally) -> str:
     return str(errors) if errors else ""
 
 
-def _status(state: RunState) -> Text:
-    return Text(state.status, style=_STATUS_STYLE.get(state.status, ""))
+def _status(state: RunState, workers: int = 1) -> Text:
+    text = Text(state.status, style=_STATUS_STYLE.get(state.status, ""))
+    if workers > 1:
+        text.append(f"\n{workers} workers", style="dim")
+    return text
 
 
 def _legend(states: list[RunState]) -> str | None:
@@ -135,7 +149,7 @@ def format_runs_table(runs: list[RunRecord], tallies: dict[str, RunTally] | None
             Text(", ".join(run.models)),
             f"{len(run.sequences)}x{run.runs_per_sequence}",
             _turns_cell(tally, run.planned_turns, errors),
-            _status(state),
+            _status(state, len(co_workers(run, runs))),  # among the listed runs
         )
     if not runs:
         table.caption = "no runs stored yet: `storybench-eval run` starts one"
@@ -150,10 +164,37 @@ def _preview(text: Any, width: int = 70) -> str:
     return flat if len(flat) <= width else flat[: width - 1] + "…"
 
 
+def workers_table(workers: list[RunRecord]) -> Table:
+    """The workers of one plan that ran together: one line each."""
+    table = Table(
+        title="workers", title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True
+    )
+    for name, justify in (
+        ("run", "left"), ("host", "left"), ("pid", "right"), ("status", "left"),
+        ("conversations", "right"), ("last heartbeat", "left"),
+    ):  # fmt: skip
+        table.add_column(name, justify=justify, no_wrap=True)  # type: ignore[arg-type]
+    for worker in workers:
+        beat = as_utc(worker.heartbeat_at)
+        table.add_row(
+            worker.id,
+            worker.host or "",
+            _num(worker.pid, "{}"),
+            _status(run_state(worker)),
+            _num(worker.conversations_done),
+            "" if beat is None else f"{_when(beat)} ({age(datetime.now(beat.tzinfo) - beat)} ago)",
+        )
+    return table
+
+
 def format_run_detail(
-    run: RunRecord, responses: list[ResponseRecord], tally: RunTally | None = None
+    run: RunRecord,
+    responses: list[ResponseRecord],
+    tally: RunTally | None = None,
+    workers: list[RunRecord] | None = None,
 ) -> RenderableType:
-    """A run's facts, then one line per stored turn (ordered as given)."""
+    """A run's facts, then its workers when there were several, then one line per stored turn
+    (ordered as given)."""
     facts = Table.grid(padding=(0, 2))
     facts.add_column(style="bold")
     facts.add_column()
@@ -176,6 +217,7 @@ def format_run_detail(
         ("sequences", ", ".join(run.sequences)),
         ("runs per sequence", str(run.runs_per_sequence)),
         ("turns", _progress(counted, run.planned_turns) + (f", {errors} errors" if errors else "")),
+        ("conversations", f"{run.conversations_done} played to the end" if run.conversations_done else ""),
         ("stored turns", ", ".join(f"{k} {v}" for k, v in sorted(outcomes.items())) or "none"),
         ("message", Text(run.message or "")),
     ):
@@ -211,4 +253,6 @@ def format_run_detail(
         )  # fmt: skip
     if not responses:
         turns.caption = "no turns stored for this run"
+    if workers is not None and len(workers) > 1:
+        return Group(facts, workers_table(workers), turns)
     return Group(facts, turns)

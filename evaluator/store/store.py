@@ -6,15 +6,17 @@ no `find_one_and_replace`, no `$set` (it loses bool and datetime types on nx-270
 instead of `server_info()`.
 docs/store.md documents the collections, their indexes and the gaps.
 
-It is one class of about 650 lines on purpose: every query the product makes is here, next to
-the nx-27017 constraint it respects, so a port to another MongoDB is read in one place.
+It is one class of about 880 lines on purpose: every query the product makes is here (the claims'
+queries beside it, in leases.py), next to the nx-27017 constraint it respects, so a port to
+another MongoDB is read in one place.
 """
 
 from __future__ import annotations
 
 import contextlib
+import itertools
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -30,6 +32,8 @@ from evaluator.records import (
     OUTCOMES,
     RUN_STATUSES,
     SCHEMA_VERSION,
+    ClaimKind,
+    ClaimRecord,
     EvaluationRecord,
     PairwiseRecord,
     ResponseRecord,
@@ -37,14 +41,16 @@ from evaluator.records import (
     StoredDocument,
     TextMetrics,
     parse_experiment_key,
+    stable_hash,
 )
 from evaluator.store import embedded as embedded_mod
 from evaluator.store.connect import DEFAULT_DB_NAME, connect, redact_uri, resolve_uri, short_cause
 from evaluator.store.errors import StoreError, StoreUnavailableError
+from evaluator.store.leases import IsFree, Leases, expired
 from evaluator.store.migrations import upgrade
 
 RUNS, RESPONSES, EVALUATIONS = RunRecord.collection, ResponseRecord.collection, EvaluationRecord.collection
-PAIRWISE = PairwiseRecord.collection
+PAIRWISE, CLAIMS = PairwiseRecord.collection, ClaimRecord.collection
 TurnKey = tuple[str, str, str, int]  # (experiment_key, model, sequence, run_index)
 D = TypeVar("D", bound=StoredDocument)
 
@@ -54,6 +60,10 @@ _TURN_ORDER = [(name, ASCENDING) for name in RESPONSE_KEY]
 _CONVERSATION_ORDER = [(name, ASCENDING) for name in ("model", "sequence", "run_index", "turn_index")]
 # Documents per round trip when streaming turns (`iter_responses`).
 CURSOR_BATCH = 200
+# Up to this many ids, look-ups by id are one indexed equality query each (not `$in`).
+FEW_IDS = 32
+# Documents per page when reading a whole collection in pages (`Store._in_pages`).
+PAGE = 200
 
 
 @dataclass(frozen=True)
@@ -108,6 +118,20 @@ INDEXES: tuple[IndexSpec, ...] = (
         "pairwise_judge_rubric",
         (("judge_model", ASCENDING), ("rubric_version", ASCENDING)),
     ),  # fmt: skip
+    # Cooperating workers (evaluator/workers.py): a run's fellow workers, a worker's claims.
+    IndexSpec(RUNS, "runs_plan_key", (("plan_key", ASCENDING),)),
+    IndexSpec(CLAIMS, "claims_owner", (("owner", ASCENDING),)),
+    # The viewer (evaluator/viewer/): its search index reads the turns written since it last
+    # looked, newest first; its caches key on the newest comparison (a retry replaces one).
+    IndexSpec(RESPONSES, "responses_finished_at", (("finished_at", DESCENDING),)),
+    IndexSpec(PAIRWISE, "pairwise_created_at", (("created_at", DESCENDING),)),
+    # The viewer's conversation pages: one conversation's judgements and comparisons by
+    # equality (nx-27017 plans neither `$in` nor the compound index that starts with target_id);
+    # its leaderboard reads every judgement in pages by creation time.
+    IndexSpec(EVALUATIONS, "evaluations_target_id", (("target_id", ASCENDING),)),
+    IndexSpec(EVALUATIONS, "evaluations_created_at", (("created_at", ASCENDING),)),
+    IndexSpec(PAIRWISE, "pairwise_first_conversation", (("first_conversation", ASCENDING),)),
+    IndexSpec(PAIRWISE, "pairwise_second_conversation", (("second_conversation", ASCENDING),)),
 )
 
 # Unique indexes of earlier versions that would refuse what this version writes: dropped by
@@ -161,7 +185,11 @@ class Store:
         self._responses: Collection[dict[str, Any]] = self.db[RESPONSES]
         self._evaluations: Collection[dict[str, Any]] = self.db[EVALUATIONS]
         self._pairwise: Collection[dict[str, Any]] = self.db[PAIRWISE]
+        self._leases = Leases(self.db[CLAIMS])
         self._closed = False
+        # Called between the pages of a whole-collection read (`_in_pages`): the viewer pauses
+        # its background reads there while it answers a page.
+        self.between_pages: Callable[[], None] | None = None
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -284,16 +312,17 @@ class Store:
             if self._replace_run(run_id, values, only_running=False) is None:
                 raise StoreError(f"no run {run_id!r} to update")
 
-    def heartbeat(self, run_id: str, at: datetime) -> bool:
-        """Record that the run's process is alive at `at`; False once the run is no longer
-        "running" (or gone), so a late beat never touches a finished run.
+    def heartbeat(self, run_id: str, at: datetime, **values: Any) -> bool:
+        """Record that the run's process is alive at `at` (with `values`, e.g. its
+        `conversations_done`); False once the run is no longer "running" (or gone), so a late
+        beat never touches a finished run.
 
         The same guarded replace as `update_run`, so `heartbeat_at` stays a BSON date on
         nx-27017 too (a `$set` would store it as a string). Called every few tens of seconds
         from the heartbeat thread; a failure raises StoreError like every store call.
         """
         with self._guard(f"refreshing the heartbeat of run {run_id}"):
-            return bool(self._replace_run(run_id, {"heartbeat_at": at}, only_running=True))
+            return bool(self._replace_run(run_id, {**values, "heartbeat_at": at}, only_running=True))
 
     def _replace_run(self, run_id: str, values: dict[str, Any], *, only_running: bool) -> bool | None:
         """Read, change, replace if nobody else did in between (by `revision`), else retry.
@@ -336,6 +365,13 @@ class Store:
             ids = ", ".join(str(m["_id"]) for m in matches[:5])
             raise StoreError(f"run id prefix {run_id!r} matches several runs ({ids}); give more")
         return read_document(RunRecord, matches[0]) if matches else None
+
+    def plan_runs(self, plan_key: str, limit: int = 200) -> list[RunRecord]:
+        """Runs that played the same plan (`plan_key`), newest first: a run's fellow workers
+        are among them (evaluator/store/liveness.py `co_workers`)."""
+        with self._guard("listing the workers of a plan"):
+            docs = list(self._runs.find({"plan_key": plan_key}).sort("started_at", DESCENDING).limit(limit))
+        return [read_document(RunRecord, d) for d in docs]
 
     def latest_run(self) -> RunRecord | None:
         """The most recently started run, or None when the store holds none."""
@@ -539,10 +575,20 @@ class Store:
         ids = list(dict.fromkeys(target_ids))
         order = [("target_id", ASCENDING), ("judge_model", ASCENDING), ("rubric_version", 1)]
         with self._guard("reading evaluations"):
+            if len(ids) <= FEW_IDS:  # one indexed equality each: nx-27017 scans for `$in`
+                for target in ids:
+                    docs.extend(self._evaluations.find({"target_id": target}))
+                docs.sort(key=lambda d: (d.get("target_id"), d.get("judge_model"), d.get("rubric_version")))
+                return [read_document(EvaluationRecord, d) for d in docs]
             for start in range(0, len(ids), 500):
                 chunk = ids[start : start + 500]
                 docs.extend(self._evaluations.find({"target_id": {"$in": chunk}}).sort(order))
         return [read_document(EvaluationRecord, d) for d in docs]
+
+    def has_evaluation(self, evaluation_id: str) -> bool:
+        """Whether the judgement with that `_id` is stored (another worker may have made it)."""
+        with self._guard(f"reading evaluation {evaluation_id}"):
+            return self._evaluations.find_one({"_id": evaluation_id}, projection={"_id": 1}) is not None
 
     def judge_evaluations(
         self, judge_model: str | None = None, rubric_version: str | None = None
@@ -577,6 +623,12 @@ class Store:
             result = self._pairwise.replace_one({"_id": rec.id, "status": "failed"}, replacement)
             return result.matched_count == 1
 
+    def get_pairwise(self, pairwise_id: str) -> PairwiseRecord | None:
+        """One stored comparison by its `_id`, or None."""
+        with self._guard(f"reading comparison {pairwise_id}"):
+            doc = self._pairwise.find_one({"_id": pairwise_id})
+        return None if doc is None else read_document(PairwiseRecord, doc)
+
     def pairwise(
         self,
         judge_model: str | None = None,
@@ -599,6 +651,48 @@ class Store:
                 for doc in cursor:
                     yield read_document(PairwiseRecord, doc | blank)
 
+    # -- claims (cooperating workers: evaluator/workers.py, queries in evaluator/store/leases.py) --
+
+    def claim_work(
+        self,
+        key: str,
+        kind: ClaimKind,
+        *,
+        owner: str,
+        host: str,
+        pid: int,
+        owner_started_at: datetime,
+        now: datetime,
+        lease_s: float,
+        is_free: IsFree = expired,
+    ) -> ClaimRecord | None:
+        """Claim `key` for `owner` (insert, or take over a free claim); None while another
+        worker holds it."""
+        with self._guard(f"claiming {key}"):
+            return self._leases.claim(
+                key, kind, owner=owner, host=host, pid=pid, owner_started_at=owner_started_at,
+                now=now, lease_s=lease_s, is_free=is_free,
+            )  # fmt: skip
+
+    def renew_claim(self, claim: ClaimRecord, now: datetime, lease_s: float) -> ClaimRecord | None:
+        """The renewed claim, or None when another worker took it over."""
+        with self._guard(f"renewing the claim on {claim.id}"):
+            return self._leases.renew(claim, now, lease_s)
+
+    def release_claim(self, claim: ClaimRecord) -> bool:
+        """Delete our claim (the work is done or given up); False when it was no longer ours."""
+        with self._guard(f"releasing the claim on {claim.id}"):
+            return self._leases.release(claim)
+
+    def get_claim(self, key: str) -> ClaimRecord | None:
+        with self._guard(f"reading the claim on {key}"):
+            return self._leases.get(key)
+
+    def claims_of(self, owner: str) -> list[ClaimRecord]:
+        """The claims a worker holds (or held when it died)."""
+        with self._guard(f"reading the claims of {owner}"):
+            return self._leases.held_by(owner)
+
     # -- viewer reads (storybench-eval view, evaluator/viewer/) ----------------------------------
     # Read-only look-ups of single documents and a bounded text search, for the web viewer.
 
@@ -612,19 +706,24 @@ class Store:
         """Stored turns among these `_id`s, in the order given. By `_id` because nx-27017 plans
         `_id $in` with its index but scans for an equality on the compound index's first field."""
         ids = list(dict.fromkeys(response_ids))
+        if not ids:  # nx-27017 scans the whole collection for an empty `$in` (1 s on 50,000 turns)
+            return []
         with self._guard("reading turns by id"):
             found = {str(d["_id"]): d for d in self._responses.find({"_id": {"$in": ids}})}
         return [read_document(ResponseRecord, found[i]) for i in ids if i in found]
 
     def pairwise_of(self, conversation_ids: list[str]) -> list[PairwiseRecord]:
         """Stored comparisons that show one of these conversations (first or second), with
-        their rationale. Two `$in` queries rather than `$or`, which nx-27017 may not plan."""
+        their rationale. Two `$in` queries rather than `$or`, which nx-27017 may not plan; for
+        a few conversations one indexed equality per id and side, as nx-27017 scans for `$in`."""
         ids = list(dict.fromkeys(conversation_ids))
         found: dict[str, dict[str, Any]] = {}
         with self._guard("reading the comparisons of conversations"):
             for field in ("first_conversation", "second_conversation"):
-                for doc in self._pairwise.find({field: {"$in": ids}}).limit(2000):
-                    found[str(doc["_id"])] = doc
+                queries = [{field: i} for i in ids] if len(ids) <= FEW_IDS else [{field: {"$in": ids}}]
+                for query in queries:
+                    for doc in self._pairwise.find(query).limit(2000):
+                        found[str(doc["_id"])] = doc
         return [read_document(PairwiseRecord, d) for _, d in sorted(found.items())]
 
     def search_answers(self, text: str, limit: int = 50) -> list[ResponseRecord]:
@@ -645,6 +744,116 @@ class Store:
                 self._evaluations.estimated_document_count(),
                 self._pairwise.estimated_document_count(),
             )
+
+    def change_marks(self) -> str:
+        """A short digest that changes whenever what the viewer shows may have: the four
+        collections' counts (metadata, no scan), the newest comparison's time (a retried failed
+        comparison replaces one in place; index `pairwise_created_at`) and every run's
+        revision (a run replaces its document when it beats and ends; the error turns it
+        replaces keep the count). Text metrics backfilled in place change none of these."""
+        counts = self.collection_sizes()
+        with self._guard("reading the store's change marks"):
+            newest = self._pairwise.find({}, {"created_at": 1}).sort("created_at", DESCENDING).limit(1)
+            pair = [str(d.get("created_at")) for d in newest]
+            runs = sorted(f"{d['_id']}@{d.get('revision')}" for d in self._runs.find({}, {"revision": 1}))
+        return stable_hash([list(counts), pair, runs])[:24]
+
+    def _in_pages(
+        self,
+        collection: Collection[dict[str, Any]],
+        order: str,
+        direction: int,
+        projection: dict[str, Any] | None,
+    ) -> Iterator[dict[str, Any]]:
+        """Every document, one `skip`/`limit` page of PAGE at a time, sorted by an indexed time.
+        nx-27017 answers a find by materialising all of it first, and answers nothing else
+        meanwhile (seconds for 50,000 turns: every page of the viewer waits); a sorted page
+        comes from the index in milliseconds, so other queries run between pages (a sort on
+        two fields, to break ties, is a full scan there: documents of equal time keep the
+        index's order, stable on both servers while the index exists). A write between pages
+        may shift a document by one: read twice (callers count it once) or, for a turn replaced
+        in place with a newer time, missed by this pass."""
+        for skip in itertools.count(0, PAGE):
+            if skip and self.between_pages is not None:
+                self.between_pages()
+            cursor = collection.find({}, projection).sort(order, direction)
+            page = list(cursor.skip(skip).limit(PAGE))
+            yield from page
+            if len(page) < PAGE:
+                return
+
+    def answer_texts(self, *, newest_first: bool = False) -> Iterator[tuple[str, str, datetime]]:
+        """(`_id`, cleaned answer, finished_at) of every stored turn, in pages by finish time
+        (index `responses_finished_at`): the viewer's search index reads them all once, oldest
+        first, then newest first until it reaches what it has already read."""
+        fields = {"response_text": 1, "finished_at": 1}
+        direction = DESCENDING if newest_first else ASCENDING
+        with self._guard("reading the answers"):
+            for doc in self._in_pages(self._responses, "finished_at", direction, fields):
+                yield str(doc["_id"]), str(doc.get("response_text") or ""), _utc(doc["finished_at"])
+
+    def all_responses(self, *, with_text: bool = False) -> list[ResponseRecord]:
+        """Every stored turn (texts left out unless `with_text`: read as ""), read in pages by
+        finish time so the database keeps answering others meanwhile (`_in_pages`); a turn
+        read twice counts once. The viewer's leaderboard reads through this."""
+        projection = None if with_text else dict.fromkeys(ResponseRecord.TEXT_FIELDS, 0)
+        blank = {} if with_text else dict.fromkeys(ResponseRecord.TEXT_FIELDS, "")
+        docs: dict[str, dict[str, Any]] = {}
+        with self._guard("reading every turn"):
+            for doc in self._in_pages(self._responses, "finished_at", ASCENDING, projection):
+                docs[str(doc["_id"])] = doc
+        return [read_document(ResponseRecord, d | blank) for d in docs.values()]
+
+    def all_evaluations(self) -> list[EvaluationRecord]:
+        """Every stored judgement without its rationale (read as ""), in pages by creation time
+        (index `evaluations_created_at`; see `_in_pages`); the viewer's leaderboard."""
+        docs: dict[str, dict[str, Any]] = {}
+        with self._guard("reading every judgement"):
+            for doc in self._in_pages(self._evaluations, "created_at", ASCENDING, {"rationale": 0}):
+                docs[str(doc["_id"])] = doc
+        return [read_document(EvaluationRecord, d | {"rationale": ""}) for d in docs.values()]
+
+    def all_pairwise(self) -> list[PairwiseRecord]:
+        """Every stored comparison without its rationale (read as ""), in pages by creation
+        time (index `pairwise_created_at`; see `_in_pages`); the viewer's leaderboard."""
+        docs: dict[str, dict[str, Any]] = {}
+        with self._guard("reading every comparison"):
+            for doc in self._in_pages(self._pairwise, "created_at", ASCENDING, {"rationale": 0}):
+                docs[str(doc["_id"])] = doc
+        return [read_document(PairwiseRecord, d | {"rationale": ""}) for d in docs.values()]
+
+    def newest_finished_at(self) -> datetime | None:
+        """When the newest stored turn finished (index `responses_finished_at`): a retried
+        turn replaces its error turn in place, so this moves where the count does not."""
+        with self._guard("reading the newest turn's time"):
+            newest = list(
+                self._responses.find({}, {"finished_at": 1}).sort("finished_at", DESCENDING).limit(1)
+            )
+        return _utc(newest[0]["finished_at"]) if newest else None
+
+    def answer_texts_by_ids(self, response_ids: list[str]) -> dict[str, str]:
+        """`_id` -> cleaned answer of the stored turns among these (`_id $in` is indexed on
+        nx-27017): the viewer's search checks its candidates with this, untyped and small."""
+        ids = list(dict.fromkeys(response_ids))
+        if not ids:  # nx-27017 scans the whole collection for an empty `$in`
+            return {}
+        with self._guard("reading answers by id"):
+            docs = self._responses.find({"_id": {"$in": ids}}, {"response_text": 1})
+            return {str(d["_id"]): str(d.get("response_text") or "") for d in docs}
+
+    def answers_by_ids(self, response_ids: list[str]) -> list[ResponseRecord]:
+        """Stored turns among these `_id`s in the order given, without the prompt and raw
+        answer (read as ""): the viewer's search results (`_id $in` is indexed on nx-27017)."""
+        ids = list(dict.fromkeys(response_ids))
+        if not ids:  # nx-27017 scans the whole collection for an empty `$in`
+            return []
+        blank = {"prompt": "", "response_raw": ""}
+        with self._guard("reading turns by id"):
+            found = {
+                str(d["_id"]): d
+                for d in self._responses.find({"_id": {"$in": ids}}, {"prompt": 0, "response_raw": 0})
+            }
+        return [read_document(ResponseRecord, found[i] | blank) for i in ids if i in found]
 
 
 def open_store(

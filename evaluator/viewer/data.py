@@ -203,17 +203,23 @@ class Hit:
 
 
 def search(store: Store, text: str, limit: int = SEARCH_LIMIT) -> list[Hit]:
-    """Answers containing `text` (case-insensitive), each with the match in its context."""
-    hits = []
-    for turn in store.search_answers(text, limit):
+    """Answers containing `text` (case-insensitive) by a scan of the store (`$regex`): what the
+    viewer's search index (search_index.py) must agree with; the tests compare the two."""
+    return hits(store.search_answers(text, limit), text)
+
+
+def hits(turns: list[ResponseRecord], text: str) -> list[Hit]:
+    """Each turn's answer around its first match of `text` (case-insensitive)."""
+    out = []
+    for turn in turns:
         answer = turn.response_text
         at = answer.lower().find(text.lower())
         if at < 0:  # the server folded case differently; show the start
-            hits.append(Hit(turn, "", "", answer[: 2 * SNIPPET]))
+            out.append(Hit(turn, "", "", answer[: 2 * SNIPPET]))
             continue
         end = at + len(text)
-        hits.append(Hit(turn, answer[max(0, at - SNIPPET) : at], answer[at:end], answer[end : end + SNIPPET]))
-    return hits
+        out.append(Hit(turn, answer[max(0, at - SNIPPET) : at], answer[at:end], answer[end : end + SNIPPET]))
+    return out
 
 
 def runs_overview_one(store: Store, run: RunRecord) -> RunRow:

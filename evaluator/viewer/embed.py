@@ -11,13 +11,10 @@ style element reaches a page whose policy forbids it.
 from __future__ import annotations
 
 import io
-import threading
-import time
-from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 from evaluator.leaderboard.build import Leaderboard, build
-from evaluator.leaderboard.gather import gather
+from evaluator.leaderboard.gather import LeaderboardError, gather
 from evaluator.leaderboard.judges import link_judges
 from evaluator.leaderboard.render import charts
 from evaluator.leaderboard.render import render_html as render_leaderboard
@@ -26,14 +23,19 @@ from evaluator.report.gather import summarize
 from evaluator.report.render_html import CSS as REPORT_CSS
 from evaluator.report.render_html import render_html as render_report
 from evaluator.store.store import Store
+from evaluator.viewer.background import Value, key_of
+from evaluator.viewer.data import run_conversations
 
 __all__ = [
     "REPORT_CSS",
-    "BoardCache",
     "LeaderboardFilters",
+    "board_key",
+    "board_value",
     "body_of",
     "leaderboard_fragment",
     "report_fragment",
+    "run_key",
+    "run_value",
 ]
 
 # Bootstrap resamples for the intervals: fewer than the command's 1000 so a page answers fast;
@@ -84,6 +86,7 @@ def leaderboard(store: Store, f: LeaderboardFilters) -> Leaderboard:
                 models=_names(f.models),
                 sequences=_names(f.sequences),
                 allow_self_judge=f.allow_self_judge,
+                paged=True,
             ),
             resamples=VIEW_RESAMPLES,
         )
@@ -98,32 +101,25 @@ def leaderboard_fragment(board: Leaderboard) -> str:
     return body_of(out.getvalue())
 
 
-class BoardCache:
-    """Rendered leaderboards by (filters, the store's document counts), for `ttl_s` seconds.
+def board_key(f: LeaderboardFilters) -> str:
+    """The key of a board's computed result (background.py): its filters."""
+    return key_of("leaderboard", f.judge, f.rubric_version, f.sequences, f.models, f.allow_self_judge)
 
-    The leaderboard reads the whole store and bootstraps its intervals: seconds on a large
-    store, far over a page's budget, and the same answer until something is added. A new run,
-    turn, judgement or comparison changes the counts and so the key; a change that keeps them
-    (a failed comparison retried, an error turn replaced) shows once the entry expires.
-    """
 
-    def __init__(self, size: int = 16, ttl_s: float = 60.0) -> None:
-        self._entries: OrderedDict[tuple[object, ...], tuple[float, str]] = OrderedDict()
-        self._size, self._ttl_s = size, ttl_s
-        self._lock = threading.Lock()
+def board_value(store: Store, f: LeaderboardFilters) -> Value:
+    """The board's HTML fragment, or the command's message when it refuses (kept like a
+    board: the same store gives the same refusal)."""
+    try:
+        return {"html": leaderboard_fragment(leaderboard(store, f)), "message": None}
+    except LeaderboardError as exc:
+        return {"html": None, "message": str(exc)}
 
-    def fragment(self, store: Store, filters: LeaderboardFilters) -> str:
-        """The board's HTML fragment; raises LeaderboardError (never cached) like `leaderboard`."""
-        key = (filters, store.collection_sizes())
-        now = time.monotonic()
-        with self._lock:
-            hit = self._entries.get(key)
-            if hit is not None and now - hit[0] < self._ttl_s:
-                self._entries.move_to_end(key)
-                return hit[1]
-        html = leaderboard_fragment(leaderboard(store, filters))
-        with self._lock:
-            self._entries[key] = (now, html)
-            while len(self._entries) > self._size:
-                self._entries.popitem(last=False)
-        return html
+
+def run_key(run_id: str) -> str:
+    return key_of("run", run_id)
+
+
+def run_value(store: Store, run: RunRecord) -> Value:
+    """A run page's slow part: its conversations (turns read without text) and its report."""
+    conversations = [asdict(c) for c in run_conversations(store, run)]
+    return {"conversations": conversations, "report": report_fragment(store, run)}

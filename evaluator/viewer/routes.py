@@ -10,7 +10,9 @@
 
 A store failure is a page with its message (503), a missing document a 404 page, a leaderboard
 that cannot be drawn (nothing judged, a mix) the command's message on the page (200: the
-filters above it are how one fixes it).
+filters above it are how one fixes it). The run report and the leaderboard are computed in the
+background and kept per store state (background.py); search goes through the viewer's own
+index (search_index.py). A page whose part is still being computed says so and refreshes.
 """
 
 from __future__ import annotations
@@ -21,10 +23,16 @@ from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, Response
 from markupsafe import Markup
 
-from evaluator.leaderboard.gather import LeaderboardError
 from evaluator.store.errors import StoreError
 from evaluator.store.store import Store
 from evaluator.viewer import data, embed
+from evaluator.viewer.background import Results
+from evaluator.viewer.search_index import MIN_CHARS
+
+# A page whose content is being computed refreshes itself this often (seconds): a run's report
+# takes about half a second, the leaderboard and the search index's first build many seconds.
+COMPUTING_REFRESH_S = 1
+LONG_REFRESH_S = 2
 
 router = APIRouter()
 
@@ -32,6 +40,17 @@ router = APIRouter()
 def _store(request: Request) -> Store:
     store: Store = request.app.state.store.get()
     return store
+
+
+def _results(request: Request) -> Results:
+    results: Results = request.app.state.services.results()
+    return results
+
+
+def _wait(request: Request) -> float:
+    """How long a page waits for background work before answering with what it has."""
+    wait: float = request.app.state.wait_s
+    return wait
 
 
 def _page(request: Request, name: str, status: int = 200, **context: Any) -> HTMLResponse:
@@ -76,12 +95,18 @@ def run(request: Request, run_id: str) -> Response:
         found = store.get_run(run_id)
         if found is None:
             return _problem(request, "No such run", f"No run {run_id!r} is stored.", 404)
-        rows = data.runs_overview_one(store, found)
-        convs = data.run_conversations(store, found)
-        report = Markup(embed.report_fragment(store, found))  # noqa: S704 - rendered escaped by the report
+        row = data.runs_overview_one(store, found)
+        answer = _results(request).get(
+            embed.run_key(run_id), store.change_marks(), lambda: embed.run_value(store, found), _wait(request)
+        )
+        value = answer.result.value if answer.result is not None else {}
+        convs = [data.ConversationSummary(**c) for c in value.get("conversations", [])]
+        report = Markup(value.get("report", ""))  # noqa: S704 - rendered escaped by the report
+        running, waiting = row.state.status == "running", answer.computing and not answer.current
         return _page(
-            request, "run.html", row=rows, conversations=convs, report=report,
-            refresh=rows.state.status == "running",
+            request, "run.html", row=row, conversations=convs, report=report, answer=answer,
+            refresh=running or waiting, refresh_s=COMPUTING_REFRESH_S if waiting else 10,
+            computing_s=COMPUTING_REFRESH_S,
         )  # fmt: skip
 
     return _guarded(request, "Run", build)
@@ -136,12 +161,22 @@ def leaderboard(
     filters = embed.LeaderboardFilters(judge, rubric_version, sequences, models, allow_self_judge)
 
     def build() -> Response:
-        try:
-            html = request.app.state.boards.fragment(_store(request), filters)
-        except LeaderboardError as exc:
-            return _page(request, "leaderboard.html", f=filters, board=None, message=str(exc))
-        fragment = Markup(html)  # noqa: S704 - rendered escaped by evaluator/leaderboard/render.py
-        return _page(request, "leaderboard.html", f=filters, board=fragment, message=None)
+        store = _store(request)
+        answer = _results(request).get(
+            embed.board_key(filters),
+            store.change_marks(),
+            lambda: embed.board_value(store, filters),
+            _wait(request),
+            every_s=request.app.state.board_every_s,
+        )
+        value = answer.result.value if answer.result is not None else {}
+        html, message = value.get("html"), value.get("message")
+        board = Markup(html) if html is not None else None  # noqa: S704 - escaped by evaluator/leaderboard/render.py
+        return _page(
+            request, "leaderboard.html", f=filters, board=board, message=message, answer=answer,
+            refresh=not answer.current, refresh_s=LONG_REFRESH_S,
+            computing_s=LONG_REFRESH_S, again_s=request.app.state.board_every_s,
+        )  # fmt: skip
 
     return _guarded(request, "Leaderboard", build)
 
@@ -149,7 +184,21 @@ def leaderboard(
 @router.get("/search", response_class=HTMLResponse)
 def search(request: Request, q: str = "") -> Response:
     def build() -> Response:
-        hits = data.search(_store(request), q) if q.strip() else []
-        return _page(request, "search.html", q=q, hits=hits, limit=data.SEARCH_LIMIT)
+        if not q.strip():
+            return _page(request, "search.html", q=q, hits=[], found=None, progress=None)
+        store = _store(request)
+        index = request.app.state.services.index()
+        index.sync(_wait(request))
+        progress = index.progress
+        if len(q) < MIN_CHARS:
+            found = None
+            hits: list[data.Hit] = []
+        else:
+            found = index.search(store, q, data.SEARCH_LIMIT)
+            hits = data.hits(found.turns, q)
+        return _page(
+            request, "search.html", q=q, hits=hits, limit=data.SEARCH_LIMIT, found=found, progress=progress,
+            min_chars=MIN_CHARS, refresh=progress.building, refresh_s=LONG_REFRESH_S,
+        )  # fmt: skip
 
     return _guarded(request, "Search", build)

@@ -83,7 +83,10 @@ def test_commented_examples_in_models_file_are_valid(tmp_path: Path) -> None:
     examples = [line[:2] + line[4:] for line in lines if re.match(r"^  # (- |  +[a-z_]+:)", line)]
     models, _ = load_models(write(tmp_path, "models:\n" + "\n".join(examples) + "\n"))
     by_url = {m.base_url: m for m in models}
-    assert len(models) == 8  # 6 providers' examples + the o4-mini and gpt-5-mini reasoning entries
+    # 6 providers' examples + the o4-mini and gpt-5-mini reasoning entries + the replicas entry
+    assert len(models) == 9
+    replicas = by_url["http://10.0.0.11:8080/v1"]
+    assert replicas.replica_urls == ["http://10.0.0.11:8080/v1", "http://10.0.0.12:8080/v1"]
     for url, env in [
         ("https://api.openai.com/v1", "OPENAI_API_KEY"),
         ("https://openrouter.ai/api/v1", "OPENROUTER_API_KEY"),

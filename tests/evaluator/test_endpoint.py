@@ -13,7 +13,8 @@ import respx
 
 from evaluator.budget import estimate_tokens
 from evaluator.config import ModelEntry
-from evaluator.endpoint import DEFAULT_HOSTED_CONNECTIONS, EndpointError, probe, probe_all
+from evaluator.endpoint import DEFAULT_HOSTED_CONNECTIONS, EndpointError, probe
+from evaluator.replicas import probe_all
 
 OURS = "http://127.0.0.1:8080"
 HOSTED = "https://api.hosted.test"

@@ -20,6 +20,7 @@ from evaluator.report.render_html import render_html
 from evaluator.report.render_md import render_md
 from evaluator.runner import Runner
 from evaluator.store import EXPORT_COLUMNS, Store, export_responses
+from evaluator.store.export import LATE_FIELDS
 from evaluator.text_metrics import text_metrics
 from evaluator.turn_policy import TurnResult
 from evaluator.turn_record import TurnContext, assistant_texts, turn_record
@@ -104,7 +105,8 @@ def test_export_flattens_the_metrics_into_columns_at_the_end(tmp_path: Path) -> 
     # Appended right after the joined columns; later fields (LATE_FIELDS) only after them.
     start = EXPORT_COLUMNS.index("sequence_evaluations") + 1
     assert list(EXPORT_COLUMNS[start : start + len(metric_columns)]) == metric_columns
-    assert "metrics" not in EXPORT_COLUMNS and EXPORT_COLUMNS[-1] == "reasoning_tokens"
+    assert "metrics" not in EXPORT_COLUMNS
+    assert list(EXPORT_COLUMNS[-len(LATE_FIELDS) :]) == list(LATE_FIELDS) == ["reasoning_tokens", "replica"]
     export_responses(store, "run-a", "jsonl", tmp_path / "t.jsonl")
     rows = {(r["run_index"], r["turn_index"]): r for r in map(json.loads, (tmp_path / "t.jsonl").open())}
     assert rows[(0, 1)]["metric_words"] == 12 and rows[(0, 1)]["metric_history_overlap"] == 0.4444

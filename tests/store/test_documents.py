@@ -10,6 +10,7 @@ import pytest
 from evaluator.records import (
     DOCUMENT_KINDS,
     SCHEMA_VERSION,
+    ClaimRecord,
     EvaluationRecord,
     PairwiseRecord,
     ResponseRecord,
@@ -101,8 +102,21 @@ def test_model_responses_reads_across_runs(store: Store) -> None:
     assert list(store.model_responses(["nobody"])) == []
 
 
+def test_claim_round_trip(store: Store) -> None:
+    now = datetime(2026, 12, 1, 8, 30, 1, 123456, tzinfo=timezone.utc)
+    mine = store.claim_work(
+        "conversation:k", "conversation", owner="run-1", host="h1", pid=42,
+        owner_started_at=now, now=now, lease_s=90.0,
+    )  # fmt: skip
+    assert isinstance(mine, ClaimRecord)
+    back = store.get_claim("conversation:k")
+    assert back == mine and isinstance(back.expires_at, datetime)  # a date, never a string
+    assert back.expires_at == datetime(2026, 12, 1, 8, 31, 31, 123000, tzinfo=timezone.utc)
+    assert store.claims_of("run-1") == [mine]
+
+
 def test_every_document_kind_has_a_round_trip_test() -> None:
-    tested = {RunRecord, ResponseRecord, EvaluationRecord, PairwiseRecord}
+    tested = {RunRecord, ResponseRecord, EvaluationRecord, PairwiseRecord, ClaimRecord}
     assert set(DOCUMENT_KINDS) == tested, "add a round-trip test for the new document kind"
 
 

@@ -11,7 +11,7 @@ from fastapi.testclient import TestClient
 from evaluator.store import Store
 from evaluator.viewer.app import create_app
 from tests.support.memory_store import memory_store
-from tests.viewer.seed import Seeded, seed
+from tests.viewer.seed import TEST_WAIT_S, Seeded, seed
 
 
 @pytest.fixture
@@ -26,7 +26,7 @@ def seeded(store: Store) -> Seeded:
 
 @pytest.fixture
 def app(store: Store, seeded: Seeded) -> FastAPI:
-    return create_app(lambda: store)
+    return create_app(lambda: store, wait_s=TEST_WAIT_S)
 
 
 @pytest.fixture

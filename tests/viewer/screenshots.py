@@ -13,7 +13,7 @@ from urllib.parse import quote
 from evaluator.viewer.app import create_app
 from tests.support.memory_store import memory_store
 from tests.viewer.live import browser_missing, chromium, serving
-from tests.viewer.seed import seed
+from tests.viewer.seed import TEST_WAIT_S, seed
 
 WIDTH = 1280
 MAX_HEIGHT = 4000
@@ -38,7 +38,7 @@ def main(argv: list[str]) -> int:
         "leaderboard": "/leaderboard",
         "search": "/search?q=keeper",
     }
-    with serving(create_app(lambda: store)) as root, chromium(WIDTH) as driver:
+    with serving(create_app(lambda: store, wait_s=TEST_WAIT_S)) as root, chromium(WIDTH) as driver:
         for name, path in pages.items():
             driver.execute_cdp_cmd(
                 "Emulation.setDeviceMetricsOverride",

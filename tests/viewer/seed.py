@@ -17,6 +17,9 @@ MODELS = ("alpha", "beta", "gamma")
 HOSTILE = '<script>alert("stored")</script><img src=x onerror=alert(1)> The keeper lights the lamp.'
 HOSTILE_RUN = "run-hostile"
 LIVE_RUN = "run-live"
+# Tests let a page wait for its background work (the product answers within 0.1 s and
+# refreshes): the pages they check are then always complete.
+TEST_WAIT_S = 60.0
 
 
 @dataclass(frozen=True)

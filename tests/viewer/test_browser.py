@@ -16,7 +16,7 @@ import pytest
 from evaluator.store import open_store
 from evaluator.viewer.app import create_app
 from tests.viewer.live import browser_missing, chromium, serving
-from tests.viewer.seed import HOSTILE, MODELS, Seeded, seed
+from tests.viewer.seed import HOSTILE, MODELS, TEST_WAIT_S, Seeded, seed
 
 pytestmark = pytest.mark.integration
 
@@ -29,7 +29,7 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Seeded
     data_dir: Path = tmp_path_factory.mktemp("viewer-store")
     with open_store(None, db_name="viewer_browser", data_dir=data_dir) as store:
         seeded = seed(store)
-        with serving(create_app(lambda: store)) as root:
+        with serving(create_app(lambda: store, wait_s=TEST_WAIT_S)) as root:
             yield root, seeded
 
 

@@ -15,7 +15,7 @@ from evaluator.store import Store
 from evaluator.viewer.app import create_app
 from evaluator.viewer.cli import token_for
 from evaluator.viewer.security import CSP, TOKEN_ENV
-from tests.viewer.seed import HOSTILE, HOSTILE_RUN, LIVE_RUN, Seeded
+from tests.viewer.seed import HOSTILE, HOSTILE_RUN, LIVE_RUN, TEST_WAIT_S, Seeded
 
 
 def pages(seeded: Seeded) -> list[str]:
@@ -65,7 +65,7 @@ def test_runs_page_shows_status_progress_and_refreshes_while_a_run_plays(client:
 
 def test_no_refresh_when_nothing_runs(store: Store, seeded: Seeded) -> None:
     store.update_run(LIVE_RUN, status="completed")
-    with TestClient(create_app(lambda: store)) as c:
+    with TestClient(create_app(lambda: store, wait_s=TEST_WAIT_S)) as c:
         assert 'http-equiv="refresh"' not in c.get("/").text
 
 
@@ -144,7 +144,7 @@ def test_nothing_but_get_is_accepted(client: TestClient, seeded: Seeded, method:
 
 
 def test_token_is_required_when_set(store: Store, seeded: Seeded) -> None:
-    app: FastAPI = create_app(lambda: store, token="s3cret")
+    app: FastAPI = create_app(lambda: store, token="s3cret", wait_s=TEST_WAIT_S)
     with TestClient(app) as c:
         assert c.get("/").status_code == 401
         assert c.get("/leaderboard?token=wrong").status_code == 401
@@ -178,7 +178,7 @@ def test_view_command_refuses_a_public_host_without_a_token(monkeypatch: pytest.
 
 
 def test_the_leaderboard_is_cached_until_the_store_changes(
-    client: TestClient, store: Store, monkeypatch: pytest.MonkeyPatch
+    store: Store, seeded: Seeded, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from evaluator.viewer import embed
     from tests.support.documents import make_evaluation
@@ -190,11 +190,12 @@ def test_the_leaderboard_is_cached_until_the_store_changes(
         computed.append(1)
         return real(*args, **kwargs)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(embed, "leaderboard", counted)
-    first = client.get("/leaderboard").text
-    assert client.get("/leaderboard").text == first and len(computed) == 1
-    client.get("/leaderboard?models=alpha,beta")
-    assert len(computed) == 2  # other filters, another entry
-    store.save_evaluation(make_evaluation("nothing-judged-here", judge="judge", rubric="v1"))
-    client.get("/leaderboard")
-    assert len(computed) == 3  # a new judgement changes the store's counts
+    monkeypatch.setattr(embed, "leaderboard", counted)  # before the app's warm-up computes one
+    with TestClient(create_app(lambda: store, wait_s=TEST_WAIT_S, board_every_s=0)) as client:
+        first = client.get("/leaderboard").text
+        assert client.get("/leaderboard").text == first and len(computed) == 1
+        client.get("/leaderboard?models=alpha,beta")
+        assert len(computed) == 2  # other filters, another entry
+        store.save_evaluation(make_evaluation("nothing-judged-here", judge="judge", rubric="v1"))
+        client.get("/leaderboard")
+        assert len(computed) == 3  # a new judgement changes the store's marks
