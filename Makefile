@@ -46,7 +46,7 @@ serve: install
 demo: install
 	$(BIN)/python -m evaluator.demo
 
-test: install
+test: install rpc
 	$(BIN)/python -m pytest -m "not slow"
 
 soak: install

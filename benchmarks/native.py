@@ -252,7 +252,12 @@ def ensure_rpc(jobs: int | None = None, log: Path | None = None) -> RPCTools:
         f"-D{option}={'ON' if all(f in features for f in needed) else 'OFF'}"
         for needed, option in _X86_FEATURES
     ]
-    gen = ["-G", "Ninja"] if shutil.which("ninja") else []
+    here = str(Path(sys.executable).parent)
+    gen = (
+        ["-G", "Ninja"]
+        if shutil.which("ninja", path=f"{here}{os.pathsep}{os.environ.get('PATH', '')}")
+        else []
+    )
     commands = [
         ["cmake", "-S", str(SRC_DIR), "-B", str(RPC_BUILD_DIR), *gen, *flags],
         [
@@ -265,11 +270,13 @@ def ensure_rpc(jobs: int | None = None, log: Path | None = None) -> RPCTools:
             *RPC_TARGETS,
         ],
     ]
+    # cmake and ninja from the test extras live beside this interpreter, maybe not on PATH.
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
     out = open(log, "a") if log else None  # noqa: SIM115 - closed below
     try:
         for cmd in commands:
             print("+", " ".join(cmd), flush=True)
-            subprocess.run(cmd, check=True, stdout=out, stderr=subprocess.STDOUT if out else None)
+            subprocess.run(cmd, check=True, stdout=out, stderr=subprocess.STDOUT if out else None, env=env)
     finally:
         if out:
             out.close()
