@@ -90,7 +90,9 @@ def test_links_lead_from_runs_to_a_turn(driver: Any, site: tuple[str, Seeded]) -
 def test_leaderboard_filters_change_the_table_and_survive_a_reload(
     driver: Any, site: tuple[str, Seeded]
 ) -> None:
+    from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
     from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
 
     root, _ = site
     load(driver, root + "/leaderboard")
@@ -99,9 +101,14 @@ def test_leaderboard_filters_change_the_table_and_survive_a_reload(
     field.clear()
     field.send_keys("alpha,gamma")
     driver.find_element(By.CSS_SELECTOR, "#filters button[type='submit']").click()
-    assert "models=alpha%2Cgamma" in driver.current_url
-    assert models_in_table(driver) == {"alpha", "gamma"}
+    # A click returns before the browser has navigated: wait for the filtered page itself.
+    WebDriverWait(driver, 30).until(lambda d: "models=alpha%2Cgamma" in d.current_url)
+    navigating = (NoSuchElementException, StaleElementReferenceException)
+    WebDriverWait(driver, 30, ignored_exceptions=navigating).until(
+        lambda d: models_in_table(d) == {"alpha", "gamma"}
+    )
     driver.refresh()
+    assert "models=alpha%2Cgamma" in driver.current_url
     assert models_in_table(driver) == {"alpha", "gamma"}
     assert driver.find_element(By.CSS_SELECTOR, "#filters input[name='models']").get_attribute("value") == (
         "alpha,gamma"
