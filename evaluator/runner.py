@@ -143,14 +143,17 @@ async def share_bounded(
     items: Iterable[T],
     work: Callable[[T], Awaitable[None]],
     limit: int,
-    worker: Worker,
+    worker: Worker | None,
     key: Callable[[T], str],
     done: Callable[[T], bool],
 ) -> None:
     """`run_bounded` shared with other workers: each item is claimed first (evaluator/workers.py);
     one another live worker holds is waited for outside the `limit` slots; one `done(item)`
     says is finished (checked in a thread once claimed) is skipped. The judge and the pairwise
-    judge share their work through this."""
+    judge share their work through this. Without a worker, plain `run_bounded`."""
+    if worker is None:
+        await run_bounded(items, work, limit)
+        return
     gate = asyncio.Semaphore(max(1, limit))
 
     async def one(item: T) -> None:

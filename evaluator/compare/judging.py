@@ -43,7 +43,7 @@ from evaluator.judge.prompts import RETRY_NOTE_TOKENS
 from evaluator.judge.rubric import Rubric
 from evaluator.judge.verdict import InvalidJudgement
 from evaluator.records import PairwiseRecord, pairwise_id, utcnow
-from evaluator.runner import run_bounded, share_bounded
+from evaluator.runner import share_bounded
 from evaluator.store import Store, StoreError
 from evaluator.store_writer import StoreWriter
 from evaluator.turn_record import redact
@@ -99,12 +99,9 @@ class PairJudge:
     async def run(self, comparisons: list[Comparison]) -> None:
         self.stats.to_judge += len(comparisons)
         try:
-            if self.worker is None:
-                await run_bounded(comparisons, self.judge_one, self.concurrency)
-            else:
-                await share_bounded(
-                    comparisons, self.judge_one, self.concurrency, self.worker, self._claim_key, self._stored
-                )
+            await share_bounded(
+                comparisons, self.judge_one, self.concurrency, self.worker, self._claim_key, self._stored
+            )
         except StoreError as exc:  # a claim or a read under it: the database is gone
             raise JudgeAborted(str(exc)) from exc
         finally:

@@ -40,7 +40,7 @@ from evaluator.judge.rubric import KINDS, Rubric
 from evaluator.judge.targets import Target
 from evaluator.judge.verdict import InvalidJudgement, Verdict, parse_verdict
 from evaluator.records import EvaluationRecord, evaluation_id, utcnow
-from evaluator.runner import run_bounded, share_bounded
+from evaluator.runner import share_bounded
 from evaluator.store import Store, StoreError
 from evaluator.store_writer import StoreWriter
 from evaluator.turn_record import redact
@@ -217,12 +217,9 @@ class Judge:
         for job in jobs:
             self.stats[job.kind].to_judge += 1
         try:
-            if self.worker is None:
-                await run_bounded(jobs, self.judge_one, self.concurrency)
-            else:
-                await share_bounded(
-                    jobs, self.judge_one, self.concurrency, self.worker, self._claim_key, self._judged
-                )
+            await share_bounded(
+                jobs, self.judge_one, self.concurrency, self.worker, self._claim_key, self._judged
+            )
         except StoreError as exc:  # a claim or a read under it: the database is gone
             raise JudgeAborted(str(exc)) from exc
         finally:
