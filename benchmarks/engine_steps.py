@@ -2,7 +2,7 @@
 decoding with no sampling at all, at several numbers of sequences (issue 16).
 
 The HTTP benchmarks (`concurrency`) compare whole servers; `llama-batched-bench` gives llama.cpp's
-own ceiling (N sequences decoded together, no sampling, no server). Between the two sit four
+own ceiling (N sequences decoded together, no sampling, no server). Between the two sit the
 costs that only an in-process run can separate, so this benchmark measures each level as
 
 1. `raw`: `llama_decode` + `llama_synchronize` on our own context (our `n_ctx` per slot, our KV
@@ -11,9 +11,13 @@ costs that only an in-process run can separate, so this benchmark measures each 
 2. `engine-host`: the real `Engine` (scheduler thread, batch building, text, events) sampling
    as it does by default: every row of logits back, top-k over all rows at once with numpy,
    llama.cpp's chain on the 40 survivors (`server/engine/host_sampling.py`);
-3. `engine-graph`: the same engine with backend sampling (top-k in the decode graph, one
-   launch per sequence, the rest on the CPU);
-4. `engine-llama`: the same engine with llama.cpp's whole chain on the CPU for every row;
+3. `engine-graph`: the same engine with backend sampling and llama.cpp's own top-k in the decode
+   graph (a sort per sequence), the rest on the CPU;
+4. `engine-batched`: backend sampling with the engine's own graph top-k, one pass over all the
+   step's rows (`server/engine/graph_top_k.py`), and the rest of the chain over all the rows
+   at once with numpy (`server/engine/host_tail.py`): the GPU default; `engine-batched-chain`
+   finishes each row with llama.cpp's chain instead;
+5. `engine-llama`: the same engine with llama.cpp's whole chain on the CPU for every row;
 
 each with the engine's own per-step profile (decode / sampling / other). `raw` also times
 `llama_decode`'s return apart from the synchronize: how much of a step the CPU could overlap.
@@ -37,6 +41,7 @@ from typing import Any
 import llama_cpp
 
 from server.config import load_config
+from server.engine import graph_top_k
 from server.engine.app import set_switch_interval
 from server.engine.model import BatchedModel
 from server.engine.sampling import SamplingParams, build_chains
@@ -113,7 +118,9 @@ def engine_run(
     """`n` generations of `gen` tokens through the real engine, submitted together."""
     _clear(model)
     engine = Engine(model)
-    graph, host = variant == "engine-graph", variant == "engine-host"
+    batched = variant.startswith("engine-batched")
+    graph, host = batched or variant == "engine-graph", variant == "engine-host"
+    host_tail = variant != "engine-batched-chain"
     try:
         engine._backend_sampling = graph  # the variant under test, whatever the config's default
         done = _Done(n)
@@ -122,7 +129,7 @@ def engine_run(
             p = SamplingParams(**{**params.__dict__, "seed": 1234 + k})
             gens.append(
                 Generation.sampled_by(
-                    build_chains(model.model, p, graph, host=host), p,
+                    build_chains(model.model, p, graph, host, batched, host_tail), p,
                     prompt=_prompt(model, prompt, seed=k), max_tokens=gen, sink=done.sink,
                 )
             )  # fmt: skip
@@ -184,13 +191,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=8)
     ap.add_argument("--gpu", action="store_true", help="full offload and flash attention")
     ap.add_argument("--kv-unified", action="store_true", help="one KV pool for all slots")
-    ap.add_argument("--variants", default="raw,engine-host,engine-graph,engine-llama")
+    ap.add_argument("--variants", default="raw,engine-batched,engine-graph,engine-host,engine-llama")
+    ap.add_argument("--top-k-block", type=int, default=None, help="graph_top_k.BLOCK (values per block sort)")
     ap.add_argument("--eog-bias", action="store_true", help="ban end-of-generation tokens (real weights)")
     ap.add_argument("--out", type=Path, default=None, help="JSON file (default: stdout)")
     args = ap.parse_args(argv)
     levels = [int(x) for x in args.levels.split(",")]
     set_switch_interval()  # as the server does: the engine thread gets the GIL back quickly
     variants = args.variants.split(",")
+    if args.top_k_block:
+        graph_top_k.BLOCK = args.top_k_block
     with tempfile.TemporaryDirectory() as tmp:
         config = load_config(write_config(Path(tmp) / "c.json", args.model, args, max(levels)))
         t0 = time.perf_counter()

@@ -18,7 +18,9 @@ import llama_cpp
 from llama_cpp import _internals as internals
 from llama_cpp.llama_grammar import LlamaGrammar
 
+from server.engine import graph_top_k
 from server.engine.host_sampling import HostPlan, make_plan, tail_chain
+from server.engine.host_tail import TailPlan
 
 # llama-cpp-python's `last_n_tokens_size`: the window of the repetition penalties.
 PENALTY_LAST_N = 64
@@ -58,6 +60,9 @@ class Chains:
     # Top-k or greedy done by the engine over the step's rows (`host_sampling`); `sampler` is
     # then llama.cpp's chain after top-k.
     host: HostPlan | None = None
+    # With the batched graph top-k: the chain after it, done by the engine over all the step's
+    # rows at once (`host_tail`); `sampler` stays as the fallback.
+    tail: TailPlan | None = None
 
     def close(self) -> None:
         self.sampler.close()
@@ -84,7 +89,14 @@ def host_plan(p: SamplingParams) -> HostPlan | None:
     return None
 
 
-def build_chains(model: internals.LlamaModel, p: SamplingParams, backend: bool, host: bool = False) -> Chains:
+def build_chains(
+    model: internals.LlamaModel,
+    p: SamplingParams,
+    backend: bool,
+    host: bool = False,
+    batched_top_k: bool = True,
+    host_tail: bool = True,
+) -> Chains:
     """The chains for one request (the caller closes them).
 
     Without backend sampling: the engine's own top-k or greedy over the step's rows and
@@ -97,6 +109,9 @@ def build_chains(model: internals.LlamaModel, p: SamplingParams, backend: bool, 
     candidates, and the CPU finishes top-p, min-p, temperature and the seeded draw on those k
     values. The split matters on a GPU: every sampler in the graph adds a dozen small kernels
     per sequence, which at 16 sequences cost more than the CPU needs for k = 40 candidates.
+    With `batched_top_k` the top-k is the engine's own graph sampler (`graph_top_k`), one
+    pass over all the step's rows instead of a sort per sequence, and with `host_tail` the
+    rest of the chain runs over all the step's rows at once too (`host_tail`).
     """
     if not (backend and in_graph(p)):
         plan = host_plan(p) if host and not backend else None
@@ -107,6 +122,7 @@ def build_chains(model: internals.LlamaModel, p: SamplingParams, backend: bool, 
     seed = p.seed & 0xFFFFFFFF
     penalties = (p.repeat_penalty, p.frequency_penalty, p.presence_penalty)
     graph, tail = internals.LlamaSampler(), internals.LlamaSampler()
+    tail_plan: TailPlan | None = None
     try:
         if p.logit_bias:
             graph.add_logit_bias(n_vocab, p.logit_bias)
@@ -120,12 +136,19 @@ def build_chains(model: internals.LlamaModel, p: SamplingParams, backend: bool, 
             graph.add_dist(seed)
             key = (*head, "dist", seed)
         elif p.top_k > 0:
-            graph.add_top_k(p.top_k)
+            # One top-k over all the step's rows (`graph_top_k`), unless a logit bias or penalties
+            # change this row first: it is then no longer a row of the step's matrix.
+            batched = batched_top_k and head == ((), (1.0, 0.0, 0.0))
+            if not (batched and graph_top_k.add_to(graph.sampler, p.top_k)):
+                batched = False
+                graph.add_top_k(p.top_k)
             tail.add_top_p(p.top_p, 1)
             tail.add_min_p(p.min_p, 1)
             tail.add_temp(p.temperature)
             tail.add_dist(seed)
-            key = (*head, "top_k", p.top_k)
+            key = (*head, "top_k", p.top_k, batched)
+            if batched and host_tail:
+                tail_plan = TailPlan(p.top_p, p.min_p, p.temperature, seed)
         else:
             graph.add_top_p(p.top_p, 1)
             graph.add_min_p(p.min_p, 1)
@@ -136,7 +159,7 @@ def build_chains(model: internals.LlamaModel, p: SamplingParams, backend: bool, 
         graph.close()
         tail.close()
         raise
-    return Chains(tail, graph, key, accept_graph=penalties != (1.0, 0.0, 0.0))
+    return Chains(tail, graph, key, accept_graph=penalties != (1.0, 0.0, 0.0), tail=tail_plan)
 
 
 def build_sampler(model: internals.LlamaModel, p: SamplingParams) -> internals.LlamaSampler:

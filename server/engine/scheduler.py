@@ -37,6 +37,7 @@ import numpy as np
 from llama_cpp import _internals as internals
 
 from server.engine.host_sampling import HostPlan, HostSampler
+from server.engine.host_tail import TailPlan, finish, read_rows
 from server.engine.model import BatchedModel
 from server.engine.sampling import Chains, SamplingParams, build_sampler
 from server.engine.text import Pieces, TextStream
@@ -68,6 +69,8 @@ class Generation:
     accept_graph: bool = False
     # The engine's own top-k or greedy (`host_sampling`); `sampler` is then the chain after it.
     host: HostPlan | None = None
+    # The chain after the graph's batched top-k, finished over the step's rows (`host_tail`).
+    tail: TailPlan | None = None
     # To rebuild everything as one CPU chain should llama.cpp refuse the graph chain.
     params: SamplingParams | None = None
     cancelled: bool = False
@@ -93,6 +96,7 @@ class Generation:
             graph_key=chains.graph_key,
             accept_graph=chains.accept_graph,
             host=chains.host,
+            tail=chains.tail,
             params=params,
             **fields,
         )
@@ -257,6 +261,7 @@ class EngineStats:
     backend_sampled: int = 0  # tokens picked in the decode graph
     chains_attached: int = 0  # chains attached to a sequence (each re-plans the graph once)
     chains_reused: int = 0  # requests that reused their slot's attached chain
+    tail_fallbacks: int = 0  # steps whose batched rows went back to llama.cpp's chain (`host_tail`)
     sequences_per_step: float = 0.0  # running sum of generating sequences per step
     # Shared KV pool (`kv_pool`): admission rounds the queue's head waited for cells, idle caches dropped to
     # make room, and the most cells ever committed (running conversations at full length).
@@ -299,6 +304,7 @@ class EngineStats:
             "backend_sampled": self.backend_sampled,
             "chains_attached": self.chains_attached,
             "chains_reused": self.chains_reused,
+            "tail_fallbacks": self.tail_fallbacks,
             "pool_waits": self.pool_waits,
             "pool_evictions": self.pool_evictions,
             "pool_peak": self.pool_peak,
@@ -470,6 +476,7 @@ class Engine:
         if graph is None or not self._backend_sampling:
             if graph is not None:
                 graph.close()
+            gen.tail = None
             self._detach(slot)
             return
         if slot.attached is not None and slot.attached_key == gen.graph_key:
@@ -487,7 +494,7 @@ class Engine:
         gen.sampler.close()
         assert gen.params is not None
         gen.sampler = build_sampler(self.model.model, gen.params)
-        gen.accept_graph = False
+        gen.accept_graph, gen.tail = False, None
 
     def _detach(self, slot: Slot) -> None:
         """Take the slot's graph chain off its sequence and free it (engine thread only)."""
@@ -577,6 +584,12 @@ class Engine:
             map_ = self._pool.map if self._pool is not None and len(host) > 1 else map
             for n, token in zip(host, self._host.sample(logits, rows, map_, self._pool_size), strict=True):
                 tokens[n] = token
+        finished = [
+            n for n, g in enumerate(gens) if g is not None and g.tail and outputs[n][0].attached is not None
+        ]
+        if finished:
+            for n, token in zip(finished, self._finish_tails(outputs, gens, finished), strict=True):
+                tokens[n] = token
         rest = [n for n in range(len(outputs)) if tokens[n] == -1]
         chains = {n: (g.sampler.sampler, outputs[n][1]) for n in rest if (g := gens[n]) is not None}
         on_cpu = [n for n in rest if outputs[n][0].attached is None]
@@ -599,6 +612,20 @@ class Engine:
             if slot.attached is not None and slot.gen is not None and slot.gen.accept_graph:
                 llama_cpp.llama_sampler_accept(slot.attached.sampler, token)  # penalties' history
         return tokens
+
+    def _finish_tails(
+        self, outputs: list[tuple[Slot, int]], gens: list[Generation | None], rows: list[int]
+    ) -> list[int]:
+        """Finish the rows whose top-k ran batched in the graph, all at once (`host_tail`); -1 for
+        every row (llama.cpp's chain then) when llama.cpp's buffers are not laid out as expected."""
+        plans = [g.tail for n in rows if (g := gens[n]) is not None and g.tail is not None]
+        k = llama_cpp.llama_get_sampled_logits_count_ith(self.model.ctx, outputs[rows[0]][1])
+        read = read_rows(self.model.ctx, [outputs[n][1] for n in rows], rows, self.model.n_vocab, k)
+        if read is None or len(plans) != len(rows):
+            self.stats.tail_fallbacks += 1
+            return [-1] * len(rows)
+        self.stats.backend_sampled += len(rows)
+        return finish(read[0], read[1], plans)
 
     def _is_eog(self, token: int) -> bool:
         eog = self._eog.get(token)

@@ -1,0 +1,278 @@
+"""Top-k for every row of a step in one pass of the decode graph: a custom llama.cpp backend sampler.
+
+Why: llama.cpp builds backend sampling per sequence. Its own top-k adds, for every sequence, a
+sort of that sequence's whole row of logits (128k values on a Llama-3 vocabulary) as separate
+kernel launches; on an H200 that is 0.9 ms a step at 16 sequences and 4.3 ms at 64 (issue 16,
+BENCHMARKS.md), most of the distance between the engine and `llama-batched-bench`. The sampler
+here is attached to each sequence like llama.cpp's, but the first of them to be applied in a
+graph builds one top-k over the matrix of all the step's rows (`data.logits` is a row view of
+it), and every sequence then takes its row of the result: a view, no kernel of its own.
+
+The top-k itself is made of sorts small enough for one GPU block each: every row is cut into
+blocks of `BLOCK` values, each block is sorted (one `ggml_argsort` launch for all the blocks of
+all the rows) and keeps its k largest, and the survivors (k per block, plus the values past the
+last whole block) go round again until a row is at most `BLOCK` long; its k largest are the
+row's. The token ids travel beside the values as floats (exact below 2^24). The result is what
+llama.cpp's top-k leaves: the k largest logits of the row, largest first, with their token ids,
+so the tail of the chain (top-p, min-p, temperature, the draw) runs on the CPU unchanged. Rows
+whose logits were changed first (a logit bias or penalties in the graph) are not views of the
+matrix; this sampler then runs the same top-k on that row alone.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import llama_cpp
+
+log = logging.getLogger(__name__)
+
+BLOCK = 1024  # values a block sort holds: ggml-cuda sorts up to 1,024 values per block in shared memory
+MAX_K = BLOCK // 4  # past this, the rounds shrink a row too slowly: llama.cpp's own top-k then
+
+GGML_TYPE_F32 = 0
+GGML_TYPE_I32 = 26
+GGML_SORT_ORDER_DESC = 1
+# sizeof(struct ggml_object), which `ggml_tensor_overhead()` adds to sizeof(struct ggml_tensor).
+GGML_OBJECT_SIZE = 32
+
+
+class GgmlTensor(ctypes.Structure):
+    """The head of `struct ggml_tensor` (ggml.h) up to what this module reads: shape, strides,
+    and the tensor a view looks into. Checked against the library's own size at load."""
+
+    _fields_ = [
+        ("type", ctypes.c_int),
+        ("buffer", ctypes.c_void_p),
+        ("ne", ctypes.c_int64 * 4),
+        ("nb", ctypes.c_size_t * 4),
+        ("op", ctypes.c_int),
+        ("op_params", ctypes.c_int32 * 16),
+        ("flags", ctypes.c_int32),
+        ("src", ctypes.c_void_p * 10),
+        ("view_src", ctypes.c_void_p),
+        ("view_offs", ctypes.c_size_t),
+        ("data", ctypes.c_void_p),
+        ("name", ctypes.c_char * 64),
+        ("extra", ctypes.c_void_p),
+        ("padding", ctypes.c_char * 8),
+    ]
+
+
+def _tensor(ptr: int) -> GgmlTensor:
+    return GgmlTensor.from_address(ptr)
+
+
+class _Ggml:
+    """The few ggml graph functions the sampler builds with, from the libggml-base libllama uses."""
+
+    def __init__(self) -> None:
+        try:
+            lib = ctypes.CDLL("libggml-base.so.0", mode=os.RTLD_NOLOAD | ctypes.RTLD_GLOBAL)
+        except OSError:
+            override = os.environ.get("LLAMA_CPP_LIB_PATH")
+            folder = Path(override) if override else Path(llama_cpp.__file__).parent / "lib"
+            lib = ctypes.CDLL(str(folder / "libggml-base.so"), mode=ctypes.RTLD_GLOBAL)
+        vp, i64, sz = ctypes.c_void_p, ctypes.c_int64, ctypes.c_size_t
+        ci, cf = ctypes.c_int, ctypes.c_float
+        signatures: dict[str, tuple[Any, list[Any]]] = {
+            "ggml_tensor_overhead": (sz, []),
+            "ggml_view_1d": (vp, [vp, vp, i64, sz]),
+            "ggml_view_2d": (vp, [vp, vp, i64, i64, sz, sz]),
+            "ggml_view_3d": (vp, [vp, vp, i64, i64, i64, sz, sz, sz]),
+            "ggml_reshape_2d": (vp, [vp, vp, i64, i64]),
+            "ggml_reshape_3d": (vp, [vp, vp, i64, i64, i64]),
+            "ggml_cont": (vp, [vp, vp]),
+            "ggml_argsort": (vp, [vp, vp, ci]),
+            "ggml_get_rows": (vp, [vp, vp, vp]),
+            "ggml_cast": (vp, [vp, vp, ci]),
+            "ggml_arange": (vp, [vp, cf, cf, cf]),
+            "ggml_add": (vp, [vp, vp, vp]),
+            "ggml_concat": (vp, [vp, vp, vp, ci]),
+            "ggml_repeat": (vp, [vp, vp, vp]),
+        }
+        for name, (res, args) in signatures.items():
+            fn = getattr(lib, name)
+            fn.restype, fn.argtypes = res, args
+            setattr(self, name.removeprefix("ggml_"), fn)
+        self.lib = lib
+
+    def __getattr__(self, name: str) -> Any:  # for mypy: the functions are set in __init__
+        raise AttributeError(name)
+
+
+def _level(g: _Ggml, ctx: int, vals: int, ids: int | None, k: int) -> tuple[int, int | None]:
+    """One round over `vals` [L, R] (float, contiguous) and their token ids (same shape, floats;
+    None: the column index): the k largest of every block of BLOCK values and their ids."""
+    t = _tensor(vals)
+    length, rows = t.ne[0], t.ne[1]
+    blocks, rest = divmod(length, BLOCK)
+    whole = blocks * BLOCK
+
+    def split(x: int) -> int:  # [L, R] -> [BLOCK, blocks, R], contiguous
+        if rest == 0:
+            return int(g.reshape_3d(ctx, x, BLOCK, blocks, rows))
+        view = g.view_3d(ctx, x, BLOCK, blocks, rows, BLOCK * 4, _tensor(x).nb[1], 0)
+        return int(g.cont(ctx, view))
+
+    main = split(vals)
+    order = g.argsort(ctx, main, GGML_SORT_ORDER_DESC)
+    o = _tensor(order)
+    top = g.cont(ctx, g.view_3d(ctx, order, k, blocks, rows, o.nb[1], o.nb[2], 0))
+    top2 = g.reshape_2d(ctx, top, k, blocks * rows)
+    picked = g.get_rows(ctx, g.reshape_3d(ctx, main, 1, BLOCK, blocks * rows), top2)
+    new_vals = g.reshape_2d(ctx, picked, k * blocks, rows)
+    if ids is None:
+        local = g.cast(ctx, top, GGML_TYPE_F32)  # [k, blocks, R]
+        starts = g.reshape_3d(ctx, g.arange(ctx, 0.0, float(whole), float(BLOCK)), 1, blocks, 1)
+        new_ids = g.reshape_2d(ctx, g.add(ctx, local, starts), k * blocks, rows)
+    else:
+        got = g.get_rows(ctx, g.reshape_3d(ctx, split(ids), 1, BLOCK, blocks * rows), top2)
+        new_ids = g.reshape_2d(ctx, got, k * blocks, rows)
+    if rest:
+        tail = g.cont(ctx, g.view_2d(ctx, vals, rest, rows, t.nb[1], whole * 4))
+        new_vals = g.concat(ctx, new_vals, tail, 0)
+        if ids is None:
+            column = g.reshape_2d(ctx, g.arange(ctx, float(whole), float(length), 1.0), rest, 1)
+            tail_ids = g.repeat(ctx, column, tail)
+        else:
+            tail_ids = g.cont(ctx, g.view_2d(ctx, ids, rest, rows, _tensor(ids).nb[1], whole * 4))
+        new_ids = g.concat(ctx, new_ids, tail_ids, 0)
+    return int(new_vals), int(new_ids)
+
+
+def build_top_k(g: _Ggml, ctx: int, logits: int, k: int) -> tuple[int, int]:
+    """The k largest values of every row of `logits` [V, R] (float, contiguous), largest first:
+    (token ids as int32 [k, R], values [k, R])."""
+    vals, ids = logits, None
+    k = min(k, _tensor(logits).ne[0])
+    while _tensor(vals).ne[0] > BLOCK:
+        vals, ids = _level(g, ctx, vals, ids, k)
+    t = _tensor(vals)
+    length, rows = t.ne[0], t.ne[1]
+    order = g.argsort(ctx, vals, GGML_SORT_ORDER_DESC)
+    top = g.cont(ctx, g.view_2d(ctx, order, k, rows, _tensor(order).nb[1], 0))
+    final_vals = g.reshape_2d(ctx, g.get_rows(ctx, g.reshape_3d(ctx, vals, 1, length, rows), top), k, rows)
+    if ids is None:
+        return int(top), int(final_vals)
+    got = g.get_rows(ctx, g.reshape_3d(ctx, ids, 1, length, rows), top)
+    final_ids = g.cast(ctx, g.reshape_2d(ctx, got, k, rows), GGML_TYPE_I32)
+    return int(final_ids), int(final_vals)
+
+
+class _Sampler:
+    """The callbacks behind every batched top-k sampler (one set per process). A sampler's
+    llama.cpp context pointer is its k, so clones and frees need no bookkeeping."""
+
+    def __init__(self) -> None:
+        self.ggml = _Ggml()
+        size = self.ggml.tensor_overhead() - GGML_OBJECT_SIZE
+        if size != ctypes.sizeof(GgmlTensor):
+            ours = ctypes.sizeof(GgmlTensor)
+            raise RuntimeError(f"ggml_tensor is {size} bytes in this libggml, {ours} here")
+        # Per graph being built: (ggml context, logits matrix, k) -> (ids, values).
+        self.built: dict[tuple[int, int, int], tuple[int, int]] = {}
+        self.cpu: dict[int, Any] = {}  # k -> llama.cpp's top-k, for a chain run on the CPU
+        self._name = ctypes.create_string_buffer(b"storybench-top-k")
+        lc = llama_cpp.llama_cpp
+        # ctypes callbacks cannot return a char or struct pointer: these two return void pointers.
+        returns_pointer = ctypes.CFUNCTYPE(ctypes.c_void_p, lc.llama_sampler_p_ctypes)
+        name_fn = returns_pointer(lambda _s: ctypes.addressof(self._name))
+        clone_fn = returns_pointer(self._clone)
+        self._callbacks = [name_fn, clone_fn]
+        fields: dict[str, Any] = {
+            "name": ctypes.cast(name_fn, lc.llama_sampler_i_name),
+            "apply": lc.llama_sampler_i_apply(self._apply),
+            "clone": ctypes.cast(clone_fn, lc.llama_sampler_i_clone),
+            "backend_init": lc.llama_sampler_i_backend_init(lambda _s, _b, _n: True),
+            "backend_apply": lc.llama_sampler_i_backend_apply(self._backend_apply),
+            "backend_reset": lc.llama_sampler_i_backend_reset(self._backend_reset),
+        }
+        self._callbacks.extend(fields.values())
+        self.iface = lc.llama_sampler_i(**fields)
+
+    def new(self, k: int) -> Any:
+        return llama_cpp.llama_sampler_init(ctypes.byref(self.iface), ctypes.c_void_p(k))
+
+    @staticmethod
+    def _k(smpl: Any) -> int:
+        return int(smpl.contents.ctx or 0)
+
+    def _clone(self, smpl: Any) -> int | None:
+        return ctypes.cast(self.new(self._k(smpl)), ctypes.c_void_p).value
+
+    def _apply(self, smpl: Any, cur_p: Any) -> None:
+        k = self._k(smpl)
+        inner = self.cpu.get(k)
+        if inner is None:
+            inner = self.cpu[k] = llama_cpp.llama_sampler_init_top_k(k)
+        llama_cpp.llama_sampler_apply(inner, cur_p)
+
+    def _backend_reset(self, _smpl: Any) -> None:
+        self.built.clear()
+
+    def _backend_apply(self, smpl: Any, ctx: int, _gf: int, data: Any) -> None:
+        try:
+            self._build(self._k(smpl), int(ctx), data.contents)
+        except Exception:  # an exception cannot cross into C: log it and leave the row as it was
+            log.exception("batched top-k: building the graph failed")
+
+    def _build(self, k: int, ctx: int, data: Any) -> None:
+        g = self.ggml
+        logits = int(data.logits)
+        row = _tensor(logits)
+        width = row.ne[0]
+        parent = int(row.view_src or 0)
+        matrix = _tensor(parent) if parent else None
+        if (
+            matrix is None
+            or matrix.type != GGML_TYPE_F32
+            or matrix.ne[0] != width
+            or matrix.nb[1] != width * 4
+            or row.view_offs % matrix.nb[1] != 0
+            or data.candidates
+        ):  # not a row of the step's matrix: this row alone
+            ids, vals = build_top_k(g, ctx, int(g.reshape_2d(ctx, logits, width, 1)), k)
+            n = min(k, width)
+            data.candidates = g.view_1d(ctx, ids, n, 0)
+            data.logits = g.view_1d(ctx, vals, n, 0)
+            return
+        key = (ctx, parent, k)
+        built = self.built.get(key)
+        if built is None:
+            built = self.built[key] = build_top_k(g, ctx, parent, k)
+        ids, vals = built
+        n = _tensor(ids).ne[0]
+        offset = (row.view_offs // matrix.nb[1]) * n * 4
+        data.candidates = g.view_1d(ctx, ids, n, offset)
+        data.logits = g.view_1d(ctx, vals, n, offset)
+
+
+_SAMPLER: _Sampler | None = None
+_UNAVAILABLE: str | None = None
+
+
+def available() -> bool:
+    """Whether this libllama/libggml can run the batched top-k (checked once per process)."""
+    global _SAMPLER, _UNAVAILABLE
+    if _SAMPLER is None and _UNAVAILABLE is None:
+        try:
+            _SAMPLER = _Sampler()
+        except (OSError, AttributeError, RuntimeError) as exc:
+            _UNAVAILABLE = str(exc)
+            log.warning("batched top-k unavailable, llama.cpp's own top-k is used: %s", exc)
+    return _SAMPLER is not None
+
+
+def add_to(chain: Any, k: int) -> bool:
+    """Add a batched top-k to a llama.cpp sampler chain (which then owns it); False when this
+    build cannot run it or k is past MAX_K (the caller adds llama.cpp's top-k instead)."""
+    if not 0 < k <= MAX_K or not available():
+        return False
+    assert _SAMPLER is not None
+    llama_cpp.llama_sampler_chain_add(chain, _SAMPLER.new(k))
+    return True

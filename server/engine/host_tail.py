@@ -1,0 +1,154 @@
+"""The end of the sampler chain (top-p, min-p, temperature, the seeded draw) for all the step's rows
+at once, on the k candidates the decode graph kept (`graph_top_k`).
+
+Why: llama.cpp finishes a backend-sampled row with `llama_sampler_sample`, one row at a time: a
+few ctypes calls and a small C++ chain per row, about 25 µs, which at 64 sequences is 1.5 ms a
+step on an H200, a quarter of the decode itself (issue 16). Here the rows of one step are
+finished together with numpy on a (rows, k) matrix read straight from llama.cpp's host buffers.
+
+It reproduces llama.cpp's own chain step by step, float for float where it matters: top-p's
+softmax and cumulative sum in float32 in candidate order, min-p's floor `max + logf(min_p)`,
+the division by the temperature, and `dist`'s draw, which accumulates the float probabilities in
+double against `sum * u` with `u` from `std::uniform_real_distribution<double>` on a
+`std::mt19937` seeded like llama.cpp's (two 32-bit outputs per draw, one draw per token, also
+when one candidate is left). numpy's legacy MT19937 seeding is the standard `init_genrand`, so a
+seed replays the same tokens as llama.cpp's chain would (tests/engine/test_graph_top_k.py); the
+only possible differences are last-bit ones between numpy's and the C library's `exp`.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import secrets
+from dataclasses import dataclass, field
+
+import llama_cpp
+import numpy as np
+
+_TWO_32 = 4294967296.0
+_TWO_64 = 18446744073709551616.0
+_BELOW_ONE = float(np.nextafter(1.0, 0.0))
+
+
+class Mt19937Uniforms:
+    """`std::uniform_real_distribution<double>(0, 1)` over `std::mt19937(seed)`, as libstdc++'s
+    `generate_canonical<double, 53>` computes it, drawn in blocks."""
+
+    BLOCK = 256
+
+    def __init__(self, seed: int) -> None:
+        if seed == llama_cpp.LLAMA_DEFAULT_SEED:  # llama.cpp then seeds from the system
+            seed = secrets.randbits(32)
+        # RandomState(int) seeds MT19937 with init_genrand, as std::mt19937(seed) does.
+        self._bits = np.random.RandomState(seed & 0xFFFFFFFF)._bit_generator
+        self._block = np.empty(0)
+        self._next = 0
+
+    def next(self) -> float:
+        if self._next == len(self._block):
+            raw = self._bits.random_raw(2 * self.BLOCK).astype(np.float64)
+            u = (raw[0::2] + raw[1::2] * _TWO_32) / _TWO_64
+            self._block = np.minimum(u, _BELOW_ONE)
+            self._next = 0
+        value = float(self._block[self._next])
+        self._next += 1
+        return value
+
+
+@dataclass
+class TailPlan:
+    """One request's chain after top-k, as `sampling.build_chains` orders it."""
+
+    top_p: float
+    min_p: float
+    temperature: float
+    seed: int
+    rng: Mt19937Uniforms = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.rng = Mt19937Uniforms(self.seed)
+
+
+def finish(ids: np.ndarray, logits: np.ndarray, plans: list[TailPlan]) -> list[int]:
+    """The token of every row: `ids` and `logits` are (rows, k), each row its k candidates in the
+    order the graph left them (largest logit first)."""
+    m, k = logits.shape
+    if m == 0:
+        return []
+    order = np.argsort(-logits, axis=1, kind="stable")  # llama.cpp sorts inside top-p; usually a no-op
+    logits = np.take_along_axis(logits, order, axis=1).astype(np.float32, copy=False)
+    ids = np.take_along_axis(ids, order, axis=1)
+    top_p = np.array([p.top_p for p in plans], np.float32)
+    min_p = np.array([p.min_p for p in plans], np.float32)
+    temp = np.array([p.temperature for p in plans], np.float32)
+    u = np.array([p.rng.next() for p in plans])
+    cols = np.arange(k)
+    keep = np.full(m, k)
+    # top-p: softmax in float32 (sum accumulated in order), then the shortest prefix reaching p.
+    probs = np.exp(logits - logits[:, :1])
+    probs /= np.cumsum(probs, axis=1, dtype=np.float32)[:, -1:]
+    cum = np.cumsum(probs, axis=1, dtype=np.float32)
+    reached = cum >= top_p[:, None]
+    cut = np.where(reached.any(axis=1), reached.argmax(axis=1) + 1, k)
+    keep = np.where(top_p < 1.0, cut, keep)
+    # min-p: the values at or above max + logf(min_p) (a prefix: the row is sorted).
+    with np.errstate(divide="ignore"):
+        floor = logits[:, 0] + np.log(min_p)
+    above = (logits >= floor[:, None]).sum(axis=1)
+    keep = np.where(min_p > 0.0, np.minimum(keep, np.maximum(above, 1)), keep)
+    # temperature, then dist: float probabilities summed in double, the first reaching sum * u.
+    scaled = logits / temp[:, None]
+    p = np.exp(scaled - scaled[:, :1]).astype(np.float64)
+    p[cols[None, :] >= keep[:, None]] = 0.0
+    run = np.cumsum(p, axis=1)
+    target = run[np.arange(m), keep - 1] * u
+    hit = (run >= target[:, None]) & (cols[None, :] < keep[:, None])
+    pick = np.where(hit.any(axis=1), hit.argmax(axis=1), keep - 1)
+    return [int(t) for t in ids[np.arange(m), pick]]
+
+
+_views: dict[tuple[int, int, int, int], tuple[np.ndarray, np.ndarray]] = {}
+
+
+def _view(base_c: int, base_l: int, rows: int, n_vocab: int) -> tuple[np.ndarray, np.ndarray]:
+    """numpy views of `rows` rows of llama.cpp's sampled candidates and logits (cached: the
+    buffers stay where they are between steps)."""
+    key = (base_c, base_l, rows, n_vocab)
+    view = _views.get(key)
+    if view is None:
+        if len(_views) > 256:
+            _views.clear()
+        ids = np.ctypeslib.as_array((ctypes.c_int32 * (rows * n_vocab)).from_address(base_c))
+        logits = np.ctypeslib.as_array((ctypes.c_float * (rows * n_vocab)).from_address(base_l))
+        view = _views[key] = (ids.reshape(rows, n_vocab), logits.reshape(rows, n_vocab))
+    return view
+
+
+def _address(pointer: object) -> int:
+    return ctypes.cast(pointer, ctypes.c_void_p).value or 0
+
+
+def read_rows(
+    ctx: object, batch_rows: list[int], out_rows: list[int], n_vocab: int, k: int
+) -> tuple[np.ndarray, np.ndarray] | None:
+    """The candidates and their logits that the graph left for the given outputs, read from
+    llama.cpp's host buffers without a call per row: its sampled rows lie `n_vocab` apart in
+    output order, which two pointers confirm. `batch_rows` are batch indices, `out_rows` the
+    matching output numbers (ascending). None when the layout is not the expected one."""
+    first, last = batch_rows[0], batch_rows[-1]
+    base_l = _address(llama_cpp.llama_get_sampled_logits_ith(ctx, first))
+    base_c = _address(llama_cpp.llama_get_sampled_candidates_ith(ctx, first))
+    if not base_l or not base_c or llama_cpp.llama_get_sampled_logits_count_ith(ctx, first) != k:
+        return None
+    span = out_rows[-1] - out_rows[0]
+    if span:
+        step = span * n_vocab * 4
+        end_l = _address(llama_cpp.llama_get_sampled_logits_ith(ctx, last))
+        end_c = _address(llama_cpp.llama_get_sampled_candidates_ith(ctx, last))
+        if end_l - base_l != step or end_c - base_c != step:
+            return None
+    ids, logits = _view(base_c, base_l, span + 1, n_vocab)
+    if len(out_rows) == span + 1:  # every row in between: plain slices
+        return ids[:, :k], logits[:, :k]
+    rows = np.asarray(out_rows) - out_rows[0]
+    return ids[rows, :k], logits[rows, :k]
