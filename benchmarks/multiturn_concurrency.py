@@ -43,6 +43,7 @@ class Turn:
     completion: int
     cached: int | None  # None: the server did not say
     end: float = 0.0  # perf_counter when the stream closed
+    latency_ms: float = 0.0  # request sent to stream closed
 
 
 def cache_percent(conversations: list[list[Turn]], t: int) -> float | None:
@@ -75,6 +76,7 @@ def summarize(conversations: list[list[Turn]], wall_s: float) -> dict[str, float
     out = {"aggregate": tokens / wall_s if wall_s > 0 else 0.0}
     for t in range(turns):
         out[f"ttft{t + 1}"] = median([c[t].ttft_ms for c in conversations])
+        out[f"latency{t + 1}"] = median([c[t].latency_ms for c in conversations])
         share, lowest = cache_percent(conversations, t), lowest_percent(conversations, t)
         if share is not None and lowest is not None:
             out[f"cache{t + 1}"], out[f"lowest{t + 1}"] = share, lowest
@@ -82,6 +84,8 @@ def summarize(conversations: list[list[Turn]], wall_s: float) -> dict[str, float
             out[f"cached{t + 1}"] = sum(c[t].cached or 0 for c in conversations) / n
     if turns > 1 and out["ttft1"] > 0:
         out["ratio"] = out[f"ttft{turns}"] / out["ttft1"]
+    if turns > 1 and out["latency1"] > 0:
+        out["latency_ratio"] = out[f"latency{turns}"] / out["latency1"]
     return out
 
 
@@ -97,9 +101,12 @@ async def conversation(
         messages.append(
             {"role": "user", "content": writing_request(setup.turn_tokens, seed=20_000 + 1000 * k + t)}
         )
+        sent = time.perf_counter()
         r = await stream_chat(client, srv.base_url, chat_body(srv.model.name, messages, mt, setup.logit_bias))
         setup.check_length(f"{who} multiturn turn {t + 1}", r.completion_tokens, mt, r.finish_reason)
-        turns.append(Turn(r.ttft_s * 1000, r.prompt_tokens or 0, r.completion_tokens, r.prompt_cached, r.end))
+        latency = (r.end - sent) * 1000
+        prompt = r.prompt_tokens or 0
+        turns.append(Turn(r.ttft_s * 1000, prompt, r.completion_tokens, r.prompt_cached, r.end, latency))
         messages.append({"role": "assistant", "content": r.text})
     return turns
 
@@ -151,6 +158,12 @@ async def run(setup: Setup) -> list[Record]:
             )
             recs.append(make_record(NAME, m, n, f"turn {t} history served from cache", "%",
                                     o[f"cache{t}"], nat[f"cache{t}"], note=note))  # fmt: skip
+    for t in sorted({1, setup.turns}):
+        recs.append(make_record(NAME, m, n, f"turn {t} median latency (request to last token)", "ms",
+                                o[f"latency{t}"], nat[f"latency{t}"], better="lower"))  # fmt: skip
+    if o.get("latency_ratio") or nat.get("latency_ratio"):
+        recs.append(make_record(NAME, m, n, f"turn {setup.turns} / turn 1 median latency", "x",
+                                o["latency_ratio"], nat["latency_ratio"], better="lower"))  # fmt: skip
     if o.get("ratio") or nat.get("ratio"):
         recs.append(make_record(NAME, m, n, f"turn {setup.turns} / turn 1 time to first token", "x",
                                 o["ratio"], nat["ratio"], better="lower"))  # fmt: skip

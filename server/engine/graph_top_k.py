@@ -177,6 +177,9 @@ class _Sampler:
         # Per graph being built: (ggml context, logits matrix, k) -> (ids, values).
         self.built: dict[tuple[int, int, int], tuple[int, int]] = {}
         self.cpu: dict[int, Any] = {}  # k -> llama.cpp's top-k, for a chain run on the CPU
+        # Graphs built: top-k over the step's matrix of rows, and over a lone row.
+        self.matrices = 0
+        self.lone_rows = 0
         self._name = ctypes.create_string_buffer(b"storybench-top-k")
         lc = llama_cpp.llama_cpp
         # ctypes callbacks cannot return a char or struct pointer: these two return void pointers.
@@ -237,6 +240,7 @@ class _Sampler:
             or data.candidates
         ):  # not a row of the step's matrix: this row alone
             ids, vals = build_top_k(g, ctx, int(g.reshape_2d(ctx, logits, width, 1)), k)
+            self.lone_rows += 1
             n = min(k, width)
             data.candidates = g.view_1d(ctx, ids, n, 0)
             data.logits = g.view_1d(ctx, vals, n, 0)
@@ -245,6 +249,7 @@ class _Sampler:
         built = self.built.get(key)
         if built is None:
             built = self.built[key] = build_top_k(g, ctx, parent, k)
+            self.matrices += 1
         ids, vals = built
         n = _tensor(ids).ne[0]
         offset = (row.view_offs // matrix.nb[1]) * n * 4
@@ -266,6 +271,14 @@ def available() -> bool:
             _UNAVAILABLE = str(exc)
             log.warning("batched top-k unavailable, llama.cpp's own top-k is used: %s", exc)
     return _SAMPLER is not None
+
+
+def counts() -> dict[str, int]:
+    """Graphs built so far in this process: over a step's matrix of rows, and over lone rows
+    (llama.cpp's own probe of a new chain is one)."""
+    if _SAMPLER is None:
+        return {"matrices": 0, "lone_rows": 0}
+    return {"matrices": _SAMPLER.matrices, "lone_rows": _SAMPLER.lone_rows}
 
 
 def add_to(chain: Any, k: int) -> bool:

@@ -37,7 +37,7 @@ import numpy as np
 from llama_cpp import _internals as internals
 
 from server.engine.host_sampling import HostPlan, HostSampler
-from server.engine.host_tail import TailPlan, finish, read_rows
+from server.engine.host_tail import HOST_TAIL_MIN_ROWS, TailPlan, finish, read_rows
 from server.engine.model import BatchedModel
 from server.engine.sampling import Chains, SamplingParams, build_sampler
 from server.engine.text import Pieces, TextStream
@@ -261,6 +261,7 @@ class EngineStats:
     backend_sampled: int = 0  # tokens picked in the decode graph
     chains_attached: int = 0  # chains attached to a sequence (each re-plans the graph once)
     chains_reused: int = 0  # requests that reused their slot's attached chain
+    tail_rows: int = 0  # rows finished over the step's matrix (`host_tail`)
     tail_fallbacks: int = 0  # steps whose batched rows went back to llama.cpp's chain (`host_tail`)
     sequences_per_step: float = 0.0  # running sum of generating sequences per step
     # Shared KV pool (`kv_pool`): admission rounds the queue's head waited for cells, idle caches dropped to
@@ -304,6 +305,7 @@ class EngineStats:
             "backend_sampled": self.backend_sampled,
             "chains_attached": self.chains_attached,
             "chains_reused": self.chains_reused,
+            "tail_rows": self.tail_rows,
             "tail_fallbacks": self.tail_fallbacks,
             "pool_waits": self.pool_waits,
             "pool_evictions": self.pool_evictions,
@@ -473,6 +475,10 @@ class Engine:
     def _attach(self, slot: Slot, gen: Generation) -> None:
         """Give the slot's sequence the request's graph chain (or its own, reset), or none."""
         graph, gen.graph = gen.graph, None  # the slot owns it from here
+        if gen.tail is not None and self.busy_slots + len(self._pending) < HOST_TAIL_MIN_ROWS:
+            # Few rows: llama.cpp's chain, row by row, costs less than the numpy passes. Both
+            # draw the same tokens; a generation keeps one of them for its whole life.
+            gen.tail = None
         if graph is None or not self._backend_sampling:
             if graph is not None:
                 graph.close()
@@ -625,6 +631,7 @@ class Engine:
             self.stats.tail_fallbacks += 1
             return [-1] * len(rows)
         self.stats.backend_sampled += len(rows)
+        self.stats.tail_rows += len(rows)
         return finish(read[0], read[1], plans)
 
     def _is_eog(self, token: int) -> bool:

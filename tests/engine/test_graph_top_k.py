@@ -1,0 +1,205 @@
+"""The batched top-k in the decode graph (`server/engine/graph_top_k.py`) and the chain after it
+over all rows at once (`server/engine/host_tail.py`), the engine's GPU sampling path.
+
+Both replace llama.cpp's own code on the hot path, so both must pick what llama.cpp picks:
+the tail against llama.cpp's chain on synthetic rows (every parameter, seeded draws in
+sequence, no model), and the whole path through the engine with the bundled model against
+llama.cpp's whole chain on the CPU, token for token. On the CPU backend the graph runs the same
+ggml operations as on a GPU, so this pins its result; its speed is a GPU benchmark
+(BENCHMARKS.md, issue 16).
+"""
+
+from __future__ import annotations
+
+import ctypes
+from collections.abc import Iterator
+from pathlib import Path
+
+import llama_cpp
+import numpy as np
+import pytest
+from llama_cpp import _internals as internals
+
+from server.config import load_config
+from server.engine import graph_top_k, scheduler
+from server.engine.host_sampling import TOKEN_DATA
+from server.engine.host_tail import TailPlan, finish
+from server.engine.model import BatchedModel
+from server.engine.sampling import SamplingParams, build_chains
+from server.engine.scheduler import Engine
+from tests.engine.conftest import batched_entry
+from tests.engine.test_backend_sampling import Job
+from tests.engine.test_engine import PROMPTS
+from tests.support.servers import write_config
+
+# (top_p, min_p, temperature): each step of the tail on and off, and extreme temperatures.
+PARAMS = [
+    (0.95, 0.05, 0.8),
+    (1.0, 0.0, 1.0),  # neither top-p nor min-p: the draw alone
+    (0.5, 0.0, 1.5),
+    (1.0, 0.2, 0.3),
+    (0.9, 0.1, 5.0),
+]
+
+
+def llama_tail(top_p: float, min_p: float, temp: float, seed: int) -> internals.LlamaSampler:
+    chain = internals.LlamaSampler()
+    chain.add_top_p(top_p, 1)
+    chain.add_min_p(min_p, 1)
+    chain.add_temp(temp)
+    chain.add_dist(seed)
+    return chain
+
+
+def llama_pick(chain: internals.LlamaSampler, ids: np.ndarray, logits: np.ndarray) -> int:
+    data = np.zeros(len(ids), TOKEN_DATA)
+    data["id"], data["logit"] = ids, logits
+    array = llama_cpp.llama_token_data_array(
+        data=data.ctypes.data_as(llama_cpp.llama_token_data_p), size=len(ids), selected=-1, sorted=False
+    )
+    llama_cpp.llama_sampler_apply(chain.sampler, ctypes.byref(array))
+    return int(data["id"][array.selected])
+
+
+@pytest.mark.parametrize("k", [1, 2, 40])
+def test_the_tail_draws_what_llama_cpps_chain_draws(k: int) -> None:
+    """200 steps of 5 rows with different settings: every token equal, so the per-request
+    generators stay in step with llama.cpp's `std::mt19937` draw after draw."""
+    rng = np.random.default_rng(k)
+    plans = [TailPlan(p, m, t, seed=100 + i) for i, (p, m, t) in enumerate(PARAMS)]
+    chains = [llama_tail(p, m, t, 100 + i) for i, (p, m, t) in enumerate(PARAMS)]
+    try:
+        for _ in range(200):
+            logits = -np.sort(-(rng.standard_normal((len(PARAMS), k)) * 3).astype(np.float32), axis=1)
+            ids = (
+                rng.choice(50_000, size=(len(PARAMS), k), replace=False).astype(np.int32)
+                if k > 1
+                else (rng.integers(0, 50_000, size=(len(PARAMS), 1)).astype(np.int32))
+            )
+            ours = finish(ids, logits, plans)
+            theirs = [llama_pick(c, ids[r], logits[r]) for r, c in enumerate(chains)]
+            assert ours == theirs
+    finally:
+        for c in chains:
+            c.close()
+
+
+def job_params(i: int) -> SamplingParams:
+    top_p, min_p, temp = PARAMS[i % len(PARAMS)]
+    return SamplingParams(temperature=temp, top_k=40, top_p=top_p, min_p=min_p, seed=7 + i)
+
+
+@pytest.fixture(scope="module")
+def four_slots(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Engine]:
+    tmp = tmp_path_factory.mktemp("graph-top-k")
+    entry = batched_entry(n_ctx=512, n_parallel=4, n_threads_sampling=2, backend_sampling=True)
+    model = BatchedModel(load_config(write_config(tmp / "c.json", [entry])).models[0])
+    running = Engine(model)
+    yield running
+    running.close()
+    model.close()
+
+
+def run_jobs(engine: Engine, backend: bool, n: int = 4, tokens: int = 40) -> list[list[int]]:
+    jobs = []
+    for i in range(n):
+        params = job_params(i)
+        chains = build_chains(engine.model.model, params, backend)
+        jobs.append(Job(engine, PROMPTS[i], tokens, params, chains=chains))
+    return [job.wait().gen.tokens for job in jobs]
+
+
+@pytest.mark.parametrize("tail_from", [0, 1000], ids=["tail-over-rows", "tail-row-by-row"])
+def test_the_engine_samples_what_llama_cpps_cpu_chain_samples(
+    four_slots: Engine, tail_from: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Four requests together, each with other settings: the batched top-k in the graph, then
+    the tail over all rows at once (or, below HOST_TAIL_MIN_ROWS generations, llama.cpp's chain
+    row by row) give, token for token, what llama.cpp's whole chain gives on the CPU."""
+    monkeypatch.setattr(scheduler, "HOST_TAIL_MIN_ROWS", tail_from)
+    stats = four_slots.stats
+    before, sampled, tail_rows = graph_top_k.counts(), stats.backend_sampled, stats.tail_rows
+    ours = run_jobs(four_slots, backend=True)
+    after = graph_top_k.counts()
+    assert after["matrices"] > before["matrices"]  # the step's matrix, not row by row
+    assert stats.backend_sampled - sampled == sum(len(t) for t in ours)
+    assert (stats.tail_rows - tail_rows == stats.backend_sampled - sampled) == (tail_from == 0)
+    assert stats.tail_fallbacks == 0
+    reference = run_jobs(four_slots, backend=False)
+    assert ours == reference
+    assert all(len(t) >= 8 for t in ours)
+
+
+class _Params(ctypes.Structure):
+    _fields_ = [("mem_size", ctypes.c_size_t), ("mem_buffer", ctypes.c_void_p), ("no_alloc", ctypes.c_bool)]
+
+
+def graph_top_k_on_cpu(rows: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Build the sampler's top-k over `rows` in a ggml graph of its own and compute it with
+    ggml's CPU backend: (ids, values), each (rows, k)."""
+    assert graph_top_k.available()
+    ggml = graph_top_k._Ggml()
+    lib = ggml.lib
+    folder = Path(llama_cpp.__file__).parent / "lib"
+    cpu = ctypes.CDLL(str(folder / "libggml-cpu.so"), mode=ctypes.RTLD_GLOBAL)
+    vp = ctypes.c_void_p
+    lib.ggml_init.restype, lib.ggml_init.argtypes = vp, [_Params]
+    lib.ggml_new_tensor_2d.restype = vp
+    lib.ggml_new_tensor_2d.argtypes = [vp, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
+    lib.ggml_new_graph.restype, lib.ggml_new_graph.argtypes = vp, [vp]
+    lib.ggml_build_forward_expand.argtypes = [vp, vp]
+    lib.ggml_free.argtypes = [vp]
+    cpu.ggml_graph_compute_with_ctx.argtypes = [vp, vp, ctypes.c_int]
+    ctx = lib.ggml_init(_Params(256 * 1024 * 1024, None, False))
+    try:
+        m, v = rows.shape
+        x = lib.ggml_new_tensor_2d(ctx, graph_top_k.GGML_TYPE_F32, v, m)
+        ctypes.memmove(graph_top_k._tensor(x).data, rows.ctypes.data, rows.nbytes)
+        ids, vals = graph_top_k.build_top_k(ggml, ctx, x, k)
+        gf = lib.ggml_new_graph(ctx)
+        lib.ggml_build_forward_expand(gf, ids)
+        lib.ggml_build_forward_expand(gf, vals)
+        cpu.ggml_graph_compute_with_ctx(ctx, gf, 2)
+        n = graph_top_k._tensor(ids).ne[0]
+        out_ids = np.ctypeslib.as_array(
+            (ctypes.c_int32 * (n * m)).from_address(graph_top_k._tensor(ids).data)
+        )
+        out_vals = np.ctypeslib.as_array(
+            (ctypes.c_float * (n * m)).from_address(graph_top_k._tensor(vals).data)
+        )
+        return out_ids.reshape(m, n).copy(), out_vals.reshape(m, n).copy()
+    finally:
+        lib.ggml_free(ctx)
+
+
+@pytest.mark.parametrize(
+    ("vocab", "block", "k"),
+    [
+        (49_152, 1024, 40),  # the bundled vocabulary: 48 whole blocks
+        (128_256, 1024, 40),  # Llama 3's: 256 values past the last whole block
+        (49_152, 1000, 40),  # values past the last block in the first round
+        (49_152, 300, 40),  # three rounds
+        (49_152, 1024, 1),
+        (128_256, 1024, 256),  # MAX_K
+        (700, 1024, 40),  # one block: a single sort
+    ],
+)
+def test_the_graph_keeps_the_k_largest_of_every_row(
+    vocab: int, block: int, k: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Exactly the k largest values of each row, largest first, each with its own token id;
+    ties (their order is not fixed, as in llama.cpp's top-k), banned tokens and large values at
+    the very end of the row included."""
+    monkeypatch.setattr(graph_top_k, "BLOCK", block)
+    rng = np.random.default_rng(vocab + block + k)
+    rows = (rng.standard_normal((6, vocab)) * 3).astype(np.float32)
+    rows[1, -5:] = 100.0  # the largest values past the last whole block
+    rows[2] = np.round(rows[2])  # many ties
+    rows[3, : vocab // 2] = -np.inf  # banned tokens
+    rows[4, 500:520] = 50.0  # tied maxima inside one block
+    ids, vals = graph_top_k_on_cpu(rows, k)
+    assert ids.shape == vals.shape == (6, k)
+    for r in range(6):
+        assert vals[r].tolist() == (-np.sort(-rows[r]))[:k].tolist(), r  # the k largest, in order
+        assert len(set(ids[r].tolist())) == k  # distinct tokens
+        assert rows[r, ids[r]].tolist() == vals[r].tolist()  # each value is its token's
