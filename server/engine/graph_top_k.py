@@ -24,6 +24,7 @@ from __future__ import annotations
 import ctypes
 import logging
 import os
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -257,19 +258,24 @@ class _Sampler:
         data.logits = g.view_1d(ctx, vals, n, offset)
 
 
+# One set of callbacks per process, never freed: llama.cpp holds pointers to them in every
+# sampler it made, so a second set (two threads racing to make the first) would free the
+# callbacks of the samplers made with the first. The lock makes the first one the only one.
 _SAMPLER: _Sampler | None = None
 _UNAVAILABLE: str | None = None
+_LOCK = threading.Lock()
 
 
 def available() -> bool:
     """Whether this libllama/libggml can run the batched top-k (checked once per process)."""
     global _SAMPLER, _UNAVAILABLE
-    if _SAMPLER is None and _UNAVAILABLE is None:
-        try:
-            _SAMPLER = _Sampler()
-        except (OSError, AttributeError, RuntimeError) as exc:
-            _UNAVAILABLE = str(exc)
-            log.warning("batched top-k unavailable, llama.cpp's own top-k is used: %s", exc)
+    with _LOCK:
+        if _SAMPLER is None and _UNAVAILABLE is None:
+            try:
+                _SAMPLER = _Sampler()
+            except (OSError, AttributeError, RuntimeError) as exc:
+                _UNAVAILABLE = str(exc)
+                log.warning("batched top-k unavailable, llama.cpp's own top-k is used: %s", exc)
     return _SAMPLER is not None
 
 

@@ -36,6 +36,7 @@ import llama_cpp
 import numpy as np
 from llama_cpp import _internals as internals
 
+from server.engine import graph_top_k
 from server.engine.host_sampling import HostPlan, HostSampler
 from server.engine.host_tail import HOST_TAIL_MIN_ROWS, TailPlan, finish, read_rows
 from server.engine.model import BatchedModel
@@ -338,6 +339,8 @@ class Engine:
         self._last_step_end: float | None = None
         self._pool_size = model.config.n_threads_sampling
         self._backend_sampling = model.config.backend_sampling
+        if self._backend_sampling:
+            graph_top_k.available()  # loads its callbacks now, not under the first request
         self._pool = (
             ThreadPoolExecutor(self._pool_size, thread_name_prefix="sampler") if self._pool_size > 1 else None
         )

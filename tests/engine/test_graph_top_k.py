@@ -12,7 +12,9 @@ ggml operations as on a GPU, so this pins its result; its speed is a GPU benchma
 from __future__ import annotations
 
 import ctypes
+import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import llama_cpp
@@ -203,3 +205,23 @@ def test_the_graph_keeps_the_k_largest_of_every_row(
         assert vals[r].tolist() == (-np.sort(-rows[r]))[:k].tolist(), r  # the k largest, in order
         assert len(set(ids[r].tolist())) == k  # distinct tokens
         assert rows[r, ids[r]].tolist() == vals[r].tolist()  # each value is its token's
+
+
+def test_threads_racing_to_load_the_sampler_get_one_set_of_callbacks(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The server builds chains on worker threads: requests arriving together once loaded two
+    sets of callbacks, and the first set, freed, crashed the server in llama.cpp's next graph
+    build (seen on the H200 with 16 conversations at once)."""
+    made: list[object] = []
+    real = graph_top_k._Sampler
+
+    class Slow(real):  # type: ignore[misc, valid-type]
+        def __init__(self) -> None:
+            time.sleep(0.05)  # widen the window two threads could both enter
+            super().__init__()
+            made.append(self)
+
+    monkeypatch.setattr(graph_top_k, "_Sampler", Slow)
+    monkeypatch.setattr(graph_top_k, "_SAMPLER", None)
+    with ThreadPoolExecutor(8) as pool:
+        assert all(pool.map(lambda _: graph_top_k.available(), range(8)))
+    assert len(made) == 1 and graph_top_k._SAMPLER is made[0]
