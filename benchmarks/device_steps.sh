@@ -24,6 +24,7 @@ THREADS=${THREADS:-8}
 VARIANTS=${VARIANTS:-raw,engine-batched,engine-graph,engine-host,engine-llama}  # none: HTTP only
 STEPS_ARGS=${STEPS_ARGS:-}   # more engine_steps arguments, e.g. --kv-unified
 HTTP_ARGS=${HTTP_ARGS:-}     # more benchmarks.run arguments, e.g. --ours-backend-sampling on
+TOPK_BLOCKS=${TOPK_BLOCKS:-} # e.g. "256 512": engine-batched again with other graph top-k block sizes
 DEADLINE_S=${DEADLINE_S:-570}
 mkdir -p "$OUT"
 exec > >(tee -a "$OUT/device.log") 2>&1
@@ -61,6 +62,12 @@ for shape in $SHAPES; do
         --levels "$LEVELS" --prompt "$PROMPT" --gen "$GEN" --n-ctx "$CTX" --threads "$THREADS" \
         --variants "$VARIANTS" --out "$OUT/steps-$shape.json" $STEPS_ARGS
     stamp "engine_steps exit $?"
+    for b in $TOPK_BLOCKS; do  # graph_top_k.BLOCK sweep: engine-batched only, logs in server-logs.tgz
+        mkdir -p /tmp/sb-run
+        timeout -k 10 "$(($(left) / 4))" python3 -m benchmarks.engine_steps --model "$f" --label "$label, top-k blocks of $b" \
+            --gpu --levels "$LEVELS" --prompt "$PROMPT" --gen "$GEN" --n-ctx "$CTX" --threads "$THREADS" \
+            --variants engine-batched --top-k-block "$b" --out "/tmp/sb-run/steps-$shape-block$b.json"
+    done
     fi
     [ "$HTTP_LEVELS" = none ] && continue
     stamp "$shape: HTTP concurrency $HTTP_LEVELS"

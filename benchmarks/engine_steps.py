@@ -133,7 +133,7 @@ def engine_run(
                     prompt=_prompt(model, prompt, seed=k), max_tokens=gen, sink=done.sink,
                 )
             )  # fmt: skip
-        before = engine.stats.summary()
+        before, built = engine.stats.summary(), graph_top_k.counts()["matrices"]
         start = time.perf_counter()
         for g in gens:
             engine.submit(g)
@@ -156,6 +156,11 @@ def engine_run(
         "all_steps_ms": after["ms_per_step"],
         "steps": after["steps"] - before["steps"],
         "backend_sampled": after["backend_sampled"],
+        "tail_rows": after["tail_rows"],
+        # Graph builds with the batched top-k: llama.cpp reuses a graph while a step's shape
+        # and samplers stay the same, so far fewer than steps means the Python callbacks that
+        # build it are not a per-step cost.
+        "top_k_graph_builds": graph_top_k.counts()["matrices"] - built,
     }
 
 
