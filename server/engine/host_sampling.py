@@ -1,5 +1,5 @@
 """Top-k (or greedy) over a whole step's rows of logits at once with numpy, then llama.cpp's own
-sampler chain on the k survivors: the batched engine's default way to sample.
+sampler chain on the k survivors: the batched engine's opt-in way to sample on the CPU (`host_top_k`).
 
 Why not llama.cpp alone: measured on an H200 (issue 16, BENCHMARKS.md), llama.cpp's top-k costs
 about 0.9 ms per row on the CPU (it builds and partially sorts all 128k candidates of a Llama-3
