@@ -24,7 +24,7 @@ THREADS=${THREADS:-8}
 VARIANTS=${VARIANTS:-raw,engine-batched,engine-graph,engine-host,engine-llama}  # none: HTTP only
 STEPS_ARGS=${STEPS_ARGS:-}   # more engine_steps arguments, e.g. --kv-unified
 HTTP_ARGS=${HTTP_ARGS:-}     # more benchmarks.run arguments, e.g. --ours-backend-sampling on
-TOPK_BLOCKS=${TOPK_BLOCKS:-} # e.g. "256 512": engine-batched again with other graph top-k block sizes
+TOPK_BLOCKS=${TOPK_BLOCKS:-} # e.g. "1024:0 512:256": engine-batched again with other graph_top_k BLOCK:PRESELECT
 DEADLINE_S=${DEADLINE_S:-570}
 mkdir -p "$OUT"
 exec > >(tee -a "$OUT/device.log") 2>&1
@@ -62,11 +62,13 @@ for shape in $SHAPES; do
         --levels "$LEVELS" --prompt "$PROMPT" --gen "$GEN" --n-ctx "$CTX" --threads "$THREADS" \
         --variants "$VARIANTS" --out "$OUT/steps-$shape.json" $STEPS_ARGS
     stamp "engine_steps exit $?"
-    for b in $TOPK_BLOCKS; do  # graph_top_k.BLOCK sweep: engine-batched only, logs in server-logs.tgz
+    for spec in $TOPK_BLOCKS; do  # graph_top_k sweep (BLOCK:PRESELECT): engine-batched only, logs in server-logs.tgz
+        b=${spec%%:*} p=${spec#*:}
         mkdir -p /tmp/sb-run
-        timeout -k 10 "$(($(left) / 4))" python3 -m benchmarks.engine_steps --model "$f" --label "$label, top-k blocks of $b" \
-            --gpu --levels "$LEVELS" --prompt "$PROMPT" --gen "$GEN" --n-ctx "$CTX" --threads "$THREADS" \
-            --variants engine-batched --top-k-block "$b" --out "/tmp/sb-run/steps-$shape-block$b.json"
+        timeout -k 10 "$(($(left) / 4))" python3 -m benchmarks.engine_steps --model "$f" \
+            --label "$label, top-k blocks of $b, preselect $p" --gpu --levels "$LEVELS" --prompt "$PROMPT" --gen "$GEN" \
+            --n-ctx "$CTX" --threads "$THREADS" --variants engine-batched --top-k-block "$b" --top-k-preselect "$p" \
+            --out "/tmp/sb-run/steps-$shape-block$b-pre$p.json"
     done
     fi
     [ "$HTTP_LEVELS" = none ] && continue

@@ -198,6 +198,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--kv-unified", action="store_true", help="one KV pool for all slots")
     ap.add_argument("--variants", default="raw,engine-batched,engine-graph,engine-host,engine-llama")
     ap.add_argument("--top-k-block", type=int, default=None, help="graph_top_k.BLOCK (values per block sort)")
+    ap.add_argument("--top-k-preselect", type=int, default=None, help="graph_top_k.PRESELECT (0: off)")
     ap.add_argument("--eog-bias", action="store_true", help="ban end-of-generation tokens (real weights)")
     ap.add_argument("--out", type=Path, default=None, help="JSON file (default: stdout)")
     args = ap.parse_args(argv)
@@ -206,6 +207,8 @@ def main(argv: list[str] | None = None) -> int:
     variants = args.variants.split(",")
     if args.top_k_block:
         graph_top_k.BLOCK = args.top_k_block
+    if args.top_k_preselect is not None:
+        graph_top_k.PRESELECT = args.top_k_preselect
     with tempfile.TemporaryDirectory() as tmp:
         config = load_config(write_config(Path(tmp) / "c.json", args.model, args, max(levels)))
         t0 = time.perf_counter()

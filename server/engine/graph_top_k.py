@@ -33,6 +33,7 @@ import llama_cpp
 log = logging.getLogger(__name__)
 
 BLOCK = 1024  # values a block sort holds: ggml-cuda sorts up to 1,024 values per block in shared memory
+PRESELECT = 256  # block size of the first pass (`_preselect`); 0: sort every block of the row
 MAX_K = BLOCK // 4  # past this, the rounds shrink a row too slowly: llama.cpp's own top-k then
 
 GGML_TYPE_F32 = 0
@@ -93,6 +94,8 @@ class _Ggml:
             "ggml_cast": (vp, [vp, vp, ci]),
             "ggml_arange": (vp, [vp, cf, cf, cf]),
             "ggml_add": (vp, [vp, vp, vp]),
+            "ggml_scale": (vp, [vp, vp, cf]),
+            "ggml_argmax": (vp, [vp, vp]),
             "ggml_concat": (vp, [vp, vp, vp, ci]),
             "ggml_repeat": (vp, [vp, vp, vp]),
         }
@@ -146,11 +149,49 @@ def _level(g: _Ggml, ctx: int, vals: int, ids: int | None, k: int) -> tuple[int,
     return int(new_vals), int(new_ids)
 
 
+def _preselect(g: _Ggml, ctx: int, logits: int, k: int, size: int) -> tuple[int, int]:
+    """The k blocks of `size` values with the largest maxima in every row of `logits` [V, R],
+    gathered with the values past the last whole block, and their token ids (floats): [L, R]
+    each, L = k * size + the rest. Every one of a row's k largest values is in there: a value
+    whose block is left out has k block maxima at least as large above it. Finding the blocks
+    reads the row once (argmax per block), so the sorts that follow see k * size values per row
+    instead of all of them."""
+    t = _tensor(logits)
+    length, rows = t.ne[0], t.ne[1]
+    blocks, rest = divmod(length, size)
+    whole = blocks * size
+    if rest == 0:
+        main = int(g.reshape_3d(ctx, logits, size, blocks, rows))
+    else:
+        main = int(g.cont(ctx, g.view_3d(ctx, logits, size, blocks, rows, size * 4, t.nb[1], 0)))
+    flat = g.reshape_2d(ctx, main, size, blocks * rows)
+    at = g.reshape_2d(ctx, g.argmax(ctx, flat), 1, blocks * rows)
+    maxima = g.reshape_2d(
+        ctx, g.get_rows(ctx, g.reshape_3d(ctx, main, 1, size, blocks * rows), at), blocks, rows
+    )
+    order = g.argsort(ctx, maxima, GGML_SORT_ORDER_DESC)
+    chosen = g.cont(ctx, g.view_2d(ctx, order, k, rows, _tensor(order).nb[1], 0))  # [k, R] block numbers
+    vals = g.reshape_2d(ctx, g.get_rows(ctx, main, chosen), size * k, rows)  # [size, k, R] -> [size * k, R]
+    starts = g.reshape_3d(ctx, g.scale(ctx, g.cast(ctx, chosen, GGML_TYPE_F32), float(size)), 1, k, rows)
+    column = g.reshape_3d(ctx, g.arange(ctx, 0.0, float(size), 1.0), size, 1, 1)
+    shape = g.reshape_3d(ctx, vals, size, k, rows)
+    ids = g.reshape_2d(ctx, g.add(ctx, g.repeat(ctx, column, shape), starts), size * k, rows)
+    if rest:
+        tail = g.cont(ctx, g.view_2d(ctx, logits, rest, rows, t.nb[1], whole * 4))
+        vals = g.concat(ctx, vals, tail, 0)
+        tail_column = g.reshape_2d(ctx, g.arange(ctx, float(whole), float(length), 1.0), rest, 1)
+        ids = g.concat(ctx, ids, g.repeat(ctx, tail_column, tail), 0)
+    return int(vals), int(ids)
+
+
 def build_top_k(g: _Ggml, ctx: int, logits: int, k: int) -> tuple[int, int]:
     """The k largest values of every row of `logits` [V, R] (float, contiguous), largest first:
     (token ids as int32 [k, R], values [k, R])."""
-    vals, ids = logits, None
+    vals: int = logits
+    ids: int | None = None
     k = min(k, _tensor(logits).ne[0])
+    if PRESELECT and _tensor(logits).ne[0] // PRESELECT > 2 * k:
+        vals, ids = _preselect(g, ctx, logits, k, PRESELECT)
     while _tensor(vals).ne[0] > BLOCK:
         vals, ids = _level(g, ctx, vals, ids, k)
     t = _tensor(vals)

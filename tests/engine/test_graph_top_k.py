@@ -174,6 +174,7 @@ def graph_top_k_on_cpu(rows: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray
         lib.ggml_free(ctx)
 
 
+@pytest.mark.parametrize("preselect", [256, 0], ids=["preselect", "sort-all"])
 @pytest.mark.parametrize(
     ("vocab", "block", "k"),
     [
@@ -184,15 +185,17 @@ def graph_top_k_on_cpu(rows: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray
         (49_152, 1024, 1),
         (128_256, 1024, 256),  # MAX_K
         (700, 1024, 40),  # one block: a single sort
+        (50_000, 1024, 40),  # values past the last block of the first pass (`PRESELECT`)
     ],
 )
 def test_the_graph_keeps_the_k_largest_of_every_row(
-    vocab: int, block: int, k: int, monkeypatch: pytest.MonkeyPatch
+    vocab: int, block: int, k: int, preselect: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Exactly the k largest values of each row, largest first, each with its own token id;
     ties (their order is not fixed, as in llama.cpp's top-k), banned tokens and large values at
     the very end of the row included."""
     monkeypatch.setattr(graph_top_k, "BLOCK", block)
+    monkeypatch.setattr(graph_top_k, "PRESELECT", preselect)
     rng = np.random.default_rng(vocab + block + k)
     rows = (rng.standard_normal((6, vocab)) * 3).astype(np.float32)
     rows[1, -5:] = 100.0  # the largest values past the last whole block
