@@ -33,7 +33,10 @@ import llama_cpp
 log = logging.getLogger(__name__)
 
 BLOCK = 1024  # values a block sort holds: ggml-cuda sorts up to 1,024 values per block in shared memory
-PRESELECT = 256  # block size of the first pass (`_preselect`); 0: sort every block of the row
+# Block size of the first pass (`_preselect`); 0: sort every block of the row. Off until measured
+# on a GPU: exact (tests/engine/test_graph_top_k.py), but the H200 runs so far sorted every block
+# (BENCHMARKS.md, issue 16); `TOPK_BLOCKS="1024:256"` in benchmarks/device_steps.sh measures it.
+PRESELECT = 0
 MAX_K = BLOCK // 4  # past this, the rounds shrink a row too slowly: llama.cpp's own top-k then
 
 GGML_TYPE_F32 = 0
@@ -190,7 +193,7 @@ def build_top_k(g: _Ggml, ctx: int, logits: int, k: int) -> tuple[int, int]:
     vals: int = logits
     ids: int | None = None
     k = min(k, _tensor(logits).ne[0])
-    if PRESELECT and _tensor(logits).ne[0] // PRESELECT > 2 * k:
+    if PRESELECT and _tensor(logits).ne[0] // PRESELECT > 2 * k:  # few blocks: nothing to gain
         vals, ids = _preselect(g, ctx, logits, k, PRESELECT)
     while _tensor(vals).ne[0] > BLOCK:
         vals, ids = _level(g, ctx, vals, ids, k)
