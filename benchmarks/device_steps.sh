@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Issue 16 on the lent GPU machine, in ONE call: per shape, (1) llama.cpp's batched limit
 # (llama-batched-bench), (2) our engine in-process with no HTTP (benchmarks/engine_steps.py: raw
-# decode on our context, the engine with the split graph chain, the engine sampling on the CPU),
+# decode on our context, the engine with its batched graph top-k, with llama.cpp's top-k in the
+# graph, the engine sampling on the CPU),
 # (3) the HTTP servers (ours batched vs native llama-server -np N, benchmarks.run concurrency).
 # All at LEVELS sequences, PROMPT prompt tokens and GEN generated tokens per sequence, CTX tokens
 # of context per slot, flash attention, full offload, THREADS threads.
@@ -9,6 +10,9 @@
 #   `make bench-gpu` (prepares .device/ with the CUDA bundle and llama-batched-bench, and .whl/), then
 #   run(command='STORYBENCH_COMMIT=<rev> bash benchmarks/device_steps.sh', carry=['.device', '.whl'],
 #       timeout_s=600, kind='nvidia-h200')
+# Long stories (the issue's goal 3), both shapes in one call (~450 s), with their batched-bench:
+#   VARIANTS=none HTTP_LEVELS=16 CTX=8192 GEN=400 DEEP_NPP=7000 HTTP_ARGS="--benchmarks
+#   multiturn_concurrency --turns 12 --multiturn-max-tokens 400 --turn-tokens 200"
 # Results in $OUT: steps-<shape>.json, batched-bench-<shape>.txt, http-<shape>.json, device.log.
 # `python -m benchmarks.steps_report <files_at>` prints the tables BENCHMARKS.md records.
 set -uo pipefail
@@ -24,6 +28,7 @@ THREADS=${THREADS:-8}
 VARIANTS=${VARIANTS:-raw,engine-batched,engine-graph,engine-host,engine-llama}  # none: HTTP only
 STEPS_ARGS=${STEPS_ARGS:-}   # more engine_steps arguments, e.g. --kv-unified
 HTTP_ARGS=${HTTP_ARGS:-}     # more benchmarks.run arguments, e.g. --ours-backend-sampling on
+DEEP_NPP=${DEEP_NPP:-}       # e.g. 7000: batched-bench at 16 sequences of that depth (long stories' goal)
 TOPK_BLOCKS=${TOPK_BLOCKS:-} # e.g. "1024:0 512:256": engine-batched again with other graph_top_k BLOCK:PRESELECT
 DEADLINE_S=${DEADLINE_S:-570}
 mkdir -p "$OUT"
@@ -70,6 +75,12 @@ for shape in $SHAPES; do
             --n-ctx "$CTX" --threads "$THREADS" --variants engine-batched --top-k-block "$b" --top-k-preselect "$p" \
             --out "/tmp/sb-run/steps-$shape-block$b-pre$p.json"
     done
+    fi
+    if [ -n "$DEEP_NPP" ]; then  # the long-story reference: batched-bench at a story's final depth
+        stamp "$shape: llama-batched-bench at depth $DEEP_NPP"
+        timeout -k 10 "$(($(left) / 4))" llama-batched-bench -m "$f" -ngl 99 -fa on -c $((CTX * 16)) -b 512 -ub 512 \
+            -t "$THREADS" -npp "$DEEP_NPP" -ntg "$GEN" -npl 16 > "$OUT/batched-bench-deep-$shape.txt" 2>&1
+        stamp "deep batched-bench exit $?"; grep '^|' "$OUT/batched-bench-deep-$shape.txt"
     fi
     [ "$HTTP_LEVELS" = none ] && continue
     stamp "$shape: HTTP concurrency $HTTP_LEVELS"
