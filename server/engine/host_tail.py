@@ -65,6 +65,7 @@ class Mt19937Uniforms:
 class TailPlan:
     """One request's chain after top-k, as `sampling.build_chains` orders it."""
 
+    top_k: int  # how many candidates the graph leaves (rows are read by it)
     top_p: float
     min_p: float
     temperature: float
@@ -142,7 +143,8 @@ def read_rows(
     first, last = batch_rows[0], batch_rows[-1]
     base_l = _address(llama_cpp.llama_get_sampled_logits_ith(ctx, first))
     base_c = _address(llama_cpp.llama_get_sampled_candidates_ith(ctx, first))
-    if not base_l or not base_c or llama_cpp.llama_get_sampled_logits_count_ith(ctx, first) != k:
+    counts = {llama_cpp.llama_get_sampled_logits_count_ith(ctx, i) for i in (first, last)}
+    if not base_l or not base_c or counts != {k}:
         return None
     span = out_rows[-1] - out_rows[0]
     if span:

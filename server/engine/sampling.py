@@ -148,7 +148,7 @@ def build_chains(
             tail.add_dist(seed)
             key = (*head, "top_k", p.top_k, batched)
             if batched and host_tail:
-                tail_plan = TailPlan(p.top_p, p.min_p, p.temperature, seed)
+                tail_plan = TailPlan(min(p.top_k, n_vocab), p.top_p, p.min_p, p.temperature, seed)
         else:
             graph.add_top_p(p.top_p, 1)
             graph.add_min_p(p.min_p, 1)

@@ -593,11 +593,12 @@ class Engine:
             map_ = self._pool.map if self._pool is not None and len(host) > 1 else map
             for n, token in zip(host, self._host.sample(logits, rows, map_, self._pool_size), strict=True):
                 tokens[n] = token
-        finished = [
-            n for n, g in enumerate(gens) if g is not None and g.tail and outputs[n][0].attached is not None
-        ]
-        if finished:
-            for n, token in zip(finished, self._finish_tails(outputs, gens, finished), strict=True):
+        by_k: dict[int, list[int]] = {}  # rows whose graph left k candidates, by k
+        for n, g in enumerate(gens):
+            if g is not None and g.tail is not None and outputs[n][0].attached is not None:
+                by_k.setdefault(g.tail.top_k, []).append(n)
+        for k, finished in by_k.items():
+            for n, token in zip(finished, self._finish_tails(outputs, gens, finished, k), strict=True):
                 tokens[n] = token
         rest = [n for n in range(len(outputs)) if tokens[n] == -1]
         chains = {n: (g.sampler.sampler, outputs[n][1]) for n in rest if (g := gens[n]) is not None}
@@ -623,12 +624,11 @@ class Engine:
         return tokens
 
     def _finish_tails(
-        self, outputs: list[tuple[Slot, int]], gens: list[Generation | None], rows: list[int]
+        self, outputs: list[tuple[Slot, int]], gens: list[Generation | None], rows: list[int], k: int
     ) -> list[int]:
-        """Finish the rows whose top-k ran batched in the graph, all at once (`host_tail`); -1 for
-        every row (llama.cpp's chain then) when llama.cpp's buffers are not laid out as expected."""
+        """Finish the rows whose graph kept k candidates, all at once (`host_tail`); -1 for every
+        row (llama.cpp's chain then) when llama.cpp's buffers are not laid out as expected."""
         plans = [g.tail for n in rows if (g := gens[n]) is not None and g.tail is not None]
-        k = llama_cpp.llama_get_sampled_logits_count_ith(self.model.ctx, outputs[rows[0]][1])
         read = read_rows(self.model.ctx, [outputs[n][1] for n in rows], rows, self.model.n_vocab, k)
         if read is None or len(plans) != len(rows):
             self.stats.tail_fallbacks += 1

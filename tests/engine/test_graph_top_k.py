@@ -68,7 +68,7 @@ def test_the_tail_draws_what_llama_cpps_chain_draws(k: int) -> None:
     """200 steps of 5 rows with different settings: every token equal, so the per-request
     generators stay in step with llama.cpp's `std::mt19937` draw after draw."""
     rng = np.random.default_rng(k)
-    plans = [TailPlan(p, m, t, seed=100 + i) for i, (p, m, t) in enumerate(PARAMS)]
+    plans = [TailPlan(k, p, m, t, seed=100 + i) for i, (p, m, t) in enumerate(PARAMS)]
     chains = [llama_tail(p, m, t, 100 + i) for i, (p, m, t) in enumerate(PARAMS)]
     try:
         for _ in range(200):
@@ -88,7 +88,8 @@ def test_the_tail_draws_what_llama_cpps_chain_draws(k: int) -> None:
 
 def job_params(i: int) -> SamplingParams:
     top_p, min_p, temp = PARAMS[i % len(PARAMS)]
-    return SamplingParams(temperature=temp, top_k=40, top_p=top_p, min_p=min_p, seed=7 + i)
+    top_k = (40, 20)[i % 2]  # rows of one step with different k
+    return SamplingParams(temperature=temp, top_k=top_k, top_p=top_p, min_p=min_p, seed=7 + i)
 
 
 @pytest.fixture(scope="module")
