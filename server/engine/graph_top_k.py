@@ -219,12 +219,14 @@ class _Sampler:
         if size != ctypes.sizeof(GgmlTensor):
             ours = ctypes.sizeof(GgmlTensor)
             raise RuntimeError(f"ggml_tensor is {size} bytes in this libggml, {ours} here")
-        # Per graph being built: (ggml context, logits matrix, k) -> (ids, values).
-        self.built: dict[tuple[int, int, int], tuple[int, int]] = {}
-        self.cpu: dict[int, Any] = {}  # k -> llama.cpp's top-k, for a chain run on the CPU
+        # Per engine thread, per graph being built: (ggml context, logits matrix, k) -> (ids, values).
+        self._local = threading.local()
+        self._native: dict[int, Any] = {}  # k -> llama.cpp's own top-k: the CPU path and the fallback
+        self._native_lock = threading.Lock()
         # Graphs built: top-k over the step's matrix of rows, and over a lone row.
         self.matrices = 0
         self.lone_rows = 0
+        self.fallbacks = 0  # rows handed to llama.cpp's top-k after an error
         self._name = ctypes.create_string_buffer(b"storybench-top-k")
         lc = llama_cpp.llama_cpp
         # ctypes callbacks cannot return a char or struct pointer: these two return void pointers.
@@ -253,21 +255,36 @@ class _Sampler:
     def _clone(self, smpl: Any) -> int | None:
         return ctypes.cast(self.new(self._k(smpl)), ctypes.c_void_p).value
 
+    @property
+    def built(self) -> dict[tuple[int, int, int], tuple[int, int]]:
+        local = self._local.__dict__
+        return local.setdefault("built", {})  # type: ignore[no-any-return]
+
+    def native(self, k: int) -> Any:
+        """llama.cpp's own top-k sampler for k (kept: it has no state)."""
+        with self._native_lock:
+            smpl = self._native.get(k)
+            if smpl is None:
+                smpl = self._native[k] = llama_cpp.llama_sampler_init_top_k(k)
+            return smpl
+
     def _apply(self, smpl: Any, cur_p: Any) -> None:
-        k = self._k(smpl)
-        inner = self.cpu.get(k)
-        if inner is None:
-            inner = self.cpu[k] = llama_cpp.llama_sampler_init_top_k(k)
-        llama_cpp.llama_sampler_apply(inner, cur_p)
+        llama_cpp.llama_sampler_apply(self.native(self._k(smpl)), cur_p)
 
     def _backend_reset(self, _smpl: Any) -> None:
         self.built.clear()
 
-    def _backend_apply(self, smpl: Any, ctx: int, _gf: int, data: Any) -> None:
+    def _backend_apply(self, smpl: Any, ctx: int, gf: int, data: Any) -> None:
+        k, fields = self._k(smpl), data.contents
+        before = (fields.logits, fields.candidates)
         try:
-            self._build(self._k(smpl), int(ctx), data.contents)
-        except Exception:  # an exception cannot cross into C: log it and leave the row as it was
-            log.exception("batched top-k: building the graph failed")
+            self._build(k, int(ctx), fields)
+        except Exception:  # an exception cannot cross into C: llama.cpp's own top-k for this row
+            log.exception("batched top-k: building the graph failed; llama.cpp's top-k instead")
+            self.fallbacks += 1
+            fields.logits, fields.candidates = before
+            native = self.native(k)
+            native.contents.iface.contents.backend_apply(native, ctx, gf, data)
 
     def _build(self, k: int, ctx: int, data: Any) -> None:
         g = self.ggml
@@ -324,11 +341,12 @@ def available() -> bool:
 
 
 def counts() -> dict[str, int]:
-    """Graphs built so far in this process: over a step's matrix of rows, and over lone rows
-    (llama.cpp's own probe of a new chain is one)."""
+    """Graphs built so far in this process: over a step's matrix of rows, over lone rows
+    (llama.cpp's own probe of a new chain is one), and rows given to llama.cpp's top-k after an
+    error."""
     if _SAMPLER is None:
-        return {"matrices": 0, "lone_rows": 0}
-    return {"matrices": _SAMPLER.matrices, "lone_rows": _SAMPLER.lone_rows}
+        return {"matrices": 0, "lone_rows": 0, "fallbacks": 0}
+    return {"matrices": _SAMPLER.matrices, "lone_rows": _SAMPLER.lone_rows, "fallbacks": _SAMPLER.fallbacks}
 
 
 def add_to(chain: Any, k: int) -> bool:

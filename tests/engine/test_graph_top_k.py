@@ -103,11 +103,13 @@ def four_slots(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Engine]:
     model.close()
 
 
-def run_jobs(engine: Engine, backend: bool, n: int = 4, tokens: int = 40) -> list[list[int]]:
+def run_jobs(
+    engine: Engine, backend: bool, n: int = 4, tokens: int = 40, batched: bool = True
+) -> list[list[int]]:
     jobs = []
     for i in range(n):
         params = job_params(i)
-        chains = build_chains(engine.model.model, params, backend)
+        chains = build_chains(engine.model.model, params, backend, batched_top_k=batched)
         jobs.append(Job(engine, PROMPTS[i], tokens, params, chains=chains))
     return [job.wait().gen.tokens for job in jobs]
 
@@ -229,3 +231,27 @@ def test_threads_racing_to_load_the_sampler_get_one_set_of_callbacks(monkeypatch
     with ThreadPoolExecutor(8) as pool:
         assert all(pool.map(lambda _: graph_top_k.available(), range(8)))
     assert len(made) == 1 and graph_top_k._SAMPLER is made[0]
+
+
+def test_a_graph_that_cannot_be_built_falls_back_to_llama_cpps_top_k(
+    tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An error while adding the batched top-k to a graph cannot cross into llama.cpp: the row
+    gets llama.cpp's own top-k in the graph instead, and the tokens that gives."""
+
+    def broken(*_args: object) -> tuple[int, int]:
+        raise RuntimeError("simulated")
+
+    monkeypatch.setattr(graph_top_k, "build_top_k", broken)
+    tmp = tmp_path_factory.mktemp("fallback")
+    entry = batched_entry(n_ctx=256, n_parallel=2, n_threads_sampling=1, backend_sampling=True)
+    model = BatchedModel(load_config(write_config(tmp / "c.json", [entry])).models[0])
+    engine = Engine(model)
+    try:
+        before = graph_top_k.counts()["fallbacks"]
+        ours = run_jobs(engine, backend=True, n=2, tokens=16)
+        assert graph_top_k.counts()["fallbacks"] > before
+        assert ours == run_jobs(engine, backend=True, n=2, tokens=16, batched=False)
+    finally:
+        engine.close()
+        model.close()
