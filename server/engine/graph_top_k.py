@@ -16,7 +16,8 @@ row's. The token ids travel beside the values as floats (exact below 2^24). The 
 llama.cpp's top-k leaves: the k largest logits of the row, largest first, with their token ids,
 so the tail of the chain (top-p, min-p, temperature, the draw) runs on the CPU unchanged. Rows
 whose logits were changed first (a logit bias or penalties in the graph) are not views of the
-matrix; this sampler then runs the same top-k on that row alone.
+matrix; this sampler then runs the same top-k on that row alone. Should building the graph fail
+(a Python exception cannot cross into llama.cpp), the row gets llama.cpp's own top-k instead.
 """
 
 from __future__ import annotations
