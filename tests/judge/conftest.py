@@ -18,9 +18,8 @@ from click.testing import CliRunner, Result
 from evaluator.judge.cli import judge_command
 from evaluator.records import EvaluationRecord, ResponseRecord, RunRecord, config_hash, experiment_key
 from evaluator.store import Store
-from evaluator.store.connect import URI_ENV
-from evaluator.store.embedded import DATA_DIR_ENV
 from tests.support.documents import make_response, replaced
+from tests.support.isolation import _no_user_database  # noqa: F401  (autouse fixture)
 from tests.support.memory_store import memory_store as memory_store_of
 from tests.support.sse import sse
 
@@ -36,13 +35,6 @@ TURNS = [
     ("door", "The key opens a door in the lamp room."),
     ("ballad", "Retell the story as a ballad."),
 ]
-
-
-@pytest.fixture(autouse=True)
-def _no_user_database(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    """Never touch the developer's database: no env URI, data dir under tmp_path."""
-    monkeypatch.delenv(URI_ENV, raising=False)
-    monkeypatch.setenv(DATA_DIR_ENV, str(tmp_path / "default-data-dir"))
 
 
 def response(

@@ -17,19 +17,12 @@ from click.testing import CliRunner, Result
 from evaluator.cli import cli
 from evaluator.records import EvaluationRecord, ResponseRecord, RunRecord, config_hash, experiment_key
 from evaluator.store import Store
-from evaluator.store.connect import URI_ENV
-from evaluator.store.embedded import DATA_DIR_ENV
 from tests.support.documents import T0, make_pairwise, make_response, replaced
+from tests.support.isolation import _no_user_database  # noqa: F401  (autouse fixture)
 from tests.support.memory_store import MEMORY_URI
 from tests.support.sim_judge import SimJudge
 
 SYSTEM = "You are a novelist."
-
-
-@pytest.fixture(autouse=True)
-def _no_user_database(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    monkeypatch.delenv(URI_ENV, raising=False)
-    monkeypatch.setenv(DATA_DIR_ENV, str(tmp_path / "default-data-dir"))
 
 
 class Shared:

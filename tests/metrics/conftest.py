@@ -3,17 +3,14 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 from click.testing import CliRunner, Result
 
 from evaluator.metrics.cli import metrics_command
 from evaluator.records import TextMetrics
 from evaluator.store import Store
-from evaluator.store.connect import URI_ENV
-from evaluator.store.embedded import DATA_DIR_ENV
 from tests.support.documents import make_response, make_run, replaced
+from tests.support.isolation import _no_user_database  # noqa: F401  (autouse fixture)
 from tests.support.memory_store import memory_store as memory_store_of
 
 EARLIER = "The keeper climbs the stairs at dusk."
@@ -46,13 +43,6 @@ def seed(store: Store) -> None:
         replaced(make_response(1, run_index=1, outcome="empty", text=""), finish_reason="stop")
     )
     store.save_response(make_response(0, exp_key=OTHER_EXP, text=EARLIER))
-
-
-@pytest.fixture(autouse=True)
-def _no_user_database(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    """Never touch the developer's database: no env URI, data dir under tmp_path."""
-    monkeypatch.delenv(URI_ENV, raising=False)
-    monkeypatch.setenv(DATA_DIR_ENV, str(tmp_path / "default-data-dir"))
 
 
 @pytest.fixture

@@ -23,10 +23,11 @@ import pytest
 from pymongo import MongoClient
 
 from evaluator.records import RunRecord
-from evaluator.store import Store, open_store, read_document
+from evaluator.store import Store, read_document
 from evaluator.store.connect import URI_ENV
-from evaluator.store.embedded import DATA_DIR_ENV, EmbeddedServer, running_server
+from evaluator.store.embedded import EmbeddedServer, running_server
 from tests.reliability.standin import StandIn
+from tests.support.isolation import _no_user_database, store_on  # noqa: F401  (autouse fixture)
 from tests.support.servers import REPO
 
 _FIGURES: dict[str, Any] = {}
@@ -55,12 +56,6 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
     FIGURES_FILE.write_text(json.dumps({**old, **_FIGURES}, indent=2, sort_keys=True) + "\n")
 
 
-@pytest.fixture(autouse=True)
-def _no_user_database(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    monkeypatch.delenv(URI_ENV, raising=False)
-    monkeypatch.setenv(DATA_DIR_ENV, str(tmp_path / "default-data-dir"))
-
-
 @pytest.fixture(scope="session")
 def mongo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedServer]:
     """One embedded nx-27017 for the session's in-process tests."""
@@ -76,10 +71,8 @@ def db_name() -> str:
 @pytest.fixture
 def store(mongo: EmbeddedServer, db_name: str) -> Iterator[Store]:
     """A Store on a database of its own, dropped afterwards."""
-    with open_store(mongo.uri, db_name=db_name) as s:
-        s.ensure_indexes()
+    with store_on(mongo.uri, db_name) as s:
         yield s
-        s.client.drop_database(db_name)
 
 
 @pytest.fixture

@@ -16,10 +16,10 @@ from pymongo import MongoClient
 from pymongo.database import Database
 
 from evaluator.records import EvaluationRecord, ResponseRecord, RunRecord
-from evaluator.store import Store, open_store
-from evaluator.store.connect import URI_ENV
-from evaluator.store.embedded import DATA_DIR_ENV, EmbeddedServer, running_server
+from evaluator.store import Store
+from evaluator.store.embedded import EmbeddedServer, running_server
 from tests.support.documents import T0, make_evaluation, make_response, make_run
+from tests.support.isolation import _no_user_database, store_on  # noqa: F401  (autouse fixture)
 from tests.support.memory_store import memory_store
 
 __all__ = ["T0", "make_evaluation", "make_response", "make_run"]  # re-exported for other folders
@@ -36,13 +36,6 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if here in Path(str(item.fspath)).parents:
             item.add_marker(pytest.mark.integration)  # they start nx-27017
-
-
-@pytest.fixture(autouse=True)
-def _no_user_database(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    """Never touch the developer's database: no env URI, data dir under tmp_path."""
-    monkeypatch.delenv(URI_ENV, raising=False)
-    monkeypatch.setenv(DATA_DIR_ENV, str(tmp_path / "default-data-dir"))
 
 
 @pytest.fixture(scope="session")
@@ -75,11 +68,8 @@ def store(backend: str, request: pytest.FixtureRequest) -> Iterator[Store]:
             yield s
         return
     mongo_uri = request.getfixturevalue("mongo_uri")
-    name = f"sbtest_{uuid.uuid4().hex[:12]}"
-    with open_store(mongo_uri, db_name=name) as s:
-        s.ensure_indexes()
+    with store_on(mongo_uri, f"sbtest_{uuid.uuid4().hex[:12]}") as s:
         yield s
-        s.client.drop_database(name)
 
 
 @pytest.fixture

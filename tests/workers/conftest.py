@@ -8,20 +8,13 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
-from evaluator.store import Store, open_store
-from evaluator.store.connect import URI_ENV
-from evaluator.store.embedded import DATA_DIR_ENV, EmbeddedServer, running_server
+from evaluator.store import Store
+from evaluator.store.embedded import EmbeddedServer, running_server
+from tests.support.isolation import _no_user_database, store_on  # noqa: F401  (autouse fixture)
 from tests.support.memory_store import memory_store
-
-
-@pytest.fixture(autouse=True)
-def _no_user_database(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    monkeypatch.delenv(URI_ENV, raising=False)
-    monkeypatch.setenv(DATA_DIR_ENV, str(tmp_path / "default-data-dir"))
 
 
 @pytest.fixture(scope="session")
@@ -44,7 +37,5 @@ def store(request: pytest.FixtureRequest, db_name: str) -> Iterator[Store]:
             yield s
         return
     server: EmbeddedServer = request.getfixturevalue("mongo")
-    with open_store(server.uri, db_name=db_name) as s:
-        s.ensure_indexes()
+    with store_on(server.uri, db_name) as s:
         yield s
-        s.client.drop_database(db_name)
