@@ -45,13 +45,16 @@ class Mt19937Uniforms:
     def __init__(self, seed: int) -> None:
         if seed == llama_cpp.LLAMA_DEFAULT_SEED:  # llama.cpp then seeds from the system
             seed = secrets.randbits(32)
-        # RandomState(int) seeds MT19937 with init_genrand, as std::mt19937(seed) does.
-        self._bits = np.random.RandomState(seed & 0xFFFFFFFF)._bit_generator
+        self._seed = seed & 0xFFFFFFFF
+        self._bits: Any = None  # made at the first draw: most generations never draw here
         self._block = np.empty(0)
         self._next = 0
 
     def next(self) -> float:
         if self._next == len(self._block):
+            if self._bits is None:
+                # RandomState(int) seeds MT19937 with init_genrand, as std::mt19937(seed) does.
+                self._bits = np.random.RandomState(self._seed)._bit_generator
             raw = self._bits.random_raw(2 * self.BLOCK).astype(np.float64)
             u = (raw[0::2] + raw[1::2] * _TWO_32) / _TWO_64
             self._block = np.minimum(u, _BELOW_ONE)
