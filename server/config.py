@@ -107,6 +107,11 @@ class LocalModelEntry(BaseModel):
     n_threads_sampling: int | None = Field(None, ge=1, le=64)
     backend_sampling: bool | None = None
     host_top_k: bool = False
+    graph_tail: bool = False
+
+
+# Entry fields only the batched engine reads.
+ENGINE_ONLY = ("kv_unified", "kv_pool", "n_threads_sampling", "backend_sampling", "host_top_k", "graph_tail")
 
 
 class ConfigFile(BaseModel):
@@ -389,7 +394,7 @@ def _semantic_problems(cfg: ConfigFile) -> list[str]:
                 f'{where}, field "kv_pool": {m.kv_pool} cells cannot hold one conversation at full '
                 f"length (n_ctx {m.n_ctx}); set kv_pool >= n_ctx"
             )
-        for name in ("kv_unified", "kv_pool", "n_threads_sampling", "backend_sampling", "host_top_k"):
+        for name in ENGINE_ONLY:
             if getattr(m, name) and m.engine != "batched":
                 problems.append(f'{where}, field "{name}": only used by "engine": "batched"')
         if m.engine == "batched" and (m.n_parallel or DEFAULT_PARALLEL) > m.n_batch:

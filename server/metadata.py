@@ -70,6 +70,7 @@ def model_entry(model: ModelConfig, current: str | None) -> dict[str, Any]:
         "n_threads_sampling": model.n_threads_sampling,
         "backend_sampling": model.backend_sampling,
         "host_top_k": model.entry.host_top_k,
+        "graph_tail": model.entry.graph_tail,
         "chat_format": e.chat_format,
         "chat_template_source": model.chat_template_source,
         "chat_template_sha256": model.chat_template_sha256,

@@ -21,6 +21,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import anyio
@@ -318,12 +319,13 @@ def build_router(host: EngineHost) -> APIRouter:
                 prepare, engine.model, kind, body, seeds[engine.model.name]
             )
             try:
+                entry = engine.model.config.entry
                 chains = await anyio.to_thread.run_sync(
-                    build_chains,
+                    partial(build_chains, in_graph_tail=entry.graph_tail),
                     engine.model.model,
                     prepared.sampling,
                     engine.model.config.backend_sampling,
-                    engine.model.config.entry.host_top_k,
+                    entry.host_top_k,
                 )
             except ValueError as exc:
                 raise RequestError(400, error_body(str(exc), code=None, param="grammar")) from None

@@ -103,11 +103,15 @@ class _Ggml:
             "ggml_concat": (vp, [vp, vp, vp, ci]),
             "ggml_repeat": (vp, [vp, vp, vp]),
         }
+        self.lib = lib
+        self.bind(signatures)
+
+    def bind(self, signatures: dict[str, tuple[Any, list[Any]]]) -> None:
+        """Make the named functions attributes, without their `ggml_` prefix."""
         for name, (res, args) in signatures.items():
-            fn = getattr(lib, name)
+            fn = getattr(self.lib, name)
             fn.restype, fn.argtypes = res, args
             setattr(self, name.removeprefix("ggml_"), fn)
-        self.lib = lib
 
     def __getattr__(self, name: str) -> Any:  # for mypy: the functions are set in __init__
         raise AttributeError(name)
@@ -188,9 +192,9 @@ def _preselect(g: _Ggml, ctx: int, logits: int, k: int, size: int) -> tuple[int,
     return int(vals), int(ids)
 
 
-def build_top_k(g: _Ggml, ctx: int, logits: int, k: int) -> tuple[int, int]:
+def build_top_k(g: _Ggml, ctx: int, logits: int, k: int, float_ids: bool = False) -> tuple[int, int]:
     """The k largest values of every row of `logits` [V, R] (float, contiguous), largest first:
-    (token ids as int32 [k, R], values [k, R])."""
+    (token ids as int32 [k, R], or as floats with `float_ids`, values [k, R])."""
     vals: int = logits
     ids: int | None = None
     k = min(k, _tensor(logits).ne[0])
@@ -204,10 +208,20 @@ def build_top_k(g: _Ggml, ctx: int, logits: int, k: int) -> tuple[int, int]:
     top = g.cont(ctx, g.view_2d(ctx, order, k, rows, _tensor(order).nb[1], 0))
     final_vals = g.reshape_2d(ctx, g.get_rows(ctx, g.reshape_3d(ctx, vals, 1, length, rows), top), k, rows)
     if ids is None:
-        return int(top), int(final_vals)
-    got = g.get_rows(ctx, g.reshape_3d(ctx, ids, 1, length, rows), top)
-    final_ids = g.cast(ctx, g.reshape_2d(ctx, got, k, rows), GGML_TYPE_I32)
-    return int(final_ids), int(final_vals)
+        return int(g.cast(ctx, top, GGML_TYPE_F32) if float_ids else top), int(final_vals)
+    got = g.reshape_2d(ctx, g.get_rows(ctx, g.reshape_3d(ctx, ids, 1, length, rows), top), k, rows)
+    return int(got if float_ids else g.cast(ctx, got, GGML_TYPE_I32)), int(final_vals)
+
+
+def top_k_of_row(g: _Ggml, ctx: int, data: Any, k: int) -> None:
+    """The batched top-k over one row that is not part of the step's matrix (`data.logits`)."""
+    assert _SAMPLER is not None
+    width = _tensor(int(data.logits)).ne[0]
+    ids, vals = build_top_k(g, ctx, int(g.reshape_2d(ctx, data.logits, width, 1)), k)
+    _SAMPLER.lone_rows += 1
+    n = min(k, width)
+    data.candidates = g.view_1d(ctx, ids, n, 0)
+    data.logits = g.view_1d(ctx, vals, n, 0)
 
 
 class _Sampler:
@@ -302,11 +316,7 @@ class _Sampler:
             or row.view_offs % matrix.nb[1] != 0
             or data.candidates
         ):  # not a row of the step's matrix: this row alone
-            ids, vals = build_top_k(g, ctx, int(g.reshape_2d(ctx, logits, width, 1)), k)
-            self.lone_rows += 1
-            n = min(k, width)
-            data.candidates = g.view_1d(ctx, ids, n, 0)
-            data.logits = g.view_1d(ctx, vals, n, 0)
+            top_k_of_row(g, ctx, data, k)
             return
         key = (ctx, parent, k)
         built = self.built.get(key)
@@ -339,6 +349,18 @@ def available() -> bool:
                 _UNAVAILABLE = str(exc)
                 log.warning("batched top-k unavailable, llama.cpp's own top-k is used: %s", exc)
     return _SAMPLER is not None
+
+
+def loaded_ggml() -> _Ggml:
+    """The ggml functions the sampler builds with (once `available()`), for `graph_tail`."""
+    assert _SAMPLER is not None
+    return _SAMPLER.ggml
+
+
+def native_top_k(k: int) -> Any:
+    """llama.cpp's own top-k sampler for k, kept (the CPU path and the fallback)."""
+    assert _SAMPLER is not None
+    return _SAMPLER.native(k)
 
 
 def counts() -> dict[str, int]:

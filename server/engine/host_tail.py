@@ -73,23 +73,31 @@ class TailPlan:
     min_p: float
     temperature: float
     seed: int
+    # The decode graph finishes the chain itself (`graph_tail`); the CPU only where it did not.
+    in_graph: bool = False
     rng: Mt19937Uniforms = field(init=False)
+    # With `in_graph`: this step's draw, taken before the decode, for the CPU should it finish.
+    uniform: float = 0.0
 
     def __post_init__(self) -> None:
         self.rng = Mt19937Uniforms(self.seed)
 
 
-def finish(ids: np.ndarray, logits: np.ndarray, plans: list[TailPlan]) -> list[int]:
+def finish(
+    ids: np.ndarray, logits: np.ndarray, plans: list[TailPlan], uniforms: list[float] | None = None
+) -> list[int]:
     """The token of every row: `ids` and `logits` are (rows, k), each row its k candidates
     largest logit first, as the graph's top-k leaves them (llama.cpp's top-p sorts them so, and
-    its other samplers keep the order)."""
+    its other samplers keep the order). `uniforms`: the rows' draws, already taken from their
+    plans' generators (`graph_tail` stages them before the decode); by default drawn here."""
     m, k = logits.shape
     if m == 0:
         return []
     top_p = np.fromiter((p.top_p for p in plans), np.float32, m)
     min_p = np.fromiter((p.min_p for p in plans), np.float32, m)
     temp = np.fromiter((p.temperature for p in plans), np.float32, m)
-    u = np.fromiter((p.rng.next() for p in plans), np.float64, m)
+    draws = uniforms if uniforms is not None else (p.rng.next() for p in plans)
+    u = np.fromiter(draws, np.float64, m)
     cols = np.arange(k)
     keep = np.full(m, k)
     # top-p: softmax in float32 (sum accumulated in order), then the shortest prefix reaching p.

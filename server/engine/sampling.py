@@ -18,7 +18,7 @@ import llama_cpp
 from llama_cpp import _internals as internals
 from llama_cpp.llama_grammar import LlamaGrammar
 
-from server.engine import graph_top_k
+from server.engine import graph_tail, graph_top_k
 from server.engine.host_sampling import HostPlan, make_plan, tail_chain
 from server.engine.host_tail import TailPlan
 
@@ -96,6 +96,7 @@ def build_chains(
     host: bool = False,
     batched_top_k: bool = True,
     host_tail: bool = True,
+    in_graph_tail: bool = False,
 ) -> Chains:
     """The chains for one request (the caller closes them).
 
@@ -111,7 +112,8 @@ def build_chains(
     per sequence, which at 16 sequences cost more than the CPU needs for k = 40 candidates.
     With `batched_top_k` the top-k is the engine's own graph sampler (`graph_top_k`), one
     pass over all the step's rows instead of a sort per sequence, and with `host_tail` the
-    rest of the chain runs over all the step's rows at once too (`host_tail`).
+    rest of the chain runs over all the step's rows at once too (`host_tail`), or, with
+    `in_graph_tail`, in the decode graph after the batched top-k (`graph_tail`).
     """
     if not (backend and in_graph(p)):
         plan = host_plan(p) if host and not backend else None
@@ -139,16 +141,18 @@ def build_chains(
             # One top-k over all the step's rows (`graph_top_k`), unless a logit bias or penalties
             # change this row first: it is then no longer a row of the step's matrix.
             batched = batched_top_k and head == ((), (1.0, 0.0, 0.0))
-            if not (batched and graph_top_k.add_to(graph.sampler, p.top_k)):
+            whole = batched and in_graph_tail and graph_tail.add_to(graph.sampler, p.top_k)
+            if not (whole or (batched and graph_top_k.add_to(graph.sampler, p.top_k))):
                 batched = False
                 graph.add_top_k(p.top_k)
             tail.add_top_p(p.top_p, 1)
             tail.add_min_p(p.min_p, 1)
             tail.add_temp(p.temperature)
             tail.add_dist(seed)
-            key = (*head, "top_k", p.top_k, batched)
-            if batched and host_tail:
-                tail_plan = TailPlan(min(p.top_k, n_vocab), p.top_p, p.min_p, p.temperature, seed)
+            key = (*head, "top_k", p.top_k, batched, whole)
+            if batched and (host_tail or whole):
+                k = min(p.top_k, n_vocab)
+                tail_plan = TailPlan(k, p.top_p, p.min_p, p.temperature, seed, in_graph=whole)
         else:
             graph.add_top_p(p.top_p, 1)
             graph.add_min_p(p.min_p, 1)

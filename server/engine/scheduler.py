@@ -36,7 +36,7 @@ import llama_cpp
 import numpy as np
 from llama_cpp import _internals as internals
 
-from server.engine import graph_top_k
+from server.engine import graph_tail, graph_top_k
 from server.engine.host_sampling import HostPlan, HostSampler
 from server.engine.host_tail import HOST_TAIL_MIN_ROWS, TailPlan, finish, read_rows
 from server.engine.model import BatchedModel
@@ -264,6 +264,8 @@ class EngineStats:
     chains_reused: int = 0  # requests that reused their slot's attached chain
     tail_rows: int = 0  # rows finished over the step's matrix (`host_tail`)
     tail_fallbacks: int = 0  # steps whose batched rows went back to llama.cpp's chain (`host_tail`)
+    graph_tail_rows: int = 0  # rows whose whole chain ran in the decode graph (`graph_tail`)
+    graph_tail_cpu_rows: int = 0  # rows of such chains the graph left to the CPU (not staged as built)
     sequences_per_step: float = 0.0  # running sum of generating sequences per step
     # Shared KV pool (`kv_pool`): admission rounds the queue's head waited for cells, idle caches dropped to
     # make room, and the most cells ever committed (running conversations at full length).
@@ -308,6 +310,8 @@ class EngineStats:
             "chains_reused": self.chains_reused,
             "tail_rows": self.tail_rows,
             "tail_fallbacks": self.tail_fallbacks,
+            "graph_tail_rows": self.graph_tail_rows,
+            "graph_tail_cpu_rows": self.graph_tail_cpu_rows,
             "pool_waits": self.pool_waits,
             "pool_evictions": self.pool_evictions,
             "pool_peak": self.pool_peak,
@@ -478,7 +482,8 @@ class Engine:
     def _attach(self, slot: Slot, gen: Generation) -> None:
         """Give the slot's sequence the request's graph chain (or its own, reset), or none."""
         graph, gen.graph = gen.graph, None  # the slot owns it from here
-        if gen.tail is not None and self.busy_slots + len(self._pending) < HOST_TAIL_MIN_ROWS:
+        few = self.busy_slots + len(self._pending) < HOST_TAIL_MIN_ROWS
+        if gen.tail is not None and not gen.tail.in_graph and few:
             # Few rows: llama.cpp's chain, row by row, costs less than the numpy passes. Both
             # draw the same tokens; a generation keeps one of them for its whole life.
             gen.tail = None
@@ -494,6 +499,7 @@ class Engine:
             self.stats.chains_reused += 1
             return
         self._detach(slot)
+        graph_tail.bind(graph.sampler, slot.seq)
         if llama_cpp.llama_set_sampler(self.model.ctx, slot.seq, graph.sampler):
             slot.attached, slot.attached_key = graph, gen.graph_key
             self.stats.chains_attached += 1
@@ -553,6 +559,7 @@ class Engine:
                 if done:
                     outputs.append((slot, last))
                 self.stats.tokens_prompt += len(chunk)
+        self._stage(outputs)
         t0 = time.perf_counter()
         rc = batch.decode(model.ctx)
         if rc != 0:
@@ -573,6 +580,22 @@ class Engine:
         busy_from = start if self._last_step_end is None else self._last_step_end
         self.stats.add(generating, batch.n - generating, t1 - t0, t2 - t1, t2 - busy_from)
         self._last_step_end = t2
+
+    def _stage(self, outputs: list[tuple[Slot, int]]) -> None:
+        """Before the decode: each output row's sequence, and for the rows whose chain runs
+        whole in the graph (`graph_tail`), this step's draw and settings."""
+        plans = [(s.gen.tail if s.gen is not None and s.attached is not None else None) for s, _ in outputs]
+        if not any(p is not None and p.in_graph for p in plans):
+            graph_tail.stage(None)
+            return
+        rows: list[tuple[float, ...]] = []
+        for plan in plans:
+            if plan is None or not plan.in_graph:
+                rows.append((0.0, 2.0, 0.0, 0.0, 1.0))
+                continue
+            plan.uniform = plan.rng.next()
+            rows.append(graph_tail.row_params(plan.uniform, plan.top_p, plan.min_p, plan.temperature))
+        graph_tail.stage([s.seq for s, _ in outputs], rows)
 
     def _sample(self, outputs: list[tuple[Slot, int]]) -> list[int]:
         """One token per output row. Rows with a host plan are sampled together over the step's
@@ -596,6 +619,14 @@ class Engine:
         by_k: dict[int, list[int]] = {}  # rows whose graph left k candidates, by k
         for n, g in enumerate(gens):
             if g is not None and g.tail is not None and outputs[n][0].attached is not None:
+                if g.tail.in_graph:
+                    token = llama_cpp.llama_get_sampled_token_ith(ctx, outputs[n][1])
+                    if token >= 0:
+                        tokens[n] = token
+                        self.stats.graph_tail_rows += 1
+                        self.stats.backend_sampled += 1
+                        continue
+                    self.stats.graph_tail_cpu_rows += 1
                 by_k.setdefault(g.tail.top_k, []).append(n)
         for k, finished in by_k.items():
             for n, token in zip(finished, self._finish_tails(outputs, gens, finished, k), strict=True):
@@ -635,7 +666,9 @@ class Engine:
             return [-1] * len(rows)
         self.stats.backend_sampled += len(rows)
         self.stats.tail_rows += len(rows)
-        return finish(read[0], read[1], plans)
+        # A row the graph was to finish already took its draw before the decode.
+        uniforms = [p.uniform if p.in_graph else p.rng.next() for p in plans]
+        return finish(read[0], read[1], plans, uniforms)
 
     def _is_eog(self, token: int) -> bool:
         eog = self._eog.get(token)

@@ -1,0 +1,328 @@
+"""The whole usual chain in the decode graph: the batched top-k (`graph_top_k`), then top-p, min-p,
+temperature and the seeded draw over the (k, rows) matrix it leaves; one token per row comes back.
+
+Why: with the top-k alone in the graph, llama.cpp still copies two small tensors back for every
+row (its k candidates and their logits: 128 device-to-host copies a step at 64 sequences) and the
+CPU finishes the chain after the GPU is done (`host_tail`, 0.3-1.1 ms a step on the H200's host).
+The GPU is idle meanwhile. Here the same few dozen kernels finish every row of the step at once
+and llama.cpp copies back one token id per row.
+
+The draw's uniform still comes from each request's own `std::mt19937` stream, drawn on the host
+(`host_tail.Mt19937Uniforms`) before the step. Each step's uniforms and settings reach the graph
+through a small array of ours: it is wrapped in a ggml CPU buffer, and a graph input over it
+copies it up once a step. So no Python runs inside llama.cpp while it decodes, only while it
+builds a graph. That happens rarely: llama.cpp reuses the graph while the step's rows stay the
+same sequences. The array is indexed by output row. The engine says before every decode which
+sequence each row belongs to (`stage`), and a sequence's sampler takes the graph's token only
+when its row is the one staged for it. Otherwise, for example when llama.cpp splits the outputs
+over several micro-batches, the sampler leaves its row's top-k candidates, as `graph_top_k` does.
+The engine then finishes that row on the CPU with the same uniform. So a seed gives the same
+uniforms on every path; the arithmetic here is float32 in the GPU's order of summation, so a
+token differs from llama.cpp's CPU chain only where a uniform or the top-p threshold falls
+within rounding of a boundary between two candidates (tests/engine/test_graph_tail.py).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import threading
+from dataclasses import dataclass
+from typing import Any
+
+import llama_cpp
+import numpy as np
+
+from server.engine import graph_top_k
+from server.engine.graph_top_k import GGML_TYPE_F32, GGML_TYPE_I32, _tensor, build_top_k
+
+log = logging.getLogger(__name__)
+
+# Per output row, in this order: the draw's uniform, top-p (2: off), log(min-p) and whether
+# min-p is on, the temperature.
+N_PARAMS = 5
+MAX_ROWS = 1024  # outputs in one micro-batch that the graph can finish; more: the CPU finishes them
+_SEQ_SHIFT = 20  # a sampler's llama.cpp context pointer: k | (sequence + 1) << _SEQ_SHIFT
+_TENSORS_PER_CONTEXT = 256
+_ALIGN = 64
+
+
+class _InitParams(ctypes.Structure):
+    _fields_ = [("mem_size", ctypes.c_size_t), ("mem_buffer", ctypes.c_void_p), ("no_alloc", ctypes.c_bool)]
+
+
+def row_params(u: float, top_p: float, min_p: float, temperature: float) -> tuple[float, ...]:
+    """One row of the staged array, as `build_tail` reads it."""
+    on = min_p > 0.0
+    log_min_p = float(np.log(np.float32(min_p))) if on else 0.0
+    return (u, top_p if top_p < 1.0 else 2.0, log_min_p, 1.0 if on else 0.0, temperature)
+
+
+def build_tail(g: Any, ctx: int, ids: int, vals: int, params: int) -> int:
+    """Tokens [1, 1, R] (int32) from `vals` [k, R] (each row largest first) and their token ids
+    `ids` [k, R] (floats), with `params` [N_PARAMS, R]: what `host_tail.finish` computes, with
+    the same masks (top-p's and min-p's kept prefixes) and the same draw (the first candidate
+    whose running sum reaches the sum times the uniform), counted with steps instead of searched."""
+    t = _tensor(vals)
+    k, rows, nb1 = t.ne[0], t.ne[1], t.nb[1]
+    flipped = g.cont(ctx, g.transpose(ctx, params))  # [R, N_PARAMS]: one contiguous run per setting
+
+    def setting(c: int) -> int:
+        return int(g.reshape_2d(ctx, g.view_1d(ctx, flipped, rows, c * rows * 4), 1, rows))
+
+    def column(x: int, c: int) -> int:  # [1, R]
+        return int(g.cont(ctx, g.view_2d(ctx, x, 1, rows, nb1, c * 4)))
+
+    def below(x: int, y: int) -> int:  # 1 where x < y (y broadcast along rows)
+        return int(g.step(ctx, g.scale(ctx, g.sub(ctx, x, y), -1.0)))
+
+    u, top_p, log_min_p, min_p_on, temperature = (setting(c) for c in range(N_PARAMS))
+    position = g.repeat(ctx, g.reshape_2d(ctx, g.arange(ctx, 0.0, float(k), 1.0), k, 1), vals)
+    # top-p: keep j while j <= the number of running sums below p (the first one reaching p stays).
+    short = g.sum_rows(ctx, below(g.cumsum(ctx, g.soft_max(ctx, vals)), top_p))
+    keep_p = g.step(ctx, g.scale_bias(ctx, g.sub(ctx, position, short), -1.0, 0.5))
+    # min-p: drop the values under max + log(min-p) (never the first: it is the max).
+    under = below(vals, g.add(ctx, column(vals, 0), log_min_p))
+    keep_min = g.scale_bias(ctx, g.mul(ctx, under, min_p_on), -1.0, 1.0)
+    keep = g.mul(ctx, keep_p, keep_min)
+    # temperature, then the draw over what is kept.
+    scaled = g.div(ctx, vals, temperature)
+    weights = g.mul(ctx, g.exp(ctx, g.sub(ctx, scaled, column(scaled, 0))), keep)
+    running = g.cumsum(ctx, weights)
+    target = g.mul(ctx, column(running, k - 1), u)
+    pick = g.clamp(ctx, g.sum_rows(ctx, below(running, target)), 0.0, float(k - 1))
+    chosen = g.get_rows(ctx, g.reshape_3d(ctx, ids, 1, k, rows), g.cast(ctx, pick, GGML_TYPE_I32))
+    return int(g.cast(ctx, chosen, GGML_TYPE_I32))
+
+
+@dataclass
+class _Built:
+    """What one graph holds for one k: the top-k (ids as floats, values), the tokens when the
+    graph finishes its rows, and the ids as int32 once a row is left to the CPU."""
+
+    ids: int
+    vals: int
+    tokens: int | None = None
+    int_ids: int | None = None
+
+
+class _Thread:
+    """One engine thread's staging array, its ggml buffer, and the graphs it is building."""
+
+    def __init__(self, g: Any) -> None:
+        # ggml wants the buffer aligned to 32 bytes; numpy promises 16.
+        shape = (MAX_ROWS + 1, N_PARAMS)  # + llama.cpp's padding row
+        size = shape[0] * shape[1] * 4
+        self._memory = np.zeros(size + _ALIGN, np.uint8)
+        start = -self._memory.ctypes.data % _ALIGN
+        self.params = self._memory[start : start + size].view(np.float32).reshape(shape)
+        self.buffer = g.backend_cpu_buffer_from_ptr(self.params.ctypes.data, size)
+        if not self.buffer:
+            raise RuntimeError("ggml could not wrap the staging array in a CPU buffer")
+        size = _TENSORS_PER_CONTEXT * g.tensor_overhead()
+        # Two contexts for the staged tensors, in turns: a graph llama.cpp reuses is always the
+        # last one built, so the other context's tensors are free when its turn comes again.
+        self.contexts = [g.init(_InitParams(size, None, True)) for _ in range(2)]
+        self.current, self.made = 0, 0
+        self.seqs: list[int] | None = None  # the sequence of every output row, for the next decode
+        self.built: dict[tuple[int, int, int], _Built] = {}
+
+    def staged_tensor(self, g: Any, rows: int) -> int:
+        """A graph input [N_PARAMS, rows] over the staging array."""
+        if self.made == _TENSORS_PER_CONTEXT:
+            self.current, self.made = 1 - self.current, 0
+            g.reset(self.contexts[self.current])
+        self.made += 1
+        tensor = g.new_tensor_2d(self.contexts[self.current], GGML_TYPE_F32, N_PARAMS, rows)
+        if g.backend_tensor_alloc(self.buffer, tensor, self.params.ctypes.data) != 0:
+            raise RuntimeError("ggml could not place the staged settings")
+        g.set_input(tensor)
+        return int(tensor)
+
+
+class _Sampler:
+    """The callbacks behind every such sampler (one set per process, as in `graph_top_k`)."""
+
+    def __init__(self) -> None:
+        if not graph_top_k.available():
+            raise RuntimeError("the batched top-k is unavailable")
+        g = self.ggml = graph_top_k.loaded_ggml()
+        vp, i64, sz, cf = ctypes.c_void_p, ctypes.c_int64, ctypes.c_size_t, ctypes.c_float
+        g.bind(
+            {
+                "ggml_init": (vp, [_InitParams]),
+                "ggml_reset": (None, [vp]),
+                "ggml_new_tensor_2d": (vp, [vp, ctypes.c_int, i64, i64]),
+                "ggml_set_input": (None, [vp]),
+                "ggml_backend_cpu_buffer_from_ptr": (vp, [vp, sz]),
+                "ggml_backend_tensor_alloc": (ctypes.c_int, [vp, vp, vp]),
+                "ggml_transpose": (vp, [vp, vp]),
+                "ggml_soft_max": (vp, [vp, vp]),
+                "ggml_cumsum": (vp, [vp, vp]),
+                "ggml_sum_rows": (vp, [vp, vp]),
+                "ggml_step": (vp, [vp, vp]),
+                "ggml_exp": (vp, [vp, vp]),
+                "ggml_sub": (vp, [vp, vp, vp]),
+                "ggml_mul": (vp, [vp, vp, vp]),
+                "ggml_div": (vp, [vp, vp, vp]),
+                "ggml_scale_bias": (vp, [vp, vp, cf, cf]),
+                "ggml_clamp": (vp, [vp, vp, cf, cf]),
+            }
+        )
+        self._local = threading.local()
+        self.matrices = 0  # graphs whose rows are finished in the graph
+        self.top_k_only = 0  # graphs that left the top-k (rows not staged as built)
+        self.fallbacks = 0  # rows handed to llama.cpp's top-k after an error
+        self._name = ctypes.create_string_buffer(b"storybench-sample")
+        lc = llama_cpp.llama_cpp
+        returns_pointer = ctypes.CFUNCTYPE(ctypes.c_void_p, lc.llama_sampler_p_ctypes)
+        name_fn = returns_pointer(lambda _s: ctypes.addressof(self._name))
+        clone_fn = returns_pointer(self._clone)
+        self._callbacks = [name_fn, clone_fn]
+        fields: dict[str, Any] = {
+            "name": ctypes.cast(name_fn, lc.llama_sampler_i_name),
+            "apply": lc.llama_sampler_i_apply(self._apply),
+            "clone": ctypes.cast(clone_fn, lc.llama_sampler_i_clone),
+            "backend_init": lc.llama_sampler_i_backend_init(lambda _s, _b, _n: True),
+            "backend_apply": lc.llama_sampler_i_backend_apply(self._backend_apply),
+            "backend_reset": lc.llama_sampler_i_backend_reset(self._backend_reset),
+        }
+        self._callbacks.extend(fields.values())
+        self.iface = lc.llama_sampler_i(**fields)
+
+    def thread(self) -> _Thread:
+        state = getattr(self._local, "state", None)
+        if state is None:
+            state = self._local.state = _Thread(self.ggml)
+        return state  # type: ignore[no-any-return]
+
+    def new(self, value: int) -> Any:
+        return llama_cpp.llama_sampler_init(ctypes.byref(self.iface), ctypes.c_void_p(value))
+
+    @staticmethod
+    def _value(smpl: Any) -> int:
+        return int(smpl.contents.ctx or 0)
+
+    def _clone(self, smpl: Any) -> int | None:
+        return ctypes.cast(self.new(self._value(smpl)), ctypes.c_void_p).value
+
+    def _apply(self, smpl: Any, cur_p: Any) -> None:  # on the CPU: llama.cpp's top-k, as `graph_top_k`
+        k = self._value(smpl) & ((1 << _SEQ_SHIFT) - 1)
+        llama_cpp.llama_sampler_apply(graph_top_k.native_top_k(k), cur_p)
+
+    def _backend_reset(self, _smpl: Any) -> None:
+        self.thread().built.clear()
+
+    def _backend_apply(self, smpl: Any, ctx: int, gf: int, data: Any) -> None:
+        value, fields = self._value(smpl), data.contents
+        k, seq = value & ((1 << _SEQ_SHIFT) - 1), (value >> _SEQ_SHIFT) - 1
+        before = (fields.logits, fields.candidates, fields.sampled)
+        try:
+            self._build(k, seq, int(ctx), fields)
+        except Exception:  # an exception cannot cross into C: llama.cpp's own top-k for this row
+            log.exception("sampling in the graph: building failed; llama.cpp's top-k instead")
+            self.fallbacks += 1
+            fields.logits, fields.candidates, fields.sampled = before
+            native = graph_top_k.native_top_k(k)
+            native.contents.iface.contents.backend_apply(native, ctx, gf, data)
+
+    def _build(self, k: int, seq: int, ctx: int, data: Any) -> None:
+        g, state = self.ggml, self.thread()
+        row = _tensor(int(data.logits))
+        parent = int(row.view_src or 0)
+        matrix = _tensor(parent) if parent else None
+        if (
+            matrix is None
+            or matrix.type != GGML_TYPE_F32
+            or matrix.ne[0] != row.ne[0]
+            or matrix.nb[1] != row.ne[0] * 4
+            or row.view_offs % matrix.nb[1] != 0
+            or data.candidates
+        ):  # not a row of the step's matrix: the top-k of this row alone, as `graph_top_k`
+            graph_top_k.top_k_of_row(g, ctx, data, k)
+            return
+        rows, r = matrix.ne[1], row.view_offs // matrix.nb[1]
+        key = (ctx, parent, k)
+        built = state.built.get(key)
+        if built is None:
+            ids, vals = build_top_k(g, ctx, parent, k, float_ids=True)
+            built = state.built[key] = _Built(ids, vals)
+            staged = state.seqs
+            if staged is not None and len(staged) + 1 == rows and rows <= MAX_ROWS + 1:
+                built.tokens = build_tail(g, ctx, ids, vals, state.staged_tensor(g, rows))
+                self.matrices += 1
+            else:
+                self.top_k_only += 1
+        staged = state.seqs
+        if built.tokens is not None and staged is not None and r < len(staged) and staged[r] == seq:
+            data.sampled = g.view_1d(ctx, built.tokens, 1, r * 4)
+            data.logits = data.candidates = None
+            return
+        if built.int_ids is None:  # the rows' candidates, for the CPU to finish
+            built.int_ids = int(g.cast(ctx, built.ids, GGML_TYPE_I32))
+        n = _tensor(built.vals).ne[0]
+        data.candidates = g.view_1d(ctx, built.int_ids, n, r * n * 4)
+        data.logits = g.view_1d(ctx, built.vals, n, r * n * 4)
+
+
+_SAMPLER: _Sampler | None = None
+_UNAVAILABLE: str | None = None
+_LOCK = threading.Lock()
+
+
+def available() -> bool:
+    """Whether this libllama/libggml can sample in the graph (checked once per process)."""
+    global _SAMPLER, _UNAVAILABLE
+    with _LOCK:
+        if _SAMPLER is None and _UNAVAILABLE is None:
+            try:
+                _SAMPLER = _Sampler()
+            except (OSError, AttributeError, RuntimeError) as exc:
+                _UNAVAILABLE = str(exc)
+                log.warning("sampling in the graph unavailable, the CPU finishes the chain: %s", exc)
+    return _SAMPLER is not None
+
+
+def counts() -> dict[str, int]:
+    """Graphs built so far in this process that finish their rows, graphs that only left the
+    top-k (their rows were not staged as llama.cpp laid them out), and rows given to llama.cpp's
+    top-k after an error."""
+    if _SAMPLER is None:
+        return {"matrices": 0, "top_k_only": 0, "fallbacks": 0}
+    s = _SAMPLER
+    return {"matrices": s.matrices, "top_k_only": s.top_k_only, "fallbacks": s.fallbacks}
+
+
+def add_to(chain: Any, k: int) -> bool:
+    """Add the whole-chain sampler to a llama.cpp sampler chain (which then owns it); False when
+    this build cannot run it or k is past `graph_top_k.MAX_K`."""
+    if not 0 < k <= graph_top_k.MAX_K or not available():
+        return False
+    assert _SAMPLER is not None
+    llama_cpp.llama_sampler_chain_add(chain, _SAMPLER.new(k))
+    return True
+
+
+def bind(chain: Any, seq: int) -> None:
+    """Tell the chain's sampler which sequence it samples for (before it is attached to it)."""
+    if _SAMPLER is None:
+        return
+    iface = ctypes.addressof(_SAMPLER.iface)
+    for i in range(llama_cpp.llama_sampler_chain_n(chain)):
+        member = llama_cpp.llama_sampler_chain_get(chain, i)
+        if ctypes.cast(member.contents.iface, ctypes.c_void_p).value == iface:
+            k = _SAMPLER._value(member) & ((1 << _SEQ_SHIFT) - 1)
+            member.contents.ctx = ctypes.c_void_p(k | (seq + 1) << _SEQ_SHIFT)
+
+
+def stage(seqs: list[int] | None, params: list[tuple[float, ...]] | None = None) -> None:
+    """Before a decode, on the engine's thread: the sequence of every output row in batch order,
+    and the settings of every row (`row_params`; rows this module does not sample may hold
+    anything). None: nothing staged, rows built now only leave their top-k."""
+    if _SAMPLER is None:
+        return
+    state = _SAMPLER.thread()
+    state.seqs = seqs
+    if seqs is not None and params:
+        n = min(len(params), MAX_ROWS)
+        state.params[:n] = np.asarray(params[:n], np.float32)
