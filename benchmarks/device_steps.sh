@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Issue 16 on the lent GPU machine, in ONE call: per shape, (1) llama.cpp's batched limit
 # (llama-batched-bench), (2) our engine in-process with no HTTP (benchmarks/engine_steps.py: raw
-# decode on our context, the engine with its batched graph top-k, with llama.cpp's top-k in the
-# graph, the engine sampling on the CPU),
+# decode on our context, the engine with its batched graph top-k, with the whole chain in the
+# graph, with llama.cpp's top-k in the graph, the engine sampling on the CPU),
 # (3) the HTTP servers (ours batched vs native llama-server -np N, benchmarks.run concurrency).
 # All at LEVELS sequences, PROMPT prompt tokens and GEN generated tokens per sequence, CTX tokens
 # of context per slot, flash attention, full offload, THREADS threads.
@@ -13,6 +13,7 @@
 # Long stories (the issue's goal 3), both shapes in one call (~450 s), with their batched-bench:
 #   VARIANTS=none HTTP_LEVELS=16 CTX=8192 GEN=400 DEEP_NPP=7000 HTTP_ARGS="--benchmarks
 #   multiturn_concurrency --turns 12 --multiturn-max-tokens 400 --turn-tokens 200"
+# The whole chain in the graph over HTTP (ours with "graph_tail": true): HTTP_ARGS="--ours-graph-tail".
 # Results in $OUT: steps-<shape>.json, batched-bench-<shape>.txt, http-<shape>.json, device.log.
 # `python -m benchmarks.steps_report <files_at>` prints the tables BENCHMARKS.md records.
 set -uo pipefail
@@ -25,7 +26,7 @@ PROMPT=${PROMPT:-64}
 GEN=${GEN:-256}
 CTX=${CTX:-2048}
 THREADS=${THREADS:-8}
-VARIANTS=${VARIANTS:-raw,engine-batched,engine-graph,engine-host,engine-llama}  # none: HTTP only
+VARIANTS=${VARIANTS:-raw,engine-batched,engine-sampled,engine-graph,engine-host,engine-llama}  # none: HTTP only
 STEPS_ARGS=${STEPS_ARGS:-}   # more engine_steps arguments, e.g. --kv-unified
 HTTP_ARGS=${HTTP_ARGS:-}     # more benchmarks.run arguments, e.g. --ours-backend-sampling on
 DEEP_NPP=${DEEP_NPP:-}       # e.g. 7000: batched-bench at 16 sequences of that depth (long stories' goal)

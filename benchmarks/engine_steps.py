@@ -16,7 +16,9 @@ costs that only an in-process run can separate, so this benchmark measures each 
 4. `engine-batched`: backend sampling with the engine's own graph top-k, one pass over all the
    step's rows (`server/engine/graph_top_k.py`), and the rest of the chain over all the rows
    at once with numpy (`server/engine/host_tail.py`): the GPU default; `engine-batched-chain`
-   finishes each row with llama.cpp's chain instead;
+   finishes each row with llama.cpp's chain instead; `engine-sampled` finishes every row in the
+   decode graph too (`server/engine/graph_tail.py`, `"graph_tail": true`): one token per row
+   comes back;
 5. `engine-llama`: the same engine with llama.cpp's whole chain on the CPU for every row;
 
 each with the engine's own per-step profile (decode / sampling / other). `raw` also times
@@ -41,7 +43,7 @@ from typing import Any
 import llama_cpp
 
 from server.config import load_config
-from server.engine import graph_top_k
+from server.engine import graph_tail, graph_top_k
 from server.engine.app import set_switch_interval
 from server.engine.model import BatchedModel
 from server.engine.sampling import SamplingParams, build_chains
@@ -118,7 +120,8 @@ def engine_run(
     """`n` generations of `gen` tokens through the real engine, submitted together."""
     _clear(model)
     engine = Engine(model)
-    batched = variant.startswith("engine-batched")
+    whole = variant == "engine-sampled"
+    batched = variant.startswith("engine-batched") or whole
     graph, host = batched or variant == "engine-graph", variant == "engine-host"
     host_tail = variant != "engine-batched-chain"
     try:
@@ -129,11 +132,12 @@ def engine_run(
             p = SamplingParams(**{**params.__dict__, "seed": 1234 + k})
             gens.append(
                 Generation.sampled_by(
-                    build_chains(model.model, p, graph, host, batched, host_tail), p,
+                    build_chains(model.model, p, graph, host, batched, host_tail, whole), p,
                     prompt=_prompt(model, prompt, seed=k), max_tokens=gen, sink=done.sink,
                 )
             )  # fmt: skip
         before, built = engine.stats.summary(), graph_top_k.counts()["matrices"]
+        tail_built = graph_tail.counts()
         start = time.perf_counter()
         for g in gens:
             engine.submit(g)
@@ -161,6 +165,10 @@ def engine_run(
         # and samplers stay the same, so far fewer than steps means the Python callbacks that
         # build it are not a per-step cost.
         "top_k_graph_builds": graph_top_k.counts()["matrices"] - built,
+        # engine-sampled: rows picked in the graph, rows it left to the CPU, and its graph builds.
+        "graph_tail_rows": after["graph_tail_rows"] - before["graph_tail_rows"],
+        "graph_tail_cpu_rows": after["graph_tail_cpu_rows"] - before["graph_tail_cpu_rows"],
+        "graph_tail_builds": {k: v - tail_built[k] for k, v in graph_tail.counts().items()},
     }
 
 

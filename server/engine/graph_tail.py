@@ -51,11 +51,20 @@ class _InitParams(ctypes.Structure):
     _fields_ = [("mem_size", ctypes.c_size_t), ("mem_buffer", ctypes.c_void_p), ("no_alloc", ctypes.c_bool)]
 
 
-def row_params(u: float, top_p: float, min_p: float, temperature: float) -> tuple[float, ...]:
-    """One row of the staged array, as `build_tail` reads it."""
+def settings(top_p: float, min_p: float, temperature: float) -> tuple[float, float, float, float]:
+    """A request's part of its row of the staged array (after the uniform), as `build_tail`
+    reads it."""
     on = min_p > 0.0
     log_min_p = float(np.log(np.float32(min_p))) if on else 0.0
-    return (u, top_p if top_p < 1.0 else 2.0, log_min_p, 1.0 if on else 0.0, temperature)
+    return (top_p if top_p < 1.0 else 2.0, log_min_p, 1.0 if on else 0.0, temperature)
+
+
+OFF = settings(1.0, 0.0, 1.0)  # a row this module does not sample
+
+
+def row_params(u: float, top_p: float, min_p: float, temperature: float) -> tuple[float, ...]:
+    """One row of the staged array."""
+    return (u, *settings(top_p, min_p, temperature))
 
 
 def build_tail(g: Any, ctx: int, ids: int, vals: int, params: int) -> int:
@@ -315,14 +324,19 @@ def bind(chain: Any, seq: int) -> None:
             member.contents.ctx = ctypes.c_void_p(k | (seq + 1) << _SEQ_SHIFT)
 
 
-def stage(seqs: list[int] | None, params: list[tuple[float, ...]] | None = None) -> None:
+def stage(
+    seqs: list[int] | None,
+    uniforms: list[float] | None = None,
+    rows: list[tuple[float, float, float, float]] | None = None,
+) -> None:
     """Before a decode, on the engine's thread: the sequence of every output row in batch order,
-    and the settings of every row (`row_params`; rows this module does not sample may hold
-    anything). None: nothing staged, rows built now only leave their top-k."""
+    each row's uniform and its `settings` (rows this module does not sample may hold anything).
+    None: nothing staged, rows built now only leave their top-k."""
     if _SAMPLER is None:
         return
     state = _SAMPLER.thread()
     state.seqs = seqs
-    if seqs is not None and params:
-        n = min(len(params), MAX_ROWS)
-        state.params[:n] = np.asarray(params[:n], np.float32)
+    if seqs is not None and uniforms and rows:
+        n = min(len(rows), MAX_ROWS)
+        state.params[:n, 0] = uniforms[:n]
+        state.params[:n, 1:] = rows[:n]

@@ -78,6 +78,8 @@ class TailPlan:
     rng: Mt19937Uniforms = field(init=False)
     # With `in_graph`: this step's draw, taken before the decode, for the CPU should it finish.
     uniform: float = 0.0
+    # With `in_graph`: the rest of its row of `graph_tail`'s staged array (`graph_tail.settings`).
+    graph_settings: tuple[float, float, float, float] = (2.0, 0.0, 0.0, 1.0)
 
     def __post_init__(self) -> None:
         self.rng = Mt19937Uniforms(self.seed)

@@ -153,6 +153,7 @@ def build_chains(
             if batched and (host_tail or whole):
                 k = min(p.top_k, n_vocab)
                 tail_plan = TailPlan(k, p.top_p, p.min_p, p.temperature, seed, in_graph=whole)
+                tail_plan.graph_settings = graph_tail.settings(p.top_p, p.min_p, p.temperature)
         else:
             graph.add_top_p(p.top_p, 1)
             graph.add_min_p(p.min_p, 1)

@@ -588,14 +588,17 @@ class Engine:
         if not any(p is not None and p.in_graph for p in plans):
             graph_tail.stage(None)
             return
-        rows: list[tuple[float, ...]] = []
+        uniforms: list[float] = []
+        rows: list[tuple[float, float, float, float]] = []
         for plan in plans:
             if plan is None or not plan.in_graph:
-                rows.append((0.0, 2.0, 0.0, 0.0, 1.0))
+                uniforms.append(0.0)
+                rows.append(graph_tail.OFF)
                 continue
             plan.uniform = plan.rng.next()
-            rows.append(graph_tail.row_params(plan.uniform, plan.top_p, plan.min_p, plan.temperature))
-        graph_tail.stage([s.seq for s, _ in outputs], rows)
+            uniforms.append(plan.uniform)
+            rows.append(plan.graph_settings)
+        graph_tail.stage([s.seq for s, _ in outputs], uniforms, rows)
 
     def _sample(self, outputs: list[tuple[Slot, int]]) -> list[int]:
         """One token per output row. Rows with a host plan are sampled together over the step's

@@ -161,7 +161,7 @@ def test_rows_not_staged_as_built_are_finished_on_the_cpu_with_the_same_draws(
     llama.cpp splits the outputs over micro-batches) it leaves each row's top-k, and the CPU
     finishes the row with the uniform already drawn for it: the same tokens."""
     real = graph_tail.stage
-    monkeypatch.setattr(graph_tail, "stage", lambda seqs, params=None: real(None, params))
+    monkeypatch.setattr(graph_tail, "stage", lambda seqs, *rest: real(None, *rest))
     tmp = tmp_path_factory.mktemp("graph-tail-cpu")
     entry = batched_entry(n_ctx=256, n_parallel=2, n_threads_sampling=1, backend_sampling=True)
     model = BatchedModel(load_config(write_config(tmp / "c.json", [entry])).models[0])
