@@ -31,6 +31,7 @@ STEPS_ARGS=${STEPS_ARGS:-}   # more engine_steps arguments, e.g. --kv-unified
 HTTP_ARGS=${HTTP_ARGS:-}     # more benchmarks.run arguments, e.g. --ours-backend-sampling on
 DEEP_NPP=${DEEP_NPP:-}       # e.g. 7000: batched-bench at 16 sequences of that depth (long stories' goal)
 TOPK_BLOCKS=${TOPK_BLOCKS:-} # e.g. "1024:0 512:256": engine-batched again with other graph_top_k BLOCK:PRESELECT
+UNPACKED=${UNPACKED:-}       # 1: engine-sampled again with graph_tail.PACKED off (tokens back one per row)
 DEADLINE_S=${DEADLINE_S:-570}
 mkdir -p "$OUT"
 exec > >(tee -a "$OUT/device.log") 2>&1
@@ -76,6 +77,13 @@ for shape in $SHAPES; do
             --n-ctx "$CTX" --threads "$THREADS" --variants engine-batched --top-k-block "$b" --top-k-preselect "$p" \
             --out "/tmp/sb-run/steps-$shape-block$b-pre$p.json"
     done
+    if [ -n "$UNPACKED" ]; then  # graph_tail's tokens one per row (llama.cpp's copies) instead of one array
+        mkdir -p /tmp/sb-run
+        timeout -k 10 "$(($(left) / 4))" python3 -m benchmarks.engine_steps --model "$f" \
+            --label "$label, graph tail unpacked" --gpu --levels "$LEVELS" --prompt "$PROMPT" --gen "$GEN" \
+            --n-ctx "$CTX" --threads "$THREADS" --variants engine-sampled --graph-tail-packed 0 \
+            --out "/tmp/sb-run/steps-$shape-unpacked.json"
+    fi
     fi
     if [ -n "$DEEP_NPP" ]; then  # the long-story reference: batched-bench at a story's final depth
         stamp "$shape: llama-batched-bench at depth $DEEP_NPP"

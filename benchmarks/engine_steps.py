@@ -207,6 +207,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--variants", default="raw,engine-batched,engine-graph,engine-host,engine-llama")
     ap.add_argument("--top-k-block", type=int, default=None, help="graph_top_k.BLOCK (values per block sort)")
     ap.add_argument("--top-k-preselect", type=int, default=None, help="graph_top_k.PRESELECT (0: off)")
+    ap.add_argument(
+        "--graph-tail-packed",
+        type=int,
+        choices=[0, 1],
+        default=None,
+        help="graph_tail.PACKED for engine-sampled: 1 the tokens in one array, 0 one per row",
+    )
     ap.add_argument("--eog-bias", action="store_true", help="ban end-of-generation tokens (real weights)")
     ap.add_argument("--out", type=Path, default=None, help="JSON file (default: stdout)")
     args = ap.parse_args(argv)
@@ -217,6 +224,8 @@ def main(argv: list[str] | None = None) -> int:
         graph_top_k.BLOCK = args.top_k_block
     if args.top_k_preselect is not None:
         graph_top_k.PRESELECT = args.top_k_preselect
+    if args.graph_tail_packed is not None:
+        graph_tail.PACKED = bool(args.graph_tail_packed)
     with tempfile.TemporaryDirectory() as tmp:
         config = load_config(write_config(Path(tmp) / "c.json", args.model, args, max(levels)))
         t0 = time.perf_counter()

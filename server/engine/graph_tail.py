@@ -45,6 +45,10 @@ MAX_ROWS = 1024  # outputs in one micro-batch that the graph can finish; more: t
 _SEQ_SHIFT = 20  # a sampler's llama.cpp context pointer: k | (sequence + 1) << _SEQ_SHIFT
 _TENSORS_PER_CONTEXT = 256
 _ALIGN = 64
+# The tokens go into an array of ours in one copy (True), or come back row by row as llama.cpp's
+# sampled tokens (False); `--graph-tail-packed` in benchmarks/engine_steps.py compares them.
+PACKED = True
+_PACKED_KS = 4  # distinct k in one graph whose tokens are packed; more come back row by row
 
 
 class _InitParams(ctypes.Structure):
@@ -113,21 +117,30 @@ class _Built:
     vals: int
     tokens: int | None = None
     int_ids: int | None = None
+    place: int | None = None  # the row of `_Thread.tokens` the tokens go into (`PACKED`)
 
 
 class _Thread:
     """One engine thread's staging array, its ggml buffer, and the graphs it is building."""
 
     def __init__(self, g: Any) -> None:
-        # ggml wants the buffer aligned to 32 bytes; numpy promises 16.
+        # The staged settings, then the tokens (`PACKED`), in one block of host memory that ggml
+        # wraps as a CPU buffer; aligned to 64 bytes (ggml wants 32, numpy promises 16).
         shape = (MAX_ROWS + 1, N_PARAMS)  # + llama.cpp's padding row
         size = shape[0] * shape[1] * 4
-        self._memory = np.zeros(size + _ALIGN, np.uint8)
+        out_at = -(-size // _ALIGN) * _ALIGN
+        total = out_at + _PACKED_KS * (MAX_ROWS + 1) * 4
+        self._memory = np.zeros(total + _ALIGN, np.uint8)
         start = -self._memory.ctypes.data % _ALIGN
-        self.params = self._memory[start : start + size].view(np.float32).reshape(shape)
-        self.buffer = g.backend_cpu_buffer_from_ptr(self.params.ctypes.data, size)
+        block = self._memory[start : start + total]
+        self.params = block[:size].view(np.float32).reshape(shape)
+        self.tokens = block[out_at:].view(np.int32).reshape(_PACKED_KS, MAX_ROWS + 1)
+        self.buffer = g.backend_cpu_buffer_from_ptr(block.ctypes.data, total)
         if not self.buffer:
             raise RuntimeError("ggml could not wrap the staging array in a CPU buffer")
+        # k -> the row of `tokens` that graphs finishing rows with that k write into (`PACKED`).
+        # Fixed for the thread's life: a graph llama.cpp reuses need not be the last one built.
+        self.places: dict[int, int] = {}
         size = _TENSORS_PER_CONTEXT * g.tensor_overhead()
         # Two contexts for the staged tensors, in turns: a graph llama.cpp reuses is always the
         # last one built, so the other context's tensors are free when its turn comes again.
@@ -147,6 +160,18 @@ class _Thread:
             raise RuntimeError("ggml could not place the staged settings")
         g.set_input(tensor)
         return int(tensor)
+
+    def place_tokens(self, g: Any, tokens: int, k: int) -> int | None:
+        """Make the graph write its tokens into k's row of `self.tokens` (the copy to the host is
+        then one, made by ggml's scheduler, instead of one per row); None past `_PACKED_KS` k."""
+        place = self.places.get(k)
+        if place is None:
+            if len(self.places) == _PACKED_KS:
+                return None
+            place = self.places[k] = len(self.places)
+        if g.backend_tensor_alloc(self.buffer, tokens, self.tokens[place].ctypes.data) != 0:
+            raise RuntimeError("ggml could not place the tokens")
+        return place
 
 
 class _Sampler:
@@ -176,10 +201,12 @@ class _Sampler:
                 "ggml_div": (vp, [vp, vp, vp]),
                 "ggml_scale_bias": (vp, [vp, vp, cf, cf]),
                 "ggml_clamp": (vp, [vp, vp, cf, cf]),
+                "ggml_build_forward_expand": (None, [vp, vp]),
             }
         )
         self._local = threading.local()
         self.matrices = 0  # graphs whose rows are finished in the graph
+        self.packed = 0  # of those, graphs that write the tokens into one array of ours (`PACKED`)
         self.top_k_only = 0  # graphs that left the top-k (rows not staged as built)
         self.fallbacks = 0  # rows handed to llama.cpp's top-k after an error
         self._name = ctypes.create_string_buffer(b"storybench-sample")
@@ -219,7 +246,7 @@ class _Sampler:
         k = self._value(smpl) & ((1 << _SEQ_SHIFT) - 1)
         llama_cpp.llama_sampler_apply(graph_top_k.native_top_k(k), cur_p)
 
-    def _backend_reset(self, _smpl: Any) -> None:
+    def _backend_reset(self, _smpl: Any) -> None:  # a new graph is being built
         self.thread().built.clear()
 
     def _backend_apply(self, smpl: Any, ctx: int, gf: int, data: Any) -> None:
@@ -227,7 +254,7 @@ class _Sampler:
         k, seq = value & ((1 << _SEQ_SHIFT) - 1), (value >> _SEQ_SHIFT) - 1
         before = (fields.logits, fields.candidates, fields.sampled)
         try:
-            self._build(k, seq, int(ctx), fields)
+            self._build(k, seq, int(ctx), int(gf), fields)
         except Exception:  # an exception cannot cross into C: llama.cpp's own top-k for this row
             log.exception("sampling in the graph: building failed; llama.cpp's top-k instead")
             self.fallbacks += 1
@@ -235,7 +262,7 @@ class _Sampler:
             native = graph_top_k.native_top_k(k)
             native.contents.iface.contents.backend_apply(native, ctx, gf, data)
 
-    def _build(self, k: int, seq: int, ctx: int, data: Any) -> None:
+    def _build(self, k: int, seq: int, ctx: int, gf: int, data: Any) -> None:
         g, state = self.ggml, self.thread()
         row = _tensor(int(data.logits))
         parent = int(row.view_src or 0)
@@ -259,13 +286,21 @@ class _Sampler:
             staged = state.seqs
             if staged is not None and len(staged) + 1 == rows and rows <= MAX_ROWS + 1:
                 built.tokens = build_tail(g, ctx, ids, vals, state.staged_tensor(g, rows))
+                if PACKED:
+                    built.place = state.place_tokens(g, built.tokens, k)
+                    if built.place is not None:
+                        g.build_forward_expand(gf, built.tokens)
+                        self.packed += 1
                 self.matrices += 1
             else:
                 self.top_k_only += 1
         staged = state.seqs
         if built.tokens is not None and staged is not None and r < len(staged) and staged[r] == seq:
-            data.sampled = g.view_1d(ctx, built.tokens, 1, r * 4)
+            # Nothing for llama.cpp to copy back: the row's token is in `tokens` (or, past the
+            # packed k, llama.cpp's sampled token).
             data.logits = data.candidates = None
+            if built.place is None:
+                data.sampled = g.view_1d(ctx, built.tokens, 1, r * 4)
             return
         if built.int_ids is None:  # the rows' candidates, for the CPU to finish
             built.int_ids = int(g.cast(ctx, built.ids, GGML_TYPE_I32))
@@ -293,13 +328,13 @@ def available() -> bool:
 
 
 def counts() -> dict[str, int]:
-    """Graphs built so far in this process that finish their rows, graphs that only left the
-    top-k (their rows were not staged as llama.cpp laid them out), and rows given to llama.cpp's
-    top-k after an error."""
+    """Graphs built so far in this process that finish their rows (and of those, the ones whose
+    tokens come back in one array), graphs that only left the top-k (their rows were not staged
+    as llama.cpp laid them out), and rows given to llama.cpp's top-k after an error."""
     if _SAMPLER is None:
-        return {"matrices": 0, "top_k_only": 0, "fallbacks": 0}
+        return {"matrices": 0, "packed": 0, "top_k_only": 0, "fallbacks": 0}
     s = _SAMPLER
-    return {"matrices": s.matrices, "top_k_only": s.top_k_only, "fallbacks": s.fallbacks}
+    return {"matrices": s.matrices, "packed": s.packed, "top_k_only": s.top_k_only, "fallbacks": s.fallbacks}
 
 
 def add_to(chain: Any, k: int) -> bool:
@@ -322,6 +357,18 @@ def bind(chain: Any, seq: int) -> None:
         if ctypes.cast(member.contents.iface, ctypes.c_void_p).value == iface:
             k = _SAMPLER._value(member) & ((1 << _SEQ_SHIFT) - 1)
             member.contents.ctx = ctypes.c_void_p(k | (seq + 1) << _SEQ_SHIFT)
+
+
+def packed_token(ctx: Any, batch_index: int, row: int, k: int) -> int:
+    """After a decode, on the engine's thread: the token the graph wrote for output `row` (the
+    batch's `batch_index`) with k candidates, or -1 when the graph left the row to the CPU
+    (llama.cpp then copied its candidates back) or this thread packs no tokens for k."""
+    state: _Thread | None = getattr(_SAMPLER._local, "state", None) if _SAMPLER is not None else None
+    if state is None or (place := state.places.get(k)) is None:
+        return -1
+    if llama_cpp.llama_get_sampled_candidates_count_ith(ctx, batch_index) > 0:
+        return -1
+    return int(state.tokens[place, row])
 
 
 def stage(

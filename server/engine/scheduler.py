@@ -624,6 +624,8 @@ class Engine:
             if g is not None and g.tail is not None and outputs[n][0].attached is not None:
                 if g.tail.in_graph:
                     token = llama_cpp.llama_get_sampled_token_ith(ctx, outputs[n][1])
+                    if token < 0:
+                        token = graph_tail.packed_token(ctx, outputs[n][1], n, g.tail.top_k)
                     if token >= 0:
                         tokens[n] = token
                         self.stats.graph_tail_rows += 1

@@ -118,8 +118,13 @@ def boundary_rows(vals: np.ndarray, plans: list[TailPlan], u: np.ndarray, within
     return np.array(near, dtype=int)
 
 
-@pytest.fixture(scope="module")
-def engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Engine]:
+@pytest.fixture(params=[True, False], ids=["packed", "row-by-row"])
+def engine(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[Engine]:
+    """An engine whose graphs write the tokens into one array of ours (`PACKED`), or give them
+    back as llama.cpp's sampled tokens, one per row."""
+    monkeypatch.setattr(graph_tail, "PACKED", request.param)
     tmp = tmp_path_factory.mktemp("graph-tail")
     entry = batched_entry(n_ctx=512, n_parallel=4, n_threads_sampling=2, backend_sampling=True)
     model = BatchedModel(load_config(write_config(tmp / "c.json", [entry])).models[0])
@@ -146,7 +151,9 @@ def test_the_engine_samples_in_the_graph_what_llama_cpps_cpu_chain_samples(engin
     stats = engine.stats
     before, rows, cpu_rows = graph_tail.counts(), stats.graph_tail_rows, stats.graph_tail_cpu_rows
     ours = run_jobs(engine, backend=True, whole=True)
-    assert graph_tail.counts()["matrices"] > before["matrices"]
+    after = graph_tail.counts()
+    assert after["matrices"] > before["matrices"]
+    assert (after["packed"] > before["packed"]) == graph_tail.PACKED
     in_graph, on_cpu = stats.graph_tail_rows - rows, stats.graph_tail_cpu_rows - cpu_rows
     assert in_graph + on_cpu == sum(len(t) for t in ours) + sum(len(t) < 40 for t in ours)
     assert on_cpu <= 4
