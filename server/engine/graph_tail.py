@@ -1,11 +1,18 @@
 """The whole usual chain in the decode graph: the batched top-k (`graph_top_k`), then top-p, min-p,
-temperature and the seeded draw over the (k, rows) matrix it leaves; one token per row comes back.
+temperature and the seeded draw over the (k, rows) matrix it leaves (`tail_ops`); only tokens
+come back.
 
 Why: with the top-k alone in the graph, llama.cpp still copies two small tensors back for every
 row (its k candidates and their logits: 128 device-to-host copies a step at 64 sequences) and the
 CPU finishes the chain after the GPU is done (`host_tail`, 0.3-1.1 ms a step on the H200's host).
-The GPU is idle meanwhile. Here the same few dozen kernels finish every row of the step at once
-and llama.cpp copies back one token id per row.
+The GPU is idle meanwhile. Here the same few dozen kernels finish every row of the step at once,
+and the graph writes the step's tokens into an array of ours: one copy to the host (`PACKED`;
+otherwise llama.cpp copies back one token per row).
+
+Repetition penalties that only lower logits come first (llama-cpp-python's default request has
+1.1): the top-k then keeps k + 64 candidates, which hold the k largest after the penalties, since
+at most the 64 tokens of a request's history are lowered; the penalties are applied to those
+from the history the engine keeps here (`remember`).
 
 The draw's uniform still comes from each request's own `std::mt19937` stream, drawn on the host
 (`host_tail.Mt19937Uniforms`) before the step. Each step's uniforms and settings reach the graph
@@ -20,6 +27,9 @@ The engine then finishes that row on the CPU with the same uniform. So a seed gi
 uniforms on every path; the arithmetic here is float32 in the GPU's order of summation, so a
 token differs from llama.cpp's CPU chain only where a uniform or the top-p threshold falls
 within rounding of a boundary between two candidates (tests/engine/test_graph_tail.py).
+
+About 400 lines: llama.cpp's callbacks, the staged arrays and the calls the engine makes before
+and after a decode all work on one per-thread state; the graph arithmetic itself is `tail_ops`.
 """
 
 from __future__ import annotations
@@ -35,14 +45,16 @@ import numpy as np
 
 from server.engine import graph_top_k
 from server.engine.graph_top_k import GGML_TYPE_F32, GGML_TYPE_I32, _tensor, build_top_k
+from server.engine.tail_ops import HISTORY, N_PARAMS, build_penalties, build_tail
 
 log = logging.getLogger(__name__)
 
-# Per output row, in this order: the draw's uniform, top-p (2: off), log(min-p) and whether
-# min-p is on, the temperature.
-N_PARAMS = 5
 MAX_ROWS = 1024  # outputs in one micro-batch that the graph can finish; more: the CPU finishes them
-_SEQ_SHIFT = 20  # a sampler's llama.cpp context pointer: k | (sequence + 1) << _SEQ_SHIFT
+MAX_SEQ = 256  # sequences whose penalties' history is kept here (`config.MAX_PARALLEL`)
+# A sampler's llama.cpp context pointer: k | penalised << _PENALTY_BIT | (sequence + 1) << _SEQ_SHIFT.
+_K_MASK = (1 << 12) - 1
+_PENALTY_BIT = 12
+_SEQ_SHIFT = 20
 _TENSORS_PER_CONTEXT = 256
 _ALIGN = 64
 # The tokens go into an array of ours in one copy (True), or come back row by row as llama.cpp's
@@ -55,63 +67,16 @@ class _InitParams(ctypes.Structure):
     _fields_ = [("mem_size", ctypes.c_size_t), ("mem_buffer", ctypes.c_void_p), ("no_alloc", ctypes.c_bool)]
 
 
-def settings(top_p: float, min_p: float, temperature: float) -> tuple[float, float, float, float]:
-    """A request's part of its row of the staged array (after the uniform), as `build_tail`
-    reads it."""
-    on = min_p > 0.0
-    log_min_p = float(np.log(np.float32(min_p))) if on else 0.0
-    return (top_p if top_p < 1.0 else 2.0, log_min_p, 1.0 if on else 0.0, temperature)
-
-
-OFF = settings(1.0, 0.0, 1.0)  # a row this module does not sample
-
-
-def row_params(u: float, top_p: float, min_p: float, temperature: float) -> tuple[float, ...]:
-    """One row of the staged array."""
-    return (u, *settings(top_p, min_p, temperature))
-
-
-def build_tail(g: Any, ctx: int, ids: int, vals: int, params: int) -> int:
-    """Tokens [1, 1, R] (int32) from `vals` [k, R] (each row largest first) and their token ids
-    `ids` [k, R] (floats), with `params` [N_PARAMS, R]: what `host_tail.finish` computes, with
-    the same masks (top-p's and min-p's kept prefixes) and the same draw (the first candidate
-    whose running sum reaches the sum times the uniform), counted with steps instead of searched."""
-    t = _tensor(vals)
-    k, rows, nb1 = t.ne[0], t.ne[1], t.nb[1]
-    flipped = g.cont(ctx, g.transpose(ctx, params))  # [R, N_PARAMS]: one contiguous run per setting
-
-    def setting(c: int) -> int:
-        return int(g.reshape_2d(ctx, g.view_1d(ctx, flipped, rows, c * rows * 4), 1, rows))
-
-    def column(x: int, c: int) -> int:  # [1, R]
-        return int(g.cont(ctx, g.view_2d(ctx, x, 1, rows, nb1, c * 4)))
-
-    def below(x: int, y: int) -> int:  # 1 where x < y (y broadcast along rows)
-        return int(g.step(ctx, g.scale(ctx, g.sub(ctx, x, y), -1.0)))
-
-    u, top_p, log_min_p, min_p_on, temperature = (setting(c) for c in range(N_PARAMS))
-    position = g.repeat(ctx, g.reshape_2d(ctx, g.arange(ctx, 0.0, float(k), 1.0), k, 1), vals)
-    # top-p: keep j while j <= the number of running sums below p (the first one reaching p stays).
-    short = g.sum_rows(ctx, below(g.cumsum(ctx, g.soft_max(ctx, vals)), top_p))
-    keep_p = g.step(ctx, g.scale_bias(ctx, g.sub(ctx, position, short), -1.0, 0.5))
-    # min-p: drop the values under max + log(min-p) (never the first: it is the max).
-    under = below(vals, g.add(ctx, column(vals, 0), log_min_p))
-    keep_min = g.scale_bias(ctx, g.mul(ctx, under, min_p_on), -1.0, 1.0)
-    keep = g.mul(ctx, keep_p, keep_min)
-    # temperature, then the draw over what is kept.
-    scaled = g.div(ctx, vals, temperature)
-    weights = g.mul(ctx, g.exp(ctx, g.sub(ctx, scaled, column(scaled, 0))), keep)
-    running = g.cumsum(ctx, weights)
-    target = g.mul(ctx, column(running, k - 1), u)
-    pick = g.clamp(ctx, g.sum_rows(ctx, below(running, target)), 0.0, float(k - 1))
-    chosen = g.get_rows(ctx, g.reshape_3d(ctx, ids, 1, k, rows), g.cast(ctx, pick, GGML_TYPE_I32))
-    return int(g.cast(ctx, chosen, GGML_TYPE_I32))
+def _unpack(value: int) -> tuple[int, bool, int]:
+    """(k, penalised, sequence or -1) from a sampler's context pointer."""
+    return value & _K_MASK, bool(value >> _PENALTY_BIT & 1), (value >> _SEQ_SHIFT) - 1
 
 
 @dataclass
 class _Built:
-    """What one graph holds for one k: the top-k (ids as floats, values), the tokens when the
-    graph finishes its rows, and the ids as int32 once a row is left to the CPU."""
+    """What one graph holds for one k: the top-k (ids as floats, values; with penalties, the
+    k + HISTORY largest before them), the tokens when the graph finishes its rows, and the ids as
+    int32 once a row is left to the CPU."""
 
     ids: int
     vals: int
@@ -124,51 +89,69 @@ class _Thread:
     """One engine thread's staging array, its ggml buffer, and the graphs it is building."""
 
     def __init__(self, g: Any) -> None:
-        # The staged settings, then the tokens (`PACKED`), in one block of host memory that ggml
-        # wraps as a CPU buffer; aligned to 64 bytes (ggml wants 32, numpy promises 16).
-        shape = (MAX_ROWS + 1, N_PARAMS)  # + llama.cpp's padding row
-        size = shape[0] * shape[1] * 4
-        out_at = -(-size // _ALIGN) * _ALIGN
-        total = out_at + _PACKED_KS * (MAX_ROWS + 1) * 4
+        # In one block of host memory that ggml wraps as a CPU buffer, each part aligned to 64
+        # bytes (ggml wants 32, numpy promises 16): the staged settings and the sequence of each
+        # output row (+ llama.cpp's padding row), every sequence's last tokens, and the tokens
+        # the graph picks (`PACKED`).
+        parts = {
+            "params": (np.float32, (MAX_ROWS + 1, N_PARAMS)),
+            "seqs": (np.int32, (MAX_ROWS + 1,)),
+            "history": (np.float32, (MAX_SEQ, HISTORY)),
+            "tokens": (np.int32, (_PACKED_KS, MAX_ROWS + 1)),
+        }
+        offsets, total = {}, 0
+        for name, (_, shape) in parts.items():
+            offsets[name] = total
+            total += -(-int(np.prod(shape)) * 4 // _ALIGN) * _ALIGN
         self._memory = np.zeros(total + _ALIGN, np.uint8)
         start = -self._memory.ctypes.data % _ALIGN
         block = self._memory[start : start + total]
-        self.params = block[:size].view(np.float32).reshape(shape)
-        self.tokens = block[out_at:].view(np.int32).reshape(_PACKED_KS, MAX_ROWS + 1)
+
+        def part(name: str) -> np.ndarray:
+            dtype, shape = parts[name]
+            at = offsets[name]
+            return block[at : at + int(np.prod(shape)) * 4].view(dtype).reshape(shape)
+
+        self.params, self.seq_rows = part("params"), part("seqs")
+        self.history, self.tokens = part("history"), part("tokens")
+        self.history[:] = -1.0
+        self.history_at = [0] * MAX_SEQ  # where each sequence's next token goes (a ring)
         self.buffer = g.backend_cpu_buffer_from_ptr(block.ctypes.data, total)
         if not self.buffer:
             raise RuntimeError("ggml could not wrap the staging array in a CPU buffer")
-        # k -> the row of `tokens` that graphs finishing rows with that k write into (`PACKED`).
-        # Fixed for the thread's life: a graph llama.cpp reuses need not be the last one built.
-        self.places: dict[int, int] = {}
+        # (k, penalised) -> the row of `tokens` that graphs finishing such rows write into
+        # (`PACKED`). Fixed for the thread's life: a graph llama.cpp reuses need not be the last
+        # one built.
+        self.places: dict[tuple[int, bool], int] = {}
         size = _TENSORS_PER_CONTEXT * g.tensor_overhead()
         # Two contexts for the staged tensors, in turns: a graph llama.cpp reuses is always the
         # last one built, so the other context's tensors are free when its turn comes again.
         self.contexts = [g.init(_InitParams(size, None, True)) for _ in range(2)]
         self.current, self.made = 0, 0
         self.seqs: list[int] | None = None  # the sequence of every output row, for the next decode
-        self.built: dict[tuple[int, int, int], _Built] = {}
+        self.built: dict[tuple[int, int, int, bool], _Built] = {}
 
-    def staged_tensor(self, g: Any, rows: int) -> int:
-        """A graph input [N_PARAMS, rows] over the staging array."""
+    def staged(self, g: Any, array: np.ndarray, kind: int, ne0: int, ne1: int) -> int:
+        """A graph input [ne0, ne1] over the start of one of the staged arrays."""
         if self.made == _TENSORS_PER_CONTEXT:
             self.current, self.made = 1 - self.current, 0
             g.reset(self.contexts[self.current])
         self.made += 1
-        tensor = g.new_tensor_2d(self.contexts[self.current], GGML_TYPE_F32, N_PARAMS, rows)
-        if g.backend_tensor_alloc(self.buffer, tensor, self.params.ctypes.data) != 0:
-            raise RuntimeError("ggml could not place the staged settings")
+        tensor = g.new_tensor_2d(self.contexts[self.current], kind, ne0, ne1)
+        if g.backend_tensor_alloc(self.buffer, tensor, array.ctypes.data) != 0:
+            raise RuntimeError("ggml could not place a staged array")
         g.set_input(tensor)
         return int(tensor)
 
-    def place_tokens(self, g: Any, tokens: int, k: int) -> int | None:
-        """Make the graph write its tokens into k's row of `self.tokens` (the copy to the host is
-        then one, made by ggml's scheduler, instead of one per row); None past `_PACKED_KS` k."""
-        place = self.places.get(k)
+    def place_tokens(self, g: Any, tokens: int, kind: tuple[int, bool]) -> int | None:
+        """Make the graph write its tokens into the row of `self.tokens` for this (k, penalised)
+        (the copy to the host is then one, made by ggml's scheduler, instead of one per row);
+        None past `_PACKED_KS` kinds."""
+        place = self.places.get(kind)
         if place is None:
             if len(self.places) == _PACKED_KS:
                 return None
-            place = self.places[k] = len(self.places)
+            place = self.places[kind] = len(self.places)
         if g.backend_tensor_alloc(self.buffer, tokens, self.tokens[place].ctypes.data) != 0:
             raise RuntimeError("ggml could not place the tokens")
         return place
@@ -187,6 +170,8 @@ class _Sampler:
                 "ggml_init": (vp, [_InitParams]),
                 "ggml_reset": (None, [vp]),
                 "ggml_new_tensor_2d": (vp, [vp, ctypes.c_int, i64, i64]),
+                "ggml_new_tensor_3d": (vp, [vp, ctypes.c_int, i64, i64, i64]),
+                "ggml_abs": (vp, [vp, vp]),
                 "ggml_set_input": (None, [vp]),
                 "ggml_backend_cpu_buffer_from_ptr": (vp, [vp, sz]),
                 "ggml_backend_tensor_alloc": (ctypes.c_int, [vp, vp, vp]),
@@ -243,18 +228,20 @@ class _Sampler:
         return ctypes.cast(self.new(self._value(smpl)), ctypes.c_void_p).value
 
     def _apply(self, smpl: Any, cur_p: Any) -> None:  # on the CPU: llama.cpp's top-k, as `graph_top_k`
-        k = self._value(smpl) & ((1 << _SEQ_SHIFT) - 1)
-        llama_cpp.llama_sampler_apply(graph_top_k.native_top_k(k), cur_p)
+        k, penalized, _ = _unpack(self._value(smpl))
+        llama_cpp.llama_sampler_apply(graph_top_k.native_top_k(k + HISTORY if penalized else k), cur_p)
 
     def _backend_reset(self, _smpl: Any) -> None:  # a new graph is being built
         self.thread().built.clear()
 
     def _backend_apply(self, smpl: Any, ctx: int, gf: int, data: Any) -> None:
-        value, fields = self._value(smpl), data.contents
-        k, seq = value & ((1 << _SEQ_SHIFT) - 1), (value >> _SEQ_SHIFT) - 1
+        fields = data.contents
+        k, penalized, seq = _unpack(self._value(smpl))
+        if penalized:  # the candidates the penalties choose from (`tail_ops.lowers_only`)
+            k += HISTORY
         before = (fields.logits, fields.candidates, fields.sampled)
         try:
-            self._build(k, seq, int(ctx), int(gf), fields)
+            self._build(k, penalized, seq, int(ctx), int(gf), fields)
         except Exception:  # an exception cannot cross into C: llama.cpp's own top-k for this row
             log.exception("sampling in the graph: building failed; llama.cpp's top-k instead")
             self.fallbacks += 1
@@ -262,7 +249,8 @@ class _Sampler:
             native = graph_top_k.native_top_k(k)
             native.contents.iface.contents.backend_apply(native, ctx, gf, data)
 
-    def _build(self, k: int, seq: int, ctx: int, gf: int, data: Any) -> None:
+    def _build(self, k: int, penalized: bool, seq: int, ctx: int, gf: int, data: Any) -> None:
+        """`k`: the candidates to keep, HISTORY more than the request's top-k with penalties."""
         g, state = self.ggml, self.thread()
         row = _tensor(int(data.logits))
         parent = int(row.view_src or 0)
@@ -278,16 +266,22 @@ class _Sampler:
             graph_top_k.top_k_of_row(g, ctx, data, k)
             return
         rows, r = matrix.ne[1], row.view_offs // matrix.nb[1]
-        key = (ctx, parent, k)
+        key = (ctx, parent, k, penalized)
         built = state.built.get(key)
         if built is None:
             ids, vals = build_top_k(g, ctx, parent, k, float_ids=True)
             built = state.built[key] = _Built(ids, vals)
             staged = state.seqs
             if staged is not None and len(staged) + 1 == rows and rows <= MAX_ROWS + 1:
-                built.tokens = build_tail(g, ctx, ids, vals, state.staged_tensor(g, rows))
+                params = state.staged(g, state.params, GGML_TYPE_F32, N_PARAMS, rows)
+                if penalized:
+                    seqs = state.staged(g, state.seq_rows, GGML_TYPE_I32, rows, 1)
+                    every = state.staged(g, state.history, GGML_TYPE_F32, HISTORY, MAX_SEQ)
+                    history = g.get_rows(ctx, every, seqs)  # [HISTORY, R]: each row's sequence's
+                    ids, vals = build_penalties(g, ctx, ids, vals, params, history, k - HISTORY)
+                built.tokens = build_tail(g, ctx, ids, vals, params)
                 if PACKED:
-                    built.place = state.place_tokens(g, built.tokens, k)
+                    built.place = state.place_tokens(g, built.tokens, (k, penalized))
                     if built.place is not None:
                         g.build_forward_expand(gf, built.tokens)
                         self.packed += 1
@@ -337,13 +331,15 @@ def counts() -> dict[str, int]:
     return {"matrices": s.matrices, "packed": s.packed, "top_k_only": s.top_k_only, "fallbacks": s.fallbacks}
 
 
-def add_to(chain: Any, k: int) -> bool:
-    """Add the whole-chain sampler to a llama.cpp sampler chain (which then owns it); False when
-    this build cannot run it or k is past `graph_top_k.MAX_K`."""
-    if not 0 < k <= graph_top_k.MAX_K or not available():
+def add_to(chain: Any, k: int, penalized: bool = False) -> bool:
+    """Add the whole-chain sampler to a llama.cpp sampler chain (which then owns it), with the
+    repetition penalties first when `penalized` (they must only lower logits:
+    `tail_ops.lowers_only`); False when this build cannot run it or the candidates it keeps
+    (k, plus HISTORY with penalties) are past `graph_top_k.MAX_K`."""
+    if not 0 < k + (HISTORY if penalized else 0) <= graph_top_k.MAX_K or not k or not available():
         return False
     assert _SAMPLER is not None
-    llama_cpp.llama_sampler_chain_add(chain, _SAMPLER.new(k))
+    llama_cpp.llama_sampler_chain_add(chain, _SAMPLER.new(k | int(penalized) << _PENALTY_BIT))
     return True
 
 
@@ -354,27 +350,58 @@ def bind(chain: Any, seq: int) -> None:
     iface = ctypes.addressof(_SAMPLER.iface)
     for i in range(llama_cpp.llama_sampler_chain_n(chain)):
         member = llama_cpp.llama_sampler_chain_get(chain, i)
-        if ctypes.cast(member.contents.iface, ctypes.c_void_p).value == iface:
-            k = _SAMPLER._value(member) & ((1 << _SEQ_SHIFT) - 1)
-            member.contents.ctx = ctypes.c_void_p(k | (seq + 1) << _SEQ_SHIFT)
+        if ctypes.cast(member.contents.iface, ctypes.c_void_p).value == iface and 0 <= seq < MAX_SEQ:
+            kind = _SAMPLER._value(member) & ((1 << _SEQ_SHIFT) - 1)
+            member.contents.ctx = ctypes.c_void_p(kind | (seq + 1) << _SEQ_SHIFT)
 
 
-def packed_token(ctx: Any, batch_index: int, row: int, k: int) -> int:
+def _state() -> _Thread | None:
+    return getattr(_SAMPLER._local, "state", None) if _SAMPLER is not None else None
+
+
+def packed_token(ctx: Any, batch_index: int, row: int, k: int, penalized: bool) -> int:
     """After a decode, on the engine's thread: the token the graph wrote for output `row` (the
-    batch's `batch_index`) with k candidates, or -1 when the graph left the row to the CPU
-    (llama.cpp then copied its candidates back) or this thread packs no tokens for k."""
-    state: _Thread | None = getattr(_SAMPLER._local, "state", None) if _SAMPLER is not None else None
-    if state is None or (place := state.places.get(k)) is None:
+    batch's `batch_index`) of a request with top-k `k`, or -1 when the graph left the row to the
+    CPU (llama.cpp then copied its candidates back) or this thread packs no such tokens."""
+    state = _state()
+    kind = (k + HISTORY, True) if penalized else (k, False)
+    if state is None or (place := state.places.get(kind)) is None:
         return -1
     if llama_cpp.llama_get_sampled_candidates_count_ith(ctx, batch_index) > 0:
         return -1
     return int(state.tokens[place, row])
 
 
+def forget(seq: int) -> None:
+    """A new request on `seq`: its penalties start from no history (engine thread)."""
+    if _SAMPLER is not None and 0 <= seq < MAX_SEQ:
+        state = _SAMPLER.thread()
+        state.history[seq] = -1.0
+        state.history_at[seq] = 0
+
+
+def remember(seq: int, token: int) -> None:
+    """A token `seq` picked, for its penalties: the last HISTORY are kept (engine thread)."""
+    if _SAMPLER is not None and 0 <= seq < MAX_SEQ:
+        state = _SAMPLER.thread()
+        at = state.history_at[seq]
+        state.history[seq, at % HISTORY] = token
+        state.history_at[seq] = at + 1
+
+
+def history(seq: int) -> np.ndarray:
+    """The tokens `seq`'s penalties look back on (engine thread; in no order)."""
+    state = _state()
+    if state is None or not 0 <= seq < MAX_SEQ:
+        return np.zeros(0, np.int32)
+    row = state.history[seq]
+    return row[row >= 0].astype(np.int32)
+
+
 def stage(
     seqs: list[int] | None,
     uniforms: list[float] | None = None,
-    rows: list[tuple[float, float, float, float]] | None = None,
+    rows: list[tuple[float, ...]] | None = None,
 ) -> None:
     """Before a decode, on the engine's thread: the sequence of every output row in batch order,
     each row's uniform and its `settings` (rows this module does not sample may hold anything).
@@ -387,3 +414,4 @@ def stage(
         n = min(len(rows), MAX_ROWS)
         state.params[:n, 0] = uniforms[:n]
         state.params[:n, 1:] = rows[:n]
+        state.seq_rows[:n] = [s if 0 <= s < MAX_SEQ else 0 for s in seqs[:n]]

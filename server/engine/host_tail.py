@@ -30,6 +30,7 @@ import numpy as np
 # llama.cpp's chain row by row instead: measured on an H200's host (issue 16), the numpy passes
 # cost about 0.2 ms whatever the number of rows, the chain 0.02-0.03 ms a row up to 32 rows.
 HOST_TAIL_MIN_ROWS = 40
+PENALTY_HISTORY = 64  # `sampling.PENALTY_LAST_N`: the extra candidates kept for the penalties
 
 _TWO_32 = 4294967296.0
 _TWO_64 = 18446744073709551616.0
@@ -78,11 +79,44 @@ class TailPlan:
     rng: Mt19937Uniforms = field(init=False)
     # With `in_graph`: this step's draw, taken before the decode, for the CPU should it finish.
     uniform: float = 0.0
-    # With `in_graph`: the rest of its row of `graph_tail`'s staged array (`graph_tail.settings`).
-    graph_settings: tuple[float, float, float, float] = (2.0, 0.0, 0.0, 1.0)
+    # With `in_graph`: the rest of its row of `graph_tail`'s staged array (`tail_ops.settings`).
+    graph_settings: tuple[float, ...] = ()
+    # With `in_graph`: the repetition, frequency and presence penalties the graph applies first
+    # (None: none); the graph then keeps HISTORY more candidates (`candidates`).
+    penalties: tuple[float, float, float] | None = None
 
     def __post_init__(self) -> None:
         self.rng = Mt19937Uniforms(self.seed)
+
+    @property
+    def candidates(self) -> int:
+        """How many candidates the graph leaves for this request's row."""
+        return self.top_k + (PENALTY_HISTORY if self.penalties is not None else 0)
+
+
+def penalize(
+    ids: np.ndarray, logits: np.ndarray, histories: list[np.ndarray], plans: list[TailPlan]
+) -> tuple[np.ndarray, np.ndarray]:
+    """The rows' top-k after their penalties, largest first (ids, logits: (rows, k)), from the
+    k + PENALTY_HISTORY candidates the graph kept before them, as llama.cpp's penalties sampler
+    and top-k compute it in float32: a token seen `count` times in the row's history has a
+    positive logit divided by the repetition penalty (any other multiplied), then
+    `count * frequency + presence` taken off."""
+    m, n = logits.shape
+    k = plans[0].top_k
+    out = logits.copy()
+    for r, (history, plan) in enumerate(zip(histories, plans, strict=True)):
+        assert plan.penalties is not None
+        repeat, frequency, presence = (np.float32(x) for x in plan.penalties)
+        count = (ids[r][:, None] == history[None, :]).sum(axis=1).astype(np.float32)
+        seen = count > 0
+        row = out[r]
+        changed = np.where(row <= 0, row * repeat, row / repeat)
+        amount = count * frequency + np.float32(1.0) * presence
+        row[seen] = (changed - amount)[seen]
+    order = np.argsort(-out, axis=1, kind="stable")[:, :k]
+    take = np.arange(m)[:, None]
+    return ids[take, order], out[take, order]
 
 
 def finish(

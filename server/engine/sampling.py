@@ -20,10 +20,11 @@ from llama_cpp.llama_grammar import LlamaGrammar
 
 from server.engine import graph_tail, graph_top_k
 from server.engine.host_sampling import HostPlan, make_plan, tail_chain
-from server.engine.host_tail import TailPlan
+from server.engine.host_tail import PENALTY_HISTORY, TailPlan
+from server.engine.tail_ops import lowers_only, settings
 
 # llama-cpp-python's `last_n_tokens_size`: the window of the repetition penalties.
-PENALTY_LAST_N = 64
+PENALTY_LAST_N = PENALTY_HISTORY
 
 
 @dataclass
@@ -125,10 +126,23 @@ def build_chains(
     penalties = (p.repeat_penalty, p.frequency_penalty, p.presence_penalty)
     graph, tail = internals.LlamaSampler(), internals.LlamaSampler()
     tail_plan: TailPlan | None = None
+    penalized = penalties != (1.0, 0.0, 0.0)
     try:
+        # Penalties that only lower logits go into `graph_tail`'s sampler, after a batched top-k
+        # of k + PENALTY_LAST_N candidates; otherwise llama.cpp's sampler over the whole row.
+        whole_penalized = (
+            in_graph_tail
+            and batched_top_k
+            and penalized
+            and lowers_only(penalties)
+            and not p.logit_bias
+            and p.temperature > 0.0
+            and p.top_k > 0
+            and graph_tail.add_to(graph.sampler, p.top_k, penalized=True)
+        )
         if p.logit_bias:
             graph.add_logit_bias(n_vocab, p.logit_bias)
-        if penalties != (1.0, 0.0, 0.0):
+        if penalized and not whole_penalized:
             graph.add_penalties(n_vocab, PENALTY_LAST_N, *penalties)
         head: tuple[object, ...] = (tuple(sorted(p.logit_bias.items())), penalties)
         if p.temperature == 0.0:
@@ -140,11 +154,15 @@ def build_chains(
         elif p.top_k > 0:
             # One top-k over all the step's rows (`graph_top_k`), unless a logit bias or penalties
             # change this row first: it is then no longer a row of the step's matrix.
-            batched = batched_top_k and head == ((), (1.0, 0.0, 0.0))
-            whole = batched and in_graph_tail and graph_tail.add_to(graph.sampler, p.top_k)
+            batched = whole_penalized or (batched_top_k and head == ((), (1.0, 0.0, 0.0)))
+            whole = whole_penalized or (
+                batched and in_graph_tail and graph_tail.add_to(graph.sampler, p.top_k)
+            )
             if not (whole or (batched and graph_top_k.add_to(graph.sampler, p.top_k))):
                 batched = False
                 graph.add_top_k(p.top_k)
+            if whole_penalized:  # the graph leaves k + PENALTY_LAST_N candidates if it stops early
+                tail.add_top_k(p.top_k)
             tail.add_top_p(p.top_p, 1)
             tail.add_min_p(p.min_p, 1)
             tail.add_temp(p.temperature)
@@ -153,7 +171,9 @@ def build_chains(
             if batched and (host_tail or whole):
                 k = min(p.top_k, n_vocab)
                 tail_plan = TailPlan(k, p.top_p, p.min_p, p.temperature, seed, in_graph=whole)
-                tail_plan.graph_settings = graph_tail.settings(p.top_p, p.min_p, p.temperature)
+                if whole_penalized:
+                    tail_plan.penalties = penalties
+                tail_plan.graph_settings = settings(p.top_p, p.min_p, p.temperature, penalties)
         else:
             graph.add_top_p(p.top_p, 1)
             graph.add_min_p(p.min_p, 1)
@@ -164,7 +184,8 @@ def build_chains(
         graph.close()
         tail.close()
         raise
-    return Chains(tail, graph, key, accept_graph=penalties != (1.0, 0.0, 0.0), tail=tail_plan)
+    accept = penalized and not whole_penalized  # llama.cpp's penalties keep their history
+    return Chains(tail, graph, key, accept_graph=accept, tail=tail_plan)
 
 
 def build_sampler(model: internals.LlamaModel, p: SamplingParams) -> internals.LlamaSampler:

@@ -36,9 +36,9 @@ import llama_cpp
 import numpy as np
 from llama_cpp import _internals as internals
 
-from server.engine import graph_tail, graph_top_k
+from server.engine import graph_tail, graph_top_k, tail_ops
 from server.engine.host_sampling import HostPlan, HostSampler
-from server.engine.host_tail import HOST_TAIL_MIN_ROWS, TailPlan, finish, read_rows
+from server.engine.host_tail import HOST_TAIL_MIN_ROWS, TailPlan, finish, penalize, read_rows
 from server.engine.model import BatchedModel
 from server.engine.sampling import Chains, SamplingParams, build_sampler
 from server.engine.text import Pieces, TextStream
@@ -482,6 +482,8 @@ class Engine:
     def _attach(self, slot: Slot, gen: Generation) -> None:
         """Give the slot's sequence the request's graph chain (or its own, reset), or none."""
         graph, gen.graph = gen.graph, None  # the slot owns it from here
+        if gen.tail is not None and gen.tail.penalties is not None:
+            graph_tail.forget(slot.seq)  # the penalties' history starts empty, as llama.cpp's
         few = self.busy_slots + len(self._pending) < HOST_TAIL_MIN_ROWS
         if gen.tail is not None and not gen.tail.in_graph and few:
             # Few rows: llama.cpp's chain, row by row, costs less than the numpy passes. Both
@@ -589,11 +591,11 @@ class Engine:
             graph_tail.stage(None)
             return
         uniforms: list[float] = []
-        rows: list[tuple[float, float, float, float]] = []
+        rows: list[tuple[float, ...]] = []
         for plan in plans:
             if plan is None or not plan.in_graph:
                 uniforms.append(0.0)
-                rows.append(graph_tail.OFF)
+                rows.append(tail_ops.OFF)
                 continue
             plan.uniform = plan.rng.next()
             uniforms.append(plan.uniform)
@@ -619,22 +621,25 @@ class Engine:
             map_ = self._pool.map if self._pool is not None and len(host) > 1 else map
             for n, token in zip(host, self._host.sample(logits, rows, map_, self._pool_size), strict=True):
                 tokens[n] = token
-        by_k: dict[int, list[int]] = {}  # rows whose graph left k candidates, by k
+        by_k: dict[tuple[int, bool], list[int]] = {}  # rows whose graph left candidates, by kind
         for n, g in enumerate(gens):
             if g is not None and g.tail is not None and outputs[n][0].attached is not None:
-                if g.tail.in_graph:
+                plan = g.tail
+                if plan.in_graph:
                     token = llama_cpp.llama_get_sampled_token_ith(ctx, outputs[n][1])
                     if token < 0:
-                        token = graph_tail.packed_token(ctx, outputs[n][1], n, g.tail.top_k)
+                        penalized = plan.penalties is not None
+                        token = graph_tail.packed_token(ctx, outputs[n][1], n, plan.top_k, penalized)
                     if token >= 0:
                         tokens[n] = token
                         self.stats.graph_tail_rows += 1
                         self.stats.backend_sampled += 1
                         continue
                     self.stats.graph_tail_cpu_rows += 1
-                by_k.setdefault(g.tail.top_k, []).append(n)
-        for k, finished in by_k.items():
-            for n, token in zip(finished, self._finish_tails(outputs, gens, finished, k), strict=True):
+                by_k.setdefault((plan.candidates, plan.penalties is not None), []).append(n)
+        for (k, penalized), finished in by_k.items():
+            picked = self._finish_tails(outputs, gens, finished, k, penalized)
+            for n, token in zip(finished, picked, strict=True):
                 tokens[n] = token
         rest = [n for n in range(len(outputs)) if tokens[n] == -1]
         chains = {n: (g.sampler.sampler, outputs[n][1]) for n in rest if (g := gens[n]) is not None}
@@ -655,15 +660,24 @@ class Engine:
                 for n, token in zip(group, picked, strict=True):
                     tokens[n] = token
         for (slot, _), token in zip(outputs, tokens, strict=True):
-            if slot.attached is not None and slot.gen is not None and slot.gen.accept_graph:
+            gen = slot.gen
+            if slot.attached is not None and gen is not None and gen.accept_graph:
                 llama_cpp.llama_sampler_accept(slot.attached.sampler, token)  # penalties' history
+            elif gen is not None and gen.tail is not None and gen.tail.penalties is not None:
+                graph_tail.remember(slot.seq, token)  # `graph_tail`'s penalties' history
         return tokens
 
     def _finish_tails(
-        self, outputs: list[tuple[Slot, int]], gens: list[Generation | None], rows: list[int], k: int
+        self,
+        outputs: list[tuple[Slot, int]],
+        gens: list[Generation | None],
+        rows: list[int],
+        k: int,
+        penalized: bool,
     ) -> list[int]:
-        """Finish the rows whose graph kept k candidates, all at once (`host_tail`); -1 for every
-        row (llama.cpp's chain then) when llama.cpp's buffers are not laid out as expected."""
+        """Finish the rows whose graph kept k candidates, all at once (`host_tail`), after their
+        penalties when `penalized` (`graph_tail` applies them in the graph otherwise); -1 for
+        every row (llama.cpp's chain then) when llama.cpp's buffers are not laid out as expected."""
         plans = [g.tail for n in rows if (g := gens[n]) is not None and g.tail is not None]
         read = read_rows(self.model.ctx, [outputs[n][1] for n in rows], rows, self.model.n_vocab, k)
         if read is None or len(plans) != len(rows):
@@ -671,9 +685,13 @@ class Engine:
             return [-1] * len(rows)
         self.stats.backend_sampled += len(rows)
         self.stats.tail_rows += len(rows)
+        ids, logits = read
+        if penalized:
+            histories = [graph_tail.history(outputs[n][0].seq) for n in rows]
+            ids, logits = penalize(ids, logits, histories, plans)
         # A row the graph was to finish already took its draw before the decode.
         uniforms = [p.uniform if p.in_graph else p.rng.next() for p in plans]
-        return finish(read[0], read[1], plans, uniforms)
+        return finish(ids, logits, plans, uniforms)
 
     def _is_eog(self, token: int) -> bool:
         eog = self._eog.get(token)

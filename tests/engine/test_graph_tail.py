@@ -22,8 +22,8 @@ import openai
 import pytest
 
 from server.config import ServerConfigError, load_config
-from server.engine import graph_tail, graph_top_k
-from server.engine.host_tail import TailPlan, finish
+from server.engine import graph_tail, graph_top_k, tail_ops
+from server.engine.host_tail import TailPlan, finish, penalize
 from server.engine.model import BatchedModel
 from server.engine.sampling import build_chains
 from server.engine.scheduler import Engine
@@ -34,8 +34,15 @@ from tests.engine.test_graph_top_k import PARAMS, job_params
 from tests.support.servers import MAIN_MODEL, model_entry, start_server, write_config
 
 
-def tail_on_cpu(ids: np.ndarray, vals: np.ndarray, params: np.ndarray) -> np.ndarray:
-    """`graph_tail.build_tail` in a ggml graph of its own, computed by ggml's CPU backend."""
+def tail_on_cpu(
+    ids: np.ndarray,
+    vals: np.ndarray,
+    params: np.ndarray,
+    history: np.ndarray | None = None,
+    k: int | None = None,
+) -> np.ndarray:
+    """`tail_ops.build_tail` (after `tail_ops.build_penalties` down to k candidates, given each
+    row's `history`) in a ggml graph of its own, computed by ggml's CPU backend."""
     assert graph_tail.available()
     g = graph_top_k.loaded_ggml()
     lib, vp = g.lib, ctypes.c_void_p
@@ -54,9 +61,11 @@ def tail_on_cpu(ids: np.ndarray, vals: np.ndarray, params: np.ndarray) -> np.nda
             return int(t)
 
         f32 = np.float32
-        tokens = graph_tail.build_tail(
-            g, ctx, tensor(ids.astype(f32)), tensor(vals), tensor(params.astype(f32))
-        )
+        t_ids, t_vals, t_params = tensor(ids.astype(f32)), tensor(vals), tensor(params.astype(f32))
+        if history is not None and k is not None:
+            t_history = tensor(history.astype(f32))
+            t_ids, t_vals = tail_ops.build_penalties(g, ctx, t_ids, t_vals, t_params, t_history, k)
+        tokens = tail_ops.build_tail(g, ctx, t_ids, t_vals, t_params)
         gf = lib.ggml_new_graph(ctx)
         lib.ggml_build_forward_expand(gf, tokens)
         cpu.ggml_graph_compute_with_ctx(ctx, gf, 2)
@@ -81,7 +90,7 @@ def test_the_graph_picks_what_the_cpu_tail_picks(k: int) -> None:
     u = rng.random(m)
     u[:5] = [0.0, 1e-9, 0.5, 1 - 1e-9, np.nextafter(1.0, 0.0)]
     params = np.array(
-        [graph_tail.row_params(u[i], p.top_p, p.min_p, p.temperature) for i, p in enumerate(plans)]
+        [tail_ops.row_params(u[i], p.top_p, p.min_p, p.temperature) for i, p in enumerate(plans)]
     )
     ours = tail_on_cpu(ids, vals, params)
     theirs = np.array(finish(ids, vals, plans, u.tolist()))
@@ -118,6 +127,37 @@ def boundary_rows(vals: np.ndarray, plans: list[TailPlan], u: np.ndarray, within
     return np.array(near, dtype=int)
 
 
+@pytest.mark.parametrize("penalties", [(1.1, 0.0, 0.0), (1.3, 0.4, 0.2), (1.0, 0.0, 0.0)])
+def test_penalties_in_the_graph_pick_what_the_cpu_picks(penalties: tuple[float, float, float]) -> None:
+    """k + 64 candidates before the penalties and a history of up to 64 tokens (repeats,
+    candidates and others, positive and negative logits): after the penalties the graph keeps
+    what llama.cpp's penalties and top-k keep (`host_tail.penalize`) and draws what the tail draws."""
+    rng = np.random.default_rng(int(penalties[0] * 100))
+    m, k = 1500, 40
+    n = k + tail_ops.HISTORY
+    vals = -np.sort(-(rng.standard_normal((m, n)) * 3).astype(np.float32), axis=1)
+    ids = np.stack([rng.choice(128_000, size=n, replace=False) for _ in range(m)]).astype(np.int32)
+    history = np.full((m, tail_ops.HISTORY), -1, np.int32)
+    for r in range(m):
+        size = int(rng.integers(0, tail_ops.HISTORY + 1))
+        pool = np.concatenate([ids[r, : k + 10], rng.integers(0, 128_000, 20)])
+        history[r, :size] = rng.choice(pool, size=size)  # repeats included
+    plans = [TailPlan(k, 0.95, 0.05, 0.8, seed=r) for r in range(m)]
+    for p in plans:
+        p.penalties = penalties
+    u = rng.random(m)
+    params = np.array([tail_ops.row_params(u[r], 0.95, 0.05, 0.8, penalties) for r in range(m)])
+    ours = tail_on_cpu(ids, vals, params, history, k)
+    top_ids, top_vals = penalize(ids, vals, [h[h >= 0] for h in history], plans)
+    theirs = np.array(finish(top_ids, top_vals, plans, u.tolist()))
+    near = boundary_rows(top_vals, plans, u)
+    assert len(near) < m // 40
+    exact = np.setdiff1d(np.arange(m), near)
+    assert (ours[exact] == theirs[exact]).all()
+    if penalties != tail_ops.NO_PENALTIES:  # the penalties changed what is kept
+        assert (top_ids != ids[:, :k]).any(axis=1).mean() > 0.5
+
+
 @pytest.fixture(params=[True, False], ids=["packed", "row-by-row"])
 def engine(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
@@ -134,10 +174,19 @@ def engine(
     model.close()
 
 
-def run_jobs(engine: Engine, backend: bool, whole: bool, n: int = 4, tokens: int = 40) -> list[list[int]]:
+# Repetition, frequency and presence penalties per request: llama-cpp-python's default (1.1),
+# all three, and none.
+PENALTIES = [(1.1, 0.0, 0.0), (1.3, 0.4, 0.2), (1.0, 0.0, 0.0), (1.1, 0.0, 0.0)]
+
+
+def run_jobs(
+    engine: Engine, backend: bool, whole: bool, n: int = 4, tokens: int = 40, penalties: bool = False
+) -> list[list[int]]:
     jobs = []
     for i in range(n):
         params = job_params(i)
+        if penalties:
+            params.repeat_penalty, params.frequency_penalty, params.presence_penalty = PENALTIES[i]
         chains = build_chains(engine.model.model, params, backend, in_graph_tail=whole)
         jobs.append(Job(engine, PROMPTS[i], tokens, params, chains=chains))
     return [job.wait().gen.tokens for job in jobs]
@@ -161,12 +210,28 @@ def test_the_engine_samples_in_the_graph_what_llama_cpps_cpu_chain_samples(engin
     assert all(len(t) >= 8 for t in ours)
 
 
+def test_penalised_requests_sampled_in_the_graph_match_llama_cpps_cpu_chain(engine: Engine) -> None:
+    """Repetition penalties (llama-cpp-python's default request has 1.1), with frequency and
+    presence too: the graph keeps k + 64 candidates, applies each request's penalties from the
+    history the engine keeps, and picks what llama.cpp's chain picks with its own penalties."""
+    stats = engine.stats
+    rows, cpu_rows, backend = stats.graph_tail_rows, stats.graph_tail_cpu_rows, stats.backend_sampled
+    ours = run_jobs(engine, backend=True, whole=True, penalties=True)
+    in_graph, on_cpu = stats.graph_tail_rows - rows, stats.graph_tail_cpu_rows - cpu_rows
+    assert in_graph + on_cpu == stats.backend_sampled - backend  # llama.cpp's penalties never ran
+    assert on_cpu <= 4 and in_graph >= 100
+    assert ours == run_jobs(engine, backend=False, whole=False, penalties=True)
+    assert ours != run_jobs(engine, backend=False, whole=False)  # the penalties mattered
+
+
+@pytest.mark.parametrize("penalties", [False, True], ids=["plain", "penalised"])
 def test_rows_not_staged_as_built_are_finished_on_the_cpu_with_the_same_draws(
-    tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
+    tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch, penalties: bool
 ) -> None:
     """When the graph cannot tell which sequence a row is (here: nothing staged, as when
-    llama.cpp splits the outputs over micro-batches) it leaves each row's top-k, and the CPU
-    finishes the row with the uniform already drawn for it: the same tokens."""
+    llama.cpp splits the outputs over micro-batches) it leaves each row's top-k (before the
+    penalties: k + 64), and the CPU finishes the row with the uniform already drawn for it: the
+    same tokens."""
     real = graph_tail.stage
     monkeypatch.setattr(graph_tail, "stage", lambda seqs, *rest: real(None, *rest))
     tmp = tmp_path_factory.mktemp("graph-tail-cpu")
@@ -175,11 +240,11 @@ def test_rows_not_staged_as_built_are_finished_on_the_cpu_with_the_same_draws(
     fresh = Engine(model)
     try:
         before = graph_tail.counts()["top_k_only"]
-        ours = run_jobs(fresh, backend=True, whole=True, n=2, tokens=16)
+        ours = run_jobs(fresh, backend=True, whole=True, n=2, tokens=16, penalties=penalties)
         assert graph_tail.counts()["top_k_only"] > before
         assert fresh.stats.graph_tail_rows == 0
-        assert fresh.stats.graph_tail_cpu_rows == sum(len(t) for t in ours)
-        assert ours == run_jobs(fresh, backend=False, whole=False, n=2, tokens=16)
+        assert fresh.stats.graph_tail_cpu_rows == fresh.stats.backend_sampled >= sum(len(t) for t in ours)
+        assert ours == run_jobs(fresh, backend=False, whole=False, n=2, tokens=16, penalties=penalties)
     finally:
         fresh.close()
         model.close()
@@ -196,9 +261,10 @@ def test_graph_tail_is_a_batched_engine_setting(tmp_path: Path) -> None:
 
 @pytest.mark.integration
 def test_the_server_samples_in_the_graph_when_configured(tmp_path: Path) -> None:
-    """`"graph_tail": true` reaches the engine through the HTTP API: concurrent seeded chats are
-    picked in the graph (the server's own counters say so), and a seed replays its answer (alone
-    both times: llama.cpp's logits depend on what else is in the batch, whatever samples them)."""
+    """`"graph_tail": true` reaches the engine through the HTTP API: concurrent seeded chats with
+    the default settings (llama-cpp-python's repetition penalty 1.1 among them) are picked in the
+    graph (the server's own counters say so), and a seed replays its answer (alone both times:
+    llama.cpp's logits depend on what else is in the batch, whatever samples them)."""
     entry = batched_entry(n_ctx=512, n_parallel=4, backend_sampling=True, graph_tail=True)
     server = start_server(write_config(tmp_path / "c.json", [entry]), tmp_path / "server.log")
     try:
@@ -211,7 +277,6 @@ def test_the_server_samples_in_the_graph_when_configured(tmp_path: Path) -> None
                 max_tokens=24,
                 temperature=0.9,
                 seed=seed,
-                extra_body={"repeat_penalty": 1.0},  # llama-cpp-python's default 1.1 needs the full row
             )
             return resp.choices[0].message.content or ""
 
