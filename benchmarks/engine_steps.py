@@ -215,6 +215,13 @@ def main(argv: list[str] | None = None) -> int:
         help="graph_tail.PACKED for engine-sampled: 1 the tokens in one array, 0 one per row",
     )
     ap.add_argument("--eog-bias", action="store_true", help="ban end-of-generation tokens (real weights)")
+    ap.add_argument(
+        "--repeat-penalty",
+        type=float,
+        default=1.0,
+        help="the requests' repetition penalty (llama-cpp-python's server defaults to 1.1: llama.cpp's "
+        "penalties over the whole row, or graph_tail's after a top-k of k + 64 with engine-sampled)",
+    )
     ap.add_argument("--out", type=Path, default=None, help="JSON file (default: stdout)")
     args = ap.parse_args(argv)
     levels = [int(x) for x in args.levels.split(",")]
@@ -231,7 +238,9 @@ def main(argv: list[str] | None = None) -> int:
         t0 = time.perf_counter()
         model = BatchedModel(config.models[0])
         load_s = time.perf_counter() - t0
-    params = SamplingParams(temperature=0.7, top_k=40, top_p=0.95, min_p=0.05, repeat_penalty=1.0)
+    params = SamplingParams(
+        temperature=0.7, top_k=40, top_p=0.95, min_p=0.05, repeat_penalty=args.repeat_penalty
+    )
     if args.eog_bias:
         params.logit_bias = {t: -100.0 for t in range(model.n_vocab) if model.is_eog(t)}
     results: dict[str, Any] = {
