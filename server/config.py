@@ -394,6 +394,11 @@ def _semantic_problems(cfg: ConfigFile) -> list[str]:
                 f'{where}, field "kv_pool": {m.kv_pool} cells cannot hold one conversation at full '
                 f"length (n_ctx {m.n_ctx}); set kv_pool >= n_ctx"
             )
+        if m.graph_tail and m.backend_sampling is False:
+            problems.append(
+                f'{where}, field "graph_tail": it finishes the sampler chain in the decode graph, which '
+                'needs backend sampling; remove "backend_sampling": false, or "graph_tail"'
+            )
         for name in ENGINE_ONLY:
             if getattr(m, name) and m.engine != "batched":
                 problems.append(f'{where}, field "{name}": only used by "engine": "batched"')

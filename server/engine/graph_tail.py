@@ -90,13 +90,12 @@ class _Thread:
 
     def __init__(self, g: Any) -> None:
         # In one block of host memory that ggml wraps as a CPU buffer, each part aligned to 64
-        # bytes (ggml wants 32, numpy promises 16): the staged settings and the sequence of each
-        # output row (+ llama.cpp's padding row), every sequence's last tokens, and the tokens
-        # the graph picks (`PACKED`).
+        # bytes (ggml wants 32, numpy promises 16): what is staged for each output row (+
+        # llama.cpp's padding row), its settings and its penalties' history, and the tokens the
+        # graph picks (`PACKED`).
         parts = {
-            "params": (np.float32, (MAX_ROWS + 1, N_PARAMS)),
-            "seqs": (np.int32, (MAX_ROWS + 1,)),
-            "history": (np.float32, (MAX_SEQ, HISTORY)),
+            "params": (np.float32, (N_PARAMS, MAX_ROWS + 1)),  # one run of rows per setting
+            "history": (np.float32, (MAX_ROWS + 1, HISTORY)),  # each row's sequence's last tokens
             "tokens": (np.int32, (_PACKED_KS, MAX_ROWS + 1)),
         }
         offsets, total = {}, 0
@@ -112,10 +111,10 @@ class _Thread:
             at = offsets[name]
             return block[at : at + int(np.prod(shape)) * 4].view(dtype).reshape(shape)
 
-        self.params, self.seq_rows = part("params"), part("seqs")
-        self.history, self.tokens = part("history"), part("tokens")
-        self.history[:] = -1.0
-        self.history_at = [0] * MAX_SEQ  # where each sequence's next token goes (a ring)
+        self.params, self.history_rows, self.tokens = part("params"), part("history"), part("tokens")
+        # Every sequence's last HISTORY tokens (-1: none), a ring each; staged by row each step.
+        self.history = np.full((MAX_SEQ, HISTORY), -1.0, np.float32)
+        self.history_at = [0] * MAX_SEQ  # where each sequence's next token goes
         self.buffer = g.backend_cpu_buffer_from_ptr(block.ctypes.data, total)
         if not self.buffer:
             raise RuntimeError("ggml could not wrap the staging array in a CPU buffer")
@@ -131,13 +130,13 @@ class _Thread:
         self.seqs: list[int] | None = None  # the sequence of every output row, for the next decode
         self.built: dict[tuple[int, int, int, bool], _Built] = {}
 
-    def staged(self, g: Any, array: np.ndarray, kind: int, ne0: int, ne1: int) -> int:
-        """A graph input [ne0, ne1] over the start of one of the staged arrays."""
+    def staged(self, g: Any, array: np.ndarray, ne0: int, ne1: int, ne2: int = 1) -> int:
+        """A graph input [ne0, ne1, ne2] (float) over the start of one of the staged arrays."""
         if self.made == _TENSORS_PER_CONTEXT:
             self.current, self.made = 1 - self.current, 0
             g.reset(self.contexts[self.current])
         self.made += 1
-        tensor = g.new_tensor_2d(self.contexts[self.current], kind, ne0, ne1)
+        tensor = g.new_tensor_3d(self.contexts[self.current], GGML_TYPE_F32, ne0, ne1, ne2)
         if g.backend_tensor_alloc(self.buffer, tensor, array.ctypes.data) != 0:
             raise RuntimeError("ggml could not place a staged array")
         g.set_input(tensor)
@@ -273,11 +272,9 @@ class _Sampler:
             built = state.built[key] = _Built(ids, vals)
             staged = state.seqs
             if staged is not None and len(staged) + 1 == rows and rows <= MAX_ROWS + 1:
-                params = state.staged(g, state.params, GGML_TYPE_F32, N_PARAMS, rows)
+                params = [state.staged(g, state.params[c], 1, rows) for c in range(N_PARAMS)]
                 if penalized:
-                    seqs = state.staged(g, state.seq_rows, GGML_TYPE_I32, rows, 1)
-                    every = state.staged(g, state.history, GGML_TYPE_F32, HISTORY, MAX_SEQ)
-                    history = g.get_rows(ctx, every, seqs)  # [HISTORY, R]: each row's sequence's
+                    history = state.staged(g, state.history_rows, HISTORY, 1, rows)
                     ids, vals = build_penalties(g, ctx, ids, vals, params, history, k - HISTORY)
                 built.tokens = build_tail(g, ctx, ids, vals, params)
                 if PACKED:
@@ -402,16 +399,19 @@ def stage(
     seqs: list[int] | None,
     uniforms: list[float] | None = None,
     rows: list[tuple[float, ...]] | None = None,
+    penalized: bool = False,
 ) -> None:
     """Before a decode, on the engine's thread: the sequence of every output row in batch order,
-    each row's uniform and its `settings` (rows this module does not sample may hold anything).
-    None: nothing staged, rows built now only leave their top-k."""
+    each row's uniform and its `tail_ops.settings` (rows this module does not sample may hold
+    anything), and with `penalized` each row's penalties' history. None: nothing staged, rows
+    built now only leave their top-k."""
     if _SAMPLER is None:
         return
     state = _SAMPLER.thread()
     state.seqs = seqs
     if seqs is not None and uniforms and rows:
         n = min(len(rows), MAX_ROWS)
-        state.params[:n, 0] = uniforms[:n]
-        state.params[:n, 1:] = rows[:n]
-        state.seq_rows[:n] = [s if 0 <= s < MAX_SEQ else 0 for s in seqs[:n]]
+        state.params[0, :n] = uniforms[:n]
+        state.params[1:, :n] = np.asarray(rows[:n], np.float32).T
+        if penalized:
+            state.history_rows[:n] = state.history[[s if 0 <= s < MAX_SEQ else 0 for s in seqs[:n]]]

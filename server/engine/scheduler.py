@@ -345,6 +345,8 @@ class Engine:
         self._backend_sampling = model.config.backend_sampling
         if self._backend_sampling:
             graph_top_k.available()  # loads its callbacks now, not under the first request
+        elif model.config.entry.graph_tail:
+            log.warning('%s: "graph_tail" has no effect: backend sampling is off (no GPU layers)', model.name)
         self._pool = (
             ThreadPoolExecutor(self._pool_size, thread_name_prefix="sampler") if self._pool_size > 1 else None
         )
@@ -600,7 +602,8 @@ class Engine:
             plan.uniform = plan.rng.next()
             uniforms.append(plan.uniform)
             rows.append(plan.graph_settings)
-        graph_tail.stage([s.seq for s, _ in outputs], uniforms, rows)
+        penalized = any(p is not None and p.in_graph and p.penalties is not None for p in plans)
+        graph_tail.stage([s.seq for s, _ in outputs], uniforms, rows, penalized)
 
     def _sample(self, outputs: list[tuple[Slot, int]]) -> list[int]:
         """One token per output row. Rows with a host plan are sampled together over the step's

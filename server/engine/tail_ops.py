@@ -7,7 +7,11 @@ Why a module of its own: this is the arithmetic that must pick what llama.cpp's 
 `graph_tail` is the plumbing that gets it into llama.cpp's graph and the settings into it.
 
 Every step is counted with `ggml_step` over masks rather than searched, so one handful of
-kernels serves every row whatever its settings: a row's settings are a column of `params`.
+kernels serves every row whatever its settings. The settings come as N_PARAMS graph inputs of
+[1, R] each (one value per row), and every one of them is first used by an operation on data
+already on the GPU: ggml's scheduler then copies them up with the step's other inputs before the
+model runs, as it does llama.cpp's own draw uniform, instead of stopping the GPU halfway to
+compute on the host.
 """
 
 from __future__ import annotations
@@ -31,7 +35,7 @@ Settings = tuple[float, float, float, float, float, float, float]
 def settings(
     top_p: float, min_p: float, temperature: float, penalties: tuple[float, float, float] = NO_PENALTIES
 ) -> Settings:
-    """A request's part of its row of `params` (all but the uniform)."""
+    """A request's settings after its uniform, in `params` order."""
     on = min_p > 0.0
     log_min_p = float(np.log(np.float32(min_p))) if on else 0.0
     return (top_p if top_p < 1.0 else 2.0, log_min_p, 1.0 if on else 0.0, temperature, *penalties)
@@ -41,7 +45,7 @@ OFF = settings(1.0, 0.0, 1.0)  # a row no such sampler finishes
 
 
 def row_params(u: float, *args: Any) -> tuple[float, ...]:
-    """One row of `params`: the uniform, then `settings(*args)`."""
+    """One row's N_PARAMS values: the uniform, then `settings(*args)`."""
     return (u, *settings(*args))
 
 
@@ -55,15 +59,10 @@ def lowers_only(penalties: tuple[float, float, float]) -> bool:
 class _Rows:
     """Helpers over [n, R] matrices of one graph."""
 
-    def __init__(self, g: Any, ctx: int, params: int) -> None:
+    def __init__(self, g: Any, ctx: int, params: list[int]) -> None:
         self.g, self.ctx = g, ctx
-        rows = _tensor(params).ne[1]
-        self.rows = rows
-        flipped = g.cont(ctx, g.transpose(ctx, params))  # [R, N_PARAMS]: one contiguous run per setting
-        self.settings = [
-            int(g.reshape_2d(ctx, g.view_1d(ctx, flipped, rows, c * rows * 4), 1, rows))
-            for c in range(N_PARAMS)
-        ]
+        self.rows = _tensor(params[0]).ne[1]
+        self.settings = params
 
     def column(self, x: int, c: int) -> int:  # [1, R]
         t = _tensor(x)
@@ -91,10 +90,10 @@ class _Rows:
 
 
 def build_penalties(
-    g: Any, ctx: int, ids: int, vals: int, params: int, history: int, k: int
+    g: Any, ctx: int, ids: int, vals: int, params: list[int], history: int, k: int
 ) -> tuple[int, int]:
     """The k largest of `vals` [n, R] after each row's penalties, largest first, with their `ids`
-    (floats); `history` [HISTORY, R] holds each row's last tokens (-1: none yet), repeated tokens
+    (floats); `history` [HISTORY, 1, R] holds each row's last tokens (-1: none yet), repeated tokens
     repeated. What llama.cpp's penalties do to a token seen `count` times: a positive logit
     divided by the repetition penalty, any other multiplied, then `count * frequency + presence`
     taken off."""
@@ -103,7 +102,7 @@ def build_penalties(
     repeat, frequency, presence = r.settings[5:8]
     shape = g.new_tensor_3d(ctx, GGML_TYPE_F32, HISTORY, n, rows)
     spread = g.repeat(ctx, g.reshape_3d(ctx, ids, 1, n, rows), shape)  # [H, n, R]: each id H times
-    apart = g.abs(ctx, g.sub(ctx, spread, g.reshape_3d(ctx, history, HISTORY, 1, rows)))
+    apart = g.abs(ctx, g.sub(ctx, spread, history))
     same = g.step(ctx, g.scale_bias(ctx, apart, -1.0, 0.5))  # 1 where the ids are equal
     count = g.reshape_2d(ctx, g.sum_rows(ctx, same), n, rows)
     seen = g.step(ctx, g.scale_bias(ctx, count, 1.0, -0.5))
@@ -114,9 +113,9 @@ def build_penalties(
     return r.first(ids, penalized, order, k)
 
 
-def build_tail(g: Any, ctx: int, ids: int, vals: int, params: int) -> int:
+def build_tail(g: Any, ctx: int, ids: int, vals: int, params: list[int]) -> int:
     """Tokens [1, 1, R] (int32) from `vals` [k, R] (each row largest first) and their token ids
-    `ids` [k, R] (floats), with `params` [N_PARAMS, R]: what `host_tail.finish` computes, with
+    `ids` [k, R] (floats), with `params` (N_PARAMS of [1, R]): what `host_tail.finish` computes, with
     the same masks (top-p's and min-p's kept prefixes) and the same draw (the first candidate
     whose running sum reaches the sum times the uniform)."""
     r = _Rows(g, ctx, params)

@@ -55,15 +55,18 @@ def tail_on_cpu(
     ctx = g.init(graph_tail._InitParams(512 * 1024 * 1024, None, False))
     try:
 
-        def tensor(a: np.ndarray) -> int:
-            t = g.new_tensor_2d(ctx, graph_top_k.GGML_TYPE_F32, a.shape[1], a.shape[0])
-            ctypes.memmove(graph_top_k._tensor(t).data, np.ascontiguousarray(a).ctypes.data, a.nbytes)
+        def tensor(a: np.ndarray, *shape: int) -> int:
+            ne = shape or (a.shape[1], a.shape[0], 1)
+            t = g.new_tensor_3d(ctx, graph_top_k.GGML_TYPE_F32, *ne)
+            data = np.ascontiguousarray(a, np.float32)
+            ctypes.memmove(graph_top_k._tensor(t).data, data.ctypes.data, data.nbytes)
             return int(t)
 
-        f32 = np.float32
-        t_ids, t_vals, t_params = tensor(ids.astype(f32)), tensor(vals), tensor(params.astype(f32))
+        m = len(ids)
+        t_ids, t_vals = tensor(ids), tensor(vals)
+        t_params = [tensor(params[:, c], 1, m, 1) for c in range(tail_ops.N_PARAMS)]
         if history is not None and k is not None:
-            t_history = tensor(history.astype(f32))
+            t_history = tensor(history, tail_ops.HISTORY, 1, m)
             t_ids, t_vals = tail_ops.build_penalties(g, ctx, t_ids, t_vals, t_params, t_history, k)
         tokens = tail_ops.build_tail(g, ctx, t_ids, t_vals, t_params)
         gf = lib.ggml_new_graph(ctx)
@@ -257,6 +260,9 @@ def test_graph_tail_is_a_batched_engine_setting(tmp_path: Path) -> None:
     assert off.entry.graph_tail is False
     with pytest.raises(ServerConfigError, match='field "graph_tail": only used by "engine": "batched"'):
         load_config(write_config(tmp_path / "c.json", [model_entry(MAIN_MODEL, graph_tail=True)]))
+    with pytest.raises(ServerConfigError, match='field "graph_tail": .* needs backend sampling'):
+        no_graph = batched_entry(graph_tail=True, backend_sampling=False)
+        load_config(write_config(tmp_path / "d.json", [no_graph]))
 
 
 @pytest.mark.integration
