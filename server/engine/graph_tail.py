@@ -193,22 +193,7 @@ class _Sampler:
         self.packed = 0  # of those, graphs that write the tokens into one array of ours (`PACKED`)
         self.top_k_only = 0  # graphs that left the top-k (rows not staged as built)
         self.fallbacks = 0  # rows handed to llama.cpp's top-k after an error
-        self._name = ctypes.create_string_buffer(b"storybench-sample")
-        lc = llama_cpp.llama_cpp
-        returns_pointer = ctypes.CFUNCTYPE(ctypes.c_void_p, lc.llama_sampler_p_ctypes)
-        name_fn = returns_pointer(lambda _s: ctypes.addressof(self._name))
-        clone_fn = returns_pointer(self._clone)
-        self._callbacks = [name_fn, clone_fn]
-        fields: dict[str, Any] = {
-            "name": ctypes.cast(name_fn, lc.llama_sampler_i_name),
-            "apply": lc.llama_sampler_i_apply(self._apply),
-            "clone": ctypes.cast(clone_fn, lc.llama_sampler_i_clone),
-            "backend_init": lc.llama_sampler_i_backend_init(lambda _s, _b, _n: True),
-            "backend_apply": lc.llama_sampler_i_backend_apply(self._backend_apply),
-            "backend_reset": lc.llama_sampler_i_backend_reset(self._backend_reset),
-        }
-        self._callbacks.extend(fields.values())
-        self.iface = lc.llama_sampler_i(**fields)
+        self.iface, self._callbacks = graph_top_k.sampler_interface(self, b"storybench-sample")
 
     def thread(self) -> _Thread:
         state = getattr(self._local, "state", None)

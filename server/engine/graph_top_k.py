@@ -213,6 +213,26 @@ def build_top_k(g: _Ggml, ctx: int, logits: int, k: int, float_ids: bool = False
     return int(got if float_ids else g.cast(ctx, got, GGML_TYPE_I32)), int(final_vals)
 
 
+def sampler_interface(owner: Any, name: bytes) -> tuple[Any, list[Any]]:
+    """A `llama_sampler_i` whose callbacks are `owner`'s `_apply`, `_clone`, `_backend_apply`
+    and `_backend_reset`, and what must stay alive as long as any sampler made with it."""
+    lc = llama_cpp.llama_cpp
+    label = ctypes.create_string_buffer(name)
+    # ctypes callbacks cannot return a char or struct pointer: these two return void pointers.
+    returns_pointer = ctypes.CFUNCTYPE(ctypes.c_void_p, lc.llama_sampler_p_ctypes)
+    name_fn = returns_pointer(lambda _s: ctypes.addressof(label))
+    clone_fn = returns_pointer(owner._clone)
+    fields: dict[str, Any] = {
+        "name": ctypes.cast(name_fn, lc.llama_sampler_i_name),
+        "apply": lc.llama_sampler_i_apply(owner._apply),
+        "clone": ctypes.cast(clone_fn, lc.llama_sampler_i_clone),
+        "backend_init": lc.llama_sampler_i_backend_init(lambda _s, _b, _n: True),
+        "backend_apply": lc.llama_sampler_i_backend_apply(owner._backend_apply),
+        "backend_reset": lc.llama_sampler_i_backend_reset(owner._backend_reset),
+    }
+    return lc.llama_sampler_i(**fields), [label, name_fn, clone_fn, *fields.values()]
+
+
 def top_k_of_row(g: _Ggml, ctx: int, data: Any, k: int) -> None:
     """The batched top-k over one row that is not part of the step's matrix (`data.logits`)."""
     assert _SAMPLER is not None
@@ -242,23 +262,7 @@ class _Sampler:
         self.matrices = 0
         self.lone_rows = 0
         self.fallbacks = 0  # rows handed to llama.cpp's top-k after an error
-        self._name = ctypes.create_string_buffer(b"storybench-top-k")
-        lc = llama_cpp.llama_cpp
-        # ctypes callbacks cannot return a char or struct pointer: these two return void pointers.
-        returns_pointer = ctypes.CFUNCTYPE(ctypes.c_void_p, lc.llama_sampler_p_ctypes)
-        name_fn = returns_pointer(lambda _s: ctypes.addressof(self._name))
-        clone_fn = returns_pointer(self._clone)
-        self._callbacks = [name_fn, clone_fn]
-        fields: dict[str, Any] = {
-            "name": ctypes.cast(name_fn, lc.llama_sampler_i_name),
-            "apply": lc.llama_sampler_i_apply(self._apply),
-            "clone": ctypes.cast(clone_fn, lc.llama_sampler_i_clone),
-            "backend_init": lc.llama_sampler_i_backend_init(lambda _s, _b, _n: True),
-            "backend_apply": lc.llama_sampler_i_backend_apply(self._backend_apply),
-            "backend_reset": lc.llama_sampler_i_backend_reset(self._backend_reset),
-        }
-        self._callbacks.extend(fields.values())
-        self.iface = lc.llama_sampler_i(**fields)
+        self.iface, self._callbacks = sampler_interface(self, b"storybench-top-k")
 
     def new(self, k: int) -> Any:
         return llama_cpp.llama_sampler_init(ctypes.byref(self.iface), ctypes.c_void_p(k))

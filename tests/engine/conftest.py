@@ -8,6 +8,7 @@ Small contexts and one thread keep the suite bounded on a busy 2-core machine.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +34,18 @@ N_PARALLEL = 8
 
 def batched_entry(name: str = MAIN_MODEL, **overrides: Any) -> dict[str, Any]:
     return model_entry(name, engine="batched", **overrides)
+
+
+@contextmanager
+def engine_on(folder: Path, **overrides: Any) -> Iterator[Engine]:
+    """An engine in this process for the main model with these entry settings, closed after."""
+    model = BatchedModel(load_config(write_config(folder / "c.json", [batched_entry(**overrides)])).models[0])
+    running = Engine(model)
+    try:
+        yield running
+    finally:
+        running.close()
+        model.close()
 
 
 @pytest.fixture(scope="session")
@@ -69,4 +82,4 @@ def engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Engine]:
     model.close()
 
 
-__all__ = ["ALT_MODEL", "MAIN_MODEL", "N_CTX", "N_PARALLEL", "batched_entry"]
+__all__ = ["ALT_MODEL", "MAIN_MODEL", "N_CTX", "N_PARALLEL", "batched_entry", "engine_on"]

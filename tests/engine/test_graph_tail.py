@@ -24,10 +24,9 @@ import pytest
 from server.config import ServerConfigError, load_config
 from server.engine import graph_tail, graph_top_k, tail_ops
 from server.engine.host_tail import TailPlan, finish, penalize
-from server.engine.model import BatchedModel
 from server.engine.sampling import build_chains
 from server.engine.scheduler import Engine
-from tests.engine.conftest import batched_entry
+from tests.engine.conftest import batched_entry, engine_on
 from tests.engine.test_backend_sampling import Job
 from tests.engine.test_engine import PROMPTS
 from tests.engine.test_graph_top_k import PARAMS, job_params
@@ -168,13 +167,9 @@ def engine(
     """An engine whose graphs write the tokens into one array of ours (`PACKED`), or give them
     back as llama.cpp's sampled tokens, one per row."""
     monkeypatch.setattr(graph_tail, "PACKED", request.param)
-    tmp = tmp_path_factory.mktemp("graph-tail")
-    entry = batched_entry(n_ctx=512, n_parallel=4, n_threads_sampling=2, backend_sampling=True)
-    model = BatchedModel(load_config(write_config(tmp / "c.json", [entry])).models[0])
-    running = Engine(model)
-    yield running
-    running.close()
-    model.close()
+    folder = tmp_path_factory.mktemp("graph-tail")
+    with engine_on(folder, n_ctx=512, n_parallel=4, n_threads_sampling=2, backend_sampling=True) as running:
+        yield running
 
 
 # Repetition, frequency and presence penalties per request: llama-cpp-python's default (1.1),
@@ -237,20 +232,14 @@ def test_rows_not_staged_as_built_are_finished_on_the_cpu_with_the_same_draws(
     same tokens."""
     real = graph_tail.stage
     monkeypatch.setattr(graph_tail, "stage", lambda seqs, *rest: real(None, *rest))
-    tmp = tmp_path_factory.mktemp("graph-tail-cpu")
-    entry = batched_entry(n_ctx=256, n_parallel=2, n_threads_sampling=1, backend_sampling=True)
-    model = BatchedModel(load_config(write_config(tmp / "c.json", [entry])).models[0])
-    fresh = Engine(model)
-    try:
+    folder = tmp_path_factory.mktemp("graph-tail-cpu")
+    with engine_on(folder, n_ctx=256, n_parallel=2, n_threads_sampling=1, backend_sampling=True) as fresh:
         before = graph_tail.counts()["top_k_only"]
         ours = run_jobs(fresh, backend=True, whole=True, n=2, tokens=16, penalties=penalties)
         assert graph_tail.counts()["top_k_only"] > before
         assert fresh.stats.graph_tail_rows == 0
         assert fresh.stats.graph_tail_cpu_rows == fresh.stats.backend_sampled >= sum(len(t) for t in ours)
         assert ours == run_jobs(fresh, backend=False, whole=False, n=2, tokens=16, penalties=penalties)
-    finally:
-        fresh.close()
-        model.close()
 
 
 def test_graph_tail_is_a_batched_engine_setting(tmp_path: Path) -> None:

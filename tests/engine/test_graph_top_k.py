@@ -29,7 +29,7 @@ from server.engine.host_tail import TailPlan, finish
 from server.engine.model import BatchedModel
 from server.engine.sampling import SamplingParams, build_chains
 from server.engine.scheduler import Engine
-from tests.engine.conftest import batched_entry
+from tests.engine.conftest import batched_entry, engine_on
 from tests.engine.test_backend_sampling import Job
 from tests.engine.test_engine import PROMPTS
 from tests.support.servers import write_config
@@ -94,13 +94,9 @@ def job_params(i: int) -> SamplingParams:
 
 @pytest.fixture(scope="module")
 def four_slots(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Engine]:
-    tmp = tmp_path_factory.mktemp("graph-top-k")
-    entry = batched_entry(n_ctx=512, n_parallel=4, n_threads_sampling=2, backend_sampling=True)
-    model = BatchedModel(load_config(write_config(tmp / "c.json", [entry])).models[0])
-    running = Engine(model)
-    yield running
-    running.close()
-    model.close()
+    folder = tmp_path_factory.mktemp("graph-top-k")
+    with engine_on(folder, n_ctx=512, n_parallel=4, n_threads_sampling=2, backend_sampling=True) as running:
+        yield running
 
 
 def run_jobs(
