@@ -204,7 +204,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=8)
     ap.add_argument("--gpu", action="store_true", help="full offload and flash attention")
     ap.add_argument("--kv-unified", action="store_true", help="one KV pool for all slots")
-    ap.add_argument("--variants", default="raw,engine-batched,engine-graph,engine-host,engine-llama")
+    ap.add_argument(
+        "--variants", default="raw,engine-batched,engine-sampled,engine-graph,engine-host,engine-llama"
+    )
     ap.add_argument("--top-k-block", type=int, default=None, help="graph_top_k.BLOCK (values per block sort)")
     ap.add_argument("--top-k-preselect", type=int, default=None, help="graph_top_k.PRESELECT (0: off)")
     ap.add_argument(
