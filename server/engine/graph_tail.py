@@ -128,6 +128,7 @@ class _Thread:
         self.contexts = [g.init(_InitParams(size, None, True)) for _ in range(2)]
         self.current, self.made = 0, 0
         self.seqs: list[int] | None = None  # the sequence of every output row, for the next decode
+        self.seq_set: frozenset[int] | None = None
         self.built: dict[tuple[int, int, int, bool], _Built] = {}
 
     def staged(self, g: Any, array: np.ndarray, ne0: int, ne1: int, ne2: int = 1) -> int:
@@ -193,6 +194,7 @@ class _Sampler:
         self.packed = 0  # of those, graphs that write the tokens into one array of ours (`PACKED`)
         self.top_k_only = 0  # graphs that left the top-k (rows not staged as built)
         self.fallbacks = 0  # rows handed to llama.cpp's top-k after an error
+        self.idle = 0  # samplers of sequences not in the step, left alone
         self.iface, self._callbacks = graph_top_k.sampler_interface(self, b"storybench-sample")
 
     def thread(self) -> _Thread:
@@ -248,6 +250,12 @@ class _Sampler:
             or data.candidates
         ):  # not a row of the step's matrix: the top-k of this row alone, as `graph_top_k`
             graph_top_k.top_k_of_row(g, ctx, data, k)
+            return
+        if state.seq_set is not None and seq not in state.seq_set:
+            # Not in this step (a slot keeps its chain between requests; llama.cpp applies the
+            # samplers of idle sequences to the first row and keeps nothing they make): nothing
+            # to build, which saves a whole top-k when its kind is one no running request has.
+            self.idle += 1
             return
         rows, r = matrix.ne[1], row.view_offs // matrix.nb[1]
         key = (ctx, parent, k, penalized)
@@ -306,11 +314,10 @@ def available() -> bool:
 def counts() -> dict[str, int]:
     """Graphs built so far in this process that finish their rows (and of those, the ones whose
     tokens come back in one array), graphs that only left the top-k (their rows were not staged
-    as llama.cpp laid them out), and rows given to llama.cpp's top-k after an error."""
-    if _SAMPLER is None:
-        return {"matrices": 0, "packed": 0, "top_k_only": 0, "fallbacks": 0}
-    s = _SAMPLER
-    return {"matrices": s.matrices, "packed": s.packed, "top_k_only": s.top_k_only, "fallbacks": s.fallbacks}
+    as llama.cpp laid them out), rows given to llama.cpp's top-k after an error, and samplers of
+    sequences not in the step that were left alone."""
+    names = ("matrices", "packed", "top_k_only", "fallbacks", "idle")
+    return {name: getattr(_SAMPLER, name) if _SAMPLER is not None else 0 for name in names}
 
 
 def add_to(chain: Any, k: int, penalized: bool = False) -> bool:
@@ -388,12 +395,13 @@ def stage(
 ) -> None:
     """Before a decode, on the engine's thread: the sequence of every output row in batch order,
     each row's uniform and its `tail_ops.settings` (rows this module does not sample may hold
-    anything), and with `penalized` each row's penalties' history. None: nothing staged, rows
-    built now only leave their top-k."""
+    anything; none when no row is finished in the graph), and with `penalized` each row's
+    penalties' history. None: nothing staged, rows built now only leave their top-k."""
     if _SAMPLER is None:
         return
     state = _SAMPLER.thread()
     state.seqs = seqs
+    state.seq_set = frozenset(seqs) if seqs is not None else None
     if seqs is not None and uniforms and rows:
         n = min(len(rows), MAX_ROWS)
         state.params[0, :n] = uniforms[:n]

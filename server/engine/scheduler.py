@@ -589,8 +589,9 @@ class Engine:
         """Before the decode: each output row's sequence, and for the rows whose chain runs
         whole in the graph (`graph_tail`), this step's draw and settings."""
         plans = [(s.gen.tail if s.gen is not None and s.attached is not None else None) for s, _ in outputs]
+        seqs = [s.seq for s, _ in outputs]
         if not any(p is not None and p.in_graph for p in plans):
-            graph_tail.stage(None)
+            graph_tail.stage(seqs)  # which sequences are in the step: the others' samplers idle
             return
         uniforms: list[float] = []
         rows: list[tuple[float, ...]] = []
@@ -603,7 +604,7 @@ class Engine:
             uniforms.append(plan.uniform)
             rows.append(plan.graph_settings)
         penalized = any(p is not None and p.in_graph and p.penalties is not None for p in plans)
-        graph_tail.stage([s.seq for s, _ in outputs], uniforms, rows, penalized)
+        graph_tail.stage(seqs, uniforms, rows, penalized)
 
     def _sample(self, outputs: list[tuple[Slot, int]]) -> list[int]:
         """One token per output row. Rows with a host plan are sampled together over the step's

@@ -222,6 +222,23 @@ def test_penalised_requests_sampled_in_the_graph_match_llama_cpps_cpu_chain(engi
     assert ours != run_jobs(engine, backend=False, whole=False)  # the penalties mattered
 
 
+def test_an_idle_slots_chain_of_another_kind_builds_nothing(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """A slot keeps its chain after its request, and llama.cpp applies the samplers of idle
+    sequences too: one whose kind (penalties, k) no running request has must not add its own
+    top-k to every step's graph. The running request still samples what llama.cpp's chain does."""
+    folder = tmp_path_factory.mktemp("graph-tail-idle")
+    with engine_on(folder, n_ctx=256, n_parallel=2, n_threads_sampling=1, backend_sampling=True) as fresh:
+        run_jobs(fresh, backend=True, whole=True, n=2, tokens=8, penalties=True)  # both slots: penalised
+        before = graph_tail.counts()
+        ours = run_jobs(fresh, backend=True, whole=True, n=1, tokens=16)  # one slot, another kind
+        after = graph_tail.counts()
+        assert after["idle"] > before["idle"]
+        # The running request's one graph, reused every step (without the check: two, the idle
+        # kind's top-k and tail in it too).
+        assert after["matrices"] - before["matrices"] == 1
+        assert ours == run_jobs(fresh, backend=False, whole=False, n=1, tokens=16)
+
+
 @pytest.mark.parametrize("penalties", [False, True], ids=["plain", "penalised"])
 def test_rows_not_staged_as_built_are_finished_on_the_cpu_with_the_same_draws(
     tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch, penalties: bool
