@@ -32,7 +32,7 @@ HTTP_ARGS=${HTTP_ARGS:-}     # more benchmarks.run arguments, e.g. --ours-backen
 DEEP_NPP=${DEEP_NPP:-}       # e.g. 7000: batched-bench at 16 sequences of that depth (long stories' goal)
 TOPK_BLOCKS=${TOPK_BLOCKS:-} # e.g. "1024:0 512:256": engine-batched again with other graph_top_k BLOCK:PRESELECT
 UNPACKED=${UNPACKED:-}       # 1: engine-sampled again with graph_tail.PACKED off (tokens back one per row)
-PENALTY=${PENALTY:-}         # e.g. 1.1: engine-graph and engine-sampled again with that repeat penalty
+PENALTY=${PENALTY:-}         # e.g. 1.1: engine-graph, -batched and -sampled again with that repeat penalty
 DEADLINE_S=${DEADLINE_S:-570}
 mkdir -p "$OUT"
 exec > >(tee -a "$OUT/device.log") 2>&1
@@ -82,7 +82,8 @@ for shape in $SHAPES; do
         mkdir -p /tmp/sb-run
         timeout -k 10 "$(($(left) / 4))" python3 -m benchmarks.engine_steps --model "$f" \
             --label "$label, repeat penalty $PENALTY" --gpu --levels "$LEVELS" --prompt "$PROMPT" --gen "$GEN" \
-            --n-ctx "$CTX" --threads "$THREADS" --variants engine-graph,engine-sampled --repeat-penalty "$PENALTY" \
+            --n-ctx "$CTX" --threads "$THREADS" --variants engine-graph,engine-batched,engine-sampled \
+            --repeat-penalty "$PENALTY" \
             --out "/tmp/sb-run/steps-$shape-penalty.json"
     fi
     if [ -n "$UNPACKED" ]; then  # graph_tail's tokens one per row (llama.cpp's copies) instead of one array

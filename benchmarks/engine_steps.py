@@ -221,8 +221,9 @@ def main(argv: list[str] | None = None) -> int:
         "--repeat-penalty",
         type=float,
         default=1.0,
-        help="the requests' repetition penalty (llama-cpp-python's server defaults to 1.1: llama.cpp's "
-        "penalties over the whole row, or graph_tail's after a top-k of k + 64 with engine-sampled)",
+        help="the requests' repetition penalty (llama-cpp-python's server defaults to 1.1): llama.cpp's "
+        "penalties over the whole row with engine-graph, after a batched top-k of k + 64 on the CPU "
+        "with engine-batched, in the graph with engine-sampled",
     )
     ap.add_argument("--out", type=Path, default=None, help="JSON file (default: stdout)")
     args = ap.parse_args(argv)

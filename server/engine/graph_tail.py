@@ -378,15 +378,6 @@ def remember(seq: int, token: int) -> None:
         state.history_at[seq] = at + 1
 
 
-def history(seq: int) -> np.ndarray:
-    """The tokens `seq`'s penalties look back on (engine thread; in no order)."""
-    state = _state()
-    if state is None or not 0 <= seq < MAX_SEQ:
-        return np.zeros(0, np.int32)
-    row = state.history[seq]
-    return row[row >= 0].astype(np.int32)
-
-
 def stage(
     seqs: list[int] | None,
     uniforms: list[float] | None = None,

@@ -114,7 +114,9 @@ def build_chains(
     With `batched_top_k` the top-k is the engine's own graph sampler (`graph_top_k`), one
     pass over all the step's rows instead of a sort per sequence, and with `host_tail` the
     rest of the chain runs over all the step's rows at once too (`host_tail`), or, with
-    `in_graph_tail`, in the decode graph after the batched top-k (`graph_tail`).
+    `in_graph_tail`, in the decode graph after the batched top-k (`graph_tail`). Repetition
+    penalties that only lower logits then come after a top-k of k + PENALTY_LAST_N (which holds
+    the k largest after them), on the CPU or, with `in_graph_tail`, in the graph.
     """
     if not (backend and in_graph(p)):
         plan = host_plan(p) if host and not backend else None
@@ -128,21 +130,20 @@ def build_chains(
     tail_plan: TailPlan | None = None
     penalized = penalties != (1.0, 0.0, 0.0)
     try:
-        # Penalties that only lower logits go into `graph_tail`'s sampler, after a batched top-k
-        # of k + PENALTY_LAST_N candidates; otherwise llama.cpp's sampler over the whole row.
-        whole_penalized = (
-            in_graph_tail
-            and batched_top_k
+        # Penalties that only lower logits can come after a batched top-k of k + PENALTY_LAST_N
+        # candidates, which hold the k largest after them (`tail_ops.lowers_only`): in the graph
+        # with `graph_tail`, else on the CPU. Otherwise llama.cpp's penalties over the whole row.
+        late = (
+            batched_top_k
             and penalized
             and lowers_only(penalties)
             and not p.logit_bias
             and p.temperature > 0.0
-            and p.top_k > 0
-            and graph_tail.add_to(graph.sampler, p.top_k, penalized=True)
+            and 0 < p.top_k <= graph_top_k.MAX_K - PENALTY_LAST_N
         )
         if p.logit_bias:
             graph.add_logit_bias(n_vocab, p.logit_bias)
-        if penalized and not whole_penalized:
+        if penalized and not late:
             graph.add_penalties(n_vocab, PENALTY_LAST_N, *penalties)
         head: tuple[object, ...] = (tuple(sorted(p.logit_bias.items())), penalties)
         if p.temperature == 0.0:
@@ -154,14 +155,16 @@ def build_chains(
         elif p.top_k > 0:
             # One top-k over all the step's rows (`graph_top_k`), unless a logit bias or penalties
             # change this row first: it is then no longer a row of the step's matrix.
-            batched = whole_penalized or (batched_top_k and head == ((), (1.0, 0.0, 0.0)))
-            whole = whole_penalized or (
-                batched and in_graph_tail and graph_tail.add_to(graph.sampler, p.top_k)
-            )
-            if not (whole or (batched and graph_top_k.add_to(graph.sampler, p.top_k))):
-                batched = False
+            batched = batched_top_k and (late or head == ((), (1.0, 0.0, 0.0)))
+            whole = batched and in_graph_tail and graph_tail.add_to(graph.sampler, p.top_k, penalized=late)
+            kept = p.top_k + (PENALTY_LAST_N if late else 0)
+            if not (whole or (batched and graph_top_k.add_to(graph.sampler, kept))):
+                if late:  # nothing is in the graph chain yet: llama.cpp's penalties go first
+                    graph.add_penalties(n_vocab, PENALTY_LAST_N, *penalties)
+                batched = late = False
                 graph.add_top_k(p.top_k)
-            if whole_penalized:  # the graph leaves k + PENALTY_LAST_N candidates if it stops early
+            if late:  # the graph leaves k + PENALTY_LAST_N candidates, before the penalties
+                tail.add_penalties(n_vocab, PENALTY_LAST_N, *penalties)
                 tail.add_top_k(p.top_k)
             tail.add_top_p(p.top_p, 1)
             tail.add_min_p(p.min_p, 1)
@@ -171,7 +174,7 @@ def build_chains(
             if batched and (host_tail or whole):
                 k = min(p.top_k, n_vocab)
                 tail_plan = TailPlan(k, p.top_p, p.min_p, p.temperature, seed, in_graph=whole)
-                if whole_penalized:
+                if late:
                     tail_plan.penalties = penalties
                 tail_plan.graph_settings = settings(p.top_p, p.min_p, p.temperature, penalties)
         else:
@@ -184,7 +187,7 @@ def build_chains(
         graph.close()
         tail.close()
         raise
-    accept = penalized and not whole_penalized  # llama.cpp's penalties keep their history
+    accept = penalized and not late  # llama.cpp's penalties in the graph keep their history
     return Chains(tail, graph, key, accept_graph=accept, tail=tail_plan)
 
 

@@ -38,7 +38,14 @@ from llama_cpp import _internals as internals
 
 from server.engine import graph_tail, graph_top_k, tail_ops
 from server.engine.host_sampling import HostPlan, HostSampler
-from server.engine.host_tail import HOST_TAIL_MIN_ROWS, TailPlan, finish, penalize, read_rows
+from server.engine.host_tail import (
+    HOST_TAIL_MIN_ROWS,
+    PENALTY_HISTORY,
+    TailPlan,
+    finish,
+    penalize,
+    read_rows,
+)
 from server.engine.model import BatchedModel
 from server.engine.sampling import Chains, SamplingParams, build_sampler
 from server.engine.text import Pieces, TextStream
@@ -484,7 +491,7 @@ class Engine:
     def _attach(self, slot: Slot, gen: Generation) -> None:
         """Give the slot's sequence the request's graph chain (or its own, reset), or none."""
         graph, gen.graph = gen.graph, None  # the slot owns it from here
-        if gen.tail is not None and gen.tail.penalties is not None:
+        if gen.tail is not None and gen.tail.in_graph and gen.tail.penalties is not None:
             graph_tail.forget(slot.seq)  # the penalties' history starts empty, as llama.cpp's
         few = self.busy_slots + len(self._pending) < HOST_TAIL_MIN_ROWS
         if gen.tail is not None and not gen.tail.in_graph and few:
@@ -667,7 +674,7 @@ class Engine:
             gen = slot.gen
             if slot.attached is not None and gen is not None and gen.accept_graph:
                 llama_cpp.llama_sampler_accept(slot.attached.sampler, token)  # penalties' history
-            elif gen is not None and gen.tail is not None and gen.tail.penalties is not None:
+            elif gen is not None and gen.tail is not None and gen.tail.in_graph and gen.tail.penalties:
                 graph_tail.remember(slot.seq, token)  # `graph_tail`'s penalties' history
         return tokens
 
@@ -690,8 +697,8 @@ class Engine:
         self.stats.backend_sampled += len(rows)
         self.stats.tail_rows += len(rows)
         ids, logits = read
-        if penalized:
-            histories = [graph_tail.history(outputs[n][0].seq) for n in rows]
+        if penalized:  # each request's last PENALTY_HISTORY tokens
+            histories = [np.asarray(g.tokens[-PENALTY_HISTORY:], np.int32) for n in rows if (g := gens[n])]
             ids, logits = penalize(ids, logits, histories, plans)
         # A row the graph was to finish already took its draw before the decode.
         uniforms = [p.uniform if p.in_graph else p.rng.next() for p in plans]

@@ -22,7 +22,7 @@ import openai
 import pytest
 
 from server.config import ServerConfigError, load_config
-from server.engine import graph_tail, graph_top_k, tail_ops
+from server.engine import graph_tail, graph_top_k, scheduler, tail_ops
 from server.engine.host_tail import TailPlan, finish, penalize
 from server.engine.sampling import build_chains
 from server.engine.scheduler import Engine
@@ -220,6 +220,27 @@ def test_penalised_requests_sampled_in_the_graph_match_llama_cpps_cpu_chain(engi
     assert on_cpu <= 4 and in_graph >= 100
     assert ours == run_jobs(engine, backend=False, whole=False, penalties=True)
     assert ours != run_jobs(engine, backend=False, whole=False)  # the penalties mattered
+
+
+@pytest.mark.parametrize("tail_from", [0, 1000], ids=["tail-over-rows", "tail-row-by-row"])
+def test_penalised_requests_get_the_batched_top_k_without_graph_tail(
+    tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch, tail_from: int
+) -> None:
+    """Without `graph_tail` too: the graph keeps each row's k + 64 largest with the batched top-k
+    (`graph_top_k`, no llama.cpp penalties over the whole row), and the CPU applies the penalties
+    and the rest, over all rows with numpy or row by row with llama.cpp's chain: llama.cpp's whole
+    chain's tokens either way."""
+    monkeypatch.setattr(scheduler, "HOST_TAIL_MIN_ROWS", tail_from)
+    folder = tmp_path_factory.mktemp("penalties-host")
+    with engine_on(folder, n_ctx=512, n_parallel=4, n_threads_sampling=2, backend_sampling=True) as fresh:
+        before = graph_top_k.counts()
+        ours = run_jobs(fresh, backend=True, whole=False, penalties=True)
+        after = graph_top_k.counts()
+        assert after["matrices"] > before["matrices"]  # the batched top-k, for every request
+        assert after["lone_rows"] - before["lone_rows"] <= 4  # llama.cpp's probes of new chains only
+        assert (fresh.stats.tail_rows > 0) == (tail_from == 0)
+        assert fresh.stats.graph_tail_rows == 0
+        assert ours == run_jobs(fresh, backend=False, whole=False, penalties=True)
 
 
 def test_an_idle_slots_chain_of_another_kind_builds_nothing(tmp_path_factory: pytest.TempPathFactory) -> None:
