@@ -12,7 +12,7 @@ otherwise llama.cpp copies back one token per row).
 Repetition penalties that only lower logits come first (llama-cpp-python's default request has
 1.1): the top-k then keeps k + 64 candidates, which hold the k largest after the penalties, since
 at most the 64 tokens of a request's history are lowered; the penalties are applied to those
-from the history the engine keeps here (`remember`).
+from each request's history of picked tokens (`host_tail.TailPlan.history`), staged by row.
 
 The draw's uniform still comes from each request's own `std::mt19937` stream, drawn on the host
 (`host_tail.Mt19937Uniforms`) before the step. Each step's uniforms and settings reach the graph
@@ -50,7 +50,7 @@ from server.engine.tail_ops import HISTORY, N_PARAMS, build_penalties, build_tai
 log = logging.getLogger(__name__)
 
 MAX_ROWS = 1024  # outputs in one micro-batch that the graph can finish; more: the CPU finishes them
-MAX_SEQ = 256  # sequences whose penalties' history is kept here (`config.MAX_PARALLEL`)
+MAX_SEQ = 1 << 11  # sequence ids a sampler can be bound to (`config.MAX_PARALLEL` is 256)
 # A sampler's llama.cpp context pointer: k | penalised << _PENALTY_BIT | (sequence + 1) << _SEQ_SHIFT.
 _K_MASK = (1 << 12) - 1
 _PENALTY_BIT = 12
@@ -112,9 +112,6 @@ class _Thread:
             return block[at : at + int(np.prod(shape)) * 4].view(dtype).reshape(shape)
 
         self.params, self.history_rows, self.tokens = part("params"), part("history"), part("tokens")
-        # Every sequence's last HISTORY tokens (-1: none), a ring each; staged by row each step.
-        self.history = np.full((MAX_SEQ, HISTORY), -1.0, np.float32)
-        self.history_at = [0] * MAX_SEQ  # where each sequence's next token goes
         self.buffer = g.backend_cpu_buffer_from_ptr(block.ctypes.data, total)
         if not self.buffer:
             raise RuntimeError("ggml could not wrap the staging array in a CPU buffer")
@@ -361,33 +358,17 @@ def packed_token(ctx: Any, batch_index: int, row: int, k: int, penalized: bool) 
     return int(state.tokens[place, row])
 
 
-def forget(seq: int) -> None:
-    """A new request on `seq`: its penalties start from no history (engine thread)."""
-    if _SAMPLER is not None and 0 <= seq < MAX_SEQ:
-        state = _SAMPLER.thread()
-        state.history[seq] = -1.0
-        state.history_at[seq] = 0
-
-
-def remember(seq: int, token: int) -> None:
-    """A token `seq` picked, for its penalties: the last HISTORY are kept (engine thread)."""
-    if _SAMPLER is not None and 0 <= seq < MAX_SEQ:
-        state = _SAMPLER.thread()
-        at = state.history_at[seq]
-        state.history[seq, at % HISTORY] = token
-        state.history_at[seq] = at + 1
-
-
 def stage(
     seqs: list[int] | None,
     uniforms: list[float] | None = None,
     rows: list[tuple[float, ...]] | None = None,
-    penalized: bool = False,
+    histories: list[np.ndarray] | None = None,
 ) -> None:
     """Before a decode, on the engine's thread: the sequence of every output row in batch order,
     each row's uniform and its `tail_ops.settings` (rows this module does not sample may hold
-    anything; none when no row is finished in the graph), and with `penalized` each row's
-    penalties' history. None: nothing staged, rows built now only leave their top-k."""
+    anything; none when no row is finished in the graph), and when some row has penalties every
+    row's last tokens (`host_tail.TailPlan.history`). None: nothing staged, rows built now only
+    leave their top-k."""
     if _SAMPLER is None:
         return
     state = _SAMPLER.thread()
@@ -397,5 +378,5 @@ def stage(
         n = min(len(rows), MAX_ROWS)
         state.params[0, :n] = uniforms[:n]
         state.params[1:, :n] = np.asarray(rows[:n], np.float32).T
-        if penalized:
-            state.history_rows[:n] = state.history[[s if 0 <= s < MAX_SEQ else 0 for s in seqs[:n]]]
+        if histories:
+            state.history_rows[:n] = np.stack(histories[:n])

@@ -40,7 +40,7 @@ from server.engine import graph_tail, graph_top_k, tail_ops
 from server.engine.host_sampling import HostPlan, HostSampler
 from server.engine.host_tail import (
     HOST_TAIL_MIN_ROWS,
-    PENALTY_HISTORY,
+    NO_HISTORY,
     TailPlan,
     finish,
     penalize,
@@ -491,8 +491,6 @@ class Engine:
     def _attach(self, slot: Slot, gen: Generation) -> None:
         """Give the slot's sequence the request's graph chain (or its own, reset), or none."""
         graph, gen.graph = gen.graph, None  # the slot owns it from here
-        if gen.tail is not None and gen.tail.in_graph and gen.tail.penalties is not None:
-            graph_tail.forget(slot.seq)  # the penalties' history starts empty, as llama.cpp's
         few = self.busy_slots + len(self._pending) < HOST_TAIL_MIN_ROWS
         if gen.tail is not None and not gen.tail.in_graph and few:
             # Few rows: llama.cpp's chain, row by row, costs less than the numpy passes. Both
@@ -611,7 +609,8 @@ class Engine:
             uniforms.append(plan.uniform)
             rows.append(plan.graph_settings)
         penalized = any(p is not None and p.in_graph and p.penalties is not None for p in plans)
-        graph_tail.stage(seqs, uniforms, rows, penalized)
+        histories = [p.history if p is not None else NO_HISTORY for p in plans] if penalized else None
+        graph_tail.stage(seqs, uniforms, rows, histories)
 
     def _sample(self, outputs: list[tuple[Slot, int]]) -> list[int]:
         """One token per output row. Rows with a host plan are sampled together over the step's
@@ -674,8 +673,8 @@ class Engine:
             gen = slot.gen
             if slot.attached is not None and gen is not None and gen.accept_graph:
                 llama_cpp.llama_sampler_accept(slot.attached.sampler, token)  # penalties' history
-            elif gen is not None and gen.tail is not None and gen.tail.in_graph and gen.tail.penalties:
-                graph_tail.remember(slot.seq, token)  # `graph_tail`'s penalties' history
+            elif gen is not None and gen.tail is not None and gen.tail.penalties is not None:
+                gen.tail.remember(token)  # the penalties' history, for `host_tail` and `graph_tail`
         return tokens
 
     def _finish_tails(
@@ -697,9 +696,8 @@ class Engine:
         self.stats.backend_sampled += len(rows)
         self.stats.tail_rows += len(rows)
         ids, logits = read
-        if penalized:  # each request's last PENALTY_HISTORY tokens
-            histories = [np.asarray(g.tokens[-PENALTY_HISTORY:], np.int32) for n in rows if (g := gens[n])]
-            ids, logits = penalize(ids, logits, histories, plans)
+        if penalized:
+            ids, logits = penalize(ids, logits, [p.history for p in plans], plans)
         # A row the graph was to finish already took its draw before the decode.
         uniforms = [p.uniform if p.in_graph else p.rng.next() for p in plans]
         return finish(ids, logits, plans, uniforms)
