@@ -636,10 +636,10 @@ class Engine:
             if g is not None and g.tail is not None and outputs[n][0].attached is not None:
                 plan = g.tail
                 if plan.in_graph:
-                    token = llama_cpp.llama_get_sampled_token_ith(ctx, outputs[n][1])
-                    if token < 0:
-                        penalized = plan.penalties is not None
-                        token = graph_tail.packed_token(ctx, outputs[n][1], n, plan.top_k, penalized)
+                    penalized = plan.penalties is not None
+                    token = graph_tail.packed_token(ctx, outputs[n][1], n, plan.top_k, penalized)
+                    if token < 0:  # not packed (`graph_tail.PACKED`), or left to the CPU
+                        token = llama_cpp.llama_get_sampled_token_ith(ctx, outputs[n][1])
                     if token >= 0:
                         tokens[n] = token
                         self.stats.graph_tail_rows += 1
