@@ -121,11 +121,14 @@ def penalize(
     # histories' distinct keys, all rows at once.
     span = np.int64(1) << 32
     rows = np.repeat(np.arange(m, dtype=np.int64), [len(h) for h in histories])
-    keys, counts = np.unique(rows * span + np.concatenate(histories).astype(np.int64), return_counts=True)
-    wanted = (np.arange(m, dtype=np.int64)[:, None] * span + ids.astype(np.int64)).ravel()
-    at = np.minimum(np.searchsorted(keys, wanted), max(len(keys) - 1, 0))
-    hit = keys[at] == wanted if len(keys) else np.zeros(wanted.shape, bool)
-    count = np.where(hit, counts[at] if len(keys) else 0, 0).reshape(m, n).astype(np.float32)
+    tokens = np.concatenate(histories).astype(np.int64)
+    seen = tokens >= 0
+    keys, counts = np.unique(rows[seen] * span + tokens[seen], return_counts=True)
+    count = np.zeros((m, n), np.float32)
+    if len(keys):
+        wanted = (np.arange(m, dtype=np.int64)[:, None] * span + ids.astype(np.int64)).ravel()
+        at = np.minimum(np.searchsorted(keys, wanted), len(keys) - 1)
+        count = np.where(keys[at] == wanted, counts[at], 0).reshape(m, n).astype(np.float32)
     penalties = np.array([p.penalties for p in plans], np.float32)
     repeat, frequency, presence = (penalties[:, c : c + 1] for c in range(3))
     changed = np.where(logits <= 0, logits * repeat, logits / repeat)

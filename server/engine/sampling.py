@@ -176,7 +176,8 @@ def build_chains(
                 tail_plan = TailPlan(k, p.top_p, p.min_p, p.temperature, seed, in_graph=whole)
                 if late:
                     tail_plan.penalties = penalties
-                tail_plan.graph_settings = settings(p.top_p, p.min_p, p.temperature, penalties)
+                if whole:
+                    tail_plan.graph_settings = settings(p.top_p, p.min_p, p.temperature, penalties)
         else:
             graph.add_top_p(p.top_p, 1)
             graph.add_min_p(p.min_p, 1)

@@ -593,6 +593,8 @@ class Engine:
     def _stage(self, outputs: list[tuple[Slot, int]]) -> None:
         """Before the decode: each output row's sequence, and for the rows whose chain runs
         whole in the graph (`graph_tail`), this step's draw and settings."""
+        if not self._backend_sampling:
+            return
         plans = [(s.gen.tail if s.gen is not None and s.attached is not None else None) for s, _ in outputs]
         seqs = [s.seq for s, _ in outputs]
         if not any(p is not None and p.in_graph for p in plans):

@@ -44,11 +44,6 @@ def settings(
 OFF = settings(1.0, 0.0, 1.0)  # a row no such sampler finishes
 
 
-def row_params(u: float, *args: Any) -> tuple[float, ...]:
-    """One row's N_PARAMS values: the uniform, then `settings(*args)`."""
-    return (u, *settings(*args))
-
-
 def lowers_only(penalties: tuple[float, float, float]) -> bool:
     """Whether these penalties can only lower logits, so that the k largest after them are among
     the k + HISTORY largest before them (at most HISTORY tokens are penalised)."""

@@ -14,6 +14,7 @@ import ctypes
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import httpx
 import llama_cpp
@@ -31,6 +32,11 @@ from tests.engine.test_backend_sampling import Job
 from tests.engine.test_engine import PROMPTS
 from tests.engine.test_graph_top_k import PARAMS, job_params
 from tests.support.servers import MAIN_MODEL, model_entry, start_server, write_config
+
+
+def row_params(u: float, *args: Any) -> tuple[float, ...]:
+    """One row's N_PARAMS values as the engine stages them: the uniform, then its settings."""
+    return (u, *tail_ops.settings(*args))
 
 
 def tail_on_cpu(
@@ -91,9 +97,7 @@ def test_the_graph_picks_what_the_cpu_tail_picks(k: int) -> None:
     plans = [TailPlan(k, *settings[i % len(settings)], seed=i) for i in range(m)]
     u = rng.random(m)
     u[:5] = [0.0, 1e-9, 0.5, 1 - 1e-9, np.nextafter(1.0, 0.0)]
-    params = np.array(
-        [tail_ops.row_params(u[i], p.top_p, p.min_p, p.temperature) for i, p in enumerate(plans)]
-    )
+    params = np.array([row_params(u[i], p.top_p, p.min_p, p.temperature) for i, p in enumerate(plans)])
     ours = tail_on_cpu(ids, vals, params)
     theirs = np.array(finish(ids, vals, plans, u.tolist()))
     near = boundary_rows(vals, plans, u)
@@ -148,7 +152,7 @@ def test_penalties_in_the_graph_pick_what_the_cpu_picks(penalties: tuple[float, 
     for p in plans:
         p.penalties = penalties
     u = rng.random(m)
-    params = np.array([tail_ops.row_params(u[r], 0.95, 0.05, 0.8, penalties) for r in range(m)])
+    params = np.array([row_params(u[r], 0.95, 0.05, 0.8, penalties) for r in range(m)])
     ours = tail_on_cpu(ids, vals, params, history, k)
     top_ids, top_vals = penalize(ids, vals, [h[h >= 0] for h in history], plans)
     theirs = np.array(finish(top_ids, top_vals, plans, u.tolist()))
