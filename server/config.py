@@ -108,10 +108,19 @@ class LocalModelEntry(BaseModel):
     backend_sampling: bool | None = None
     host_top_k: bool = False
     graph_tail: bool = False
+    retokenize_answers: bool = False
 
 
 # Entry fields only the batched engine reads.
-ENGINE_ONLY = ("kv_unified", "kv_pool", "n_threads_sampling", "backend_sampling", "host_top_k", "graph_tail")
+ENGINE_ONLY = (
+    "kv_unified",
+    "kv_pool",
+    "n_threads_sampling",
+    "backend_sampling",
+    "host_top_k",
+    "graph_tail",
+    "retokenize_answers",
+)
 
 
 class ConfigFile(BaseModel):

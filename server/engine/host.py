@@ -147,6 +147,7 @@ class EngineHost:
             "backend_sampling": engine.model.config.backend_sampling,
             "host_top_k": engine.model.config.entry.host_top_k,
             "graph_tail": engine.model.config.entry.graph_tail,
+            "retokenize_answers": engine.model.config.entry.retokenize_answers,
             "switch_interval_ms": round(sys.getswitchinterval() * 1000.0, 3),
             "stats": engine.stats.summary(),
         }

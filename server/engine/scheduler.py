@@ -9,7 +9,7 @@ CPU chain, so no row of logits comes back (see `sampling.build_chains`).
 
 Requests wait in a FIFO queue for a free slot; a slot keeps the tokens it has evaluated after
 its request ends, so the next request that starts with them (the next turn of the same
-conversation) evaluates only what follows (see `choose_slot`).
+conversation) evaluates only what follows (see `prefix.choose_slot`).
 
 The HTTP side talks to this thread only through `submit`, `cancel` and each generation's
 `sink`, which receives the events of one step at a time: `("text", str)`, `("done",
@@ -47,6 +47,7 @@ from server.engine.host_tail import (
     read_rows,
 )
 from server.engine.model import BatchedModel
+from server.engine.prefix import Matcher, Spelling, choose_slot, common_prefix, text_match, token_match
 from server.engine.sampling import Chains, SamplingParams, build_sampler
 from server.engine.text import Pieces, TextStream
 from server.timings import MS_DECIMALS, timings_object, usage_object
@@ -55,10 +56,6 @@ log = logging.getLogger("storybench.server")
 
 Event = tuple[str, Any]
 Sink = Callable[[list[Event]], None]
-
-# A slot whose cache shares at least this fraction of a new prompt is reused even when the
-# request does not simply continue its cache (a retried or edited turn).
-REUSE_FRACTION = 0.5
 
 
 @dataclass
@@ -155,57 +152,6 @@ class Slot:
     attached_key: tuple[object, ...] | None = None
 
 
-def common_prefix(a: list[int], b: list[int]) -> int:
-    """Length of the longest common prefix (slice comparisons run in C)."""
-    n = min(len(a), len(b))
-    if a[:n] == b[:n]:
-        return n
-    lo, hi = 0, n  # a[:lo] == b[:lo], a[:hi] != b[:hi]
-    while hi - lo > 1:
-        mid = (lo + hi) // 2
-        if a[lo:mid] == b[lo:mid]:
-            lo = mid
-        else:
-            hi = mid
-    return lo
-
-
-def choose_slot(idle: list[Slot], prompt: list[int]) -> tuple[Slot, int]:
-    """The idle slot for a prompt, and how many of its cached tokens it can keep.
-
-    1. a slot whose whole cache starts the prompt (the next turn of its conversation): the
-       longest such cache;
-    2. a slot whose last prompt starts this one, though the answer after it does not (the next
-       turn, with the previous answer re-rendered by the chat template as other tokens than
-       were generated): the longest shared prefix;
-    3. a slot sharing at least half of the prompt: one holding all of it (a retried turn), or
-       one that keeps most of its cache, or any when no slot is empty (a long shared system
-       prompt);
-    4. an empty slot;
-    5. the least recently used slot (its conversation loses its cache).
-    """
-    best: tuple[Slot, int] | None = None
-    for slot in idle:
-        n = len(slot.cache)
-        if n and n <= len(prompt) and (best is None or n > best[1]) and prompt[:n] == slot.cache:
-            best = (slot, n)
-    if best is not None:
-        return best
-    shared = [(slot, common_prefix(slot.cache, prompt)) for slot in idle]
-    continued = [(slot, n) for slot, n in shared if slot.prompt_len and n >= slot.prompt_len]
-    if continued:
-        return max(continued, key=lambda s: s[1])
-    slot, n = max(shared, key=lambda s: (s[1], -s[0].last_used))
-    empty = [s for s in idle if not s.cache]
-    keeps_most = n == len(prompt) or n >= REUSE_FRACTION * len(slot.cache)
-    if n >= REUSE_FRACTION * len(prompt) and (keeps_most or not empty):
-        return slot, n
-    if empty:
-        return empty[0], 0
-    slot = min(idle, key=lambda s: s.last_used)
-    return slot, common_prefix(slot.cache, prompt)
-
-
 class _Batch:
     """A `llama_batch` over numpy buffers, refilled every step."""
 
@@ -279,6 +225,10 @@ class EngineStats:
     pool_waits: int = 0
     pool_evictions: int = 0
     pool_peak: int = 0
+    # Prompts that kept a cache past a re-tokenized answer (`prefix.text_match`), and the cached
+    # tokens that kept beyond the token-for-token prefix.
+    prompts_respelled: int = 0
+    tokens_respelled: int = 0
     # Steps that only decoded (no prompt tokens), by number of sequences:
     # [steps, decode seconds, sample seconds, busy seconds].
     decode_only: dict[int, list[float]] = field(default_factory=dict)
@@ -322,6 +272,8 @@ class EngineStats:
             "pool_waits": self.pool_waits,
             "pool_evictions": self.pool_evictions,
             "pool_peak": self.pool_peak,
+            "prompts_respelled": self.prompts_respelled,
+            "tokens_respelled": self.tokens_respelled,
             "ms_per_step": self._split(self.steps, self.decode_s, self.sample_s, self.busy_s),
             "decode_only_ms_per_step_by_sequences": {
                 str(n): {"steps": int(row[0]), **self._split(*row)}
@@ -346,6 +298,8 @@ class Engine:
         self._stopping = False
         self._batch = _Batch(model.n_batch)
         self._pieces = Pieces(model.vocab)
+        # Kept unless the config asks for every prompt tokenized afresh (`prefix.text_match`).
+        self._spell = None if model.config.entry.retokenize_answers else Spelling(model.vocab, self._pieces)
         self._eog: dict[int, bool] = {}
         self._last_step_end: float | None = None
         self._pool_size = model.config.n_threads_sampling
@@ -449,8 +403,15 @@ class Engine:
                 self._pending.popleft()
                 gen.close_samplers()
                 continue
-            slot, keep = choose_slot(idle, gen.prompt)
-            keep = min(keep, len(gen.prompt) - 1)  # the last prompt token gives the logits
+            match: Matcher = token_match
+            if self._spell is not None:  # a spliced prompt must leave room for max_tokens
+                match = text_match(self._spell, self.model.n_ctx_slot - gen.max_tokens)
+            slot, found = choose_slot(idle, gen.prompt, match)
+            if found.prompt is not gen.prompt:  # the same text on the tokens the cache holds
+                self.stats.prompts_respelled += 1
+                self.stats.tokens_respelled += found.kept - common_prefix(slot.cache, gen.prompt)
+                gen.prompt = found.prompt
+            keep = min(found.kept, len(gen.prompt) - 1)  # the last prompt token gives the logits
             if self.model.pool is not None and not self._make_room(slot, keep, gen, idle):
                 self.stats.pool_waits += 1
                 return

@@ -43,7 +43,7 @@ class Job:
     def __init__(
         self,
         engine: Engine,
-        prompt: str,
+        prompt: str | list[int],  # text, or the prompt's tokens as they are
         max_tokens: int,
         params: SamplingParams,
         chains: Chains | None = None,
@@ -56,7 +56,7 @@ class Job:
         self.gen = Generation.sampled_by(
             chains,
             params,
-            prompt=model.completion_prompt(prompt),
+            prompt=model.completion_prompt(prompt) if isinstance(prompt, str) else list(prompt),
             max_tokens=max_tokens,
             sink=self._sink,
         )

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from server.engine.scheduler import Slot, choose_slot, common_prefix
+from server.engine.prefix import choose_slot, common_prefix
+from server.engine.scheduler import Slot
 from server.engine.text import StopMatcher, TextStream
 
 
@@ -57,12 +58,18 @@ def test_common_prefix(a: list[int], b: list[int], n: int) -> None:
     assert common_prefix(a, b) == n
 
 
+def chosen(idle: list[Slot], prompt: list[int]) -> tuple[Slot, int]:
+    slot, match = choose_slot(idle, prompt)
+    assert match.prompt == prompt  # token for token: the request's own prompt
+    return slot, match.kept
+
+
 def test_choose_slot_prefers_the_conversation_it_continues() -> None:
     system = [1, 2, 3]
     mine = Slot(seq=0, cache=system + [10, 11, 12], last_used=1.0)
     other = Slot(seq=1, cache=system + [20, 21], last_used=0.0)
     empty = Slot(seq=2)
-    assert choose_slot([other, empty, mine], system + [10, 11, 12, 13, 14]) == (mine, 6)
+    assert chosen([other, empty, mine], system + [10, 11, 12, 13, 14]) == (mine, 6)
 
 
 def test_choose_slot_keeps_other_conversations_for_a_new_one() -> None:
@@ -70,14 +77,14 @@ def test_choose_slot_keeps_other_conversations_for_a_new_one() -> None:
     other = Slot(seq=0, cache=system + list(range(10, 40)), last_used=1.0)
     empty = Slot(seq=1)
     # A new conversation shares only the system prompt: it takes the empty slot...
-    assert choose_slot([other, empty], system + [50, 51]) == (empty, 0)
+    assert chosen([other, empty], system + [50, 51]) == (empty, 0)
     # ...and without one, the least recently used slot.
     older = Slot(seq=2, cache=[7, 8, 9], last_used=0.5)
-    assert choose_slot([other, older], system + list(range(50, 60))) == (older, 0)
+    assert chosen([other, older], system + list(range(50, 60))) == (older, 0)
     # When the shared system prompt is most of the prompt, the least recently used of the
     # slots sharing it.
     oldest = Slot(seq=3, cache=system + [60, 61], last_used=0.1)
-    assert choose_slot([other, older, oldest], system + [50]) == (oldest, 3)
+    assert chosen([other, older, oldest], system + [50]) == (oldest, 3)
 
 
 def test_choose_slot_follows_a_conversation_whose_answer_was_re_rendered() -> None:
@@ -89,13 +96,13 @@ def test_choose_slot_follows_a_conversation_whose_answer_was_re_rendered() -> No
     other = Slot(seq=1, cache=[0, 1, 2] + list(range(900, 1000)), last_used=1.0, prompt_len=50)
     empty = Slot(seq=2)
     second = first + [501, 502] + list(range(2000, 2300))  # the re-rendered answer differs at once
-    assert choose_slot([empty, other, mine], second) == (mine, 100)
+    assert chosen([empty, other, mine], second) == (mine, 100)
     # A slot that shares only part of its last prompt is not this conversation's.
-    assert choose_slot([empty, other], second) == (empty, 0)
+    assert chosen([empty, other], second) == (empty, 0)
 
 
 def test_choose_slot_reuses_a_retried_turn() -> None:
     prompt = list(range(100))
     answered = Slot(seq=0, cache=prompt + [500, 501], last_used=1.0)  # prompt + old answer
     empty = Slot(seq=1)
-    assert choose_slot([empty, answered], prompt) == (answered, 100)
+    assert chosen([empty, answered], prompt) == (answered, 100)
