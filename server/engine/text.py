@@ -56,12 +56,16 @@ class StopMatcher:
         if first >= 0:
             self._pending = ""
             return buf[:first], True
+        # The longest tail that starts a stop string: it begins with the stop's first character
+        # within its last len(stop) - 1 characters, found in C (rarely there at all).
         keep = 0
         for stop in self.stops:
-            for k in range(min(len(stop) - 1, len(buf)), keep, -1):
-                if buf.endswith(stop[:k]):
-                    keep = k
+            at = buf.find(stop[0], max(0, len(buf) - len(stop) + 1))
+            while at >= 0 and len(buf) - at > keep:
+                if stop.startswith(buf[at:]):
+                    keep = len(buf) - at
                     break
+                at = buf.find(stop[0], at + 1)
         self._pending = buf[len(buf) - keep :] if keep else ""
         return buf[: len(buf) - keep], False
 

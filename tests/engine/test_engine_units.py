@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from server.engine.prefix import choose_slot, common_prefix
 from server.engine.scheduler import Slot
@@ -31,6 +33,25 @@ def feed_all(matcher: StopMatcher, parts: list[str]) -> tuple[str, bool]:
     ],
 )
 def test_stop_strings(parts: list[str], stops: list[str], expected: tuple[str, bool]) -> None:
+    assert feed_all(StopMatcher(stops), parts) == expected
+
+
+@given(
+    parts=st.lists(st.text(alphabet="ab<|>", max_size=6), max_size=12),
+    stops=st.lists(st.text(alphabet="ab<|>", min_size=1, max_size=5), max_size=3),
+)
+def test_stop_strings_against_the_whole_text(parts: list[str], stops: list[str]) -> None:
+    """Fed in any pieces: after each piece the text so far is searched; at the first piece
+    that completes a stop string, everything before its earliest start is the answer."""
+    seen = ""
+    for part in parts:
+        seen += part
+        found = [at for at in (seen.find(stop) for stop in stops) if at >= 0]
+        if found:
+            expected = (seen[: min(found)], True)
+            break
+    else:
+        expected = (seen, False)
     assert feed_all(StopMatcher(stops), parts) == expected
 
 
