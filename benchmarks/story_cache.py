@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from benchmarks.engine_profile import snapshot
 from benchmarks.harness import Setup
 from benchmarks.multiturn_concurrency import play
 from benchmarks.run import bundled_model, model_label
@@ -54,6 +55,7 @@ def main(argv: list[str] | None = None) -> int:
             start = time.perf_counter()
             figures = asyncio.run(play(setup, "ours", a.conversations))
             wall = time.perf_counter() - start
+            stats = asyncio.run(snapshot(srv)) or {}
         finally:
             srv.stop()
     shares = [figures[f"cache{t}"] for t in range(2, a.turns + 1) if f"cache{t}" in figures]
@@ -64,6 +66,9 @@ def main(argv: list[str] | None = None) -> int:
         "wall_s": wall,
         "lowest_turn_share": min(shares) if shares else None,
         "figures": figures,
+        # Prompts that kept their cache past a re-tokenized answer (server/engine/prefix.py).
+        "prompts_respelled": stats.get("prompts_respelled"),
+        "tokens_respelled": stats.get("tokens_respelled"),
         "warnings": setup.warnings,
     }
     text = json.dumps(out, indent=1)
@@ -79,6 +84,11 @@ def main(argv: list[str] | None = None) -> int:
                 f"{figures[f'cache{t}']:.1f}% (least-served conversation {figures[f'lowest{t}']:.1f}%)",
                 file=sys.stderr,
             )
+    print(
+        f"prompts that kept their cache past a re-tokenized answer: {out['prompts_respelled']} "
+        f"({out['tokens_respelled']} tokens)",
+        file=sys.stderr,
+    )
     return 0
 
 

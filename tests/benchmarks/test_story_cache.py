@@ -24,4 +24,5 @@ def test_story_cache_reports_each_turns_share_of_history_served_from_cache(tmp_p
     assert {"cache2", "cache3", "history3", "lowest3"} <= figures.keys()
     assert figures["history3"] > figures["history2"] > 0  # the stories grew
     assert result["lowest_turn_share"] == min(figures["cache2"], figures["cache3"]) >= 90.0
+    assert isinstance(result["prompts_respelled"], int)  # read back from the server's stats
     assert result["warnings"] == []  # every answer had its full length (end of generation banned)
