@@ -330,14 +330,15 @@ def add_to(chain: Any, k: int, penalized: bool = False) -> bool:
 
 
 def bind(chain: Any, seq: int) -> None:
-    """Tell the chain's sampler which sequence it samples for (before it is attached to it)."""
-    if _SAMPLER is None:
-        return
-    iface = ctypes.addressof(_SAMPLER.iface)
+    """Tell the chain's samplers (this module's, `graph_top_k`'s) which sequence they sample
+    for (before the chain is attached to it)."""
+    iface = ctypes.addressof(_SAMPLER.iface) if _SAMPLER is not None else None
     for i in range(llama_cpp.llama_sampler_chain_n(chain)):
         member = llama_cpp.llama_sampler_chain_get(chain, i)
+        if graph_top_k.bind(member, seq) or iface is None:
+            continue
         if ctypes.cast(member.contents.iface, ctypes.c_void_p).value == iface and 0 <= seq < MAX_SEQ:
-            kind = _SAMPLER._value(member) & ((1 << _SEQ_SHIFT) - 1)
+            kind = _Sampler._value(member) & ((1 << _SEQ_SHIFT) - 1)
             member.contents.ctx = ctypes.c_void_p(kind | (seq + 1) << _SEQ_SHIFT)
 
 
@@ -369,6 +370,7 @@ def stage(
     anything; none when no row is finished in the graph), and when some row has penalties every
     row's last tokens (`host_tail.TailPlan.history`). None: nothing staged, rows built now only
     leave their top-k."""
+    graph_top_k.stage(seqs)
     if _SAMPLER is None:
         return
     state = _SAMPLER.thread()

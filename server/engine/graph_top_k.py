@@ -39,6 +39,10 @@ BLOCK = 1024  # values a block sort holds: ggml-cuda sorts up to 1,024 values pe
 # (BENCHMARKS.md, issue 16); `TOPK_BLOCKS="1024:256"` in benchmarks/device_steps.sh measures it.
 PRESELECT = 0
 MAX_K = BLOCK // 4  # past this, the rounds shrink a row too slowly: llama.cpp's own top-k then
+# A sampler's llama.cpp context pointer: k | (sequence + 1) << SEQ_SHIFT once `bind` told it its
+# sequence (0 above the k: not bound, applied whatever is staged).
+SEQ_SHIFT = 20
+_K_MASK = (1 << SEQ_SHIFT) - 1
 
 GGML_TYPE_F32 = 0
 GGML_TYPE_I32 = 26
@@ -246,7 +250,7 @@ def top_k_of_row(g: _Ggml, ctx: int, data: Any, k: int) -> None:
 
 class _Sampler:
     """The callbacks behind every batched top-k sampler (one set per process). A sampler's
-    llama.cpp context pointer is its k, so clones and frees need no bookkeeping."""
+    llama.cpp context pointer is its k and sequence, so clones and frees need no bookkeeping."""
 
     def __init__(self) -> None:
         self.ggml = _Ggml()
@@ -262,17 +266,22 @@ class _Sampler:
         self.matrices = 0
         self.lone_rows = 0
         self.fallbacks = 0  # rows handed to llama.cpp's top-k after an error
+        self.idle = 0  # samplers of sequences not in the step, left alone
         self.iface, self._callbacks = sampler_interface(self, b"storybench-top-k")
 
-    def new(self, k: int) -> Any:
-        return llama_cpp.llama_sampler_init(ctypes.byref(self.iface), ctypes.c_void_p(k))
+    def new(self, value: int) -> Any:
+        return llama_cpp.llama_sampler_init(ctypes.byref(self.iface), ctypes.c_void_p(value))
 
     @staticmethod
-    def _k(smpl: Any) -> int:
+    def _value(smpl: Any) -> int:
         return int(smpl.contents.ctx or 0)
 
+    @classmethod
+    def _k(cls, smpl: Any) -> int:
+        return cls._value(smpl) & _K_MASK
+
     def _clone(self, smpl: Any) -> int | None:
-        return ctypes.cast(self.new(self._k(smpl)), ctypes.c_void_p).value
+        return ctypes.cast(self.new(self._value(smpl)), ctypes.c_void_p).value
 
     @property
     def built(self) -> dict[tuple[int, int, int], tuple[int, int]]:
@@ -294,10 +303,11 @@ class _Sampler:
         self.built.clear()
 
     def _backend_apply(self, smpl: Any, ctx: int, gf: int, data: Any) -> None:
-        k, fields = self._k(smpl), data.contents
+        value, fields = self._value(smpl), data.contents
+        k, seq = value & _K_MASK, (value >> SEQ_SHIFT) - 1
         before = (fields.logits, fields.candidates)
         try:
-            self._build(k, int(ctx), fields)
+            self._build(k, seq, int(ctx), fields)
         except Exception:  # an exception cannot cross into C: llama.cpp's own top-k for this row
             log.exception("batched top-k: building the graph failed; llama.cpp's top-k instead")
             self.fallbacks += 1
@@ -305,7 +315,7 @@ class _Sampler:
             native = self.native(k)
             native.contents.iface.contents.backend_apply(native, ctx, gf, data)
 
-    def _build(self, k: int, ctx: int, data: Any) -> None:
+    def _build(self, k: int, seq: int, ctx: int, data: Any) -> None:
         g = self.ggml
         logits = int(data.logits)
         row = _tensor(logits)
@@ -321,6 +331,13 @@ class _Sampler:
             or data.candidates
         ):  # not a row of the step's matrix: this row alone
             top_k_of_row(g, ctx, data, k)
+            return
+        staged = getattr(self._local, "staged", None)
+        if staged is not None and seq >= 0 and seq not in staged:
+            # Not in this step (a slot keeps its chain between requests; llama.cpp applies the
+            # samplers of idle sequences to the first row and keeps nothing they make): a k no
+            # running request has would otherwise add a whole top-k to every step.
+            self.idle += 1
             return
         key = (ctx, parent, k)
         built = self.built.get(key)
@@ -369,11 +386,31 @@ def native_top_k(k: int) -> Any:
 
 def counts() -> dict[str, int]:
     """Graphs built so far in this process: over a step's matrix of rows, over lone rows
-    (llama.cpp's own probe of a new chain is one), and rows given to llama.cpp's top-k after an
-    error."""
+    (llama.cpp's own probe of a new chain is one), rows given to llama.cpp's top-k after an
+    error, and samplers of sequences not in the step that were left alone."""
     if _SAMPLER is None:
-        return {"matrices": 0, "lone_rows": 0, "fallbacks": 0}
-    return {"matrices": _SAMPLER.matrices, "lone_rows": _SAMPLER.lone_rows, "fallbacks": _SAMPLER.fallbacks}
+        return {"matrices": 0, "lone_rows": 0, "fallbacks": 0, "idle": 0}
+    s = _SAMPLER
+    return {"matrices": s.matrices, "lone_rows": s.lone_rows, "fallbacks": s.fallbacks, "idle": s.idle}
+
+
+def bind(member: Any, seq: int) -> bool:
+    """Tell a chain member, if it is a batched top-k, which sequence it samples for (before the
+    chain is attached to it); whether it was one."""
+    if _SAMPLER is None or ctypes.cast(member.contents.iface, ctypes.c_void_p).value != ctypes.addressof(
+        _SAMPLER.iface
+    ):
+        return False
+    if 0 <= seq < (1 << (63 - SEQ_SHIFT)):
+        member.contents.ctx = ctypes.c_void_p(_SAMPLER._k(member) | (seq + 1) << SEQ_SHIFT)
+    return True
+
+
+def stage(seqs: list[int] | None) -> None:
+    """Before a decode, on the engine's thread: the sequences of the step's output rows (None:
+    unknown, every sampler builds)."""
+    if _SAMPLER is not None:
+        _SAMPLER._local.staged = frozenset(seqs) if seqs is not None else None
 
 
 def add_to(chain: Any, k: int) -> bool:

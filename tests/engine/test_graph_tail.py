@@ -247,20 +247,29 @@ def test_penalised_requests_get_the_batched_top_k_without_graph_tail(
         assert ours == run_jobs(fresh, backend=False, whole=False, penalties=True)
 
 
-def test_an_idle_slots_chain_of_another_kind_builds_nothing(tmp_path_factory: pytest.TempPathFactory) -> None:
+@pytest.mark.parametrize("whole", [True, False], ids=["graph-tail", "top-k-only"])
+def test_an_idle_slots_chain_of_another_kind_builds_nothing(
+    tmp_path_factory: pytest.TempPathFactory, whole: bool
+) -> None:
     """A slot keeps its chain after its request, and llama.cpp applies the samplers of idle
     sequences too: one whose kind (penalties, k) no running request has must not add its own
-    top-k to every step's graph. The running request still samples what llama.cpp's chain does."""
+    top-k to every step's graph, whether the graph finishes the chain (`graph_tail`) or only
+    takes the top-k (`graph_top_k`: k + 64 with penalties, k without). The running request still
+    samples what llama.cpp's chain does."""
+    counts = graph_tail.counts if whole else graph_top_k.counts
     folder = tmp_path_factory.mktemp("graph-tail-idle")
     with engine_on(folder, n_ctx=256, n_parallel=2, n_threads_sampling=1, backend_sampling=True) as fresh:
-        run_jobs(fresh, backend=True, whole=True, n=2, tokens=8, penalties=True)  # both slots: penalised
-        before = graph_tail.counts()
-        ours = run_jobs(fresh, backend=True, whole=True, n=1, tokens=16)  # one slot, another kind
-        after = graph_tail.counts()
+        run_jobs(fresh, backend=True, whole=whole, n=2, tokens=8, penalties=True)  # both slots: penalised
+        before = counts()
+        ours = run_jobs(fresh, backend=True, whole=whole, n=1, tokens=16)  # one slot, another kind
+        after = counts()
         assert after["idle"] > before["idle"]
-        # The running request's one graph, reused every step (without the check: two, the idle
-        # kind's top-k and tail in it too).
-        assert after["matrices"] - before["matrices"] == 1
+        # Each graph built met the idle sampler once and holds one top-k, the running request's
+        # (without the check: two, the idle kind's too). `graph_tail` counts only the graph
+        # whose rows it finished, reused every step; the others left the top-k (rows not yet
+        # staged as built), as in the test below.
+        builds = after["idle"] - before["idle"]
+        assert after["matrices"] - before["matrices"] == (1 if whole else builds)
         assert ours == run_jobs(fresh, backend=False, whole=False, n=1, tokens=16)
 
 
