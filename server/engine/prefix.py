@@ -46,12 +46,19 @@ S = TypeVar("S", bound=CachedSlot)
 
 
 def common_prefix(a: list[int], b: list[int]) -> int:
-    """Length of the longest common prefix (slice comparisons run in C)."""
+    """Length of the longest common prefix. Slices compared in C, in doubling steps from the
+    start, then halving: the work is proportional to the prefix, not to the lists (an admission
+    compares the prompt with every idle slot's cache, most of which share little of it)."""
     n = min(len(a), len(b))
-    if a[:n] == b[:n]:
-        return n
-    lo, hi = 0, n  # a[:lo] == b[:lo], a[:hi] != b[:hi]
-    while hi - lo > 1:
+    lo, step = 0, 16
+    while True:  # a[:lo] == b[:lo]
+        if lo == n:
+            return n
+        hi = min(n, lo + step)
+        if a[lo:hi] != b[lo:hi]:
+            break
+        lo, step = hi, step * 2
+    while hi - lo > 1:  # a[:lo] == b[:lo], a[:hi] != b[:hi]
         mid = (lo + hi) // 2
         if a[lo:mid] == b[lo:mid]:
             lo = mid
@@ -128,10 +135,9 @@ def text_match(spell: Spell, limit: int) -> Matcher:
         if n == len(cache) or n == len(prompt):
             return Match(n, prompt)
         i, j = same_text(cache, prompt, n, spell)
-        spliced = cache[:i] + prompt[j:]
-        if i == n or len(spliced) > limit:
+        if i == n or i + len(prompt) - j > limit:
             return Match(n, prompt)
-        return Match(i, spliced)
+        return Match(i, cache[:i] + prompt[j:])
 
     return match
 
@@ -152,9 +158,10 @@ def choose_slot(idle: Sequence[S], prompt: list[int], match: Matcher = token_mat
     5. the least recently used slot (its conversation loses its cache).
     """
     best: tuple[S, Match] | None = None
-    for slot in idle:  # the usual case first, token for token
-        n = len(slot.cache)
-        if n and n <= len(prompt) and (best is None or n > best[1].kept) and prompt[:n] == slot.cache:
+    for slot in idle:  # the usual case first, token for token (the ends compared first)
+        cache, n = slot.cache, len(slot.cache)
+        longer = n and n <= len(prompt) and (best is None or n > best[1].kept)
+        if longer and cache[-1] == prompt[n - 1] and common_prefix(cache, prompt) == n:
             best = (slot, Match(n, prompt))
     if best is not None:
         return best
