@@ -18,6 +18,10 @@ so the tail of the chain (top-p, min-p, temperature, the draw) runs on the CPU u
 whose logits were changed first (a logit bias or penalties in the graph) are not views of the
 matrix; this sampler then runs the same top-k on that row alone. Should building the graph fail
 (a Python exception cannot cross into llama.cpp), the row gets llama.cpp's own top-k instead.
+
+About 420 lines on purpose: the ggml bindings, the graph of block sorts and the sampler's
+callbacks share the struct layout checked at load and the one set of callbacks llama.cpp holds
+pointers to; `graph_tail` builds on all three.
 """
 
 from __future__ import annotations
