@@ -15,9 +15,10 @@ The HTTP side talks to this thread only through `submit`, `cancel` and each gene
 `sink`, which receives the events of one step at a time: `("text", str)`, `("done",
 finish_reason)` or `("error", message)`.
 
-About 700 lines on purpose: the step loop, slot choice and the per-slot state it mutates are
-one piece of code that a single thread owns; split across modules, the invariant "only the
-engine thread touches llama.cpp state" would no longer be visible in one file.
+About 700 lines on purpose: the step loop, admission and the per-slot state they mutate are one
+piece of code that a single thread owns; split across modules, the invariant "only the engine
+thread touches llama.cpp state" would no longer be visible in one file. Which slot a prompt goes
+to, a pure function of the slots' tokens, is `prefix.py`.
 """
 
 from __future__ import annotations
