@@ -5,14 +5,19 @@ conversation evaluates only what follows. The API carries answers as text, thoug
 turn's prompt is that text tokenized afresh: a model may generate a token sequence the tokenizer
 would not give for its text (SmolLM2 wrote " a" + "day" where the tokenizer says " ad" + "ay"),
 and from there the prompt's tokens part from the cache. Everything after, most of the answer and
-the new turn, would be evaluated again, and at every later turn too, since each re-renders the
-whole history (the bundled model: 1 of 16 conversations lost 57% of its history at turn 2).
+the new turn, would be evaluated again (the bundled model: 1 of 16 conversations lost 57% of its
+history at turn 2).
 
 `text_match` therefore compares the cache and the prompt as text past the first differing token:
 where both spell the same bytes up to a boundary of both, the cache's tokens are kept and the
 prompt's own tokens follow from there. The model then sees the tokens it produced itself, as it
 did while generating them. Control tokens (the chat template's markers) and tokens that spell
 nothing match only as themselves, so a template's structure is never re-spelled.
+
+Once kept, the generated spelling stays in the cache, and every later turn re-renders the whole
+history as the tokenizer spells it: each of them parts from the cache at that word again. So the
+text match also decides the slot (`choose_slot`): token for token, a long story would look like
+a new conversation there, sharing less than half of the prompt.
 """
 
 from __future__ import annotations
