@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -134,13 +135,28 @@ def chat_body(
     return body
 
 
+async def sse_lines(response: httpx.Response) -> AsyncIterator[str]:
+    """The stream's lines as server-sent events define them: ended by CR, LF or CRLF only.
+    httpx's `aiter_lines` also splits on the Unicode line breaks `str.splitlines` knows (U+0085,
+    U+2028, ...), which a server writing JSON without ASCII escapes (llama-server) leaves raw in
+    a random model's text: the event's JSON was cut in two there."""
+    pending = b""
+    async for chunk in response.aiter_bytes():
+        pending += chunk
+        *lines, pending = pending.replace(b"\r\n", b"\n").replace(b"\r", b"\n").split(b"\n")
+        for line in lines:
+            yield line.decode("utf-8", errors="replace")
+    if pending:
+        yield pending.decode("utf-8", errors="replace")
+
+
 async def stream_chat(client: httpx.AsyncClient, base_url: str, body: dict[str, Any]) -> StreamResult:
     result = StreamResult(start=time.perf_counter())
     async with client.stream("POST", f"{base_url}/chat/completions", json=body) as response:
         if response.status_code != 200:
             detail = (await response.aread()).decode(errors="replace")[:500]
             raise RuntimeError(f"HTTP {response.status_code} from {base_url}: {detail}")
-        async for line in response.aiter_lines():
+        async for line in sse_lines(response):
             if not line.startswith("data:"):
                 continue
             data = line[5:].strip()
