@@ -38,10 +38,12 @@ import llama_cpp
 log = logging.getLogger(__name__)
 
 BLOCK = 1024  # values a block sort holds: ggml-cuda sorts up to 1,024 values per block in shared memory
-# Block size of the first pass (`_preselect`); 0: sort every block of the row. Off until measured
-# on a GPU: exact (tests/engine/test_graph_top_k.py), but the H200 runs so far sorted every block
-# (BENCHMARKS.md, issue 16); `TOPK_BLOCKS="1024:256"` in benchmarks/device_steps.sh measures it.
-PRESELECT = 0
+# Block size of the first pass (`_preselect`); 0: sort every block of the row. Exact
+# (tests/engine/test_graph_top_k.py); on an H200 it raised the engine from 66/58/58% to 80/77/78%
+# of llama-batched-bench at 16/32/64 sequences (1B shape; 8B 81/76/73% to 87/83/76%), but cost a
+# lone sequence 5-7% (BENCHMARKS.md, issue 16, session 8): a step of one row sorts every block.
+PRESELECT = 256
+PRESELECT_MIN_ROWS = 2
 MAX_K = BLOCK // 4  # past this, the rounds shrink a row too slowly: llama.cpp's own top-k then
 # A sampler's llama.cpp context pointer: k | (sequence + 1) << SEQ_SHIFT once `bind` told it its
 # sequence (0 above the k: not bound, applied whatever is staged).
@@ -206,7 +208,8 @@ def build_top_k(g: _Ggml, ctx: int, logits: int, k: int, float_ids: bool = False
     vals: int = logits
     ids: int | None = None
     k = min(k, _tensor(logits).ne[0])
-    if PRESELECT and _tensor(logits).ne[0] // PRESELECT > 2 * k:  # few blocks: nothing to gain
+    shape = _tensor(logits)
+    if PRESELECT and shape.ne[1] >= PRESELECT_MIN_ROWS and shape.ne[0] // PRESELECT > 2 * k:  # else no gain
         vals, ids = _preselect(g, ctx, logits, k, PRESELECT)
     while _tensor(vals).ne[0] > BLOCK:
         vals, ids = _level(g, ctx, vals, ids, k)

@@ -209,6 +209,21 @@ def test_the_graph_keeps_the_k_largest_of_every_row(
         assert rows[r, ids[r]].tolist() == vals[r].tolist()  # each value is its token's
 
 
+def test_a_lone_row_sorts_every_block(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The first pass pays only with several rows (on an H200 it cost a lone sequence 5-7%):
+    one row goes straight to the block sorts, and still gets its exact k largest."""
+    monkeypatch.setattr(graph_top_k, "PRESELECT", 256)
+
+    def refuse(*_: object) -> None:
+        raise AssertionError("the first pass ran on one row")
+
+    row = (np.random.default_rng(7).standard_normal((1, 49_152)) * 3).astype(np.float32)
+    monkeypatch.setattr(graph_top_k, "_preselect", refuse)
+    ids, vals = graph_top_k_on_cpu(row, 40)
+    assert vals[0].tolist() == (-np.sort(-row[0]))[:40].tolist()
+    assert row[0, ids[0]].tolist() == vals[0].tolist()
+
+
 def test_threads_racing_to_load_the_sampler_get_one_set_of_callbacks(monkeypatch: pytest.MonkeyPatch) -> None:
     """The server builds chains on worker threads: requests arriving together once loaded two
     sets of callbacks, and the first set, freed, crashed the server in llama.cpp's next graph
