@@ -150,7 +150,11 @@ def test_sigkill_of_one_worker_the_others_finish_its_conversations(
         logs = [tmp_path / f"worker-{n}.log" for n in range(3)]
         procs = [_start(cmd, env, log) for log in logs]
         deadline = time.monotonic() + 120
-        while len(responses(mongo.uri, db_name)) < PLANNED // 4:
+        # The victim must have started its run (on a busy machine the others may store a
+        # quarter of the plan first), so that its run document is there to check after the kill.
+        while len(responses(mongo.uri, db_name)) < PLANNED // 4 or not any(
+            w.pid == procs[0].pid for w in runs(mongo.uri, db_name)
+        ):
             assert time.monotonic() < deadline, "\n".join(log.read_text() for log in logs)
             assert all(p.poll() is None for p in procs), "a worker ended before the kill"
             time.sleep(0.05)
