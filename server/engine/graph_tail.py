@@ -54,7 +54,7 @@ MAX_SEQ = 1 << 11  # sequence ids a sampler can be bound to (`config.MAX_PARALLE
 # A sampler's llama.cpp context pointer: k | penalised << _PENALTY_BIT | (sequence + 1) << _SEQ_SHIFT.
 _K_MASK = (1 << 12) - 1
 _PENALTY_BIT = 12
-_SEQ_SHIFT = 20
+_SEQ_SHIFT = graph_top_k.SEQ_SHIFT  # the same layout of the sequence as the top-k sampler's
 _TENSORS_PER_CONTEXT = 256
 _ALIGN = 64
 # The tokens go into an array of ours in one copy (True), or come back row by row as llama.cpp's
@@ -125,7 +125,6 @@ class _Thread:
         self.contexts = [g.init(_InitParams(size, None, True)) for _ in range(2)]
         self.current, self.made = 0, 0
         self.seqs: list[int] | None = None  # the sequence of every output row, for the next decode
-        self.seq_set: frozenset[int] | None = None
         self.built: dict[tuple[int, int, int, bool], _Built] = {}
 
     def staged(self, g: Any, array: np.ndarray, ne0: int, ne1: int, ne2: int = 1) -> int:
@@ -248,7 +247,7 @@ class _Sampler:
         ):  # not a row of the step's matrix: the top-k of this row alone, as `graph_top_k`
             graph_top_k.top_k_of_row(g, ctx, data, k)
             return
-        if state.seq_set is not None and seq not in state.seq_set:
+        if graph_top_k.idle(seq):
             # Not in this step (a slot keeps its chain between requests; llama.cpp applies the
             # samplers of idle sequences to the first row and keeps nothing they make): nothing
             # to build, which saves a whole top-k when its kind is one no running request has.
@@ -375,7 +374,6 @@ def stage(
         return
     state = _SAMPLER.thread()
     state.seqs = seqs
-    state.seq_set = frozenset(seqs) if seqs is not None else None
     if seqs is not None and uniforms and rows:
         n = min(len(rows), MAX_ROWS)
         state.params[0, :n] = uniforms[:n]

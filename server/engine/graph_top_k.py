@@ -339,8 +339,7 @@ class _Sampler:
         ):  # not a row of the step's matrix: this row alone
             top_k_of_row(g, ctx, data, k)
             return
-        staged = getattr(self._local, "staged", None)
-        if staged is not None and seq >= 0 and seq not in staged:
+        if idle(seq):
             # Not in this step (a slot keeps its chain between requests; llama.cpp applies the
             # samplers of idle sequences to the first row and keeps nothing they make): a k no
             # running request has would otherwise add a whole top-k to every step.
@@ -418,6 +417,13 @@ def stage(seqs: list[int] | None) -> None:
     unknown, every sampler builds)."""
     if _SAMPLER is not None:
         _SAMPLER._local.staged = frozenset(seqs) if seqs is not None else None
+
+
+def idle(seq: int) -> bool:
+    """Whether a sampler bound to `seq` (-1: not bound) belongs to no row of the graph being
+    built on this thread, by what `stage` was told (for `graph_tail`'s samplers too)."""
+    staged = getattr(_SAMPLER._local, "staged", None) if _SAMPLER is not None else None
+    return staged is not None and seq >= 0 and seq not in staged
 
 
 def add_to(chain: Any, k: int) -> bool:
