@@ -31,19 +31,22 @@ Runs on the GPU machine (`benchmarks/device_steps.sh`) and on the CPU with the b
 from __future__ import annotations
 
 import argparse
+import collections
+import contextlib
 import json
 import random
 import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import llama_cpp
 
 from server.config import load_config
-from server.engine import graph_tail, graph_top_k
+from server.engine import graph_tail, graph_top_k, scheduler
 from server.engine.app import set_switch_interval
 from server.engine.model import BatchedModel
 from server.engine.sampling import SamplingParams, build_chains
@@ -95,6 +98,41 @@ def raw_decode(model: BatchedModel, n: int, prompt: int, gen: int) -> dict[str, 
     }
 
 
+# The engine's parts that `--split` times: its methods, and the sampling tail's two functions as
+# the scheduler module calls them.
+SPLIT_METHODS = ("_admit", "_stage", "_sample", "_finish_tails", "_accept", "_publish")
+SPLIT_FUNCTIONS = ("read_rows", "finish")
+
+
+@contextlib.contextmanager
+def split_timers() -> Iterator[collections.Counter[str]]:
+    """Time the engine's parts (`SPLIT_METHODS`, `SPLIT_FUNCTIONS`) for as long as it is open:
+    yields a Counter of seconds and calls by name. Each wrapped call adds about a microsecond,
+    so the figures are a diagnostic of where a step's host time goes, not the step's cost."""
+    spent: collections.Counter[str] = collections.Counter()  # seconds (floats) and calls
+
+    def timed(name: str, fn: Any) -> Any:
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            t0 = time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                spent[name] += time.perf_counter() - t0  # type: ignore[assignment]
+                spent[name + " calls"] += 1
+
+        return wrapper
+
+    saved: list[tuple[Any, str, Any]] = [(Engine, n, getattr(Engine, n)) for n in SPLIT_METHODS]
+    saved += [(scheduler, n, getattr(scheduler, n)) for n in SPLIT_FUNCTIONS]
+    try:
+        for owner, name, fn in saved:
+            setattr(owner, name, timed(name, fn))
+        yield spent
+    finally:
+        for owner, name, fn in saved:
+            setattr(owner, name, fn)
+
+
 class _Done:
     def __init__(self, n: int) -> None:
         self.left = n
@@ -115,9 +153,16 @@ class _Done:
 
 
 def engine_run(
-    model: BatchedModel, n: int, prompt: int, gen: int, variant: str, params: SamplingParams
+    model: BatchedModel,
+    n: int,
+    prompt: int,
+    gen: int,
+    variant: str,
+    params: SamplingParams,
+    split: bool = False,
 ) -> dict[str, Any]:
-    """`n` generations of `gen` tokens through the real engine, submitted together."""
+    """`n` generations of `gen` tokens through the real engine, submitted together; with
+    `split`, the host time of the engine's parts too (`split_timers`), in ms per step."""
     _clear(model)
     engine = Engine(model)
     whole = variant == "engine-sampled"
@@ -138,12 +183,16 @@ def engine_run(
             )  # fmt: skip
         before, built = engine.stats.summary(), graph_top_k.counts()["matrices"]
         tail_built = graph_tail.counts()
-        start = time.perf_counter()
-        for g in gens:
-            engine.submit(g)
-        if not done.event.wait(600):
-            raise TimeoutError("the engine did not finish")
-        wall = time.perf_counter() - start
+        timers: contextlib.AbstractContextManager[collections.Counter[str]] = (
+            split_timers() if split else contextlib.nullcontext(collections.Counter())
+        )
+        with timers as spent:
+            start = time.perf_counter()
+            for g in gens:
+                engine.submit(g)
+            if not done.event.wait(600):
+                raise TimeoutError("the engine did not finish")
+            wall = time.perf_counter() - start
         after = engine.stats.summary()
     finally:
         engine.close()
@@ -169,6 +218,12 @@ def engine_run(
         "graph_tail_rows": after["graph_tail_rows"] - before["graph_tail_rows"],
         "graph_tail_cpu_rows": after["graph_tail_cpu_rows"] - before["graph_tail_cpu_rows"],
         "graph_tail_builds": {k: v - tail_built[k] for k, v in graph_tail.counts().items()},
+        # --split: host ms per step (all steps) in each timed part, and its calls.
+        "split_ms_per_step": {
+            name: round(1000 * spent[name] / max(after["steps"] - before["steps"], 1), 4)
+            for name in (*SPLIT_METHODS, *SPLIT_FUNCTIONS)
+            if spent[name + " calls"]
+        },
     }
 
 
@@ -225,6 +280,12 @@ def main(argv: list[str] | None = None) -> int:
         "penalties over the whole row with engine-graph, after a batched top-k of k + 64 on the CPU "
         "with engine-batched, in the graph with engine-sampled",
     )
+    ap.add_argument(
+        "--split",
+        action="store_true",
+        help="also time the engine's host parts (admission, staging, sampling, the sampling tail, "
+        "accepting tokens, events) in ms per step; the timers add about a microsecond a call",
+    )
     ap.add_argument("--out", type=Path, default=None, help="JSON file (default: stdout)")
     args = ap.parse_args(argv)
     levels = [int(x) for x in args.levels.split(",")]
@@ -259,9 +320,11 @@ def main(argv: list[str] | None = None) -> int:
                 if variant == "raw":
                     row[variant] = raw_decode(model, n, args.prompt, args.gen)
                 else:
-                    row[variant] = engine_run(model, n, args.prompt, args.gen, variant, params)
+                    row[variant] = engine_run(model, n, args.prompt, args.gen, variant, params, args.split)
                 rate, split = row[variant]["tok_per_s"], row[variant].get("decode_only_step_ms", "")
                 print(f"{results['model']} x{n} {variant}: {rate:.0f} tok/s {split}", file=sys.stderr)
+                if row[variant].get("split_ms_per_step"):
+                    print(f"  host ms per step: {row[variant]['split_ms_per_step']}", file=sys.stderr)
             results["levels"][str(n)] = row
     finally:
         model.close()
