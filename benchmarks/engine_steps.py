@@ -15,7 +15,9 @@ costs that only an in-process run can separate, so this benchmark measures each 
    graph (a sort per sequence), the rest on the CPU;
 4. `engine-batched`: backend sampling with the engine's own graph top-k, one pass over all the
    step's rows (`server/engine/graph_top_k.py`), and the rest of the chain over all the rows
-   at once with numpy (`server/engine/host_tail.py`): the GPU default; `engine-batched-chain`
+   at once with numpy (`server/engine/host_tail.py`): the GPU default; `engine-batched-serial`
+   the same with each step's text worked out before the next decode, not during it
+   (`scheduler.OVERLAP_TEXT`); `engine-batched-chain`
    finishes each row with llama.cpp's chain instead; `engine-sampled` finishes every row in the
    decode graph too (`server/engine/graph_tail.py`, `"graph_tail": true`): one token per row
    comes back;
@@ -171,6 +173,7 @@ def engine_run(
     host_tail = variant != "engine-batched-chain"
     try:
         engine._backend_sampling = graph  # the variant under test, whatever the config's default
+        engine.overlap_text = not variant.endswith("-serial")  # -serial: text before the next decode
         done = _Done(n)
         gens = []
         for k in range(n):

@@ -15,7 +15,12 @@ The HTTP side talks to this thread only through `submit`, `cancel` and each gene
 `sink`, which receives the events of one step at a time: `("text", str)`, `("done",
 finish_reason)` or `("error", message)`.
 
-About 700 lines on purpose: the step loop, admission and the per-slot state they mutate are one
+The text of a step's tokens (detokenizing, stop strings, events) is worked out while the next
+step decodes on the GPU (`OVERLAP_TEXT`): a stop string found then ends the generation at the
+end of that step, whose extra token is dropped (its KV cell stays in the slot's cache, which
+the next turn's prompt no longer matches there).
+
+About 750 lines on purpose: the step loop, admission and the per-slot state they mutate are one
 piece of code that a single thread owns; split across modules, the invariant "only the engine
 thread touches llama.cpp state" would no longer be visible in one file. Which slot a prompt goes
 to, a pure function of the slots' tokens, is `prefix.py`.
@@ -55,6 +60,10 @@ from server.timings import MS_DECIMALS, timings_object, usage_object
 
 log = logging.getLogger("storybench.server")
 
+# Work out the text of a step's tokens while the next step decodes (llama_decode returns once the
+# GPU has the graph) rather than before it: per-token Python that the GPU no longer waits for.
+OVERLAP_TEXT = True
+
 Event = tuple[str, Any]
 Sink = Callable[[list[Event]], None]
 
@@ -81,6 +90,7 @@ class Generation:
     params: SamplingParams | None = None
     cancelled: bool = False
     # filled by the engine
+    stopped: bool = False  # a stop string was reached in text worked out during the next decode
     tokens: list[int] = field(default_factory=list)  # generated, the end-of-generation one excluded
     slot: int | None = None
     cache_n: int = 0
@@ -230,6 +240,10 @@ class EngineStats:
     # tokens that kept beyond the token-for-token prefix.
     prompts_respelled: int = 0
     tokens_respelled: int = 0
+    # Text of generated tokens worked out while the next step decoded (`OVERLAP_TEXT`): seconds,
+    # and the generations a stop string ended one step late (their extra token dropped).
+    text_overlapped_s: float = 0.0
+    stops_overlapped: int = 0
     # Steps that only decoded (no prompt tokens), by number of sequences:
     # [steps, decode seconds, sample seconds, busy seconds].
     decode_only: dict[int, list[float]] = field(default_factory=dict)
@@ -275,6 +289,8 @@ class EngineStats:
             "pool_peak": self.pool_peak,
             "prompts_respelled": self.prompts_respelled,
             "tokens_respelled": self.tokens_respelled,
+            "text_overlapped_ms_per_step": round(self.text_overlapped_s * 1000 / steps, 3),
+            "stops_overlapped": self.stops_overlapped,
             "ms_per_step": self._split(self.steps, self.decode_s, self.sample_s, self.busy_s),
             "decode_only_ms_per_step_by_sequences": {
                 str(n): {"steps": int(row[0]), **self._split(*row)}
@@ -303,6 +319,9 @@ class Engine:
         self._spell = None if model.config.entry.retokenize_answers else Spelling(model.vocab, self._pieces)
         self._eog: dict[int, bool] = {}
         self._last_step_end: float | None = None
+        # Tokens accepted last step whose text waits for this step's decode (`OVERLAP_TEXT`).
+        self.overlap_text = OVERLAP_TEXT
+        self._texts: list[tuple[Slot, Generation, int]] = []
         self._pool_size = model.config.n_threads_sampling
         self._backend_sampling = model.config.backend_sampling
         if self._backend_sampling:
@@ -383,6 +402,7 @@ class Engine:
                     self._step()
             except Exception as exc:  # keep serving: fail what was in the batch
                 log.exception("engine step failed")
+                self._texts.clear()
                 for slot in self.slots:
                     if slot.gen is not None:
                         self._fail(slot, f"generation failed: {exc}")
@@ -535,6 +555,8 @@ class Engine:
         rc = batch.decode(model.ctx)
         if rc != 0:
             raise RuntimeError(f"llama_decode returned {rc} for a batch of {batch.n} tokens")
+        if self._texts:  # while the GPU decodes: the text of the tokens this step feeds
+            self._work_out_texts()
         llama_cpp.llama_synchronize(model.ctx)
         t1 = time.perf_counter()
         for slot, tokens in fed:
@@ -673,22 +695,43 @@ class Engine:
         return eog
 
     def _accept(self, slot: Slot, gen: Generation, token: int) -> None:
-        if self._is_eog(token):
+        if gen.stopped or self._is_eog(token):  # stopped: `token` follows the stop string, dropped
             self._release(slot, "stop")
             return
         gen.predicted_n += 1
         gen.tokens.append(token)
         self.stats.tokens_generated += 1
-        assert gen._text is not None
-        text, stopped = gen._text.push(token)
-        if text:
-            gen._out.append(("text", text))
-        if stopped:
+        if self.overlap_text and gen.predicted_n < gen.max_tokens:
+            slot.next_token = token
+            self._texts.append((slot, gen, token))
+            return
+        if self._push_text(gen, token):
             self._release(slot, "stop")
         elif gen.predicted_n >= gen.max_tokens:
             self._release(slot, "length")
         else:
             slot.next_token = token
+
+    def _push_text(self, gen: Generation, token: int) -> bool:
+        """The token's text into the generation's events; whether a stop string was reached."""
+        assert gen._text is not None
+        text, stopped = gen._text.push(token)
+        if text:
+            gen._out.append(("text", text))
+        return stopped
+
+    def _work_out_texts(self) -> None:
+        """The text of the tokens accepted last step, while this step decodes them, and its
+        events handed over. A stop string marks the generation `stopped`: it ends when this
+        step's sample comes back, and that sample is dropped."""
+        start = time.perf_counter()
+        for slot, gen, token in self._texts:
+            if slot.gen is gen and not gen.stopped and self._push_text(gen, token):
+                gen.stopped = True
+                self.stats.stops_overlapped += 1
+        self._texts.clear()
+        self._publish()
+        self.stats.text_overlapped_s += time.perf_counter() - start
 
     def _release(self, slot: Slot, reason: str | None) -> None:
         """End the slot's generation (reason None: cancelled); its cache stays for reuse."""

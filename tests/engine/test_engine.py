@@ -156,3 +156,31 @@ def test_stop_string_spanning_tokens_and_the_length_limit(engine: Engine) -> Non
     run = Run(engine, PROMPTS[4], 24, stop=[stop]).wait()
     assert run.gen.finish_reason == "stop"
     assert run.text == full.text[: full.text.index(stop)]
+
+
+@pytest.mark.parametrize("overlap", [True, False])
+def test_a_stop_string_found_while_the_next_step_decodes(engine: Engine, overlap: bool) -> None:
+    """With the text worked out during the next decode (`OVERLAP_TEXT`), a stop string ends
+    the generation one step late and drops the extra token: text, tokens, counts and reason are
+    those of the text worked out at once, beside a generation that runs on, and the slot serves
+    the next request from its cache."""
+    full = Run(engine, PROMPTS[5], 24).wait()
+    stop = full.text[len(full.text) // 3 :][:4]
+    assert stop.strip()
+    engine.overlap_text = overlap
+    before = engine.stats.stops_overlapped
+    try:
+        other = Run(engine, PROMPTS[6], 24)
+        run = Run(engine, PROMPTS[5], 24, stop=[stop]).wait()
+        assert other.wait().gen.finish_reason == "length" and other.gen.predicted_n == 24
+    finally:
+        engine.overlap_text = True
+    assert run.gen.finish_reason == "stop"
+    assert run.text == full.text[: full.text.index(stop)]
+    # The token that completed the stop string counts; the one sampled after it does not.
+    n = run.gen.predicted_n
+    assert run.gen.tokens == full.gen.tokens[:n] and 0 < n < 24
+    assert engine.stats.stops_overlapped - before == (1 if overlap else 0)
+    again = Run(engine, PROMPTS[5], 4).wait()
+    assert again.gen.cache_n == len(again.gen.prompt) - 1
+    assert again.gen.tokens == full.gen.tokens[:4]
