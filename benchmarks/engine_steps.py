@@ -17,7 +17,7 @@ costs that only an in-process run can separate, so this benchmark measures each 
    step's rows (`server/engine/graph_top_k.py`), and the rest of the chain over all the rows
    at once with numpy (`server/engine/host_tail.py`): the GPU default; `engine-batched-serial`
    the same with each step's text worked out before the next decode, not during it
-   (`scheduler.OVERLAP_TEXT`); `engine-batched-chain`
+   (`scheduler.OVERLAP`); `engine-batched-chain`
    finishes each row with llama.cpp's chain instead; `engine-sampled` finishes every row in the
    decode graph too (`server/engine/graph_tail.py`, `"graph_tail": true`): one token per row
    comes back;
@@ -102,8 +102,8 @@ def raw_decode(model: BatchedModel, n: int, prompt: int, gen: int) -> dict[str, 
 
 # The engine's parts that `--split` times: its methods, and the sampling tail's two functions as
 # the scheduler module calls them.
-SPLIT_METHODS = ("_admit", "_stage", "_sample", "_finish_tails", "_accept", "_publish")
-SPLIT_FUNCTIONS = ("read_rows", "finish")
+SPLIT_METHODS = ("_admit", "_stage", "_overlapped", "_sample", "_finish_tails", "_accept", "_publish")
+SPLIT_FUNCTIONS = ("read_rows", "prepare", "finish_prepared")
 
 
 @contextlib.contextmanager
@@ -173,7 +173,7 @@ def engine_run(
     host_tail = variant != "engine-batched-chain"
     try:
         engine._backend_sampling = graph  # the variant under test, whatever the config's default
-        engine.overlap_text = not variant.endswith("-serial")  # -serial: text before the next decode
+        engine.overlap = not variant.endswith("-serial")  # -serial: text before the next decode
         done = _Done(n)
         gens = []
         for k in range(n):
@@ -210,6 +210,9 @@ def engine_run(
         "ttft_ms_median": sorted(1000 * ((g.t_first or 0) - g.t_submit) for g in gens)[n // 2],
         "decode_only_step_ms": {k: row.get(k) for k in ("steps", "decode", "sample", "other")},
         "all_steps_ms": after["ms_per_step"],
+        # Steps with prompt tokens: how many, their prompt tokens, ms per step (this run's only:
+        # the engine is new for every run).
+        "prompt_steps": after["prompt_steps"],
         "steps": after["steps"] - before["steps"],
         "backend_sampled": after["backend_sampled"],
         "tail_rows": after["tail_rows"],
@@ -326,6 +329,8 @@ def main(argv: list[str] | None = None) -> int:
                     row[variant] = engine_run(model, n, args.prompt, args.gen, variant, params, args.split)
                 rate, split = row[variant]["tok_per_s"], row[variant].get("decode_only_step_ms", "")
                 print(f"{results['model']} x{n} {variant}: {rate:.0f} tok/s {split}", file=sys.stderr)
+                if "prompt_steps" in row[variant]:
+                    print(f"  steps with prompt tokens: {row[variant]['prompt_steps']}", file=sys.stderr)
                 if row[variant].get("split_ms_per_step"):
                     print(f"  host ms per step: {row[variant]['split_ms_per_step']}", file=sys.stderr)
             results["levels"][str(n)] = row

@@ -4,7 +4,11 @@ throughput in-process against llama.cpp's batched limit, the per-step profile, a
     python -m benchmarks.steps_report DIR [DIR ...]
 
 Each DIR holds `batched-bench-<shape>.txt` and `steps-<shape>.json` as the device call left them
-(a copy is kept under benchmarks/results/). The roofline line divides the bytes a decode step
+(a copy is kept under benchmarks/results/). Two shares of batched-bench: the generation phase
+(ours over its decode-only steps, all sequences generating, decode + sampling + Python: what S_TG
+times, batched-bench's generation steps with nothing sampled) and the whole run (ours from the
+first submission to the last token, prompts included, against batched-bench's generated tokens
+over its prompt and generation time, T_PP + T_TG). The roofline line divides the bytes a decode step
 must read at least once, the whole model file plus the K and V of every sequence's context
 (prompt + half the answer on average), by the step time, against the H200's 4.8 TB/s.
 """
@@ -24,12 +28,33 @@ MODEL_BYTES = {"llama-1b": 807_690_240, "llama-8b": 4_920_734_176}  # the Q4_K_M
 
 def batched_bench(path: Path) -> dict[int, float]:
     """S_TG (generated tokens/s) by number of sequences, from llama-batched-bench's table."""
-    out: dict[int, float] = {}
+    return {n: row["S_TG"] for n, row in batched_bench_rows(path).items()}
+
+
+def batched_bench_rows(path: Path) -> dict[int, dict[str, float]]:
+    """Every column of llama-batched-bench's table (PP, TG, B, N_KV, T_PP s, S_PP t/s, ...) by
+    number of sequences, named without their units."""
+    out: dict[int, dict[str, float]] = {}
+    names: list[str] = []
     for line in path.read_text(encoding="utf-8").splitlines():
         cells = [c.strip() for c in line.strip().strip("|").split("|")]
-        if len(cells) == 10 and re.fullmatch(r"\d+", cells[2]):
-            out[int(cells[2])] = float(cells[7])
+        if len(cells) == 10 and cells[0] == "PP":
+            names = [c.split(" ")[0] for c in cells]
+        elif names and len(cells) == 10 and re.fullmatch(r"\d+", cells[2]):
+            out[int(cells[2])] = dict(zip(names, map(float, cells), strict=True))
     return out
+
+
+def phase_shares(row: dict[str, object], bench: dict[str, float]) -> tuple[float, float] | None:
+    """(generation-phase share, whole-run share) of batched-bench for one engine variant's row
+    (see the module's docstring); None for a row without decode-only steps."""
+    d = row.get("decode_only_step_ms")
+    if not isinstance(d, dict) or not d.get("steps"):
+        return None
+    n, generated = bench["B"], bench["B"] * bench["TG"]
+    steady = n / ((d["decode"] + d["sample"] + d["other"]) / 1000)
+    whole = float(row["tok_per_s"])  # type: ignore[arg-type]
+    return steady / bench["S_TG"], whole / (generated / (bench["T_PP"] + bench["T_TG"]))
 
 
 def roofline_share(shape: str, n: int, step_s: float, prompt: int, gen: int) -> float:
@@ -57,6 +82,16 @@ def report(folder: Path) -> str:
                 rate = row[v]["tok_per_s"]
                 cells.append(f"{rate:,.0f} ({100 * rate / ref:.0f}%)" if ref else f"{rate:,.0f}")
             lines.append(f"| {n} | {ref:,.0f} | " + " | ".join(cells) + " |" if ref else f"| {n} | - | ...")
+        rows = batched_bench_rows(folder / f"batched-bench-{shape}.txt")
+        engines = [v for v in variants if v != "raw"]
+        lines.append("\nShare of batched-bench: generation phase / whole run (prompts included)\n")
+        lines.append("| sequences | " + " | ".join(engines) + " |")
+        lines.append("|---" * (1 + len(engines)) + "|")
+        for n, row in levels.items():
+            bench = rows.get(int(n))
+            found = [phase_shares(row[v], bench) if bench else None for v in engines]
+            cells = [f"{100 * f[0]:.0f}% / {100 * f[1]:.0f}%" if f else "-" for f in found]
+            lines.append(f"| {n} | " + " | ".join(cells) + " |")
         lines.append(
             "\nPer decode-only step, ms: decode / sampling / other; roofline share of the H200's bandwidth\n"
         )

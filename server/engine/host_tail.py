@@ -138,44 +138,86 @@ def penalize(
     return ids[take, order], out[take, order]
 
 
+@dataclass
+class TailRows:
+    """What finishing a step's rows needs besides their logits: each row's settings as columns
+    and its draw. Nothing here waits for the decode, so the engine works it out while the GPU
+    decodes the step (`scheduler.OVERLAP`)."""
+
+    top_p: np.ndarray  # (rows,) float32
+    log_min_p: np.ndarray  # (rows,) float32: logf(min_p), -inf where min-p is off
+    min_p_on: np.ndarray  # (rows,) bool
+    temp: np.ndarray  # (rows, 1) float32
+    u: np.ndarray  # (rows,) float64: the rows' draws
+
+
+def prepare(plans: list[TailPlan], uniforms: list[float] | None = None) -> TailRows:
+    """The rows' settings and draws (`uniforms`: already taken from their plans' generators, as
+    `graph_tail` stages them before the decode; by default drawn here, one per row)."""
+    m = len(plans)
+    min_p = np.fromiter((p.min_p for p in plans), np.float32, m)
+    with np.errstate(divide="ignore"):
+        log_min_p = np.log(min_p)
+    draws = uniforms if uniforms is not None else (p.rng.next() for p in plans)
+    return TailRows(
+        top_p=np.fromiter((p.top_p for p in plans), np.float32, m),
+        log_min_p=log_min_p,
+        min_p_on=min_p > 0.0,
+        temp=np.fromiter((p.temperature for p in plans), np.float32, m)[:, None],
+        u=np.fromiter(draws, np.float64, m),
+    )
+
+
 def finish(
     ids: np.ndarray, logits: np.ndarray, plans: list[TailPlan], uniforms: list[float] | None = None
 ) -> list[int]:
     """The token of every row: `ids` and `logits` are (rows, k), each row its k candidates
     largest logit first, as the graph's top-k leaves them (llama.cpp's top-p sorts them so, and
-    its other samplers keep the order). `uniforms`: the rows' draws, already taken from their
-    plans' generators (`graph_tail` stages them before the decode); by default drawn here."""
+    its other samplers keep the order). `uniforms` as for `prepare`."""
+    if len(plans) == 0:
+        return []
+    return finish_prepared(ids, logits, prepare(plans, uniforms))
+
+
+def finish_prepared(ids: np.ndarray, logits: np.ndarray, rows: TailRows) -> list[int]:
+    """`finish` with the rows' settings and draws worked out beforehand (`prepare`)."""
     m, k = logits.shape
     if m == 0:
         return []
-    top_p = np.fromiter((p.top_p for p in plans), np.float32, m)
-    min_p = np.fromiter((p.min_p for p in plans), np.float32, m)
-    temp = np.fromiter((p.temperature for p in plans), np.float32, m)
-    draws = uniforms if uniforms is not None else (p.rng.next() for p in plans)
-    u = np.fromiter(draws, np.float64, m)
-    cols = np.arange(k)
-    keep = np.full(m, k)
+    # The graph's rows lie n_vocab apart in llama.cpp's buffer: one copy, then every pass below
+    # runs over contiguous memory.
+    logits = np.ascontiguousarray(logits)
+    cols = _columns(k)
     # top-p: softmax in float32 (sum accumulated in order), then the shortest prefix reaching p.
     probs = np.exp(logits - logits[:, :1])
     probs /= np.cumsum(probs, axis=1, dtype=np.float32)[:, -1:]
     cum = np.cumsum(probs, axis=1, dtype=np.float32)
-    reached = cum >= top_p[:, None]
-    cut = np.where(reached.any(axis=1), reached.argmax(axis=1) + 1, k)
-    keep = np.where(top_p < 1.0, cut, keep)
+    reached = cum >= rows.top_p[:, None]
+    cut = np.where(reached[:, -1], reached.argmax(axis=1) + 1, k)  # cum rises: any = the last
+    keep = np.where(rows.top_p < 1.0, cut, k)
     # min-p: the values at or above max + logf(min_p) (a prefix: the row is sorted).
-    with np.errstate(divide="ignore"):
-        floor = logits[:, 0] + np.log(min_p)
-    above = (logits >= floor[:, None]).sum(axis=1)
-    keep = np.where(min_p > 0.0, np.minimum(keep, np.maximum(above, 1)), keep)
+    above = (logits >= (logits[:, 0] + rows.log_min_p)[:, None]).sum(axis=1)
+    keep = np.where(rows.min_p_on, np.minimum(keep, np.maximum(above, 1)), keep)
     # temperature, then dist: float probabilities summed in double, the first reaching sum * u.
-    scaled = logits / temp[:, None]
+    scaled = logits / rows.temp
     p = np.exp(scaled - scaled[:, :1]).astype(np.float64)
-    p[cols[None, :] >= keep[:, None]] = 0.0
+    outside = cols[None, :] >= keep[:, None]
+    p[outside] = 0.0
     run = np.cumsum(p, axis=1)
-    target = run[np.arange(m), keep - 1] * u
-    hit = (run >= target[:, None]) & (cols[None, :] < keep[:, None])
+    target = run[np.arange(m), keep - 1] * rows.u
+    hit = (run >= target[:, None]) & ~outside
     pick = np.where(hit.any(axis=1), hit.argmax(axis=1), keep - 1)
     return ids[np.arange(m), pick].tolist()  # type: ignore[no-any-return]
+
+
+_COLUMNS: dict[int, np.ndarray] = {}
+
+
+def _columns(k: int) -> np.ndarray:
+    cols = _COLUMNS.get(k)
+    if cols is None:
+        cols = _COLUMNS[k] = np.arange(k)
+    return cols
 
 
 _views: dict[tuple[int, int, int, int], tuple[np.ndarray, np.ndarray]] = {}

@@ -15,10 +15,11 @@ The HTTP side talks to this thread only through `submit`, `cancel` and each gene
 `sink`, which receives the events of one step at a time: `("text", str)`, `("done",
 finish_reason)` or `("error", message)`.
 
-The text of a step's tokens (detokenizing, stop strings, events) is worked out while the next
-step decodes on the GPU (`OVERLAP_TEXT`): a stop string found then ends the generation at the
-end of that step, whose extra token is dropped (its KV cell stays in the slot's cache, which
-the next turn's prompt no longer matches there).
+While a step decodes on the GPU (`OVERLAP`), the engine works out what does not need its result:
+the text of the tokens it feeds (detokenizing, stop strings, events) and the settings and draws
+of the rows the CPU finishes (`host_tail.prepare`). A stop string found then ends the generation
+at the end of that step, whose extra token is dropped (its KV cell stays in the slot's cache,
+which the next turn's prompt no longer matches there).
 
 About 750 lines on purpose: the step loop, admission and the per-slot state they mutate are one
 piece of code that a single thread owns; split across modules, the invariant "only the engine
@@ -48,8 +49,10 @@ from server.engine.host_tail import (
     HOST_TAIL_MIN_ROWS,
     NO_HISTORY,
     TailPlan,
-    finish,
+    TailRows,
+    finish_prepared,
     penalize,
+    prepare,
     read_rows,
 )
 from server.engine.model import BatchedModel
@@ -60,12 +63,15 @@ from server.timings import MS_DECIMALS, timings_object, usage_object
 
 log = logging.getLogger("storybench.server")
 
-# Work out the text of a step's tokens while the next step decodes (llama_decode returns once the
-# GPU has the graph) rather than before it: per-token Python that the GPU no longer waits for.
-OVERLAP_TEXT = True
+# Work out the text of a step's tokens, and the next step's sampling settings and draws, while
+# that step decodes (llama_decode returns once the GPU has the graph) rather than between steps:
+# per-row Python that the GPU no longer waits for (BENCHMARKS.md, issue 16, session 9).
+OVERLAP = True
 
 Event = tuple[str, Any]
 Sink = Callable[[list[Event]], None]
+TailKey = tuple[int, bool]  # the candidates a row's graph leaves, and whether penalties follow
+TailGroup = tuple[list[int], TailRows]  # output rows, and their settings and draws
 
 
 @dataclass
@@ -240,13 +246,16 @@ class EngineStats:
     # tokens that kept beyond the token-for-token prefix.
     prompts_respelled: int = 0
     tokens_respelled: int = 0
-    # Text of generated tokens worked out while the next step decoded (`OVERLAP_TEXT`): seconds,
-    # and the generations a stop string ended one step late (their extra token dropped).
-    text_overlapped_s: float = 0.0
+    # Host work done while a step decoded (`OVERLAP`): seconds, and the generations a stop
+    # string ended one step late (their extra token dropped).
+    overlapped_s: float = 0.0
     stops_overlapped: int = 0
     # Steps that only decoded (no prompt tokens), by number of sequences:
     # [steps, decode seconds, sample seconds, busy seconds].
     decode_only: dict[int, list[float]] = field(default_factory=dict)
+    # Steps that evaluated prompt tokens (with or without generating rows):
+    # [steps, prompt tokens, decode seconds, sample seconds, busy seconds].
+    prompt_steps: list[float] = field(default_factory=lambda: [0, 0, 0.0, 0.0, 0.0])
 
     def add(self, generating: int, prompt_tokens: int, decode: float, sample: float, busy: float) -> None:
         self.steps += 1
@@ -260,6 +269,9 @@ class EngineStats:
             row[1] += decode
             row[2] += sample
             row[3] += busy
+        else:
+            for at, value in enumerate((1, prompt_tokens, decode, sample, busy)):
+                self.prompt_steps[at] += value
 
     @staticmethod
     def _split(steps: float, decode: float, sample: float, busy: float) -> dict[str, float]:
@@ -289,9 +301,14 @@ class EngineStats:
             "pool_peak": self.pool_peak,
             "prompts_respelled": self.prompts_respelled,
             "tokens_respelled": self.tokens_respelled,
-            "text_overlapped_ms_per_step": round(self.text_overlapped_s * 1000 / steps, 3),
+            "overlapped_ms_per_step": round(self.overlapped_s * 1000 / steps, 3),
             "stops_overlapped": self.stops_overlapped,
             "ms_per_step": self._split(self.steps, self.decode_s, self.sample_s, self.busy_s),
+            "prompt_steps": {
+                "steps": int(self.prompt_steps[0]),
+                "prompt_tokens": int(self.prompt_steps[1]),
+                **self._split(self.prompt_steps[0], *self.prompt_steps[2:]),
+            },
             "decode_only_ms_per_step_by_sequences": {
                 str(n): {"steps": int(row[0]), **self._split(*row)}
                 for n, row in sorted(self.decode_only.items())
@@ -319,8 +336,8 @@ class Engine:
         self._spell = None if model.config.entry.retokenize_answers else Spelling(model.vocab, self._pieces)
         self._eog: dict[int, bool] = {}
         self._last_step_end: float | None = None
-        # Tokens accepted last step whose text waits for this step's decode (`OVERLAP_TEXT`).
-        self.overlap_text = OVERLAP_TEXT
+        # Tokens accepted last step whose text waits for this step's decode (`OVERLAP`).
+        self.overlap = OVERLAP
         self._texts: list[tuple[Slot, Generation, int]] = []
         self._pool_size = model.config.n_threads_sampling
         self._backend_sampling = model.config.backend_sampling
@@ -555,14 +572,16 @@ class Engine:
         rc = batch.decode(model.ctx)
         if rc != 0:
             raise RuntimeError(f"llama_decode returned {rc} for a batch of {batch.n} tokens")
-        if self._texts:  # while the GPU decodes: the text of the tokens this step feeds
-            self._work_out_texts()
+        if self.overlap:  # while the GPU decodes
+            tails = self._overlapped(outputs)
         llama_cpp.llama_synchronize(model.ctx)
         t1 = time.perf_counter()
+        if not self.overlap:
+            tails = self._prepare_tails(outputs)
         for slot, tokens in fed:
             slot.cache.extend(tokens)
         now = time.perf_counter()
-        for (slot, _), token in zip(outputs, self._sample(outputs), strict=True):
+        for (slot, _), token in zip(outputs, self._sample(outputs, tails), strict=True):
             gen = slot.gen
             assert gen is not None
             if gen.t_first is None:
@@ -598,7 +617,33 @@ class Engine:
         histories = [p.history if p is not None else NO_HISTORY for p in plans] if penalized else None
         graph_tail.stage(seqs, uniforms, rows, histories)
 
-    def _sample(self, outputs: list[tuple[Slot, int]]) -> list[int]:
+    def _overlapped(self, outputs: list[tuple[Slot, int]]) -> dict[TailKey, TailGroup]:
+        """The host work that does not wait for the decode: the text of the tokens this step
+        feeds (`_work_out_texts`), and the settings and draws of its rows the CPU will finish."""
+        start = time.perf_counter()
+        if self._texts:
+            self._work_out_texts()
+        tails = self._prepare_tails(outputs)
+        self.stats.overlapped_s += time.perf_counter() - start
+        return tails
+
+    def _prepare_tails(self, outputs: list[tuple[Slot, int]]) -> dict[TailKey, TailGroup]:
+        """The rows whose graph leaves candidates for the CPU to finish over the step's matrix
+        (`host_tail`), by kind (candidates, penalized), with their settings and draws. Rows
+        whose whole chain runs in the graph (`graph_tail`) are not here: whether the CPU
+        finishes them is only known once the graph ran."""
+        if not self._backend_sampling:
+            return {}
+        groups: dict[TailKey, tuple[list[int], list[TailPlan]]] = {}
+        for n, (slot, _) in enumerate(outputs):
+            plan = slot.gen.tail if slot.gen is not None and slot.attached is not None else None
+            if plan is not None and not plan.in_graph:
+                rows, plans = groups.setdefault((plan.candidates, plan.penalties is not None), ([], []))
+                rows.append(n)
+                plans.append(plan)
+        return {key: (rows, prepare(plans)) for key, (rows, plans) in groups.items()}
+
+    def _sample(self, outputs: list[tuple[Slot, int]], tails: dict[TailKey, TailGroup]) -> list[int]:
         """One token per output row. Rows with a host plan are sampled together over the step's
         matrix of logits (`host_sampling`: numpy's top-k or greedy, then each request's chain
         after it). The others go through their request's llama.cpp chain: a slot whose graph
@@ -617,24 +662,26 @@ class Engine:
             map_ = self._pool.map if self._pool is not None and len(host) > 1 else map
             for n, token in zip(host, self._host.sample(logits, rows, map_, self._pool_size), strict=True):
                 tokens[n] = token
-        by_k: dict[tuple[int, bool], list[int]] = {}  # rows whose graph left candidates, by kind
+        left: dict[TailKey, list[int]] = {}  # `graph_tail` rows the graph left to the CPU, by kind
         for n, g in enumerate(gens):
-            if g is not None and g.tail is not None and outputs[n][0].attached is not None:
-                plan = g.tail
-                if plan.in_graph:
-                    penalized = plan.penalties is not None
-                    token = graph_tail.packed_token(ctx, outputs[n][1], n, plan.top_k, penalized)
-                    if token < 0:  # not packed (`graph_tail.PACKED`), or left to the CPU
-                        token = llama_cpp.llama_get_sampled_token_ith(ctx, outputs[n][1])
-                    if token >= 0:
-                        tokens[n] = token
-                        self.stats.graph_tail_rows += 1
-                        self.stats.backend_sampled += 1
-                        continue
-                    self.stats.graph_tail_cpu_rows += 1
-                by_k.setdefault((plan.candidates, plan.penalties is not None), []).append(n)
-        for (k, penalized), finished in by_k.items():
-            picked = self._finish_tails(outputs, gens, finished, k, penalized)
+            plan = g.tail if g is not None and outputs[n][0].attached is not None else None
+            if plan is not None and plan.in_graph:
+                penalized = plan.penalties is not None
+                token = graph_tail.packed_token(ctx, outputs[n][1], n, plan.top_k, penalized)
+                if token < 0:  # not packed (`graph_tail.PACKED`), or left to the CPU
+                    token = llama_cpp.llama_get_sampled_token_ith(ctx, outputs[n][1])
+                if token >= 0:
+                    tokens[n] = token
+                    self.stats.graph_tail_rows += 1
+                    self.stats.backend_sampled += 1
+                    continue
+                self.stats.graph_tail_cpu_rows += 1
+                left.setdefault((plan.candidates, penalized), []).append(n)
+        finishing: list[tuple[TailKey, list[int], TailRows | None]]
+        finishing = [(key, rows, prepared) for key, (rows, prepared) in tails.items()]
+        finishing += [(key, rows, None) for key, rows in left.items()]
+        for (k, penalized), finished, prepared in finishing:
+            picked = self._finish_tails(outputs, gens, finished, k, penalized, prepared)
             for n, token in zip(finished, picked, strict=True):
                 tokens[n] = token
         rest = [n for n in range(len(outputs)) if tokens[n] == -1]
@@ -670,10 +717,12 @@ class Engine:
         rows: list[int],
         k: int,
         penalized: bool,
+        prepared: TailRows | None,
     ) -> list[int]:
         """Finish the rows whose graph kept k candidates, all at once (`host_tail`), after their
-        penalties when `penalized` (`graph_tail` applies them in the graph otherwise); -1 for
-        every row (llama.cpp's chain then) when llama.cpp's buffers are not laid out as expected."""
+        penalties when `penalized` (`graph_tail` applies them in the graph otherwise), with their
+        settings and draws `prepared` before the decode (drawn here if None); -1 for every row
+        (llama.cpp's chain then) when llama.cpp's buffers are not laid out as expected."""
         plans = [g.tail for n in rows if (g := gens[n]) is not None and g.tail is not None]
         read = read_rows(self.model.ctx, [outputs[n][1] for n in rows], rows, self.model.n_vocab, k)
         if read is None or len(plans) != len(rows):
@@ -684,9 +733,9 @@ class Engine:
         ids, logits = read
         if penalized:
             ids, logits = penalize(ids, logits, [p.history for p in plans], plans)
-        # A row the graph was to finish already took its draw before the decode.
-        uniforms = [p.uniform if p.in_graph else p.rng.next() for p in plans]
-        return finish(ids, logits, plans, uniforms)
+        if prepared is None:  # a row the graph was to finish already took its draw before the decode
+            prepared = prepare(plans, [p.uniform if p.in_graph else p.rng.next() for p in plans])
+        return finish_prepared(ids, logits, prepared)
 
     def _is_eog(self, token: int) -> bool:
         eog = self._eog.get(token)
@@ -701,7 +750,7 @@ class Engine:
         gen.predicted_n += 1
         gen.tokens.append(token)
         self.stats.tokens_generated += 1
-        if self.overlap_text and gen.predicted_n < gen.max_tokens:
+        if self.overlap and gen.predicted_n < gen.max_tokens:
             slot.next_token = token
             self._texts.append((slot, gen, token))
             return
@@ -731,7 +780,7 @@ class Engine:
                 self.stats.stops_overlapped += 1
         self._texts.clear()
         self._publish()
-        self.stats.text_overlapped_s += time.perf_counter() - start
+        self.stats.overlapped_s += time.perf_counter() - start
 
     def _release(self, slot: Slot, reason: str | None) -> None:
         """End the slot's generation (reason None: cancelled); its cache stays for reuse."""

@@ -160,21 +160,21 @@ def test_stop_string_spanning_tokens_and_the_length_limit(engine: Engine) -> Non
 
 @pytest.mark.parametrize("overlap", [True, False])
 def test_a_stop_string_found_while_the_next_step_decodes(engine: Engine, overlap: bool) -> None:
-    """With the text worked out during the next decode (`OVERLAP_TEXT`), a stop string ends
+    """With the text worked out during the next decode (`OVERLAP`), a stop string ends
     the generation one step late and drops the extra token: text, tokens, counts and reason are
     those of the text worked out at once, beside a generation that runs on, and the slot serves
     the next request from its cache."""
     full = Run(engine, PROMPTS[5], 24).wait()
     stop = full.text[len(full.text) // 3 :][:4]
     assert stop.strip()
-    engine.overlap_text = overlap
+    engine.overlap = overlap
     before = engine.stats.stops_overlapped
     try:
         other = Run(engine, PROMPTS[6], 24)
         run = Run(engine, PROMPTS[5], 24, stop=[stop]).wait()
         assert other.wait().gen.finish_reason == "length" and other.gen.predicted_n == 24
     finally:
-        engine.overlap_text = True
+        engine.overlap = True
     assert run.gen.finish_reason == "stop"
     assert run.text == full.text[: full.text.index(stop)]
     # The token that completed the stop string counts; the one sampled after it does not.
