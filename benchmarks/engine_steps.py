@@ -164,7 +164,9 @@ def engine_run(
     split: bool = False,
 ) -> dict[str, Any]:
     """`n` generations of `gen` tokens through the real engine, submitted together; with
-    `split`, the host time of the engine's parts too (`split_timers`), in ms per step."""
+    `split`, the host time of the engine's parts too (`split_timers`), in ms per step. A
+    variant's name may end in `#<anything>`: the same variant again, as a repeat."""
+    variant = variant.split("#")[0]
     _clear(model)
     engine = Engine(model)
     whole = variant == "engine-sampled"
@@ -208,8 +210,10 @@ def engine_run(
         "tokens": produced,
         "wall_s": wall,
         "ttft_ms_median": sorted(1000 * ((g.t_first or 0) - g.t_submit) for g in gens)[n // 2],
-        "decode_only_step_ms": {k: row.get(k) for k in ("steps", "decode", "sample", "other")},
+        "decode_only_step_ms": {k: row.get(k) for k in ("steps", "decode", "sample", "other", "decode_call")},
         "all_steps_ms": after["ms_per_step"],
+        "decode_call_ms_per_step": after["decode_call_ms_per_step"],  # a new engine: its own steps only
+        "overlapped_ms_per_step": after["overlapped_ms_per_step"],
         # Steps with prompt tokens: how many, their prompt tokens, ms per step (this run's only:
         # the engine is new for every run).
         "prompt_steps": after["prompt_steps"],
@@ -266,7 +270,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--gpu", action="store_true", help="full offload and flash attention")
     ap.add_argument("--kv-unified", action="store_true", help="one KV pool for all slots")
     ap.add_argument(
-        "--variants", default="raw,engine-batched,engine-sampled,engine-graph,engine-host,engine-llama"
+        "--variants",
+        default="raw,engine-batched,engine-sampled,engine-graph,engine-host,engine-llama",
+        help="comma-separated; a name ending in #<tag> (engine-batched#2) runs that variant again",
     )
     ap.add_argument("--top-k-block", type=int, default=None, help="graph_top_k.BLOCK (values per block sort)")
     ap.add_argument("--top-k-preselect", type=int, default=None, help="graph_top_k.PRESELECT (0: off)")

@@ -249,26 +249,30 @@ class EngineStats:
     # Host work done while a step decoded (`OVERLAP`): seconds, and the generations a stop
     # string ended one step late (their extra token dropped).
     overlapped_s: float = 0.0
+    # Until llama_decode returned (the rest of `decode_s` waits for the GPU): what overlapped
+    # work can hide behind is the difference.
+    launch_s: float = 0.0
     stops_overlapped: int = 0
     # Steps that only decoded (no prompt tokens), by number of sequences:
-    # [steps, decode seconds, sample seconds, busy seconds].
+    # [steps, decode seconds, sample seconds, busy seconds, seconds until llama_decode returned].
     decode_only: dict[int, list[float]] = field(default_factory=dict)
     # Steps that evaluated prompt tokens (with or without generating rows):
     # [steps, prompt tokens, decode seconds, sample seconds, busy seconds].
     prompt_steps: list[float] = field(default_factory=lambda: [0, 0, 0.0, 0.0, 0.0])
 
-    def add(self, generating: int, prompt_tokens: int, decode: float, sample: float, busy: float) -> None:
+    def add(
+        self, generating: int, prompt_tokens: int, decode: float, sample: float, busy: float, launch: float
+    ) -> None:
         self.steps += 1
+        self.launch_s += launch
         self.sequences_per_step += generating
         self.decode_s += decode
         self.sample_s += sample
         self.busy_s += busy
         if prompt_tokens == 0:
-            row = self.decode_only.setdefault(generating, [0, 0.0, 0.0, 0.0])
-            row[0] += 1
-            row[1] += decode
-            row[2] += sample
-            row[3] += busy
+            row = self.decode_only.setdefault(generating, [0, 0.0, 0.0, 0.0, 0.0])
+            for at, value in enumerate((1, decode, sample, busy, launch)):
+                row[at] += value
         else:
             for at, value in enumerate((1, prompt_tokens, decode, sample, busy)):
                 self.prompt_steps[at] += value
@@ -302,6 +306,7 @@ class EngineStats:
             "prompts_respelled": self.prompts_respelled,
             "tokens_respelled": self.tokens_respelled,
             "overlapped_ms_per_step": round(self.overlapped_s * 1000 / steps, 3),
+            "decode_call_ms_per_step": round(self.launch_s * 1000 / steps, 3),
             "stops_overlapped": self.stops_overlapped,
             "ms_per_step": self._split(self.steps, self.decode_s, self.sample_s, self.busy_s),
             "prompt_steps": {
@@ -310,7 +315,11 @@ class EngineStats:
                 **self._split(self.prompt_steps[0], *self.prompt_steps[2:]),
             },
             "decode_only_ms_per_step_by_sequences": {
-                str(n): {"steps": int(row[0]), **self._split(*row)}
+                str(n): {
+                    "steps": int(row[0]),
+                    **self._split(*row[:4]),
+                    "decode_call": round(row[4] * 1000 / max(row[0], 1), 3),
+                }
                 for n, row in sorted(self.decode_only.items())
             },
         }
@@ -572,6 +581,7 @@ class Engine:
         rc = batch.decode(model.ctx)
         if rc != 0:
             raise RuntimeError(f"llama_decode returned {rc} for a batch of {batch.n} tokens")
+        launched = time.perf_counter()
         if self.overlap:  # while the GPU decodes
             tails = self._overlapped(outputs)
         llama_cpp.llama_synchronize(model.ctx)
@@ -590,7 +600,7 @@ class Engine:
         t2 = time.perf_counter()
         # Back to back with the previous step: the gap (events, admission) counts as busy.
         busy_from = start if self._last_step_end is None else self._last_step_end
-        self.stats.add(generating, batch.n - generating, t1 - t0, t2 - t1, t2 - busy_from)
+        self.stats.add(generating, batch.n - generating, t1 - t0, t2 - t1, t2 - busy_from, launched - t0)
         self._last_step_end = t2
 
     def _stage(self, outputs: list[tuple[Slot, int]]) -> None:
