@@ -7,7 +7,9 @@ costs that only an in-process run can separate, so this benchmark measures each 
 
 1. `raw`: `llama_decode` + `llama_synchronize` on our own context (our `n_ctx` per slot, our KV
    layout), one token per sequence per step, every row output, nothing sampled: what our
-   context costs against batched-bench's;
+   context costs against batched-bench's; `raw-spread` the same on every other sequence (idle
+   slots between running conversations), `raw-spread-filled` with a throwaway token in each
+   idle one between (the engine's `FILL_GAPS_UP_TO`);
 2. `engine-host`: the real `Engine` (scheduler thread, batch building, text, events) sampling
    as it does by default: every row of logits back, top-k over all rows at once with numpy,
    llama.cpp's chain on the 40 survivors (`server/engine/host_sampling.py`);
@@ -66,12 +68,19 @@ def _clear(model: BatchedModel) -> None:
     llama_cpp.llama_memory_clear(model.memory, True)
 
 
-def raw_decode(model: BatchedModel, n: int, prompt: int, gen: int) -> dict[str, float]:
+def raw_decode(
+    model: BatchedModel, n: int, prompt: int, gen: int, spread: bool = False, fill: bool = False
+) -> dict[str, float]:
     """Prefill `n` prompts, then `gen` steps of one token per sequence, every row an output, no
-    sampling. Times the whole step (decode + synchronize) and llama_decode's own return."""
+    sampling. Times the whole step (decode + synchronize) and llama_decode's own return. With
+    `spread` the sequences are every other one (0, 2, 4, ...), as slots left idle between
+    running conversations leave them; with `fill` too, each idle one between gets a throwaway
+    token per step, removed after it (the engine's `FILL_GAPS_UP_TO`)."""
     _clear(model)
     batch = _Batch(model.n_batch)
-    for seq in range(n):  # prompts one sequence per decode: prefill is not what is measured
+    seqs = [2 * k if spread else k for k in range(n)]
+    gaps = [s + 1 for s in seqs[:-1]] if spread and fill else []
+    for seq in seqs:  # prompts one sequence per decode: prefill is not what is measured
         tokens = _prompt(model, prompt, seed=seq)
         for at in range(0, len(tokens), model.n_batch):
             batch.clear()
@@ -85,13 +94,18 @@ def raw_decode(model: BatchedModel, n: int, prompt: int, gen: int) -> dict[str, 
     start = time.perf_counter()
     for step in range(gen):
         batch.clear()
-        for seq in range(n):
-            batch.add(token, prompt + step, seq)
+        for seq in sorted(seqs + gaps):
+            if seq in gaps:
+                batch.add_run([token], 0, seq, output_last=False)
+            else:
+                batch.add(token, prompt + step, seq)
         t0 = time.perf_counter()
         if batch.decode(model.ctx) != 0:
             raise RuntimeError(f"decode failed at step {step}")
         launch += time.perf_counter() - t0
         llama_cpp.llama_synchronize(model.ctx)
+        for seq in gaps:
+            llama_cpp.llama_memory_seq_rm(model.memory, seq, 0, -1)
     wall = time.perf_counter() - start
     return {
         "tok_per_s": n * gen / wall,
@@ -310,7 +324,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.graph_tail_packed is not None:
         graph_tail.PACKED = bool(args.graph_tail_packed)
     with tempfile.TemporaryDirectory() as tmp:
-        config = load_config(write_config(Path(tmp) / "c.json", args.model, args, max(levels)))
+        slots = max(levels) * (2 if any("spread" in v for v in variants) else 1)
+        config = load_config(write_config(Path(tmp) / "c.json", args.model, args, slots))
         t0 = time.perf_counter()
         model = BatchedModel(config.models[0])
         load_s = time.perf_counter() - t0
@@ -329,8 +344,9 @@ def main(argv: list[str] | None = None) -> int:
         for n in levels:
             row: dict[str, Any] = {}
             for variant in variants:
-                if variant == "raw":
-                    row[variant] = raw_decode(model, n, args.prompt, args.gen)
+                if variant.split("#")[0] in ("raw", "raw-spread", "raw-spread-filled"):
+                    spread, fill = "spread" in variant, "filled" in variant
+                    row[variant] = raw_decode(model, n, args.prompt, args.gen, spread, fill)
                 else:
                     row[variant] = engine_run(model, n, args.prompt, args.gen, variant, params, args.split)
                 rate, split = row[variant]["tok_per_s"], row[variant].get("decode_only_step_ms", "")

@@ -63,6 +63,12 @@ from server.timings import MS_DECIMALS, timings_object, usage_object
 
 log = logging.getLogger("storybench.server")
 
+# With a KV stream per slot, llama.cpp cuts a batch into micro-batches of consecutive sequence
+# ids, each a pass over all the weights: a step over slots 0, 2 and 4 costs three decodes. A gap
+# of at most this many slots between two of the step's sequences is filled with one throwaway
+# token per idle slot (removed after the decode), which costs far less than a micro-batch.
+FILL_GAPS_UP_TO = 16
+
 # Work out the text of a step's tokens, and the next step's sampling settings and draws, while
 # that step decodes (llama_decode returns once the GPU has the graph) rather than between steps:
 # per-row Python that the GPU no longer waits for (BENCHMARKS.md, issue 16, session 9).
@@ -249,6 +255,8 @@ class EngineStats:
     # Host work done while a step decoded (`OVERLAP`): seconds, and the generations a stop
     # string ended one step late (their extra token dropped).
     overlapped_s: float = 0.0
+    # Throwaway tokens that joined a step's sequences into one micro-batch (`FILL_GAPS_UP_TO`).
+    gap_fillers: int = 0
     # Until llama_decode returned (the rest of `decode_s` waits for the GPU): what overlapped
     # work can hide behind is the difference.
     launch_s: float = 0.0
@@ -308,6 +316,7 @@ class EngineStats:
             "overlapped_ms_per_step": round(self.overlapped_s * 1000 / steps, 3),
             "decode_call_ms_per_step": round(self.launch_s * 1000 / steps, 3),
             "stops_overlapped": self.stops_overlapped,
+            "gap_fillers": self.gap_fillers,
             "ms_per_step": self._split(self.steps, self.decode_s, self.sample_s, self.busy_s),
             "prompt_steps": {
                 "steps": int(self.prompt_steps[0]),
@@ -560,10 +569,25 @@ class Engine:
             chunks[slot.seq] = take = min(room, len(slot.gen.prompt) - slot.at)
             room -= take
         # ...and go into the batch in sequence order: with a KV stream per sequence llama.cpp
-        # splits a batch into micro-batches of consecutive sequence ids.
-        for slot in active:
+        # splits a batch into micro-batches of consecutive sequence ids (`_fillers`). The
+        # fillers need room too: the last chunks give it up.
+        fillers = self._fillers(chunks)
+        over = generating + sum(chunks.values()) + len(fillers) - batch.capacity
+        while over > 0 and chunks:
+            last = next(reversed(chunks))
+            chunks[last] -= min(over, chunks[last])
+            if chunks[last] == 0:
+                del chunks[last]
+                fillers = self._fillers(chunks)
+            over = generating + sum(chunks.values()) + len(fillers) - batch.capacity
+        self.stats.gap_fillers += len(fillers)
+        for slot in self.slots:
             gen = slot.gen
-            assert gen is not None
+            if slot.seq in fillers:
+                batch.add_run([slot.cache[-1] if slot.cache else 0], len(slot.cache), slot.seq, False)
+                continue
+            if gen is None:
+                continue
             if slot.next_token is not None:
                 outputs.append((slot, batch.add(slot.next_token, len(slot.cache), slot.seq)))
                 fed.append((slot, [slot.next_token]))
@@ -586,6 +610,8 @@ class Engine:
             tails = self._overlapped(outputs)
         llama_cpp.llama_synchronize(model.ctx)
         t1 = time.perf_counter()
+        for seq in fillers:  # the throwaway tokens out of the idle slots' caches
+            llama_cpp.llama_memory_seq_rm(model.memory, seq, len(self.slots[seq].cache), -1)
         if not self.overlap:
             tails = self._prepare_tails(outputs)
         for slot, tokens in fed:
@@ -600,8 +626,25 @@ class Engine:
         t2 = time.perf_counter()
         # Back to back with the previous step: the gap (events, admission) counts as busy.
         busy_from = start if self._last_step_end is None else self._last_step_end
-        self.stats.add(generating, batch.n - generating, t1 - t0, t2 - t1, t2 - busy_from, launched - t0)
+        prompt_tokens = batch.n - generating - len(fillers)
+        self.stats.add(generating, prompt_tokens, t1 - t0, t2 - t1, t2 - busy_from, launched - t0)
         self._last_step_end = t2
+
+    def _fillers(self, chunks: dict[int, int]) -> set[int]:
+        """The slots that get a throwaway token this step: those in a gap of at most
+        `FILL_GAPS_UP_TO` between two slots that decode (generating, or in `chunks`), so that
+        llama.cpp's split into micro-batches of consecutive sequences makes one of the step's
+        first tokens, not one per run of slots. Only with a KV stream per slot (a shared pool is
+        one stream, split freely), and only where the slot's context has a cell to spare."""
+        if self.model.pool is not None or self.model.config.entry.kv_unified:
+            return set()
+        fed = [s.seq for s in self.slots if s.next_token is not None or s.seq in chunks]
+        fillers: set[int] = set()
+        for before, after in zip(fed, fed[1:], strict=False):
+            gap = range(before + 1, after)
+            if 0 < len(gap) <= FILL_GAPS_UP_TO:
+                fillers.update(g for g in gap if len(self.slots[g].cache) < self.model.n_ctx_slot)
+        return fillers
 
     def _stage(self, outputs: list[tuple[Slot, int]]) -> None:
         """Before the decode: each output row's sequence, and for the rows whose chain runs
