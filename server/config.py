@@ -170,13 +170,18 @@ class ModelConfig:
         return self.n_ctx * self.n_parallel
 
     @property
+    def on_gpu(self) -> bool:
+        """Whether the model's layers go to a GPU: some are asked for and the build can."""
+        return self.entry.n_gpu_layers != 0 and gpu_offload_supported()
+
+    @property
     def n_threads_sampling(self) -> int:
         """Threads sampling the slots of one step in parallel (batched engine). Unless set: 1
         on the CPU (decoding already uses the cores), up to 8 (half the cores) when the model
         runs on a GPU, where sampling one slot after another is most of each step."""
         if self.entry.n_threads_sampling is not None:
             return self.entry.n_threads_sampling
-        if self.entry.n_gpu_layers == 0 or not gpu_offload_supported():
+        if not self.on_gpu:
             return 1
         return max(1, min(8, self.n_parallel, default_threads() // 2))
 
@@ -188,7 +193,7 @@ class ModelConfig:
         slot; off on the CPU, where it would only move the same work into the graph."""
         if self.entry.backend_sampling is not None:
             return self.entry.backend_sampling
-        return self.entry.n_gpu_layers != 0 and gpu_offload_supported()
+        return self.on_gpu
 
     @property
     def n_threads(self) -> int:

@@ -64,9 +64,10 @@ from server.timings import MS_DECIMALS, timings_object, usage_object
 log = logging.getLogger("storybench.server")
 
 # With a KV stream per slot, llama.cpp cuts a batch into micro-batches of consecutive sequence
-# ids, each a pass over all the weights: a step over slots 0, 2 and 4 costs three decodes. A gap
-# of at most this many slots between two of the step's sequences is filled with one throwaway
-# token per idle slot (removed after the decode), which costs far less than a micro-batch.
+# ids, each a pass over all the weights: a step over slots 0, 2 and 4 costs three decodes. On a
+# GPU, where such a pass is most of a small step, a gap of at most this many slots between two
+# of the step's sequences is filled with one throwaway token per idle slot (removed after the
+# decode). Not on the CPU, where rows cost as much as passes (BENCHMARKS.md, issue 16, session 9).
 FILL_GAPS_UP_TO = 16
 
 # Work out the text of a step's tokens, and the next step's sampling settings and draws, while
@@ -356,6 +357,7 @@ class Engine:
         self._last_step_end: float | None = None
         # Tokens accepted last step whose text waits for this step's decode (`OVERLAP`).
         self.overlap = OVERLAP
+        self.fill_gaps = FILL_GAPS_UP_TO if model.config.on_gpu else 0
         self._texts: list[tuple[Slot, Generation, int]] = []
         self._pool_size = model.config.n_threads_sampling
         self._backend_sampling = model.config.backend_sampling
@@ -632,17 +634,17 @@ class Engine:
 
     def _fillers(self, chunks: dict[int, int]) -> set[int]:
         """The slots that get a throwaway token this step: those in a gap of at most
-        `FILL_GAPS_UP_TO` between two slots that decode (generating, or in `chunks`), so that
+        `fill_gaps` slots between two slots that decode (generating, or in `chunks`), so that
         llama.cpp's split into micro-batches of consecutive sequences makes one of the step's
         first tokens, not one per run of slots. Only with a KV stream per slot (a shared pool is
         one stream, split freely), and only where the slot's context has a cell to spare."""
-        if self.model.pool is not None or self.model.config.entry.kv_unified:
+        if not self.fill_gaps or self.model.pool is not None or self.model.config.entry.kv_unified:
             return set()
         fed = [s.seq for s in self.slots if s.next_token is not None or s.seq in chunks]
         fillers: set[int] = set()
         for before, after in zip(fed, fed[1:], strict=False):
             gap = range(before + 1, after)
-            if 0 < len(gap) <= FILL_GAPS_UP_TO:
+            if 0 < len(gap) <= self.fill_gaps:
                 fillers.update(g for g in gap if len(self.slots[g].cache) < self.model.n_ctx_slot)
         return fillers
 

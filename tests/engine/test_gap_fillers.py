@@ -1,4 +1,4 @@
-"""Throwaway tokens in the idle slots between a step's sequences (`scheduler.FILL_GAPS_UP_TO`):
+"""Throwaway tokens in the idle slots between a step's sequences (`scheduler.FILL_GAPS_UP_TO`, on a GPU):
 with a KV stream per slot, llama.cpp decodes each run of consecutive sequence ids as its own
 micro-batch, so the engine joins the runs, and the idle slots' caches must come out untouched."""
 
@@ -43,13 +43,13 @@ def generate(engine: Engine, prompts: list[list[int]], max_tokens: int) -> list[
     return gens
 
 
-def story(folder: Path, fill: int, monkeypatch: pytest.MonkeyPatch) -> tuple[list[int], dict[str, int], bool]:
+def story(folder: Path, fill: int) -> tuple[list[int], dict[str, int], bool]:
     """Three conversations on slots 0, 1, 2; the next turns of the first and the third together
     (slot 1 idle between them); then the second's next turn alone. Its tokens, the stats, and
     whether slot 1's KV cells matched its cache while the others decoded."""
-    monkeypatch.setattr(scheduler, "FILL_GAPS_UP_TO", fill)
     folder.mkdir()
     with engine_on(folder, n_ctx=256, n_parallel=4) as engine:
+        engine.fill_gaps = fill  # on the CPU the engine leaves gaps by default
         model = engine.model
         first = [generate(engine, [model.completion_prompt(text)], 12)[0] for text in TEXTS]
         assert [g.slot for g in first] == [0, 1, 2]
@@ -66,13 +66,17 @@ def story(folder: Path, fill: int, monkeypatch: pytest.MonkeyPatch) -> tuple[lis
 TEXTS = ["The lighthouse keeper climbed", "Recipe for tomato soup: first,", "In 1492, the ships"]
 
 
-def test_the_idle_slot_between_two_conversations_keeps_its_cache(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    filled, stats, untouched = story(tmp_path / "a", scheduler.FILL_GAPS_UP_TO, monkeypatch)
+def test_the_idle_slot_between_two_conversations_keeps_its_cache(tmp_path: Path) -> None:
+    filled, stats, untouched = story(tmp_path / "a", scheduler.FILL_GAPS_UP_TO)
     assert stats["gap_fillers"] > 0  # slot 1 took a throwaway token at every step of the pair
     assert untouched  # the throwaway cells were removed after each decode
-    plain, plain_stats, _ = story(tmp_path / "b", 0, monkeypatch)
+    plain, plain_stats, _ = story(tmp_path / "b", 0)
     assert plain_stats["gap_fillers"] == 0
     assert filled == plain  # the conversation in the idle slot goes on as if nothing happened
     assert stats["tokens_prompt"] == plain_stats["tokens_prompt"]  # no filler counted as prompt
+
+
+def test_gaps_are_filled_on_a_gpu_only(tmp_path: Path) -> None:
+    with engine_on(tmp_path, n_ctx=256, n_parallel=2) as engine:
+        assert not engine.model.config.on_gpu  # this suite runs on the CPU
+        assert engine.fill_gaps == 0
