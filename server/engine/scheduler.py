@@ -19,7 +19,8 @@ While a step decodes on the GPU (`OVERLAP`), the engine works out what does not 
 the text of the tokens it feeds (detokenizing, stop strings, events) and the settings and draws
 of the rows the CPU finishes (`host_tail.prepare`). A stop string found then ends the generation
 at the end of that step, whose extra token is dropped (its KV cell stays in the slot's cache,
-which the next turn's prompt no longer matches there).
+which the next turn's prompt no longer matches there). On a GPU, idle slots between the step's
+sequences get a throwaway token (`FILL_GAPS_UP_TO`), so llama.cpp decodes the step in one pass.
 
 About 750 lines on purpose: the step loop, admission and the per-slot state they mutate are one
 piece of code that a single thread owns; split across modules, the invariant "only the engine
@@ -256,12 +257,12 @@ class EngineStats:
     # Host work done while a step decoded (`OVERLAP`): seconds, and the generations a stop
     # string ended one step late (their extra token dropped).
     overlapped_s: float = 0.0
-    # Throwaway tokens that joined a step's sequences into one micro-batch (`FILL_GAPS_UP_TO`).
-    gap_fillers: int = 0
+    stops_overlapped: int = 0
     # Until llama_decode returned (the rest of `decode_s` waits for the GPU): what overlapped
     # work can hide behind is the difference.
     launch_s: float = 0.0
-    stops_overlapped: int = 0
+    # Throwaway tokens that joined a step's sequences into one micro-batch (`FILL_GAPS_UP_TO`).
+    gap_fillers: int = 0
     # Steps that only decoded (no prompt tokens), by number of sequences:
     # [steps, decode seconds, sample seconds, busy seconds, seconds until llama_decode returned].
     decode_only: dict[int, list[float]] = field(default_factory=dict)
@@ -355,9 +356,9 @@ class Engine:
         self._spell = None if model.config.entry.retokenize_answers else Spelling(model.vocab, self._pieces)
         self._eog: dict[int, bool] = {}
         self._last_step_end: float | None = None
-        # Tokens accepted last step whose text waits for this step's decode (`OVERLAP`).
         self.overlap = OVERLAP
         self.fill_gaps = FILL_GAPS_UP_TO if model.config.on_gpu else 0
+        # Tokens accepted last step whose text waits for this step's decode (`OVERLAP`).
         self._texts: list[tuple[Slot, Generation, int]] = []
         self._pool_size = model.config.n_threads_sampling
         self._backend_sampling = model.config.backend_sampling
@@ -443,6 +444,8 @@ class Engine:
                 for slot in self.slots:
                     if slot.gen is not None:
                         self._fail(slot, f"generation failed: {exc}")
+                    else:  # a throwaway token (`_fillers`) may have stayed behind its cache
+                        llama_cpp.llama_memory_seq_rm(self.model.memory, slot.seq, len(slot.cache), -1)
             self._publish()
 
     def _has_work(self) -> bool:
@@ -635,9 +638,10 @@ class Engine:
     def _fillers(self, chunks: dict[int, int]) -> set[int]:
         """The slots that get a throwaway token this step: those in a gap of at most
         `fill_gaps` slots between two slots that decode (generating, or in `chunks`), so that
-        llama.cpp's split into micro-batches of consecutive sequences makes one of the step's
-        first tokens, not one per run of slots. Only with a KV stream per slot (a shared pool is
-        one stream, split freely), and only where the slot's context has a cell to spare."""
+        llama.cpp, which cuts a batch into micro-batches of consecutive sequences, puts the
+        step's one-token rows into one micro-batch, not one per run of slots. Only with a KV
+        stream per slot (a shared pool is one stream, cut freely), and only where the slot's
+        context has a cell to spare."""
         if not self.fill_gaps or self.model.pool is not None or self.model.config.entry.kv_unified:
             return set()
         fed = [s.seq for s in self.slots if s.next_token is not None or s.seq in chunks]
