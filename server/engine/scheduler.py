@@ -22,7 +22,7 @@ at the end of that step, whose extra token is dropped (its KV cell stays in the 
 which the next turn's prompt no longer matches there). On a GPU, idle slots between the step's
 sequences get a throwaway token (`FILL_GAPS_UP_TO`), so llama.cpp decodes the step in one pass.
 
-About 750 lines on purpose: the step loop, admission and the per-slot state they mutate are one
+About 880 lines on purpose: the step loop, admission and the per-slot state they mutate are one
 piece of code that a single thread owns; split across modules, the invariant "only the engine
 thread touches llama.cpp state" would no longer be visible in one file. Which slot a prompt goes
 to, a pure function of the slots' tokens, is `prefix.py`.
