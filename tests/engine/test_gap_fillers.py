@@ -10,6 +10,7 @@ from pathlib import Path
 import llama_cpp
 import pytest
 
+from server.config import ModelConfig
 from server.engine import scheduler
 from server.engine.sampling import SamplingParams, build_sampler
 from server.engine.scheduler import Engine, Event, Generation
@@ -76,7 +77,14 @@ def test_the_idle_slot_between_two_conversations_keeps_its_cache(tmp_path: Path)
     assert stats["tokens_prompt"] == plain_stats["tokens_prompt"]  # no filler counted as prompt
 
 
-def test_gaps_are_filled_on_a_gpu_only(tmp_path: Path) -> None:
-    with engine_on(tmp_path, n_ctx=256, n_parallel=2) as engine:
-        assert not engine.model.config.on_gpu  # this suite runs on the CPU
+def test_gaps_are_filled_on_a_gpu_only(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The engine's default follows `ModelConfig.on_gpu`: off on this CPU, on where the model
+    runs on a GPU (stood in for here by the property, since no GPU is at hand)."""
+    (tmp_path / "cpu").mkdir()
+    with engine_on(tmp_path / "cpu", n_ctx=256, n_parallel=2) as engine:
+        assert not engine.model.config.on_gpu
         assert engine.fill_gaps == 0
+    monkeypatch.setattr(ModelConfig, "on_gpu", property(lambda self: True))
+    (tmp_path / "gpu").mkdir()
+    with engine_on(tmp_path / "gpu", n_ctx=256, n_parallel=2) as engine:
+        assert engine.fill_gaps == scheduler.FILL_GAPS_UP_TO > 0
