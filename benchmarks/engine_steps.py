@@ -19,7 +19,8 @@ costs that only an in-process run can separate, so this benchmark measures each 
    step's rows (`server/engine/graph_top_k.py`), and the rest of the chain over all the rows
    at once with numpy (`server/engine/host_tail.py`): the GPU default; `engine-batched-serial`
    the same with each step's text worked out before the next decode, not during it
-   (`scheduler.OVERLAP`); `engine-batched-chain`
+   (`scheduler.OVERLAP`); `engine-batched-fifo` / `-even` with the step's prompt tokens shared
+   in arrival order / in equal chunks (`scheduler.PROMPT_CHUNKS_GPU`); `engine-batched-chain`
    finishes each row with llama.cpp's chain instead; `engine-sampled` finishes every row in the
    decode graph too (`server/engine/graph_tail.py`, `"graph_tail": true`): one token per row
    comes back;
@@ -190,6 +191,9 @@ def engine_run(
     try:
         engine._backend_sampling = graph  # the variant under test, whatever the config's default
         engine.overlap = not variant.endswith("-serial")  # -serial: text before the next decode
+        for mode in ("fifo", "even"):  # -fifo, -even: how prompts share a step (`PROMPT_CHUNKS_GPU`)
+            if variant.endswith("-" + mode):
+                engine.prompt_chunks = mode
         done = _Done(n)
         gens = []
         for k in range(n):
@@ -231,6 +235,7 @@ def engine_run(
         # Steps with prompt tokens: how many, their prompt tokens, ms per step (this run's only:
         # the engine is new for every run).
         "prompt_steps": after["prompt_steps"],
+        "micro_batches": after["micro_batches"],  # passes over the weights (`micro_batches`)
         "steps": after["steps"] - before["steps"],
         "backend_sampled": after["backend_sampled"],
         "tail_rows": after["tail_rows"],

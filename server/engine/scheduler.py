@@ -20,9 +20,11 @@ the text of the tokens it feeds (detokenizing, stop strings, events) and the set
 of the rows the CPU finishes (`host_tail.prepare`). A stop string found then ends the generation
 at the end of that step, whose extra token is dropped (its KV cell stays in the slot's cache,
 which the next turn's prompt no longer matches there). On a GPU, idle slots between the step's
-sequences get a throwaway token (`FILL_GAPS_UP_TO`), so llama.cpp decodes the step in one pass.
+sequences get a throwaway token (`FILL_GAPS_UP_TO`), so llama.cpp decodes the step in one pass,
+and the prompts being evaluated share a step's room in equal chunks (`PROMPT_CHUNKS_GPU`), which
+llama.cpp also decodes in one pass (`micro_batches`).
 
-About 880 lines on purpose: the step loop, admission and the per-slot state they mutate are one
+About 930 lines on purpose: the step loop, admission and the per-slot state they mutate are one
 piece of code that a single thread owns; split across modules, the invariant "only the engine
 thread touches llama.cpp state" would no longer be visible in one file. Which slot a prompt goes
 to, a pure function of the slots' tokens, is `prefix.py`.
@@ -44,7 +46,7 @@ import llama_cpp
 import numpy as np
 from llama_cpp import _internals as internals
 
-from server.engine import graph_tail, graph_top_k, tail_ops
+from server.engine import graph_tail, graph_top_k, micro_batches, tail_ops
 from server.engine.host_sampling import HostPlan, HostSampler
 from server.engine.host_tail import (
     HOST_TAIL_MIN_ROWS,
@@ -75,6 +77,17 @@ FILL_GAPS_UP_TO = 16
 # that step decodes (llama_decode returns once the GPU has the graph) rather than between steps:
 # per-row Python that the GPU no longer waits for (BENCHMARKS.md, issue 16, session 9).
 OVERLAP = True
+
+# How a step's room (n_batch less its generating rows) goes to the prompts being evaluated.
+# "even": every prompt gets the same share, capped at what it has left (water filling), so a
+# step's chunks are of one length and, over consecutive slots, llama.cpp decodes them in one
+# micro-batch (`micro_batches`); prompts that arrive together then finish together and the
+# steps before that carry no one-token rows to cut them. "fifo": the prompts in arrival order,
+# each as much as is left, the last cut short. On a GPU "even" (a pass costs about the same
+# whatever its rows); on the CPU, where rows cost as much as passes, "fifo" gives the first
+# arrivals their first token soonest (BENCHMARKS.md, issue 16, session 10).
+PROMPT_CHUNKS_GPU = "even"
+PROMPT_CHUNKS_CPU = "fifo"
 
 Event = tuple[str, Any]
 Sink = Callable[[list[Event]], None]
@@ -266,14 +279,24 @@ class EngineStats:
     # Steps that only decoded (no prompt tokens), by number of sequences:
     # [steps, decode seconds, sample seconds, busy seconds, seconds until llama_decode returned].
     decode_only: dict[int, list[float]] = field(default_factory=dict)
+    # Passes over the weights: the micro-batches llama.cpp cut the steps into (`micro_batches`).
+    micro_batches: int = 0
     # Steps that evaluated prompt tokens (with or without generating rows):
-    # [steps, prompt tokens, decode seconds, sample seconds, busy seconds].
-    prompt_steps: list[float] = field(default_factory=lambda: [0, 0, 0.0, 0.0, 0.0])
+    # [steps, prompt tokens, decode seconds, sample seconds, busy seconds, micro-batches].
+    prompt_steps: list[float] = field(default_factory=lambda: [0, 0, 0.0, 0.0, 0.0, 0])
 
     def add(
-        self, generating: int, prompt_tokens: int, decode: float, sample: float, busy: float, launch: float
+        self,
+        generating: int,
+        prompt_tokens: int,
+        decode: float,
+        sample: float,
+        busy: float,
+        launch: float,
+        passes: int = 1,
     ) -> None:
         self.steps += 1
+        self.micro_batches += passes
         self.launch_s += launch
         self.sequences_per_step += generating
         self.decode_s += decode
@@ -284,7 +307,7 @@ class EngineStats:
             for at, value in enumerate((1, decode, sample, busy, launch)):
                 row[at] += value
         else:
-            for at, value in enumerate((1, prompt_tokens, decode, sample, busy)):
+            for at, value in enumerate((1, prompt_tokens, decode, sample, busy, passes)):
                 self.prompt_steps[at] += value
 
     @staticmethod
@@ -319,11 +342,13 @@ class EngineStats:
             "decode_call_ms_per_step": round(self.launch_s * 1000 / steps, 3),
             "stops_overlapped": self.stops_overlapped,
             "gap_fillers": self.gap_fillers,
+            "micro_batches": self.micro_batches,
             "ms_per_step": self._split(self.steps, self.decode_s, self.sample_s, self.busy_s),
             "prompt_steps": {
                 "steps": int(self.prompt_steps[0]),
                 "prompt_tokens": int(self.prompt_steps[1]),
-                **self._split(self.prompt_steps[0], *self.prompt_steps[2:]),
+                "micro_batches": int(self.prompt_steps[5]),
+                **self._split(self.prompt_steps[0], *self.prompt_steps[2:5]),
             },
             "decode_only_ms_per_step_by_sequences": {
                 str(n): {
@@ -358,6 +383,10 @@ class Engine:
         self._last_step_end: float | None = None
         self.overlap = OVERLAP
         self.fill_gaps = FILL_GAPS_UP_TO if model.config.on_gpu else 0
+        self.prompt_chunks = PROMPT_CHUNKS_GPU if model.config.on_gpu else PROMPT_CHUNKS_CPU
+        # One KV stream per slot: llama.cpp's micro-batches follow `micro_batches.sizes`.
+        self._streams = model.pool is None and not model.config.entry.kv_unified
+        self._n_ubatch = llama_cpp.llama_n_ubatch(model.ctx)
         # Tokens accepted last step whose text waits for this step's decode (`OVERLAP`).
         self._texts: list[tuple[Slot, Generation, int]] = []
         self._pool_size = model.config.n_threads_sampling
@@ -564,15 +593,9 @@ class Engine:
         fed: list[tuple[Slot, list[int]]] = []
         active = [s for s in self.slots if s.gen is not None]
         generating = sum(1 for s in active if s.next_token is not None)
-        # Prompt chunks share what is left of n_batch in arrival order...
-        chunks: dict[int, int] = {}
-        room = batch.capacity - generating
-        for slot in sorted((s for s in active if s.next_token is None), key=_admitted):
-            if room <= 0:
-                break
-            assert slot.gen is not None
-            chunks[slot.seq] = take = min(room, len(slot.gen.prompt) - slot.at)
-            room -= take
+        # Prompt chunks share what is left of n_batch (`prompt_chunks`)...
+        waiting = sorted((s for s in active if s.next_token is None), key=_admitted)
+        chunks = self._chunks(waiting, batch.capacity - generating)
         # ...and go into the batch in sequence order: with a KV stream per sequence llama.cpp
         # splits a batch into micro-batches of consecutive sequence ids (`_fillers`). The
         # fillers need room too: the last chunks give it up.
@@ -611,6 +634,9 @@ class Engine:
         if rc != 0:
             raise RuntimeError(f"llama_decode returned {rc} for a batch of {batch.n} tokens")
         launched = time.perf_counter()
+        seqs, counts = np.unique(batch.seq[: batch.n], return_counts=True)  # in batch order
+        runs = list(zip(seqs.tolist(), counts.tolist(), strict=True))
+        passes = micro_batches.passes(runs, self._n_ubatch, self._streams)
         if self.overlap:  # while the GPU decodes
             tails = self._overlapped(outputs)
         llama_cpp.llama_synchronize(model.ctx)
@@ -632,8 +658,29 @@ class Engine:
         # Back to back with the previous step: the gap (events, admission) counts as busy.
         busy_from = start if self._last_step_end is None else self._last_step_end
         prompt_tokens = batch.n - generating - len(fillers)
-        self.stats.add(generating, prompt_tokens, t1 - t0, t2 - t1, t2 - busy_from, launched - t0)
+        self.stats.add(generating, prompt_tokens, t1 - t0, t2 - t1, t2 - busy_from, launched - t0, passes)
         self._last_step_end = t2
+
+    def _chunks(self, waiting: list[Slot], room: int) -> dict[int, int]:
+        """The prompt tokens each waiting slot (in arrival order) evaluates this step, within
+        `room` (`PROMPT_CHUNKS_GPU`): "even" gives them all the largest equal share that fits,
+        or what a prompt has left if less; "fifo", or "even" when not every waiting prompt can
+        have a token, fills the room in arrival order."""
+        left = [len(s.gen.prompt) - s.at for s in waiting if s.gen is not None]
+        share = 0
+        if self.prompt_chunks == "even" and left:
+            lo, hi = 0, min(max(left), room)
+            while lo < hi:  # the largest share whose capped sum fits the room
+                mid = (lo + hi + 1) // 2
+                lo, hi = (mid, hi) if sum(min(n, mid) for n in left) <= room else (lo, mid - 1)
+            share = lo
+        chunks: dict[int, int] = {}
+        for slot, n in zip(waiting, left, strict=True):
+            if room <= 0:
+                break
+            chunks[slot.seq] = take = min(n, share) if share else min(n, room)
+            room -= take
+        return chunks
 
     def _fillers(self, chunks: dict[int, int]) -> set[int]:
         """The slots that get a throwaway token this step: those in a gap of at most
