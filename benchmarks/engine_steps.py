@@ -236,6 +236,7 @@ def engine_run(
         # the engine is new for every run).
         "prompt_steps": after["prompt_steps"],
         "micro_batches": after["micro_batches"],  # passes over the weights (`micro_batches`)
+        "graph_builds": after["graph_builds"],  # of those, graphs llama.cpp built afresh
         "steps": after["steps"] - before["steps"],
         "backend_sampled": after["backend_sampled"],
         "tail_rows": after["tail_rows"],

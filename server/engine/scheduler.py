@@ -279,11 +279,15 @@ class EngineStats:
     # Steps that only decoded (no prompt tokens), by number of sequences:
     # [steps, decode seconds, sample seconds, busy seconds, seconds until llama_decode returned].
     decode_only: dict[int, list[float]] = field(default_factory=dict)
-    # Passes over the weights: the micro-batches llama.cpp cut the steps into (`micro_batches`).
+    # Passes over the weights: the micro-batches llama.cpp cut the steps into (`micro_batches`),
+    # and those whose graph llama.cpp built afresh rather than reusing the previous one (a new
+    # shape: on the CPU, then again on the GPU as a new CUDA graph).
     micro_batches: int = 0
-    # Steps that evaluated prompt tokens (with or without generating rows):
-    # [steps, prompt tokens, decode seconds, sample seconds, busy seconds, micro-batches].
-    prompt_steps: list[float] = field(default_factory=lambda: [0, 0, 0.0, 0.0, 0.0, 0])
+    graph_builds: int = 0
+    # Steps that evaluated prompt tokens (with or without generating rows): [steps, prompt
+    # tokens, decode seconds, sample seconds, busy seconds, micro-batches, graphs built,
+    # seconds until llama_decode returned].
+    prompt_steps: list[float] = field(default_factory=lambda: [0, 0, 0.0, 0.0, 0.0, 0, 0, 0.0])
 
     def add(
         self,
@@ -294,9 +298,11 @@ class EngineStats:
         busy: float,
         launch: float,
         passes: int = 1,
+        built: int = 0,
     ) -> None:
         self.steps += 1
         self.micro_batches += passes
+        self.graph_builds += built
         self.launch_s += launch
         self.sequences_per_step += generating
         self.decode_s += decode
@@ -307,7 +313,7 @@ class EngineStats:
             for at, value in enumerate((1, decode, sample, busy, launch)):
                 row[at] += value
         else:
-            for at, value in enumerate((1, prompt_tokens, decode, sample, busy, passes)):
+            for at, value in enumerate((1, prompt_tokens, decode, sample, busy, passes, built, launch)):
                 self.prompt_steps[at] += value
 
     @staticmethod
@@ -343,12 +349,15 @@ class EngineStats:
             "stops_overlapped": self.stops_overlapped,
             "gap_fillers": self.gap_fillers,
             "micro_batches": self.micro_batches,
+            "graph_builds": self.graph_builds,
             "ms_per_step": self._split(self.steps, self.decode_s, self.sample_s, self.busy_s),
             "prompt_steps": {
                 "steps": int(self.prompt_steps[0]),
                 "prompt_tokens": int(self.prompt_steps[1]),
                 "micro_batches": int(self.prompt_steps[5]),
+                "graph_builds": int(self.prompt_steps[6]),
                 **self._split(self.prompt_steps[0], *self.prompt_steps[2:5]),
+                "decode_call": round(self.prompt_steps[7] * 1000 / max(self.prompt_steps[0], 1), 3),
             },
             "decode_only_ms_per_step_by_sequences": {
                 str(n): {
@@ -387,6 +396,7 @@ class Engine:
         # One KV stream per slot: llama.cpp's micro-batches follow `micro_batches.sizes`.
         self._streams = model.pool is None and not model.config.entry.kv_unified
         self._n_ubatch = llama_cpp.llama_n_ubatch(model.ctx)
+        self._reused = llama_cpp.llama_perf_context(model.ctx).n_reused  # graphs llama.cpp reused
         # Tokens accepted last step whose text waits for this step's decode (`OVERLAP`).
         self._texts: list[tuple[Slot, Generation, int]] = []
         self._pool_size = model.config.n_threads_sampling
@@ -641,6 +651,8 @@ class Engine:
             tails = self._overlapped(outputs)
         llama_cpp.llama_synchronize(model.ctx)
         t1 = time.perf_counter()
+        reused = llama_cpp.llama_perf_context(model.ctx).n_reused
+        built, self._reused = passes - (reused - self._reused), reused
         for seq in fillers:  # the throwaway tokens out of the idle slots' caches
             llama_cpp.llama_memory_seq_rm(model.memory, seq, len(self.slots[seq].cache), -1)
         if not self.overlap:
@@ -658,7 +670,9 @@ class Engine:
         # Back to back with the previous step: the gap (events, admission) counts as busy.
         busy_from = start if self._last_step_end is None else self._last_step_end
         prompt_tokens = batch.n - generating - len(fillers)
-        self.stats.add(generating, prompt_tokens, t1 - t0, t2 - t1, t2 - busy_from, launched - t0, passes)
+        self.stats.add(
+            generating, prompt_tokens, t1 - t0, t2 - t1, t2 - busy_from, launched - t0, passes, built
+        )
         self._last_step_end = t2
 
     def _chunks(self, waiting: list[Slot], room: int) -> dict[int, int]:
