@@ -33,6 +33,8 @@ DEEP_NPP=${DEEP_NPP:-}       # e.g. 7000: batched-bench at 16 sequences of that 
 TOPK_BLOCKS=${TOPK_BLOCKS:-} # e.g. "1024:0 512:256": engine-batched again with other graph_top_k BLOCK:PRESELECT
 UNPACKED=${UNPACKED:-}       # 1: engine-sampled again with graph_tail.PACKED off (tokens back one per row)
 PENALTY=${PENALTY:-}         # e.g. 1.1: engine-graph, -batched and -sampled again with that repeat penalty
+REBUILD=${REBUILD:-}         # 1: engine-batched again with llama.cpp's graph reuse off (what a graph build costs)
+HTTP_SHAPES=${HTTP_SHAPES:-$SHAPES}  # the shapes the HTTP benchmarks run on
 DEADLINE_S=${DEADLINE_S:-570}
 mkdir -p "$OUT"
 exec > >(tee -a "$OUT/device.log") 2>&1
@@ -86,6 +88,13 @@ for shape in $SHAPES; do
             --repeat-penalty "$PENALTY" \
             --out "/tmp/sb-run/steps-$shape-penalty.json"
     fi
+    if [ -n "$REBUILD" ]; then  # every micro-batch's graph built afresh: its cost against reuse
+        mkdir -p /tmp/sb-run
+        LLAMA_GRAPH_REUSE_DISABLE=1 timeout -k 10 "$(($(left) / 4))" python3 -m benchmarks.engine_steps --model "$f" \
+            --label "$label, graph reuse off" --gpu --levels "$LEVELS" --prompt "$PROMPT" --gen "$GEN" \
+            --n-ctx "$CTX" --threads "$THREADS" --variants engine-batched,engine-batched#2 \
+            --out "/tmp/sb-run/steps-$shape-rebuild.json"
+    fi
     if [ -n "$UNPACKED" ]; then  # graph_tail's tokens one per row (llama.cpp's copies) instead of one array
         mkdir -p /tmp/sb-run
         timeout -k 10 "$(($(left) / 4))" python3 -m benchmarks.engine_steps --model "$f" \
@@ -101,6 +110,7 @@ for shape in $SHAPES; do
         stamp "deep batched-bench exit $?"; grep '^|' "$OUT/batched-bench-deep-$shape.txt"
     fi
     [ "$HTTP_LEVELS" = none ] && continue
+    case " $HTTP_SHAPES " in *" $shape "*) ;; *) continue ;; esac
     stamp "$shape: HTTP concurrency $HTTP_LEVELS"
     # shellcheck disable=SC2086
     timeout -k 20 "$((share > $(left) - 10 ? $(left) - 10 : share))" python3 -m benchmarks.run --gpu --model "$f::$label" \

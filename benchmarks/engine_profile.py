@@ -23,6 +23,8 @@ T = TypeVar("T")
 Stats = dict[str, Any]
 _PARTS = ("decode", "sample", "other")
 OURS_ONLY = "none: ours only"  # reference_name of records without a native counterpart
+# The engine's cumulative counters (`EngineStats.summary`) a run's note carries.
+COUNTERS = ("steps", "micro_batches", "graph_builds", "gap_fillers")
 
 
 @dataclass(frozen=True)
@@ -102,6 +104,9 @@ class Profiler:
     every: list[StepSplit] = field(default_factory=list)  # all steps, prompt chunks included
     generated: int = 0
     backend_sampled: int | None = None
+    # Engine counters over the runs: steps, passes over the weights, graphs built afresh,
+    # throwaway gap tokens, steps with prompt tokens (`EngineStats`); absent from older servers.
+    counters: dict[str, int] = field(default_factory=dict)
 
     async def measure(self, run: Awaitable[T]) -> T:
         before = await snapshot(self.server)
@@ -114,6 +119,15 @@ class Profiler:
             if every is not None:
                 self.every.append(every)
             self.generated += counter_delta(before, after, "tokens_generated") or 0
+            for key in COUNTERS:
+                grew = counter_delta(before, after, key)
+                if grew is not None:
+                    self.counters[key] = self.counters.get(key, 0) + grew
+            prompt = counter_delta(
+                (before or {}).get("prompt_steps"), (after or {}).get("prompt_steps"), "steps"
+            )
+            if prompt is not None:
+                self.counters["prompt steps"] = self.counters.get("prompt steps", 0) + prompt
             picked = counter_delta(before, after, "backend_sampled")
             if picked is not None:
                 self.backend_sampled = (self.backend_sampled or 0) + picked
@@ -137,6 +151,10 @@ class Profiler:
         if self.backend_sampled is not None:
             picked = f"{self.backend_sampled} of {self.generated}"
             note += f"; tokens picked in the decode graph (backend sampling): {picked}"
+        if self.counters:
+            note += "; engine counters over the runs: " + ", ".join(
+                f"{k} {v}" for k, v in self.counters.items()
+            )
         head = f"ours engine step at {n} sequences:"
 
         def rec(metric: str, unit: str, values: list[float]) -> Record:

@@ -204,7 +204,7 @@ def engine_run(
                     prompt=_prompt(model, prompt, seed=k), max_tokens=gen, sink=done.sink,
                 )
             )  # fmt: skip
-        before, built = engine.stats.summary(), graph_top_k.counts()["matrices"]
+        before, top_k = engine.stats.summary(), graph_top_k.counts()
         tail_built = graph_tail.counts()
         timers: contextlib.AbstractContextManager[collections.Counter[str]] = (
             split_timers() if split else contextlib.nullcontext(collections.Counter())
@@ -243,7 +243,14 @@ def engine_run(
         # Graph builds with the batched top-k: llama.cpp reuses a graph while a step's shape
         # and samplers stay the same, so far fewer than steps means the Python callbacks that
         # build it are not a per-step cost.
-        "top_k_graph_builds": graph_top_k.counts()["matrices"] - built,
+        "top_k_graph_builds": graph_top_k.counts()["matrices"] - top_k["matrices"],
+        # ...and the ms per step spent in its Python callbacks while llama.cpp builds a graph.
+        "top_k_build_ms_per_step": round(
+            (graph_top_k.counts()["build_us"] - top_k["build_us"])
+            / 1000
+            / max(after["steps"] - before["steps"], 1),
+            4,
+        ),
         # engine-sampled: rows picked in the graph, rows it left to the CPU, and its graph builds.
         "graph_tail_rows": after["graph_tail_rows"] - before["graph_tail_rows"],
         "graph_tail_cpu_rows": after["graph_tail_cpu_rows"] - before["graph_tail_cpu_rows"],
@@ -357,6 +364,13 @@ def main(argv: list[str] | None = None) -> int:
                     row[variant] = engine_run(model, n, args.prompt, args.gen, variant, params, args.split)
                 rate, split = row[variant]["tok_per_s"], row[variant].get("decode_only_step_ms", "")
                 print(f"{results['model']} x{n} {variant}: {rate:.0f} tok/s {split}", file=sys.stderr)
+                if "graph_builds" in row[variant]:
+                    r = row[variant]
+                    print(
+                        f"  steps {r['steps']}, micro-batches {r['micro_batches']}, graphs built "
+                        f"{r['graph_builds']}, top-k callbacks {r['top_k_build_ms_per_step']} ms/step",
+                        file=sys.stderr,
+                    )
                 if "prompt_steps" in row[variant]:
                     print(f"  steps with prompt tokens: {row[variant]['prompt_steps']}", file=sys.stderr)
                 if row[variant].get("split_ms_per_step"):

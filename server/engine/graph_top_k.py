@@ -30,6 +30,7 @@ import ctypes
 import logging
 import os
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -274,6 +275,7 @@ class _Sampler:
         self.lone_rows = 0
         self.fallbacks = 0  # rows handed to llama.cpp's top-k after an error
         self.idle = 0  # samplers of sequences not in the step, left alone
+        self.build_s = 0.0  # in these callbacks, while llama.cpp builds a graph (Python's share of a build)
         self.iface, self._callbacks = sampler_interface(self, b"storybench-top-k")
 
     def new(self, value: int) -> Any:
@@ -312,7 +314,7 @@ class _Sampler:
     def _backend_apply(self, smpl: Any, ctx: int, gf: int, data: Any) -> None:
         value, fields = self._value(smpl), data.contents
         k, seq = value & _K_MASK, (value >> SEQ_SHIFT) - 1
-        before = (fields.logits, fields.candidates)
+        before, start = (fields.logits, fields.candidates), time.perf_counter()
         try:
             self._build(k, seq, int(ctx), fields)
         except Exception:  # an exception cannot cross into C: llama.cpp's own top-k for this row
@@ -321,6 +323,8 @@ class _Sampler:
             fields.logits, fields.candidates = before
             native = self.native(k)
             native.contents.iface.contents.backend_apply(native, ctx, gf, data)
+        finally:
+            self.build_s += time.perf_counter() - start
 
     def _build(self, k: int, seq: int, ctx: int, data: Any) -> None:
         g = self.ggml
@@ -393,11 +397,18 @@ def native_top_k(k: int) -> Any:
 def counts() -> dict[str, int]:
     """Graphs built so far in this process: over a step's matrix of rows, over lone rows
     (llama.cpp's own probe of a new chain is one), rows given to llama.cpp's top-k after an
-    error, and samplers of sequences not in the step that were left alone."""
+    error, samplers of sequences not in the step that were left alone, and the microseconds
+    spent in these callbacks (the Python part of building a graph)."""
     if _SAMPLER is None:
-        return {"matrices": 0, "lone_rows": 0, "fallbacks": 0, "idle": 0}
+        return {"matrices": 0, "lone_rows": 0, "fallbacks": 0, "idle": 0, "build_us": 0}
     s = _SAMPLER
-    return {"matrices": s.matrices, "lone_rows": s.lone_rows, "fallbacks": s.fallbacks, "idle": s.idle}
+    return {
+        "matrices": s.matrices,
+        "lone_rows": s.lone_rows,
+        "fallbacks": s.fallbacks,
+        "idle": s.idle,
+        "build_us": round(s.build_s * 1e6),
+    }
 
 
 def bind(member: Any, seq: int) -> bool:

@@ -123,6 +123,7 @@ def test_the_engine_samples_what_llama_cpps_cpu_chain_samples(
     ours = run_jobs(four_slots, backend=True)
     after = graph_top_k.counts()
     assert after["matrices"] > before["matrices"]  # the step's matrix, not row by row
+    assert after["build_us"] > before["build_us"]  # Python's share of those graph builds, timed
     assert stats.backend_sampled - sampled == sum(len(t) for t in ours)
     assert (stats.tail_rows - tail_rows == stats.backend_sampled - sampled) == (tail_from == 0)
     assert stats.tail_fallbacks == 0
