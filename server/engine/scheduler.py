@@ -24,7 +24,7 @@ sequences get a throwaway token (`FILL_GAPS_UP_TO`), so llama.cpp decodes the st
 and the prompts being evaluated share a step's room in equal chunks (`PROMPT_CHUNKS_GPU`), which
 llama.cpp also decodes in one pass (`micro_batches`).
 
-About 930 lines on purpose: the step loop, admission and the per-slot state they mutate are one
+About 1,000 lines on purpose: the step loop, admission and the per-slot state they mutate are one
 piece of code that a single thread owns; split across modules, the invariant "only the engine
 thread touches llama.cpp state" would no longer be visible in one file. Which slot a prompt goes
 to, a pure function of the slots' tokens, is `prefix.py`.
@@ -88,6 +88,18 @@ OVERLAP = True
 # arrivals their first token soonest (BENCHMARKS.md, issue 16, session 10).
 PROMPT_CHUNKS_GPU = "even"
 PROMPT_CHUNKS_CPU = "fifo"
+
+# llama.cpp reuses a step's graph only when the next step has the same shape (the same sequences,
+# tokens and output rows); any other shape is built afresh, on the CPU and again as a CUDA graph.
+# A long story changes shape about four times a turn: a conversation leaves the step, its prompt
+# comes in (two micro-batches), it comes back. On a GPU, (1) the slot whose answer just ended
+# keeps a throwaway row with an output for up to HOLD_STEPS steps (removed after each step; its
+# sample ignored), so the step keeps its shape until the next turn's prompt arrives, and (2)
+# steps with prompt tokens carry no generating rows (`SEPARATE_PROMPTS`; at most every other
+# step while some slot generates), so a prompt chunk is one micro-batch, not two, and the
+# generating rows keep the decode step's shape (BENCHMARKS.md, issue 16, session 10).
+HOLD_STEPS = 32
+SEPARATE_PROMPTS = True
 
 Event = tuple[str, Any]
 Sink = Callable[[list[Event]], None]
@@ -188,6 +200,7 @@ class Slot:
     # the conversation) resets and reuses it instead.
     attached: internals.LlamaSampler | None = None
     attached_key: tuple[object, ...] | None = None
+    hold: int = 0  # steps left to keep a throwaway row with an output after its answer (`HOLD_STEPS`)
 
 
 class _Batch:
@@ -276,6 +289,8 @@ class EngineStats:
     launch_s: float = 0.0
     # Throwaway tokens that joined a step's sequences into one micro-batch (`FILL_GAPS_UP_TO`).
     gap_fillers: int = 0
+    # Throwaway output rows that kept a step's shape after an answer ended (`HOLD_STEPS`).
+    held_rows: int = 0
     # Steps that only decoded (no prompt tokens), by number of sequences:
     # [steps, decode seconds, sample seconds, busy seconds, seconds until llama_decode returned].
     decode_only: dict[int, list[float]] = field(default_factory=dict)
@@ -348,6 +363,7 @@ class EngineStats:
             "decode_call_ms_per_step": round(self.launch_s * 1000 / steps, 3),
             "stops_overlapped": self.stops_overlapped,
             "gap_fillers": self.gap_fillers,
+            "held_rows": self.held_rows,
             "micro_batches": self.micro_batches,
             "graph_builds": self.graph_builds,
             "ms_per_step": self._split(self.steps, self.decode_s, self.sample_s, self.busy_s),
@@ -393,6 +409,11 @@ class Engine:
         self.overlap = OVERLAP
         self.fill_gaps = FILL_GAPS_UP_TO if model.config.on_gpu else 0
         self.prompt_chunks = PROMPT_CHUNKS_GPU if model.config.on_gpu else PROMPT_CHUNKS_CPU
+        # Not with the whole chain in the graph: its staged rows are the real ones only.
+        on_gpu = model.config.on_gpu and not model.config.entry.graph_tail
+        self.hold_steps = HOLD_STEPS if on_gpu else 0
+        self.separate_prompts = SEPARATE_PROMPTS and on_gpu
+        self._prompt_only = False  # the last step evaluated prompts without its generating rows
         # One KV stream per slot: llama.cpp's micro-batches follow `micro_batches.sizes`.
         self._streams = model.pool is None and not model.config.entry.kv_unified
         self._n_ubatch = llama_cpp.llama_n_ubatch(model.ctx)
@@ -603,30 +624,43 @@ class Engine:
         fed: list[tuple[Slot, list[int]]] = []
         active = [s for s in self.slots if s.gen is not None]
         generating = sum(1 for s in active if s.next_token is not None)
-        # Prompt chunks share what is left of n_batch (`prompt_chunks`)...
         waiting = sorted((s for s in active if s.next_token is None), key=_admitted)
+        # With SEPARATE_PROMPTS, waiting prompts and generating rows take turns.
+        prompt_only = self.separate_prompts and bool(waiting) and (not generating or not self._prompt_only)
+        if self.separate_prompts and generating and not prompt_only:
+            waiting = []
+        self._prompt_only = prompt_only
+        if prompt_only:
+            generating = 0
+        # Prompt chunks share what is left of n_batch (`prompt_chunks`)...
         chunks = self._chunks(waiting, batch.capacity - generating)
+        held = [] if chunks else self._held()  # a step with prompt tokens changes shape anyway
         # ...and go into the batch in sequence order: with a KV stream per sequence llama.cpp
         # splits a batch into micro-batches of consecutive sequence ids (`_fillers`). The
         # fillers need room too: the last chunks give it up.
-        fillers = self._fillers(chunks)
-        over = generating + sum(chunks.values()) + len(fillers) - batch.capacity
+        fillers = self._fillers(chunks, held, prompt_only)
+        over = generating + len(held) + sum(chunks.values()) + len(fillers) - batch.capacity
         while over > 0 and chunks:
             last = next(reversed(chunks))
             chunks[last] -= min(over, chunks[last])
             if chunks[last] == 0:
                 del chunks[last]
-                fillers = self._fillers(chunks)
-            over = generating + sum(chunks.values()) + len(fillers) - batch.capacity
+                fillers = self._fillers(chunks, held, prompt_only)
+            over = generating + len(held) + sum(chunks.values()) + len(fillers) - batch.capacity
         self.stats.gap_fillers += len(fillers)
+        self.stats.held_rows += len(held)
         for slot in self.slots:
             gen = slot.gen
             if slot.seq in fillers:
                 batch.add_run([slot.cache[-1] if slot.cache else 0], len(slot.cache), slot.seq, False)
                 continue
+            if slot.seq in held:
+                slot.hold -= 1
+                batch.add(slot.cache[-1], len(slot.cache), slot.seq)  # an output row, never sampled
+                continue
             if gen is None:
                 continue
-            if slot.next_token is not None:
+            if slot.next_token is not None and not prompt_only:
                 outputs.append((slot, batch.add(slot.next_token, len(slot.cache), slot.seq)))
                 fed.append((slot, [slot.next_token]))
             elif slot.seq in chunks:
@@ -638,7 +672,7 @@ class Engine:
                 if done:
                     outputs.append((slot, last))
                 self.stats.tokens_prompt += len(chunk)
-        self._stage(outputs)
+        self._stage(outputs, held)
         t0 = time.perf_counter()
         rc = batch.decode(model.ctx)
         if rc != 0:
@@ -653,7 +687,7 @@ class Engine:
         t1 = time.perf_counter()
         reused = llama_cpp.llama_perf_context(model.ctx).n_reused
         built, self._reused = passes - (reused - self._reused), reused
-        for seq in fillers:  # the throwaway tokens out of the idle slots' caches
+        for seq in (*fillers, *held):  # the throwaway tokens out of the idle slots' caches
             llama_cpp.llama_memory_seq_rm(model.memory, seq, len(self.slots[seq].cache), -1)
         if not self.overlap:
             tails = self._prepare_tails(outputs)
@@ -669,7 +703,7 @@ class Engine:
         t2 = time.perf_counter()
         # Back to back with the previous step: the gap (events, admission) counts as busy.
         busy_from = start if self._last_step_end is None else self._last_step_end
-        prompt_tokens = batch.n - generating - len(fillers)
+        prompt_tokens = batch.n - generating - len(fillers) - len(held)
         self.stats.add(
             generating, prompt_tokens, t1 - t0, t2 - t1, t2 - busy_from, launched - t0, passes, built
         )
@@ -696,7 +730,17 @@ class Engine:
             room -= take
         return chunks
 
-    def _fillers(self, chunks: dict[int, int]) -> set[int]:
+    def _held(self) -> list[int]:
+        """The idle slots that keep a throwaway output row this step (`HOLD_STEPS`): their
+        answer ended at most `hold_steps` steps ago, no new request has them yet, and their
+        context has a cell to spare."""
+        return [
+            s.seq
+            for s in self.slots
+            if s.hold > 0 and s.gen is None and s.cache and len(s.cache) < self.model.n_ctx_slot
+        ]
+
+    def _fillers(self, chunks: dict[int, int], held: list[int], prompt_only: bool) -> set[int]:
         """The slots that get a throwaway token this step: those in a gap of at most
         `fill_gaps` slots between two slots that decode (generating, or in `chunks`), so that
         llama.cpp, which cuts a batch into micro-batches of consecutive sequences, puts the
@@ -705,7 +749,11 @@ class Engine:
         context has a cell to spare."""
         if not self.fill_gaps or self.model.pool is not None or self.model.config.entry.kv_unified:
             return set()
-        fed = [s.seq for s in self.slots if s.next_token is not None or s.seq in chunks]
+        fed = [
+            s.seq
+            for s in self.slots
+            if (s.next_token is not None and not prompt_only) or s.seq in chunks or s.seq in held
+        ]
         fillers: set[int] = set()
         for before, after in zip(fed, fed[1:], strict=False):
             gap = range(before + 1, after)
@@ -713,15 +761,17 @@ class Engine:
                 fillers.update(g for g in gap if len(self.slots[g].cache) < self.model.n_ctx_slot)
         return fillers
 
-    def _stage(self, outputs: list[tuple[Slot, int]]) -> None:
+    def _stage(self, outputs: list[tuple[Slot, int]], held: list[int] | None = None) -> None:
         """Before the decode: each output row's sequence, and for the rows whose chain runs
-        whole in the graph (`graph_tail`), this step's draw and settings."""
+        whole in the graph (`graph_tail`), this step's draw and settings. Held rows (`_held`)
+        are staged like generating ones, so a graph built now is the one their step reuses."""
         if not self._backend_sampling:
             return
         plans = [(s.gen.tail if s.gen is not None and s.attached is not None else None) for s, _ in outputs]
         seqs = [s.seq for s, _ in outputs]
         if not any(p is not None and p.in_graph for p in plans):
-            graph_tail.stage(seqs)  # which sequences are in the step: the others' samplers idle
+            # which sequences are in the step: the others' samplers idle
+            graph_tail.stage(sorted(seqs + held) if held else seqs)
             return
         uniforms: list[float] = []
         rows: list[tuple[float, ...]] = []
@@ -907,6 +957,7 @@ class Engine:
         gen = slot.gen
         assert gen is not None
         slot.gen, slot.next_token, slot.last_used = None, None, time.perf_counter()
+        slot.hold = self.hold_steps  # its step keeps its shape until the next turn (`HOLD_STEPS`)
         gen.t_end = time.perf_counter()
         gen.close_samplers()
         if reason is None:
