@@ -409,13 +409,14 @@ class Engine:
         self.overlap = OVERLAP
         self.fill_gaps = FILL_GAPS_UP_TO if model.config.on_gpu else 0
         self.prompt_chunks = PROMPT_CHUNKS_GPU if model.config.on_gpu else PROMPT_CHUNKS_CPU
-        # Not with the whole chain in the graph: its staged rows are the real ones only.
-        on_gpu = model.config.on_gpu and not model.config.entry.graph_tail
-        self.hold_steps = HOLD_STEPS if on_gpu else 0
-        self.separate_prompts = SEPARATE_PROMPTS and on_gpu
-        self._prompt_only = False  # the last step evaluated prompts without its generating rows
         # One KV stream per slot: llama.cpp's micro-batches follow `micro_batches.sizes`.
         self._streams = model.pool is None and not model.config.entry.kv_unified
+        # Not with the whole chain in the graph (its staged rows are the real ones only); held
+        # rows only where each slot has its own cells (a full shared pool would fail the step).
+        on_gpu = model.config.on_gpu and not model.config.entry.graph_tail
+        self.hold_steps = HOLD_STEPS if on_gpu and self._streams else 0
+        self.separate_prompts = SEPARATE_PROMPTS and on_gpu
+        self._prompt_only = False  # the last step evaluated prompts without its generating rows
         self._n_ubatch = llama_cpp.llama_n_ubatch(model.ctx)
         self._reused = llama_cpp.llama_perf_context(model.ctx).n_reused  # graphs llama.cpp reused
         # Tokens accepted last step whose text waits for this step's decode (`OVERLAP`).

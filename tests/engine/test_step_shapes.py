@@ -122,3 +122,6 @@ def test_held_rows_and_separate_prompts_are_on_a_gpu_only(
     (tmp_path / "tail").mkdir()
     with engine_on(tmp_path / "tail", n_ctx=256, n_parallel=2, graph_tail=True) as engine:
         assert engine.hold_steps == 0 and not engine.separate_prompts  # the whole chain in the graph
+    (tmp_path / "unified").mkdir()
+    with engine_on(tmp_path / "unified", n_ctx=256, n_parallel=2, kv_unified=True) as engine:
+        assert engine.hold_steps == 0 and engine.separate_prompts  # held rows need cells of their own
