@@ -24,7 +24,7 @@ Stats = dict[str, Any]
 _PARTS = ("decode", "sample", "other")
 OURS_ONLY = "none: ours only"  # reference_name of records without a native counterpart
 # The engine's cumulative counters (`EngineStats.summary`) a run's note carries.
-COUNTERS = ("steps", "micro_batches", "graph_builds", "gap_fillers")
+COUNTERS = ("steps", "micro_batches", "graph_builds", "gap_fillers", "held_rows")
 
 
 @dataclass(frozen=True)
