@@ -13,8 +13,10 @@
 # Long stories (the issue's goal 3), both shapes in one call (~450 s), with their batched-bench:
 #   VARIANTS=none HTTP_LEVELS=16 CTX=8192 GEN=400 DEEP_NPP=7000 HTTP_ARGS="--benchmarks
 #   multiturn_concurrency --turns 12 --multiturn-max-tokens 400 --turn-tokens 200"
+# Long stories in-process (~25 s a variant on 1B, ~70 s on 8B), the engine's switches alternating:
+#   VARIANTS=none HTTP_LEVELS=none TURNS=12 (STORY_VARIANTS: engine_steps.configure names)
 # The whole chain in the graph over HTTP (ours with "graph_tail": true): HTTP_ARGS="--ours-graph-tail".
-# Results in $OUT: steps-<shape>.json, batched-bench-<shape>.txt, http-<shape>.json, device.log.
+# Results in $OUT: steps-<shape>.json, batched-bench-<shape>.txt, http-<shape>.json, turns-<shape>.json, device.log.
 # `python -m benchmarks.steps_report <files_at>` prints the tables BENCHMARKS.md records.
 set -uo pipefail
 OUT=${OUT:-/tmp/sb-out}
@@ -35,6 +37,8 @@ UNPACKED=${UNPACKED:-}       # 1: engine-sampled again with graph_tail.PACKED of
 PENALTY=${PENALTY:-}         # e.g. 1.1: engine-graph, -batched and -sampled again with that repeat penalty
 REBUILD=${REBUILD:-}         # 1: engine-batched again with llama.cpp's graph reuse off (what a graph build costs)
 HTTP_SHAPES=${HTTP_SHAPES:-$SHAPES}  # the shapes the HTTP benchmarks run on
+TURNS=${TURNS:-}             # e.g. 12: in-process long stories (benchmarks/engine_turns.py), 16 conversations
+STORY_VARIANTS=${STORY_VARIANTS:-engine-batched-plain,engine-batched,engine-batched-plain#2,engine-batched#2}
 DEADLINE_S=${DEADLINE_S:-570}
 mkdir -p "$OUT"
 exec > >(tee -a "$OUT/device.log") 2>&1
@@ -102,6 +106,13 @@ for shape in $SHAPES; do
             --n-ctx "$CTX" --threads "$THREADS" --variants engine-sampled --graph-tail-packed 0 \
             --out "/tmp/sb-run/steps-$shape-unpacked.json"
     fi
+    fi
+    if [ -n "$TURNS" ]; then  # long stories without HTTP: the engine's shape-keeping switches, alternating
+        stamp "$shape: engine_turns"
+        timeout -k 10 "$(($(left) / 2))" python3 -m benchmarks.engine_turns --model "$f" --label "$label" --gpu \
+            --conversations 16 --turns "$TURNS" --threads "$THREADS" --variants "$STORY_VARIANTS" \
+            --out "$OUT/turns-$shape.json"
+        stamp "engine_turns exit $?"
     fi
     if [ -n "$DEEP_NPP" ]; then  # the long-story reference: batched-bench at a story's final depth
         stamp "$shape: llama-batched-bench at depth $DEEP_NPP"

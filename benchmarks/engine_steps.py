@@ -20,7 +20,8 @@ costs that only an in-process run can separate, so this benchmark measures each 
    at once with numpy (`server/engine/host_tail.py`): the GPU default; `engine-batched-serial`
    the same with each step's text worked out before the next decode, not during it
    (`scheduler.OVERLAP`); `engine-batched-fifo` / `-even` with the step's prompt tokens shared
-   in arrival order / in equal chunks (`scheduler.PROMPT_CHUNKS_GPU`); `engine-batched-chain`
+   in arrival order / in equal chunks (`scheduler.PROMPT_CHUNKS_GPU`), and the other switches
+   of `configure`; `engine-batched-chain`
    finishes each row with llama.cpp's chain instead; `engine-sampled` finishes every row in the
    decode graph too (`server/engine/graph_tail.py`, `"graph_tail": true`): one token per row
    comes back;
@@ -56,6 +57,25 @@ from server.engine.app import set_switch_interval
 from server.engine.model import BatchedModel
 from server.engine.sampling import SamplingParams, build_chains
 from server.engine.scheduler import Engine, Event, Generation, _Batch
+
+
+def configure(engine: Engine, variant: str) -> None:
+    """The engine switches a variant's name asks for, over the engine's defaults: `-serial` (a
+    step's text worked out before the next decode, `scheduler.OVERLAP` off), `-fifo` / `-even`
+    (how prompts share a step), `-hold` / `-nohold` (held rows, `HOLD_STEPS`), `-separate` /
+    `-mixed` (prompt steps of their own, `SEPARATE_PROMPTS`), `-plain` (session 9's engine:
+    fifo, no held rows, mixed steps)."""
+    parts = set(variant.split("#")[0].split("-"))
+    engine.overlap = "serial" not in parts
+    if "plain" in parts:
+        engine.prompt_chunks, engine.hold_steps, engine.separate_prompts = "fifo", 0, False
+    for mode in ("fifo", "even"):
+        if mode in parts:
+            engine.prompt_chunks = mode
+    if "hold" in parts or "nohold" in parts:
+        engine.hold_steps = scheduler.HOLD_STEPS if "hold" in parts else 0
+    if "separate" in parts or "mixed" in parts:
+        engine.separate_prompts = "separate" in parts
 
 
 def _prompt(model: BatchedModel, n: int, seed: int) -> list[int]:
@@ -190,10 +210,7 @@ def engine_run(
     host_tail = variant != "engine-batched-chain"
     try:
         engine._backend_sampling = graph  # the variant under test, whatever the config's default
-        engine.overlap = not variant.endswith("-serial")  # -serial: text before the next decode
-        for mode in ("fifo", "even"):  # -fifo, -even: how prompts share a step (`PROMPT_CHUNKS_GPU`)
-            if variant.endswith("-" + mode):
-                engine.prompt_chunks = mode
+        configure(engine, variant)
         done = _Done(n)
         gens = []
         for k in range(n):

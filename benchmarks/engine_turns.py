@@ -1,0 +1,182 @@
+"""Long stories in this process, without HTTP: N conversations x T turns through the real engine,
+each turn's prompt the whole history (its cache serves all but the new tokens), answers of
+varying length so the conversations drift out of phase as real ones do (issue 16, goal 3).
+
+This is the step pattern `benchmarks/engine_steps.py` (all sequences start and stop together)
+never makes and a long story makes every turn: a conversation leaves the step when its answer
+ends, its next prompt arrives a moment later and is evaluated, it comes back. Each change of
+shape makes llama.cpp build a new graph, and a prompt mixed with one-token rows costs two
+micro-batches, so the engine's shape-keeping switches are compared here, alternating, at a
+fraction of an HTTP run's device time: the variant names of `engine_steps.configure`
+(`engine-batched` is the engine's defaults; `engine-batched-plain` is session 9's engine).
+
+Runs on the GPU machine (`TURNS=12 benchmarks/device_steps.sh`) and on the CPU with the bundled
+model (`python -m benchmarks.engine_turns --model <gguf> --conversations 4 --turns 3 --gen 24
+--turn-tokens 16 --variants engine-batched-hold-separate,engine-batched-plain`). Writes one
+JSON document.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from benchmarks.engine_steps import _clear, _prompt, configure, write_config
+from server.config import load_config
+from server.engine.app import set_switch_interval
+from server.engine.model import BatchedModel
+from server.engine.sampling import SamplingParams, build_chains
+from server.engine.scheduler import Engine, Event, Generation
+
+COUNTERS = ("steps", "micro_batches", "graph_builds", "gap_fillers", "held_rows", "tokens_prompt")
+
+
+def _turn(engine: Engine, prompt: list[int], max_tokens: int, params: SamplingParams) -> Generation:
+    """One turn: submitted, waited for; its generation (tokens, timings) once done."""
+    done = threading.Event()
+    errors: list[str] = []
+
+    def sink(events: list[Event]) -> None:
+        for kind, value in events:
+            if kind == "error":
+                errors.append(str(value))
+            if kind in ("done", "error"):
+                done.set()
+
+    model = engine.model.model
+    chains = build_chains(model, params, True, False, True, True, False)  # engine-batched's chain
+    gen = Generation.sampled_by(chains, params, prompt=prompt, max_tokens=max_tokens, sink=sink)
+    engine.submit(gen)
+    if not done.wait(600):
+        raise TimeoutError("a turn did not finish")
+    if errors:
+        raise RuntimeError(f"turn failed: {errors[0]}")
+    return gen
+
+
+def story_run(model: BatchedModel, args: argparse.Namespace, variant: str) -> dict[str, Any]:
+    """`args.conversations` stories of `args.turns` turns, each in its own client thread."""
+    _clear(model)
+    engine = Engine(model)
+    engine._backend_sampling = True  # engine-batched's sampling, whatever the config's default
+    configure(engine, variant)
+    latencies: list[list[float]] = [[] for _ in range(args.turns)]
+    firsts: list[list[float]] = [[] for _ in range(args.turns)]
+    cached: list[list[float]] = [[] for _ in range(args.turns)]
+    produced = [0] * args.conversations
+    failures: list[BaseException] = []
+
+    def story(k: int) -> None:
+        rng = random.Random(k)
+        params = SamplingParams(temperature=0.7, top_k=40, top_p=0.95, min_p=0.05, seed=1234 + k)
+        history = _prompt(model, args.first_prompt, seed=k)
+        try:
+            for t in range(args.turns):
+                answer = rng.randint(int(args.gen * (1 - args.jitter)), args.gen)
+                gen = _turn(engine, list(history), answer, params)
+                latencies[t].append(1000 * ((gen.t_end or 0) - gen.t_submit))
+                firsts[t].append(1000 * ((gen.t_first or 0) - gen.t_submit))
+                cached[t].append(100 * gen.cache_n / len(gen.prompt))
+                produced[k] += len(gen.tokens)
+                history += gen.tokens + _prompt(model, args.turn_tokens, seed=1000 * k + t + 1)
+                time.sleep(args.pause_ms / 1000)  # the client: the answer read, the next turn written
+        except BaseException as exc:  # reported after the others end
+            failures.append(exc)
+
+    before = engine.stats.summary()
+    threads = [threading.Thread(target=story, args=(k,)) for k in range(args.conversations)]
+    try:
+        start = time.perf_counter()
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        wall = time.perf_counter() - start
+        after = engine.stats.summary()
+    finally:
+        engine.close()
+    if failures:
+        raise RuntimeError(f"{len(failures)} stories failed") from failures[0]
+    n = str(args.conversations)
+    full = after["decode_only_ms_per_step_by_sequences"].get(n, {})
+    return {
+        "tok_per_s": sum(produced) / wall,
+        "tokens": sum(produced),
+        "wall_s": wall,
+        "turn_latency_ms_median": [round(statistics.median(x), 1) for x in latencies],
+        "turn_first_token_ms_median": [round(statistics.median(x), 1) for x in firsts],
+        "turn_cached_pct_median": [round(statistics.median(x), 1) for x in cached],
+        **{k: after[k] - before[k] for k in COUNTERS},
+        "full_steps_ms": {k: full.get(k) for k in ("steps", "decode", "sample", "other", "decode_call")},
+        "all_steps_ms": after["ms_per_step"],
+        "prompt_steps": after["prompt_steps"],
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--model", type=Path, required=True, help="a GGUF file")
+    ap.add_argument("--label", default="", help="the model's name in the results")
+    ap.add_argument("--conversations", type=int, default=16)
+    ap.add_argument("--turns", type=int, default=12)
+    ap.add_argument("--first-prompt", type=int, default=256, help="tokens of the first turn's prompt")
+    ap.add_argument("--turn-tokens", type=int, default=200, help="new tokens every later turn adds")
+    ap.add_argument("--gen", type=int, default=400, help="the longest answer, in tokens")
+    ap.add_argument("--jitter", type=float, default=0.25, help="answers run from (1 - jitter) x gen to gen")
+    ap.add_argument("--pause-ms", type=float, default=5.0, help="between an answer and the next turn")
+    ap.add_argument("--n-ctx", type=int, default=8192, help="context per slot: the whole story must fit")
+    ap.add_argument("--n-batch", type=int, default=512)
+    ap.add_argument("--n-ubatch", type=int, default=512)
+    ap.add_argument("--threads", type=int, default=8)
+    ap.add_argument("--gpu", action="store_true", help="full offload and flash attention")
+    ap.add_argument("--kv-unified", action="store_true", help="one KV pool for all slots")
+    ap.add_argument(
+        "--variants",
+        default="engine-batched-plain,engine-batched,engine-batched-plain#2,engine-batched#2",
+        help="comma-separated `engine_steps.configure` names; #<tag> repeats one",
+    )
+    ap.add_argument("--out", type=Path, default=None, help="JSON file (default: stdout)")
+    args = ap.parse_args(argv)
+    need = args.first_prompt + args.turns * (args.turn_tokens + args.gen) + 8
+    if need > args.n_ctx:
+        ap.error(f"a story needs about {need} tokens of context; --n-ctx is {args.n_ctx}")
+    set_switch_interval()
+    with tempfile.TemporaryDirectory() as tmp:
+        config = load_config(write_config(Path(tmp) / "c.json", args.model, args, args.conversations))
+        model = BatchedModel(config.models[0])
+    results: dict[str, Any] = {
+        "model": args.label or args.model.name,
+        "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+        "variants": {},
+    }
+    try:
+        for variant in args.variants.split(","):
+            row = results["variants"][variant] = story_run(model, args, variant)
+            lat = row["turn_latency_ms_median"]
+            print(
+                f"{results['model']} {args.conversations}x{args.turns} {variant}: "
+                f"{row['tok_per_s']:.0f} tok/s, turn 1 / last {lat[0]:.0f} / {lat[-1]:.0f} ms, "
+                f"steps {row['steps']}, micro-batches {row['micro_batches']}, graphs built "
+                f"{row['graph_builds']}, held rows {row['held_rows']}, fillers {row['gap_fillers']}",
+                file=sys.stderr,
+            )
+    finally:
+        model.close()
+    text = json.dumps(results, indent=1)
+    if args.out:
+        args.out.write_text(text, encoding="utf-8")
+    else:
+        print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,38 @@
+"""`benchmarks/engine_turns.py` end to end on tiny settings with the bundled model: in-process long
+stories whose turns send the whole history. It asserts what the benchmark reports, not speed:
+every turn after the first is served from its cache, and the shape-keeping variant holds rows
+and keeps each step one micro-batch."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from benchmarks import engine_turns
+from server.bundled import locate
+from tests.support.servers import BUNDLED
+
+pytestmark = pytest.mark.integration
+
+
+def test_engine_turns_reports_each_variants_stories(tmp_path: Path) -> None:
+    out = tmp_path / "turns.json"
+    variants = "engine-batched-hold-separate,engine-batched-plain"
+    args = ["--model", str(locate(BUNDLED)), "--conversations", "2", "--turns", "3", "--gen", "20"]
+    args += ["--turn-tokens", "12", "--first-prompt", "24", "--n-ctx", "256", "--threads", "1"]
+    assert engine_turns.main([*args, "--variants", variants, "--out", str(out)]) == 0
+    result = json.loads(out.read_text(encoding="utf-8"))["variants"]
+    for row in result.values():
+        assert 2 * 3 * 15 <= row["tokens"] <= 2 * 3 * 20  # answers of 15 to 20 tokens
+        assert len(row["turn_latency_ms_median"]) == 3
+        assert min(row["turn_cached_pct_median"][1:]) > 50  # the history came from the cache
+    kept, plain = result["engine-batched-hold-separate"], result["engine-batched-plain"]
+    assert kept["held_rows"] > 0 and plain["held_rows"] == 0  # the shorter answer's slot was held
+    assert kept["micro_batches"] == kept["steps"]  # prompts alone, two consecutive slots
+
+
+def test_a_story_that_cannot_fit_its_context_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(SystemExit):
+        engine_turns.main(["--model", str(tmp_path / "none.gguf"), "--turns", "12", "--n-ctx", "1024"])
