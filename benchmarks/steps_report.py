@@ -4,7 +4,8 @@ throughput in-process against llama.cpp's batched limit, the per-step profile, a
     python -m benchmarks.steps_report DIR [DIR ...]
 
 Each DIR holds `batched-bench-<shape>.txt` and `steps-<shape>.json` as the device call left them
-(a copy is kept under benchmarks/results/). Two shares of batched-bench: the generation phase
+(a copy is kept under benchmarks/results/), and `turns-<shape>.json` when the call ran the
+in-process long stories (`engine_turns`). Two shares of batched-bench: the generation phase
 (ours over its decode-only steps, all sequences generating, decode + sampling + Python: what S_TG
 times, batched-bench's generation steps with nothing sampled) and the whole run (ours from the
 first submission to the last token, prompts included, against batched-bench's generated tokens
@@ -19,6 +20,7 @@ import json
 import re
 import sys
 from pathlib import Path
+from typing import Any
 
 H200_BYTES_PER_S = 4.8e12
 # K and V bytes per token of context, f16 cache: 2 x layers x KV heads x head size x 2 bytes.
@@ -33,9 +35,12 @@ def batched_bench(path: Path) -> dict[int, float]:
 
 def batched_bench_rows(path: Path) -> dict[int, dict[str, float]]:
     """Every column of llama-batched-bench's table (PP, TG, B, N_KV, T_PP s, S_PP t/s, ...) by
-    number of sequences, named without their units."""
+    number of sequences, named without their units; none when the run had no batched-bench (the
+    CPU)."""
     out: dict[int, dict[str, float]] = {}
     names: list[str] = []
+    if not path.exists():
+        return out
     for line in path.read_text(encoding="utf-8").splitlines():
         cells = [c.strip() for c in line.strip().strip("|").split("|")]
         if len(cells) == 10 and cells[0] == "PP":
@@ -58,6 +63,9 @@ def phase_shares(row: dict[str, object], bench: dict[str, float]) -> tuple[float
 
 
 def roofline_share(shape: str, n: int, step_s: float, prompt: int, gen: int) -> float:
+    """NaN for a model whose bytes are not recorded here (a CPU run's)."""
+    if shape not in MODEL_BYTES:
+        return float("nan")
     context = prompt + gen / 2
     moved = MODEL_BYTES[shape] + n * context * KV_BYTES_PER_TOKEN[shape]
     return moved / step_s / H200_BYTES_PER_S
@@ -118,7 +126,29 @@ def report(folder: Path) -> str:
                 f"{100 * roofline_share(shape, int(n), int(n) / ref, prompt, gen):.1f}%" if ref else "-"
             )
             lines.append(f"| {n} | " + " | ".join(cells) + f" | {ref_cell} |")
+    for turns_path in sorted(folder.glob("turns-*.json")):
+        lines.extend(turns_table(json.loads(turns_path.read_text(encoding="utf-8")), folder.name))
     return "\n".join(lines)
+
+
+def turns_table(turns: dict[str, Any], where: str) -> list[str]:
+    """`engine_turns`' long stories: one row per variant, in the order they ran."""
+    st = turns["settings"]
+    lines = [
+        f"\n{turns['model']} ({where}): {st['conversations']} conversations x {st['turns']} turns in-process "
+        f"(`engine_turns`, answers up to {st['gen']} tokens)\n",
+        "| variant | tok/s | turn latency, first / last (ms) | first token, first / last (ms) "
+        "| graphs built | micro-batches / steps | held rows | gap fillers |",
+        "|---" * 8 + "|",
+    ]
+    for name, row in turns["variants"].items():
+        lat, first = row["turn_latency_ms_median"], row["turn_first_token_ms_median"]
+        lines.append(
+            f"| {name} | {row['tok_per_s']:,.0f} | {lat[0]:,.0f} / {lat[-1]:,.0f} ({lat[-1] / lat[0]:.2f}x) "
+            f"| {first[0]:,.0f} / {first[-1]:,.0f} | {row['graph_builds']} "
+            f"| {row['micro_batches']} / {row['steps']} | {row['held_rows']} | {row['gap_fillers']} |"
+        )
+    return lines
 
 
 def main(argv: list[str] | None = None) -> int:
