@@ -635,7 +635,10 @@ class Engine:
             generating = 0
         # Prompt chunks share what is left of n_batch (`prompt_chunks`)...
         chunks = self._chunks(waiting, batch.capacity - generating)
-        held = [] if chunks else self._held()  # a step with prompt tokens changes shape anyway
+        # Not in a step with prompt tokens (it changes shape anyway), nor beside rows whose whole
+        # chain runs in the graph (`graph_tail` stages the real rows only).
+        in_graph = any(s.gen is not None and s.gen.tail is not None and s.gen.tail.in_graph for s in active)
+        held = [] if chunks or in_graph else self._held()
         # ...and go into the batch in sequence order: with a KV stream per sequence llama.cpp
         # splits a batch into micro-batches of consecutive sequence ids (`_fillers`). The
         # fillers need room too: the last chunks give it up.

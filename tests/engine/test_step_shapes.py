@@ -125,3 +125,35 @@ def test_held_rows_and_separate_prompts_are_on_a_gpu_only(
     (tmp_path / "unified").mkdir()
     with engine_on(tmp_path / "unified", n_ctx=256, n_parallel=2, kv_unified=True) as engine:
         assert engine.hold_steps == 0 and engine.separate_prompts  # held rows need cells of their own
+
+
+def test_no_held_rows_beside_rows_sampled_whole_in_the_graph(tmp_path: Path) -> None:
+    """`graph_tail` stages the settings and draws of the real output rows only, in batch order: a
+    held row among them would shift them. With held rows and separate prompt steps forced on,
+    requests sampled whole in the graph, whose answers end at different steps, still get what
+    llama.cpp's CPU chain gives, and no row is held while such a request runs."""
+    from server.engine.sampling import build_chains
+    from tests.engine.test_backend_sampling import Job
+    from tests.engine.test_engine import PROMPTS as TEXTS
+    from tests.engine.test_graph_top_k import job_params
+
+    def run(engine: Engine, whole: bool) -> list[list[int]]:
+        jobs = [
+            Job(
+                engine,
+                TEXTS[i],
+                n,
+                job_params(i),
+                chains=build_chains(engine.model.model, job_params(i), whole, in_graph_tail=whole),
+            )
+            for i, n in enumerate((10, 30, 18, 30))
+        ]
+        return [job.wait().gen.tokens for job in jobs]
+
+    with engine_on(tmp_path, n_ctx=512, n_parallel=4, n_threads_sampling=2, backend_sampling=True) as engine:
+        engine.hold_steps, engine.separate_prompts = scheduler.HOLD_STEPS, True
+        ours = run(engine, whole=True)
+        held = engine.stats.held_rows
+        assert ours == run(engine, whole=False)
+        assert len({len(t) for t in ours}) > 1  # answers of several lengths: slots freed while others ran
+    assert held == 0
