@@ -300,19 +300,33 @@ def write_config(path: Path, gguf: Path, args: argparse.Namespace, n_parallel: i
     return path
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def write_results(results: dict[str, Any], out: Path | None) -> None:
+    """One JSON document, to `out` or to stdout."""
+    text = json.dumps(results, indent=1)
+    if out:
+        out.write_text(text, encoding="utf-8")
+    else:
+        print(text)
+
+
+def add_model_arguments(ap: argparse.ArgumentParser) -> None:
+    """The model and context options `write_config` reads (shared with `engine_turns`)."""
     ap.add_argument("--model", type=Path, required=True, help="a GGUF file")
     ap.add_argument("--label", default="", help="the model's name in the results")
-    ap.add_argument("--levels", default="1,16,32,64", help="numbers of sequences, comma-separated")
-    ap.add_argument("--prompt", type=int, default=64, help="prompt tokens per sequence (batched-bench -npp)")
-    ap.add_argument("--gen", type=int, default=256, help="generated tokens per sequence (batched-bench -ntg)")
     ap.add_argument("--n-ctx", type=int, default=8192, help="context per slot")
     ap.add_argument("--n-batch", type=int, default=512)
     ap.add_argument("--n-ubatch", type=int, default=512)
     ap.add_argument("--threads", type=int, default=8)
     ap.add_argument("--gpu", action="store_true", help="full offload and flash attention")
     ap.add_argument("--kv-unified", action="store_true", help="one KV pool for all slots")
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    add_model_arguments(ap)
+    ap.add_argument("--levels", default="1,16,32,64", help="numbers of sequences, comma-separated")
+    ap.add_argument("--prompt", type=int, default=64, help="prompt tokens per sequence (batched-bench -npp)")
+    ap.add_argument("--gen", type=int, default=256, help="generated tokens per sequence (batched-bench -ntg)")
     ap.add_argument(
         "--variants",
         default="raw,engine-batched,engine-sampled,engine-graph,engine-host,engine-llama",
@@ -395,11 +409,7 @@ def main(argv: list[str] | None = None) -> int:
             results["levels"][str(n)] = row
     finally:
         model.close()
-    text = json.dumps(results, indent=1)
-    if args.out:
-        args.out.write_text(text, encoding="utf-8")
-    else:
-        print(text)
+    write_results(results, args.out)
     return 0
 
 

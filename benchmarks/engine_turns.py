@@ -19,7 +19,6 @@ JSON document.
 from __future__ import annotations
 
 import argparse
-import json
 import random
 import statistics
 import sys
@@ -29,7 +28,14 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks.engine_steps import _clear, _prompt, configure, write_config
+from benchmarks.engine_steps import (
+    _clear,
+    _prompt,
+    add_model_arguments,
+    configure,
+    write_config,
+    write_results,
+)
 from server.config import load_config
 from server.engine.app import set_switch_interval
 from server.engine.model import BatchedModel
@@ -123,8 +129,7 @@ def story_run(model: BatchedModel, args: argparse.Namespace, variant: str) -> di
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--model", type=Path, required=True, help="a GGUF file")
-    ap.add_argument("--label", default="", help="the model's name in the results")
+    add_model_arguments(ap)
     ap.add_argument("--conversations", type=int, default=16)
     ap.add_argument("--turns", type=int, default=12)
     ap.add_argument("--first-prompt", type=int, default=256, help="tokens of the first turn's prompt")
@@ -132,12 +137,6 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--gen", type=int, default=400, help="the longest answer, in tokens")
     ap.add_argument("--jitter", type=float, default=0.25, help="answers run from (1 - jitter) x gen to gen")
     ap.add_argument("--pause-ms", type=float, default=5.0, help="between an answer and the next turn")
-    ap.add_argument("--n-ctx", type=int, default=8192, help="context per slot: the whole story must fit")
-    ap.add_argument("--n-batch", type=int, default=512)
-    ap.add_argument("--n-ubatch", type=int, default=512)
-    ap.add_argument("--threads", type=int, default=8)
-    ap.add_argument("--gpu", action="store_true", help="full offload and flash attention")
-    ap.add_argument("--kv-unified", action="store_true", help="one KV pool for all slots")
     ap.add_argument(
         "--variants",
         default="engine-batched-plain,engine-batched,engine-batched-plain#2,engine-batched#2",
@@ -170,11 +169,7 @@ def main(argv: list[str] | None = None) -> int:
             )
     finally:
         model.close()
-    text = json.dumps(results, indent=1)
-    if args.out:
-        args.out.write_text(text, encoding="utf-8")
-    else:
-        print(text)
+    write_results(results, args.out)
     return 0
 
 

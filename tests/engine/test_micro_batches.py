@@ -5,7 +5,6 @@ logs with LLAMA_BATCH_DEBUG, on the bundled model."""
 from __future__ import annotations
 
 import re
-import threading
 from pathlib import Path
 
 import llama_cpp
@@ -14,9 +13,9 @@ from llama_cpp._logger import set_verbose
 
 from server.engine import micro_batches, scheduler
 from server.engine.model import BatchedModel
-from server.engine.sampling import SamplingParams, build_sampler
-from server.engine.scheduler import Engine, Event, Generation, _Batch
+from server.engine.scheduler import _Batch
 from tests.engine.conftest import engine_on
+from tests.engine.test_gap_fillers import generate
 
 
 def test_one_token_rows_and_a_prompt_chunk_take_two_passes() -> None:
@@ -83,30 +82,6 @@ def test_the_mirror_matches_llama_cpps_own_split(
             assert logged == micro_batches.sizes(runs, 64), runs
 
 
-def generate(engine: Engine, prompts: list[list[int]], max_tokens: int) -> list[Generation]:
-    done = threading.Semaphore(0)
-
-    def sink(events: list[Event]) -> None:
-        if any(kind in ("done", "error") for kind, _ in events):
-            done.release()
-
-    gens = [
-        Generation(
-            prompt=prompt,
-            max_tokens=max_tokens,
-            sampler=build_sampler(engine.model.model, SamplingParams(temperature=0.0)),
-            sink=sink,
-        )
-        for prompt in prompts
-    ]
-    for gen in gens:
-        engine.submit(gen)
-    for _ in gens:
-        assert done.acquire(timeout=120), "a generation did not finish"
-    assert all(g.finish_reason == "length" for g in gens), [g.finish_reason for g in gens]
-    return gens
-
-
 @pytest.mark.integration
 def test_even_chunks_evaluate_prompts_that_arrive_together_in_one_pass_a_step(tmp_path: Path) -> None:
     """Six 40-token prompts at once in steps of 64 tokens: "fifo" cuts the last chunk of a step
@@ -120,6 +95,7 @@ def test_even_chunks_evaluate_prompts_that_arrive_together_in_one_pass_a_step(tm
         with engine_on(tmp_path / mode, n_ctx=256, n_parallel=6, n_batch=64, n_ubatch=64) as engine:
             engine.prompt_chunks = mode
             gens = generate(engine, prompts, 6)
+            assert all(g.finish_reason == "length" for g in gens)
             results[mode] = ([g.tokens for g in gens], engine.stats.summary()["prompt_steps"])
     (fifo_tokens, fifo_steps), (even_tokens, even_steps) = results["fifo"], results["even"]
     assert even_tokens == fifo_tokens
