@@ -47,3 +47,12 @@ def sizes(runs: Sequence[tuple[int, int]], n_ubatch: int, streams: bool = True) 
 def passes(runs: Sequence[tuple[int, int]], n_ubatch: int, streams: bool = True) -> int:
     """How many micro-batches (passes over the weights) the batch of `runs` costs."""
     return len(sizes(runs, n_ubatch, streams))
+
+
+def worth_filling(runs: Sequence[tuple[int, int]], fillers: set[int], n_ubatch: int) -> bool:
+    """Whether one throwaway token in each of the `fillers` slots (idle slots between the
+    `runs`' sequences) makes llama.cpp's split of the batch take fewer passes. Between one-token
+    rows it joins them into one pass; between prompt chunks of many tokens it only splits off
+    their first tokens, a pass more."""
+    filled = sorted([*runs, *((seq, 1) for seq in fillers)])
+    return passes(filled, n_ubatch) < passes(runs, n_ubatch)

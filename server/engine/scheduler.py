@@ -763,7 +763,11 @@ class Engine:
             gap = range(before + 1, after)
             if 0 < len(gap) <= self.fill_gaps:
                 fillers.update(g for g in gap if len(self.slots[g].cache) < self.model.n_ctx_slot)
-        return fillers
+        if not fillers:
+            return fillers
+        # Only where they save a pass: beside prompt chunks a one-token filler cuts them instead.
+        runs = [(seq, chunks.get(seq, 1)) for seq in fed]
+        return fillers if micro_batches.worth_filling(runs, fillers, self._n_ubatch) else set()
 
     def _stage(self, outputs: list[tuple[Slot, int]], held: list[int] | None = None) -> None:
         """Before the decode: each output row's sequence, and for the rows whose chain runs

@@ -37,6 +37,15 @@ def test_a_pass_holds_at_most_n_ubatch_tokens_in_whole_rounds() -> None:
     assert micro_batches.sizes([(0, 300), (1, 300), (2, 300)], 512) == [510, 390]
 
 
+def test_fillers_are_worth_it_between_one_token_rows_only() -> None:
+    # Decoding slots 0, 1 and 4: two passes, one with slots 2 and 3 filled.
+    assert micro_batches.worth_filling([(0, 1), (1, 1), (4, 1)], {2, 3}, 512)
+    # Two prompt chunks on slots 2 and 9: two passes; filled, their first tokens go apart (three).
+    assert not micro_batches.worth_filling([(2, 10), (9, 10)], set(range(3, 9)), 512)
+    # A prompt chunk after decoding rows: two passes either way, so no fillers (they cost rows).
+    assert not micro_batches.worth_filling([(0, 1), (3, 40)], {1, 2}, 512)
+
+
 def test_one_stream_cuts_the_batch_in_n_ubatch_pieces() -> None:
     assert micro_batches.sizes([(0, 1), (2, 1), (3, 700)], 512, streams=False) == [512, 190]
 
