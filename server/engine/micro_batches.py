@@ -6,8 +6,9 @@ a run of *consecutive* sequence ids that each contribute the *same* number of to
 that mixes one-token rows with a prompt chunk, or prompt chunks of different lengths, or
 sequences with idle slots between them, costs several passes where one would do; on a GPU a
 pass of a small model costs about as much as its launches, whatever its rows. The scheduler
-reads this mirror of that split to shape its steps (`Engine.prompt_chunks`) and to count the
-passes it paid (`EngineStats.micro_batches`). With one stream (a shared pool) llama.cpp cuts the
+reads this mirror of that split to shape its steps (`Engine.prompt_chunks`), to decide where
+throwaway tokens in idle slots save a pass (`worth_filling`) and to count the passes it paid
+(`EngineStats.micro_batches`). With one stream (a shared pool) llama.cpp cuts the
 batch freely in `n_ubatch` pieces (`split_simple`).
 
 The mirror assumes what the engine's batches are: each sequence's tokens together, sequences in
