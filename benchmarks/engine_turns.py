@@ -58,7 +58,7 @@ def _turn(engine: Engine, prompt: list[int], max_tokens: int, params: SamplingPa
                 done.set()
 
     model = engine.model.model
-    chains = build_chains(model, params, True, False, True, True, False)  # engine-batched's chain
+    chains = build_chains(model, params, backend=True)  # engine-batched's chain: the batched top-k, host tail
     gen = Generation.sampled_by(chains, params, prompt=prompt, max_tokens=max_tokens, sink=sink)
     engine.submit(gen)
     if not done.wait(600):

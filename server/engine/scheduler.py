@@ -252,6 +252,11 @@ class _Batch:
         return int(llama_cpp.llama_decode(ctx, self.struct))
 
 
+PROMPT_STEP_TOTALS = (
+    "steps", "prompt_tokens", "decode", "sample", "busy", "micro_batches", "graph_builds", "launch",
+)  # fmt: skip
+
+
 @dataclass
 class EngineStats:
     """Where the engine's time goes. `other` is Python: building the batch, detokenizing,
@@ -299,10 +304,9 @@ class EngineStats:
     # shape: on the CPU, then again on the GPU as a new CUDA graph).
     micro_batches: int = 0
     graph_builds: int = 0
-    # Steps that evaluated prompt tokens (with or without generating rows): [steps, prompt
-    # tokens, decode seconds, sample seconds, busy seconds, micro-batches, graphs built,
-    # seconds until llama_decode returned].
-    prompt_steps: list[float] = field(default_factory=lambda: [0, 0, 0.0, 0.0, 0.0, 0, 0, 0.0])
+    # Steps that evaluated prompt tokens (with or without generating rows): totals by name
+    # (`PROMPT_STEP_TOTALS`; seconds for decode, sample, busy and launch).
+    prompt_steps: dict[str, float] = field(default_factory=lambda: dict.fromkeys(PROMPT_STEP_TOTALS, 0.0))
 
     def add(
         self,
@@ -328,8 +332,9 @@ class EngineStats:
             for at, value in enumerate((1, decode, sample, busy, launch)):
                 row[at] += value
         else:
-            for at, value in enumerate((1, prompt_tokens, decode, sample, busy, passes, built, launch)):
-                self.prompt_steps[at] += value
+            values = (1, prompt_tokens, decode, sample, busy, passes, built, launch)
+            for name, value in zip(PROMPT_STEP_TOTALS, values, strict=True):
+                self.prompt_steps[name] += value
 
     @staticmethod
     def _split(steps: float, decode: float, sample: float, busy: float) -> dict[str, float]:
@@ -341,6 +346,7 @@ class EngineStats:
         }
 
     def summary(self) -> dict[str, Any]:
+        p = self.prompt_steps
         steps = max(self.steps, 1)
         return {
             "steps": self.steps,
@@ -368,12 +374,9 @@ class EngineStats:
             "graph_builds": self.graph_builds,
             "ms_per_step": self._split(self.steps, self.decode_s, self.sample_s, self.busy_s),
             "prompt_steps": {
-                "steps": int(self.prompt_steps[0]),
-                "prompt_tokens": int(self.prompt_steps[1]),
-                "micro_batches": int(self.prompt_steps[5]),
-                "graph_builds": int(self.prompt_steps[6]),
-                **self._split(self.prompt_steps[0], *self.prompt_steps[2:5]),
-                "decode_call": round(self.prompt_steps[7] * 1000 / max(self.prompt_steps[0], 1), 3),
+                **{k: int(p[k]) for k in ("steps", "prompt_tokens", "micro_batches", "graph_builds")},
+                **self._split(p["steps"], p["decode"], p["sample"], p["busy"]),
+                "decode_call": round(p["launch"] * 1000 / max(p["steps"], 1), 3),
             },
             "decode_only_ms_per_step_by_sequences": {
                 str(n): {
@@ -751,7 +754,7 @@ class Engine:
         step's one-token rows into one micro-batch, not one per run of slots. Only with a KV
         stream per slot (a shared pool is one stream, cut freely), and only where the slot's
         context has a cell to spare."""
-        if not self.fill_gaps or self.model.pool is not None or self.model.config.entry.kv_unified:
+        if not self.fill_gaps or not self._streams:
             return set()
         fed = [
             s.seq

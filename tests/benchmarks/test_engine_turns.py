@@ -33,6 +33,9 @@ def test_engine_turns_reports_each_variants_stories(tmp_path: Path) -> None:
     assert kept["micro_batches"] == kept["steps"]  # prompts alone, two consecutive slots
 
 
-def test_a_story_that_cannot_fit_its_context_is_refused(tmp_path: Path) -> None:
+def test_a_story_that_cannot_fit_its_context_is_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     with pytest.raises(SystemExit):
         engine_turns.main(["--model", str(tmp_path / "none.gguf"), "--turns", "12", "--n-ctx", "1024"])
+    assert "a story needs about 7464 tokens of context; --n-ctx is 1024" in capsys.readouterr().err
