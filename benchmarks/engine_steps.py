@@ -335,6 +335,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--top-k-block", type=int, default=None, help="graph_top_k.BLOCK (values per block sort)")
     ap.add_argument("--top-k-preselect", type=int, default=None, help="graph_top_k.PRESELECT (0: off)")
     ap.add_argument(
+        "--host-tail-min-rows",
+        type=int,
+        default=None,
+        help="scheduler.HOST_TAIL_MIN_ROWS: fewer generations than this finish row by row with llama.cpp's "
+        "chain (0: always over all rows with numpy)",
+    )
+    ap.add_argument(
         "--graph-tail-packed",
         type=int,
         choices=[0, 1],
@@ -365,6 +372,8 @@ def main(argv: list[str] | None = None) -> int:
         graph_top_k.BLOCK = args.top_k_block
     if args.top_k_preselect is not None:
         graph_top_k.PRESELECT = args.top_k_preselect
+    if args.host_tail_min_rows is not None:
+        scheduler.HOST_TAIL_MIN_ROWS = args.host_tail_min_rows
     if args.graph_tail_packed is not None:
         graph_tail.PACKED = bool(args.graph_tail_packed)
     with tempfile.TemporaryDirectory() as tmp:

@@ -51,6 +51,7 @@ from server.engine.host_sampling import HostPlan, HostSampler
 from server.engine.host_tail import (
     HOST_TAIL_MIN_ROWS,
     NO_HISTORY,
+    PenaltyCounts,
     TailPlan,
     TailRows,
     finish_prepared,
@@ -434,6 +435,7 @@ class Engine:
             ThreadPoolExecutor(self._pool_size, thread_name_prefix="sampler") if self._pool_size > 1 else None
         )
         self._host = HostSampler()
+        self._penalty_counts: PenaltyCounts | None = None  # the penalties' windows by slot (`host_tail`)
         self._thread = threading.Thread(target=self._run, name=f"engine:{model.name}", daemon=True)
         self._thread.start()
 
@@ -582,6 +584,10 @@ class Engine:
             # Few rows: llama.cpp's chain, row by row, costs less than the numpy passes. Both
             # draw the same tokens; a generation keeps one of them for its whole life.
             gen.tail = None
+        if gen.tail is not None and gen.tail.penalties is not None and graph is not None:
+            if self._penalty_counts is None:  # n_vocab bytes a slot, made at the first use
+                self._penalty_counts = PenaltyCounts(len(self.slots), self.model.n_vocab)
+            self._penalty_counts.lend(slot.seq, gen.tail)
         if graph is None or not self._backend_sampling:
             if graph is not None:
                 graph.close()
