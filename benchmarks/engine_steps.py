@@ -64,7 +64,8 @@ def configure(engine: Engine, variant: str) -> None:
     step's text worked out before the next decode, `scheduler.OVERLAP` off), `-fifo` / `-even`
     (how prompts share a step), `-hold` / `-nohold` (held rows, `HOLD_STEPS`), `-separate` /
     `-mixed` (prompt steps of their own, `SEPARATE_PROMPTS`), `-plain` (session 9's engine:
-    fifo, no held rows, mixed steps)."""
+    fifo, no held rows, mixed steps), `-direct` / `-sample` (rows finished by their llama.cpp
+    chain read once a step, `DIRECT_CHAINS`, or through `llama_sampler_sample`)."""
     parts = set(variant.split("#")[0].split("-"))
     engine.overlap = "serial" not in parts
     if "plain" in parts:
@@ -76,6 +77,8 @@ def configure(engine: Engine, variant: str) -> None:
         engine.hold_steps = scheduler.HOLD_STEPS if "hold" in parts else 0
     if "separate" in parts or "mixed" in parts:
         engine.separate_prompts = "separate" in parts
+    if "direct" in parts or "sample" in parts:
+        engine.direct_chains = "direct" in parts
 
 
 def _prompt(model: BatchedModel, n: int, seed: int) -> list[int]:
@@ -257,6 +260,7 @@ def engine_run(
         "steps": after["steps"] - before["steps"],
         "backend_sampled": after["backend_sampled"],
         "tail_rows": after["tail_rows"],
+        "chain_rows": after["chain_rows"] - before["chain_rows"],
         # Graph builds with the batched top-k: llama.cpp reuses a graph while a step's shape
         # and samplers stay the same, so far fewer than steps means the Python callbacks that
         # build it are not a per-step cost.

@@ -46,7 +46,7 @@ import llama_cpp
 import numpy as np
 from llama_cpp import _internals as internals
 
-from server.engine import graph_tail, graph_top_k, micro_batches, tail_ops
+from server.engine import chain_rows, graph_tail, graph_top_k, micro_batches, tail_ops
 from server.engine.host_sampling import HostPlan, HostSampler
 from server.engine.host_tail import (
     HOST_TAIL_MIN_ROWS,
@@ -102,6 +102,12 @@ PROMPT_CHUNKS_CPU = "fifo"
 HOLD_STEPS = 32
 SEPARATE_PROMPTS = True
 
+# Rows finished by their request's llama.cpp chain (fewer than HOST_TAIL_MIN_ROWS generations)
+# are read from llama.cpp's buffers once a step and given to the chains directly
+# (`chain_rows`), not through `llama_sampler_sample`, which reads (and synchronizes) five times
+# a row. Off until measured on a GPU: on the CPU it costs more (BENCHMARKS.md, issue 16, session 11).
+DIRECT_CHAINS = False
+
 Event = tuple[str, Any]
 Sink = Callable[[list[Event]], None]
 TailKey = tuple[int, bool]  # the candidates a row's graph leaves, and whether penalties follow
@@ -126,6 +132,8 @@ class Generation:
     host: HostPlan | None = None
     # The chain after the graph's batched top-k, finished over the step's rows (`host_tail`).
     tail: TailPlan | None = None
+    # Without `tail` (few rows): the candidates the batched top-k leaves for `sampler`, 0: unknown.
+    chain_k: int = 0
     # To rebuild everything as one CPU chain should llama.cpp refuse the graph chain.
     params: SamplingParams | None = None
     cancelled: bool = False
@@ -273,6 +281,7 @@ class EngineStats:
     chains_attached: int = 0  # chains attached to a sequence (each re-plans the graph once)
     chains_reused: int = 0  # requests that reused their slot's attached chain
     tail_rows: int = 0  # rows finished over the step's matrix (`host_tail`)
+    chain_rows: int = 0  # rows given to their llama.cpp chain directly (`chain_rows`, `DIRECT_CHAINS`)
     tail_fallbacks: int = 0  # steps whose batched rows went back to llama.cpp's chain (`host_tail`)
     graph_tail_rows: int = 0  # rows whose whole chain ran in the decode graph (`graph_tail`)
     graph_tail_cpu_rows: int = 0  # rows of such chains the graph left to the CPU (not staged as built)
@@ -358,6 +367,7 @@ class EngineStats:
             "chains_attached": self.chains_attached,
             "chains_reused": self.chains_reused,
             "tail_rows": self.tail_rows,
+            "chain_rows": self.chain_rows,
             "tail_fallbacks": self.tail_fallbacks,
             "graph_tail_rows": self.graph_tail_rows,
             "graph_tail_cpu_rows": self.graph_tail_cpu_rows,
@@ -420,6 +430,7 @@ class Engine:
         on_gpu = model.config.on_gpu and not model.config.entry.graph_tail
         self.hold_steps = HOLD_STEPS if on_gpu and self._streams else 0
         self.separate_prompts = SEPARATE_PROMPTS and on_gpu
+        self.direct_chains = DIRECT_CHAINS
         self._prompt_only = False  # the last step evaluated prompts without its generating rows
         self._n_ubatch = llama_cpp.llama_n_ubatch(model.ctx)
         self._reused = llama_cpp.llama_perf_context(model.ctx).n_reused  # graphs llama.cpp reused
@@ -583,7 +594,7 @@ class Engine:
         if gen.tail is not None and not gen.tail.in_graph and few:
             # Few rows: llama.cpp's chain, row by row, costs less than the numpy passes. Both
             # draw the same tokens; a generation keeps one of them for its whole life.
-            gen.tail = None
+            gen.chain_k, gen.tail = gen.tail.candidates, None
         if gen.tail is not None and gen.tail.penalties is not None and graph is not None:
             if self._penalty_counts is None:  # n_vocab bytes a slot, made at the first use
                 self._penalty_counts = PenaltyCounts(len(self.slots), self.model.n_vocab)
@@ -871,6 +882,8 @@ class Engine:
             picked = self._finish_tails(outputs, gens, finished, k, penalized, prepared)
             for n, token in zip(finished, picked, strict=True):
                 tokens[n] = token
+        if self.direct_chains:
+            self._finish_chains(outputs, gens, tokens)
         rest = [n for n in range(len(outputs)) if tokens[n] == -1]
         chains = {n: (g.sampler.sampler, outputs[n][1]) for n in rest if (g := gens[n]) is not None}
         on_cpu = [n for n in rest if outputs[n][0].attached is None]
@@ -896,6 +909,29 @@ class Engine:
             elif gen is not None and gen.tail is not None and gen.tail.penalties is not None:
                 gen.tail.remember(token)  # the penalties' history, for `host_tail` and `graph_tail`
         return tokens
+
+    def _finish_chains(
+        self, outputs: list[tuple[Slot, int]], gens: list[Generation | None], tokens: list[int]
+    ) -> None:
+        """Fill in `tokens` for the rows whose chain finishes what the batched top-k left
+        (`Generation.chain_k`), by kind, with one read of llama.cpp's buffers per kind
+        (`chain_rows`); rows it cannot read stay -1 for `llama_sampler_sample`."""
+        groups: dict[int, list[int]] = {}
+        for n, g in enumerate(gens):
+            if g is not None and g.chain_k and tokens[n] == -1 and outputs[n][0].attached is not None:
+                groups.setdefault(g.chain_k, []).append(n)
+        for k, rows in groups.items():
+            chains = [chain_rows.address(g.sampler.sampler) for n in rows if (g := gens[n]) is not None]
+            picked = chain_rows.finish_rows(
+                self.model.ctx, chains, [outputs[n][1] for n in rows], rows, self.model.n_vocab, k
+            )
+            if picked is None:
+                self.stats.tail_fallbacks += 1
+                continue
+            self.stats.backend_sampled += len(rows)
+            self.stats.chain_rows += len(rows)
+            for n, token in zip(rows, picked, strict=True):
+                tokens[n] = token
 
     def _finish_tails(
         self,

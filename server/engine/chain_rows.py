@@ -1,0 +1,113 @@
+"""llama.cpp's CPU chain over the candidates the decode graph left, for several rows, without
+`llama_sampler_sample`'s per-row reads.
+
+Why: below `host_tail.HOST_TAIL_MIN_ROWS` generations the engine finishes each row with the
+request's own llama.cpp chain (top-p, min-p, temperature, the seeded draw, and the penalties
+when they follow the batched top-k). `llama_sampler_sample` starts each row with five reads of
+the context's sampled buffers (token, probabilities, logits, candidates, count), and every one
+of them first synchronizes the context with its backends. On an H200 host the chain cost 13 to
+20 µs a row at 32 rows (BENCHMARKS.md, issue 16, session 10) against 4 to 9 µs on a 2-core VM
+where synchronizing is free. Here the rows' candidates are read once for all rows
+(`host_tail.read_rows`: a few reads a step, whatever the rows), laid out as llama.cpp's
+`llama_token_data` for every row at once, and each request's chain is applied to its row and
+told the token, as `llama_sampler_sample` does: the same chain on the same values, so the same
+token.
+
+Off by default (`scheduler.DIRECT_CHAINS`) until measured on a GPU: on the 2-core VM, where
+synchronizing costs nothing, it costs more than `llama_sampler_sample` (0.16 against 0.04 ms a
+step at one row, 0.31-0.33 against 0.16 at 32 rows; BENCHMARKS.md, issue 16, session 11).
+"""
+
+from __future__ import annotations
+
+import ctypes
+from collections.abc import Mapping
+from typing import Any
+
+import llama_cpp
+import numpy as np
+
+from server.engine.host_tail import read_rows
+
+# llama.cpp's `llama_token_data` {id, logit, p} and `llama_token_data_array` {data, size,
+# selected, sorted}, as numpy records; used only where they match the ctypes structures.
+_TOKEN = np.dtype([("id", "<i4"), ("logit", "<f4"), ("p", "<f4")])
+_ARRAY = np.dtype([("data", "<u8"), ("size", "<u8"), ("selected", "<i8"), ("sorted", "?"), ("pad", "V7")])
+
+
+def _matches(record: np.dtype[Any], struct: Any) -> bool:
+    fields: Mapping[str, Any] = record.fields or {}
+    named = [field[0] for field in struct._fields_]
+    return record.itemsize == ctypes.sizeof(struct) and all(
+        name in fields and fields[name][1] == getattr(struct, name).offset for name in named
+    )
+
+
+_LAID_OUT_AS_LLAMA = _matches(_TOKEN, llama_cpp.llama_token_data) and _matches(
+    _ARRAY, llama_cpp.llama_token_data_array
+)
+# The two calls with plain addresses: no ctypes pointer objects made per row.
+_lib = llama_cpp.llama_cpp._lib
+_apply = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_void_p)(("llama_sampler_apply", _lib))
+_accept = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_int32)(("llama_sampler_accept", _lib))
+
+_buffers: dict[tuple[int, int], tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
+
+
+def address(sampler: Any) -> int:
+    """The address of a llama.cpp sampler (a ctypes pointer)."""
+    return ctypes.cast(sampler, ctypes.c_void_p).value or 0
+
+
+def _laid_out(rows: int, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Token data for `rows` rows of k, one `llama_token_data_array` per row, and the address
+    of each row (kept: a step's sizes repeat)."""
+    key = (rows, k)
+    found = _buffers.get(key)
+    if found is None:
+        if len(_buffers) > 64:
+            _buffers.clear()
+        cur = np.zeros((rows, k), _TOKEN)
+        home = cur.ctypes.data + np.arange(rows, dtype=np.uint64) * np.uint64(k * _TOKEN.itemsize)
+        found = _buffers[key] = (cur, np.zeros(rows, _ARRAY), home)
+    return found
+
+
+def finish_rows(
+    ctx: object, chains: list[int], batch_rows: list[int], out_rows: list[int], n_vocab: int, k: int
+) -> list[int] | None:
+    """The token of each row, by its request's chain (`chains`: sampler addresses, one per
+    row) over the k candidates the graph left for it; the chains take the tokens as accepted.
+    `batch_rows` and `out_rows` as for `host_tail.read_rows`. None, with no chain touched, when
+    llama.cpp's buffers are not laid out as expected or the graph left probabilities too (the
+    caller then uses `llama_sampler_sample`)."""
+    if not _LAID_OUT_AS_LLAMA:
+        return None
+    read = read_rows(ctx, batch_rows, out_rows, n_vocab, k)
+    if read is None or llama_cpp.llama_get_sampled_probs_ith(ctx, batch_rows[0]):
+        return None
+    ids, logits = read
+    m = len(chains)
+    cur, arrays, home = _laid_out(m, k)
+    cur["id"], cur["logit"], cur["p"] = ids, logits, 0.0
+    arrays["data"], arrays["size"], arrays["selected"], arrays["sorted"] = home, k, -1, False
+    base, stride = arrays.ctypes.data, _ARRAY.itemsize
+    for r, chain in enumerate(chains):
+        _apply(chain, base + r * stride)
+    selected, size = arrays["selected"], arrays["size"]
+    if ((selected < 0) | (selected >= size)).any():
+        raise RuntimeError("llama.cpp's sampler chain selected no candidate")
+    if (arrays["data"] != home).any():  # a sampler moved a row elsewhere: read it from there
+        tokens: list[int] = [
+            int(
+                llama_cpp.llama_token_data.from_address(
+                    int(arrays["data"][r]) + int(selected[r]) * _TOKEN.itemsize
+                ).id
+            )
+            for r in range(m)
+        ]
+    else:
+        tokens = cur["id"][np.arange(m), selected].tolist()
+    for chain, token in zip(chains, tokens, strict=True):
+        _accept(chain, token)
+    return tokens
