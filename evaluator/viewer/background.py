@@ -103,11 +103,11 @@ class Results:
         age = (datetime.now(timezone.utc) - known.computed_at).total_seconds() if known else 0.0
         if known is not None and known.marks == marks:
             if age > self._revalidate_s:
-                self._submit(key, marks, compute)
+                self._submit(key, marks, compute, seen=known)
             return Answer(known, current=True, computing=age > self._revalidate_s)
         if known is not None and age < every_s:
             return Answer(known, current=False, computing=False)  # computed again later
-        future = self._submit(key, marks, compute)
+        future = self._submit(key, marks, compute, seen=known)
         if future is None:  # still computing it for an earlier state of the store
             return Answer(known, current=False, computing=True)
         try:
@@ -134,17 +134,29 @@ class Results:
             self._remember(key, loaded)
         return loaded
 
-    def _submit(self, key: str, marks: str, compute: Callable[[], Value]) -> Future[Result] | None:
+    def _submit(
+        self, key: str, marks: str, compute: Callable[[], Value], seen: Result | None = None
+    ) -> Future[Result] | None:
         """The computation of `key` for `marks`, started unless one runs; None while one runs
-        for other marks (a store that changes on every turn must not pile them up)."""
+        for other marks (a store that changes on every turn must not pile them up). A result
+        for `marks` newer than the caller's `seen` (a computation that ended since the caller
+        looked) is answered as it is, not computed again."""
         with self._lock:
             for (running_key, running_marks), running in self._pending.items():
                 if running_key == key:
                     return running if running_marks == marks else None
+            ended = self._memory.get(key)
+            if ended is not None and ended is not seen and ended.marks == marks:
+                done: Future[Result] = Future()
+                done.set_result(ended)
+                return done
 
             def work() -> Result:
                 try:
                     result = Result(compute(), marks, datetime.now(timezone.utc))
+                    # Kept before the computation stops counting as running: a page asking in
+                    # between finds one or the other, never neither (which computed it twice).
+                    self._remember(key, result)
                 except BaseException as exc:
                     with self._lock:
                         self._errors[key] = exc
@@ -152,7 +164,6 @@ class Results:
                 finally:
                     with self._lock:
                         self._pending.pop((key, marks), None)
-                self._remember(key, result)
                 self._save(key, result)
                 return result
 
