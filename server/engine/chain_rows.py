@@ -51,7 +51,7 @@ _lib = llama_cpp.llama_cpp._lib
 _apply = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_void_p)(("llama_sampler_apply", _lib))
 _accept = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_int32)(("llama_sampler_accept", _lib))
 
-_buffers: dict[tuple[int, int], tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
+_buffers: dict[tuple[int, int], _Rows] = {}
 
 
 def address(sampler: Any) -> int:
@@ -59,17 +59,28 @@ def address(sampler: Any) -> int:
     return ctypes.cast(sampler, ctypes.c_void_p).value or 0
 
 
-def _laid_out(rows: int, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Token data for `rows` rows of k, one `llama_token_data_array` per row, and the address
-    of each row (kept: a step's sizes repeat)."""
-    key = (rows, k)
-    found = _buffers.get(key)
+class _Rows:
+    """Token data for `rows` rows of k and one `llama_token_data_array` per row pointing at its
+    row, with the views a step writes and reads (made once: a step's sizes repeat)."""
+
+    def __init__(self, rows: int, k: int) -> None:
+        self.k = k
+        self.cur = np.zeros((rows, k), _TOKEN)
+        self.arrays = np.zeros(rows, _ARRAY)
+        self.ids, self.logits, self.p = self.cur["id"], self.cur["logit"], self.cur["p"]
+        self.data, self.size = self.arrays["data"], self.arrays["size"]
+        self.selected, self.sorted = self.arrays["selected"], self.arrays["sorted"]
+        self.home = self.cur.ctypes.data + np.arange(rows, dtype=np.uint64) * np.uint64(k * _TOKEN.itemsize)
+        self.index = np.arange(rows)
+        self.addresses = [self.arrays.ctypes.data + r * _ARRAY.itemsize for r in range(rows)]
+
+
+def _laid_out(rows: int, k: int) -> _Rows:
+    found = _buffers.get((rows, k))
     if found is None:
         if len(_buffers) > 64:
             _buffers.clear()
-        cur = np.zeros((rows, k), _TOKEN)
-        home = cur.ctypes.data + np.arange(rows, dtype=np.uint64) * np.uint64(k * _TOKEN.itemsize)
-        found = _buffers[key] = (cur, np.zeros(rows, _ARRAY), home)
+        found = _buffers[(rows, k)] = _Rows(rows, k)
     return found
 
 
@@ -86,28 +97,21 @@ def finish_rows(
     read = read_rows(ctx, batch_rows, out_rows, n_vocab, k)
     if read is None or llama_cpp.llama_get_sampled_probs_ith(ctx, batch_rows[0]):
         return None
-    ids, logits = read
-    m = len(chains)
-    cur, arrays, home = _laid_out(m, k)
-    cur["id"], cur["logit"], cur["p"] = ids, logits, 0.0
-    arrays["data"], arrays["size"], arrays["selected"], arrays["sorted"] = home, k, -1, False
-    base, stride = arrays.ctypes.data, _ARRAY.itemsize
-    for r, chain in enumerate(chains):
-        _apply(chain, base + r * stride)
-    selected, size = arrays["selected"], arrays["size"]
-    if ((selected < 0) | (selected >= size)).any():
+    rows = _laid_out(len(chains), k)
+    rows.ids[...], rows.logits[...], rows.p[...] = read[0], read[1], 0.0  # as llama_sampler_sample
+    rows.data[...], rows.size[...], rows.selected[...], rows.sorted[...] = rows.home, k, -1, False
+    for chain, at in zip(chains, rows.addresses, strict=False):
+        _apply(chain, at)
+    selected = rows.selected
+    if (selected.astype(np.uint64) >= rows.size).any():  # -1 included
         raise RuntimeError("llama.cpp's sampler chain selected no candidate")
-    if (arrays["data"] != home).any():  # a sampler moved a row elsewhere: read it from there
+    if (rows.data != rows.home).any():  # a sampler moved a row elsewhere: read it from there
         tokens: list[int] = [
-            int(
-                llama_cpp.llama_token_data.from_address(
-                    int(arrays["data"][r]) + int(selected[r]) * _TOKEN.itemsize
-                ).id
-            )
-            for r in range(m)
+            int(llama_cpp.llama_token_data.from_address(int(at) + int(n) * _TOKEN.itemsize).id)
+            for at, n in zip(rows.data, selected, strict=True)
         ]
     else:
-        tokens = cur["id"][np.arange(m), selected].tolist()
+        tokens = rows.ids[rows.index, selected].tolist()
     for chain, token in zip(chains, tokens, strict=True):
         _accept(chain, token)
     return tokens
