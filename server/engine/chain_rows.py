@@ -14,8 +14,8 @@ told the token, as `llama_sampler_sample` does: the same chain on the same value
 token.
 
 Off by default (`scheduler.DIRECT_CHAINS`) until measured on a GPU: on the 2-core VM, where
-synchronizing costs nothing, it costs more than `llama_sampler_sample` (0.16 against 0.04 ms a
-step at one row, 0.31-0.33 against 0.16 at 32 rows; BENCHMARKS.md, issue 16, session 11).
+synchronizing costs nothing, it costs more than `llama_sampler_sample` (0.12-0.15 against 0.03-0.04
+ms a step at one row, 0.29-0.31 against 0.16-0.17 at 32 rows; BENCHMARKS.md, issue 16, session 11).
 """
 
 from __future__ import annotations
