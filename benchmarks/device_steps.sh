@@ -52,6 +52,10 @@ device_setup || exit 1
 stamp "setup done (storybench ${STORYBENCH_COMMIT:-unknown})"
 make_models $SHAPES || exit 1
 stamp "models ready"
+# The sampling tail's numpy on this host (a second): compare with the VM's (BENCHMARKS.md, session 11).
+mkdir -p /tmp/sb-run
+timeout -k 5 60 python3 -m benchmarks.tail_host --out /tmp/sb-run/tail-host.json
+stamp "tail_host exit $?"
 
 max_level=$(tr ',' '\n' <<< "$LEVELS" | sort -n | tail -1)
 n_shapes=$(wc -w <<< "$SHAPES")
