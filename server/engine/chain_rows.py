@@ -21,6 +21,7 @@ ms a step at one row, 0.29-0.31 against 0.16-0.17 at 32 rows; BENCHMARKS.md, iss
 from __future__ import annotations
 
 import ctypes
+import threading
 from collections.abc import Mapping
 from typing import Any
 
@@ -51,7 +52,8 @@ _lib = llama_cpp.llama_cpp._lib
 _apply = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_void_p)(("llama_sampler_apply", _lib))
 _accept = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_int32)(("llama_sampler_accept", _lib))
 
-_buffers: dict[tuple[int, int], _Rows] = {}
+# Written every step: one set per thread (each engine has its own), never shared.
+_local = threading.local()
 
 
 def address(sampler: Any) -> int:
@@ -64,7 +66,6 @@ class _Rows:
     row, with the views a step writes and reads (made once: a step's sizes repeat)."""
 
     def __init__(self, rows: int, k: int) -> None:
-        self.k = k
         self.cur = np.zeros((rows, k), _TOKEN)
         self.arrays = np.zeros(rows, _ARRAY)
         self.ids, self.logits, self.p = self.cur["id"], self.cur["logit"], self.cur["p"]
@@ -76,11 +77,12 @@ class _Rows:
 
 
 def _laid_out(rows: int, k: int) -> _Rows:
-    found = _buffers.get((rows, k))
+    buffers: dict[tuple[int, int], _Rows] = _local.__dict__.setdefault("buffers", {})
+    found = buffers.get((rows, k))
     if found is None:
-        if len(_buffers) > 64:
-            _buffers.clear()
-        found = _buffers[(rows, k)] = _Rows(rows, k)
+        if len(buffers) > 64:
+            buffers.clear()
+        found = buffers[(rows, k)] = _Rows(rows, k)
     return found
 
 
@@ -100,7 +102,7 @@ def finish_rows(
     rows = _laid_out(len(chains), k)
     rows.ids[...], rows.logits[...], rows.p[...] = read[0], read[1], 0.0  # as llama_sampler_sample
     rows.data[...], rows.size[...], rows.selected[...], rows.sorted[...] = rows.home, k, -1, False
-    for chain, at in zip(chains, rows.addresses, strict=False):
+    for chain, at in zip(chains, rows.addresses, strict=True):
         _apply(chain, at)
     selected = rows.selected
     if (selected.astype(np.uint64) >= rows.size).any():  # -1 included
