@@ -282,7 +282,8 @@ class EngineStats:
     chains_reused: int = 0  # requests that reused their slot's attached chain
     tail_rows: int = 0  # rows finished over the step's matrix (`host_tail`)
     chain_rows: int = 0  # rows given to their llama.cpp chain directly (`chain_rows`, `DIRECT_CHAINS`)
-    tail_fallbacks: int = 0  # steps whose batched rows went back to llama.cpp's chain (`host_tail`)
+    # steps whose rows after the batched top-k went back to `llama_sampler_sample` (`host_tail`, `chain_rows`)
+    tail_fallbacks: int = 0
     graph_tail_rows: int = 0  # rows whose whole chain ran in the decode graph (`graph_tail`)
     graph_tail_cpu_rows: int = 0  # rows of such chains the graph left to the CPU (not staged as built)
     sequences_per_step: float = 0.0  # running sum of generating sequences per step
@@ -595,7 +596,12 @@ class Engine:
             # Few rows: llama.cpp's chain, row by row, costs less than the numpy passes. Both
             # draw the same tokens; a generation keeps one of them for its whole life.
             gen.chain_k, gen.tail = gen.tail.candidates, None
-        if gen.tail is not None and gen.tail.penalties is not None and graph is not None:
+        if (
+            gen.tail is not None
+            and gen.tail.penalties is not None
+            and graph is not None
+            and self._backend_sampling
+        ):
             if self._penalty_counts is None:  # n_vocab bytes a slot, made at the first use
                 self._penalty_counts = PenaltyCounts(len(self.slots), self.model.n_vocab)
             self._penalty_counts.lend(slot.seq, gen.tail)
