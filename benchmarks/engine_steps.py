@@ -65,7 +65,9 @@ def configure(engine: Engine, variant: str) -> None:
     (how prompts share a step), `-hold` / `-nohold` (held rows, `HOLD_STEPS`), `-separate` /
     `-mixed` (prompt steps of their own, `SEPARATE_PROMPTS`), `-plain` (session 9's engine:
     fifo, no held rows, mixed steps), `-direct` / `-sample` (rows finished by their llama.cpp
-    chain read once a step, `DIRECT_CHAINS`, or through `llama_sampler_sample`)."""
+    chain read once a step, `DIRECT_CHAINS`, or through `llama_sampler_sample`), `-numpy` /
+    `-chain` (every generation's tail over all rows in numpy, or row by row with its chain,
+    whatever the number of rows: `HOST_TAIL_MIN_ROWS` 0 or unbounded)."""
     parts = set(variant.split("#")[0].split("-"))
     engine.overlap = "serial" not in parts
     if "plain" in parts:
@@ -79,6 +81,8 @@ def configure(engine: Engine, variant: str) -> None:
         engine.separate_prompts = "separate" in parts
     if "direct" in parts or "sample" in parts:
         engine.direct_chains = "direct" in parts
+    if "numpy" in parts or "chain" in parts:
+        engine.host_tail_min_rows = 0 if "numpy" in parts else 1 << 30
 
 
 def _prompt(model: BatchedModel, n: int, seed: int) -> list[int]:

@@ -432,6 +432,7 @@ class Engine:
         self.hold_steps = HOLD_STEPS if on_gpu and self._streams else 0
         self.separate_prompts = SEPARATE_PROMPTS and on_gpu
         self.direct_chains = DIRECT_CHAINS
+        self.host_tail_min_rows = HOST_TAIL_MIN_ROWS  # read at admission: a benchmark may set it
         self._prompt_only = False  # the last step evaluated prompts without its generating rows
         self._n_ubatch = llama_cpp.llama_n_ubatch(model.ctx)
         self._reused = llama_cpp.llama_perf_context(model.ctx).n_reused  # graphs llama.cpp reused
@@ -591,7 +592,7 @@ class Engine:
     def _attach(self, slot: Slot, gen: Generation) -> None:
         """Give the slot's sequence the request's graph chain (or its own, reset), or none."""
         graph, gen.graph = gen.graph, None  # the slot owns it from here
-        few = self.busy_slots + len(self._pending) < HOST_TAIL_MIN_ROWS
+        few = self.busy_slots + len(self._pending) < self.host_tail_min_rows
         if gen.tail is not None and not gen.tail.in_graph and few:
             # Few rows: llama.cpp's chain, row by row, costs less than the numpy passes. Both
             # draw the same tokens; a generation keeps one of them for its whole life.

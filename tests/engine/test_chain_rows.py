@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from server.engine import chain_rows, scheduler
+from server.engine import chain_rows
 from server.engine.scheduler import Engine
 from tests.engine.conftest import engine_on
 from tests.engine.test_graph_tail import run_jobs
@@ -18,17 +18,11 @@ from tests.engine.test_graph_tail import run_jobs
 
 @pytest.fixture(scope="module")
 def engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Engine]:
-    """Every generation finished by its chain (HOST_TAIL_MIN_ROWS above any step's rows)."""
-    saved = scheduler.HOST_TAIL_MIN_ROWS
-    scheduler.HOST_TAIL_MIN_ROWS = 1000
-    try:
-        folder: Path = tmp_path_factory.mktemp("chain-rows")
-        with engine_on(
-            folder, n_ctx=512, n_parallel=4, n_threads_sampling=2, backend_sampling=True
-        ) as running:
-            yield running
-    finally:
-        scheduler.HOST_TAIL_MIN_ROWS = saved
+    """Every generation finished by its chain (`host_tail_min_rows` above any step's rows)."""
+    folder: Path = tmp_path_factory.mktemp("chain-rows")
+    with engine_on(folder, n_ctx=512, n_parallel=4, n_threads_sampling=2, backend_sampling=True) as running:
+        running.host_tail_min_rows = 1000
+        yield running
 
 
 @pytest.mark.parametrize("penalties", [False, True], ids=["plain", "penalized"])
@@ -67,3 +61,17 @@ def test_rows_it_cannot_read_go_to_llama_sampler_sample(
     assert got == expected
     assert engine.stats.chain_rows == before
     assert engine.stats.tail_fallbacks > fallbacks
+
+
+def test_the_engine_s_own_threshold_picks_the_tail(engine: Engine) -> None:
+    """`host_tail_min_rows` is read per engine at admission (a benchmark alternates it): at 0
+    every generation's tail runs over all rows in numpy, and the tokens stay the chain's."""
+    chained = run_jobs(engine, backend=True, whole=False, tokens=40, penalties=True)
+    before = engine.stats.tail_rows
+    engine.host_tail_min_rows = 0
+    try:
+        over_rows = run_jobs(engine, backend=True, whole=False, tokens=40, penalties=True)
+    finally:
+        engine.host_tail_min_rows = 1000
+    assert engine.stats.tail_rows - before >= sum(len(t) for t in over_rows) - 4
+    assert over_rows == chained
