@@ -64,8 +64,8 @@ def configure(engine: Engine, variant: str) -> None:
     step's text worked out before the next decode, `scheduler.OVERLAP` off), `-fifo` / `-even`
     (how prompts share a step), `-hold` / `-nohold` (held rows, `HOLD_STEPS`), `-separate` /
     `-mixed` (prompt steps of their own, `SEPARATE_PROMPTS`), `-plain` (session 9's engine:
-    fifo, no held rows, mixed steps), `-direct` / `-sample` (rows finished by their llama.cpp
-    chain read once a step, `DIRECT_CHAINS`, or through `llama_sampler_sample`), `-numpy` /
+    fifo, no held rows, mixed steps), `-pool` / `-nopool` (rows finished by their llama.cpp
+    chain on the sampling threads from `POOL_CHAIN_MIN_ROWS` rows, or one after another), `-numpy` /
     `-chain` (every generation's tail over all rows in numpy, or row by row with its chain,
     whatever the number of rows: `HOST_TAIL_MIN_ROWS` 0 or unbounded)."""
     parts = set(variant.split("#")[0].split("-"))
@@ -79,8 +79,8 @@ def configure(engine: Engine, variant: str) -> None:
         engine.hold_steps = scheduler.HOLD_STEPS if "hold" in parts else 0
     if "separate" in parts or "mixed" in parts:
         engine.separate_prompts = "separate" in parts
-    if "direct" in parts or "sample" in parts:
-        engine.direct_chains = "direct" in parts
+    if "pool" in parts or "nopool" in parts:
+        engine.pool_chain_min_rows = scheduler.POOL_CHAIN_MIN_ROWS if "pool" in parts else 1 << 30
     if "numpy" in parts or "chain" in parts:
         engine.host_tail_min_rows = 0 if "numpy" in parts else 1 << 30
 
@@ -264,7 +264,7 @@ def engine_run(
         "steps": after["steps"] - before["steps"],
         "backend_sampled": after["backend_sampled"],
         "tail_rows": after["tail_rows"],
-        "chain_rows": after["chain_rows"] - before["chain_rows"],
+        "pooled_rows": after["pooled_rows"] - before["pooled_rows"],
         # Graph builds with the batched top-k: llama.cpp reuses a graph while a step's shape
         # and samplers stay the same, so far fewer than steps means the Python callbacks that
         # build it are not a per-step cost.

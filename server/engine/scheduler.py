@@ -46,7 +46,7 @@ import llama_cpp
 import numpy as np
 from llama_cpp import _internals as internals
 
-from server.engine import chain_rows, graph_tail, graph_top_k, micro_batches, tail_ops
+from server.engine import graph_tail, graph_top_k, micro_batches, tail_ops
 from server.engine.host_sampling import HostPlan, HostSampler
 from server.engine.host_tail import (
     HOST_TAIL_MIN_ROWS,
@@ -102,11 +102,13 @@ PROMPT_CHUNKS_CPU = "fifo"
 HOLD_STEPS = 32
 SEPARATE_PROMPTS = True
 
-# Rows finished by their request's llama.cpp chain (fewer than HOST_TAIL_MIN_ROWS generations)
-# are read from llama.cpp's buffers once a step and given to the chains directly
-# (`chain_rows`), not through `llama_sampler_sample`, which reads (and synchronizes) five times
-# a row. Off until measured on a GPU: on the CPU it costs more (BENCHMARKS.md, issue 16, session 11).
-DIRECT_CHAINS = False
+# Rows whose graph chain left the CPU k candidates go through their request's llama.cpp chain
+# on the sampling threads, POOL_ROWS_PER_THREAD or more to a thread, the engine's thread taking
+# one share itself, once a step has at least POOL_CHAIN_MIN_ROWS of them: each costs about 11 µs
+# on an H100's host (one after another, 0.37 ms a step at 32 rows: BENCHMARKS.md, issue 16,
+# session 12), almost all of it in llama.cpp, where ctypes lets go of the GIL.
+POOL_CHAIN_MIN_ROWS = 8
+POOL_ROWS_PER_THREAD = 4
 
 Event = tuple[str, Any]
 Sink = Callable[[list[Event]], None]
@@ -132,8 +134,6 @@ class Generation:
     host: HostPlan | None = None
     # The chain after the graph's batched top-k, finished over the step's rows (`host_tail`).
     tail: TailPlan | None = None
-    # Without `tail` (few rows): the candidates the batched top-k leaves for `sampler`, 0: unknown.
-    chain_k: int = 0
     # To rebuild everything as one CPU chain should llama.cpp refuse the graph chain.
     params: SamplingParams | None = None
     cancelled: bool = False
@@ -281,8 +281,8 @@ class EngineStats:
     chains_attached: int = 0  # chains attached to a sequence (each re-plans the graph once)
     chains_reused: int = 0  # requests that reused their slot's attached chain
     tail_rows: int = 0  # rows finished over the step's matrix (`host_tail`)
-    chain_rows: int = 0  # rows given to their llama.cpp chain directly (`chain_rows`, `DIRECT_CHAINS`)
-    # steps whose rows after the batched top-k went back to `llama_sampler_sample` (`host_tail`, `chain_rows`)
+    pooled_rows: int = 0  # rows sampled by their chain on the sampling threads (`POOL_CHAIN_MIN_ROWS`)
+    # steps whose rows after the batched top-k went back to `llama_sampler_sample` (`host_tail`)
     tail_fallbacks: int = 0
     graph_tail_rows: int = 0  # rows whose whole chain ran in the decode graph (`graph_tail`)
     graph_tail_cpu_rows: int = 0  # rows of such chains the graph left to the CPU (not staged as built)
@@ -368,7 +368,7 @@ class EngineStats:
             "chains_attached": self.chains_attached,
             "chains_reused": self.chains_reused,
             "tail_rows": self.tail_rows,
-            "chain_rows": self.chain_rows,
+            "pooled_rows": self.pooled_rows,
             "tail_fallbacks": self.tail_fallbacks,
             "graph_tail_rows": self.graph_tail_rows,
             "graph_tail_cpu_rows": self.graph_tail_cpu_rows,
@@ -431,7 +431,7 @@ class Engine:
         on_gpu = model.config.on_gpu and not model.config.entry.graph_tail
         self.hold_steps = HOLD_STEPS if on_gpu and self._streams else 0
         self.separate_prompts = SEPARATE_PROMPTS and on_gpu
-        self.direct_chains = DIRECT_CHAINS
+        self.pool_chain_min_rows = POOL_CHAIN_MIN_ROWS
         self.host_tail_min_rows = HOST_TAIL_MIN_ROWS  # read at admission: a benchmark may set it
         self._prompt_only = False  # the last step evaluated prompts without its generating rows
         self._n_ubatch = llama_cpp.llama_n_ubatch(model.ctx)
@@ -596,7 +596,7 @@ class Engine:
         if gen.tail is not None and not gen.tail.in_graph and few:
             # Few rows: llama.cpp's chain, row by row, costs less than the numpy passes. Both
             # draw the same tokens; a generation keeps one of them for its whole life.
-            gen.chain_k, gen.tail = gen.tail.candidates, None
+            gen.tail = None
         if (
             gen.tail is not None
             and gen.tail.penalties is not None
@@ -889,26 +889,23 @@ class Engine:
             picked = self._finish_tails(outputs, gens, finished, k, penalized, prepared)
             for n, token in zip(finished, picked, strict=True):
                 tokens[n] = token
-        if self.direct_chains:
-            self._finish_chains(outputs, gens, tokens)
         rest = [n for n in range(len(outputs)) if tokens[n] == -1]
         chains = {n: (g.sampler.sampler, outputs[n][1]) for n in rest if (g := gens[n]) is not None}
         on_cpu = [n for n in rest if outputs[n][0].attached is None]
         self.stats.backend_sampled += len(rest) - len(on_cpu)
+        # Full rows of logits to the threads from two on; rows of k candidates from
+        # `pool_chain_min_rows` on (each costs little, a thread's wake-up about as much).
+        pooled = on_cpu if len(on_cpu) >= 2 else []
+        if len(rest) - len(on_cpu) >= self.pool_chain_min_rows:
+            pooled = rest
+        if self._pool is None:
+            pooled = []
+        inline = set(pooled)
         for n in rest:
-            if outputs[n][0].attached is not None or self._pool is None or len(on_cpu) < 2:
+            if n not in inline:
                 tokens[n] = llama_cpp.llama_sampler_sample(chains[n][0], ctx, chains[n][1])
-        if self._pool is not None and len(on_cpu) >= 2:
-            llama_cpp.llama_get_logits(ctx)
-            k = min(self._pool_size, len(on_cpu))
-            groups = [on_cpu[j::k] for j in range(k)]
-
-            def sample(group: list[int]) -> list[int]:
-                return [llama_cpp.llama_sampler_sample(chains[n][0], ctx, chains[n][1]) for n in group]
-
-            for group, picked in zip(groups, self._pool.map(sample, groups), strict=True):
-                for n, token in zip(group, picked, strict=True):
-                    tokens[n] = token
+        if pooled:
+            self._sample_pooled(pooled, chains, tokens, 1 if pooled is on_cpu else POOL_ROWS_PER_THREAD)
         for (slot, _), token in zip(outputs, tokens, strict=True):
             gen = slot.gen
             if slot.attached is not None and gen is not None and gen.accept_graph:
@@ -917,27 +914,26 @@ class Engine:
                 gen.tail.remember(token)  # the penalties' history, for `host_tail` and `graph_tail`
         return tokens
 
-    def _finish_chains(
-        self, outputs: list[tuple[Slot, int]], gens: list[Generation | None], tokens: list[int]
+    def _sample_pooled(
+        self, rows: list[int], chains: dict[int, tuple[Any, int]], tokens: list[int], per: int
     ) -> None:
-        """Fill in `tokens` for the rows whose chain finishes what the batched top-k left
-        (`Generation.chain_k`), by kind, with one read of llama.cpp's buffers per kind
-        (`chain_rows`); rows it cannot read stay -1 for `llama_sampler_sample`."""
-        groups: dict[int, list[int]] = {}
-        for n, g in enumerate(gens):
-            if g is not None and g.chain_k and tokens[n] == -1 and outputs[n][0].attached is not None:
-                groups.setdefault(g.chain_k, []).append(n)
-        for k, rows in groups.items():
-            chains = [chain_rows.address(g.sampler.sampler) for n in rows if (g := gens[n]) is not None]
-            picked = chain_rows.finish_rows(
-                self.model.ctx, chains, [outputs[n][1] for n in rows], rows, self.model.n_vocab, k
-            )
-            if picked is None:
-                self.stats.tail_fallbacks += 1
-                continue
-            self.stats.backend_sampled += len(rows)
-            self.stats.chain_rows += len(rows)
-            for n, token in zip(rows, picked, strict=True):
+        """`rows` through their chains on the sampling threads, at least `per` rows to a thread,
+        the engine's thread doing the first share itself. Safe in parallel: each chain has its
+        own buffers and state, and once `llama_get_logits` has waited for the step and put the
+        context's output rows in order, `llama_sampler_sample` only reads them."""
+        ctx = self.model.ctx
+        self.stats.pooled_rows += len(rows)
+        llama_cpp.llama_get_logits(ctx)
+        k = max(1, min(self._pool_size, len(rows) // per))
+        groups = [rows[j::k] for j in range(k)]
+
+        def sample(group: list[int]) -> list[int]:
+            return [llama_cpp.llama_sampler_sample(chains[n][0], ctx, chains[n][1]) for n in group]
+
+        assert self._pool is not None
+        futures = [self._pool.submit(sample, group) for group in groups[1:]]
+        for group, picked in zip(groups, [sample(groups[0]), *(f.result() for f in futures)], strict=True):
+            for n, token in zip(group, picked, strict=True):
                 tokens[n] = token
 
     def _finish_tails(
