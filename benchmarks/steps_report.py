@@ -11,7 +11,8 @@ times, batched-bench's generation steps with nothing sampled) and the whole run 
 first submission to the last token, prompts included, against batched-bench's generated tokens
 over its prompt and generation time, T_PP + T_TG). The roofline line divides the bytes a decode step
 must read at least once, the whole model file plus the K and V of every sequence's context
-(prompt + half the answer on average), by the step time, against the H200's 4.8 TB/s.
+(prompt + half the answer on average), by the step time, against the memory bandwidth of the GPU
+that `device.log` names (H200 4.8 TB/s, H100 SXM 3.35 TB/s; the H200's when it names none).
 """
 
 from __future__ import annotations
@@ -22,7 +23,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-H200_BYTES_PER_S = 4.8e12
+# Memory bandwidth by the name nvidia-smi gives (the first match in `device.log`), bytes/s.
+GPU_BYTES_PER_S = {"H200": 4.8e12, "H100 80GB HBM3": 3.35e12}
 # K and V bytes per token of context, f16 cache: 2 x layers x KV heads x head size x 2 bytes.
 KV_BYTES_PER_TOKEN = {"llama-1b": 2 * 16 * 8 * 64 * 2, "llama-8b": 2 * 32 * 8 * 128 * 2}
 MODEL_BYTES = {"llama-1b": 807_690_240, "llama-8b": 4_920_734_176}  # the Q4_K_M files of the calls
@@ -62,17 +64,29 @@ def phase_shares(row: dict[str, object], bench: dict[str, float]) -> tuple[float
     return steady / bench["S_TG"], whole / (generated / (bench["T_PP"] + bench["T_TG"]))
 
 
-def roofline_share(shape: str, n: int, step_s: float, prompt: int, gen: int) -> float:
+def gpu(folder: Path) -> tuple[str, float]:
+    """The GPU a call ran on, from its `device.log` (nvidia-smi's line), and its bandwidth; the
+    H200 when the log is missing or names another."""
+    log = folder / "device.log"
+    text = log.read_text(encoding="utf-8", errors="replace") if log.exists() else ""
+    for name, rate in GPU_BYTES_PER_S.items():
+        if f"NVIDIA {name}" in text:
+            return name.split()[0], rate
+    return "H200", GPU_BYTES_PER_S["H200"]
+
+
+def roofline_share(shape: str, n: int, step_s: float, prompt: int, gen: int, bandwidth: float) -> float:
     """NaN for a model whose bytes are not recorded here (a CPU run's)."""
     if shape not in MODEL_BYTES:
         return float("nan")
     context = prompt + gen / 2
     moved = MODEL_BYTES[shape] + n * context * KV_BYTES_PER_TOKEN[shape]
-    return moved / step_s / H200_BYTES_PER_S
+    return moved / step_s / bandwidth
 
 
 def report(folder: Path) -> str:
     lines = []
+    name, bandwidth = gpu(folder)
     for steps_path in sorted(folder.glob("steps-*.json")):
         shape = steps_path.stem.removeprefix("steps-")
         steps = json.loads(steps_path.read_text(encoding="utf-8"))
@@ -101,7 +115,8 @@ def report(folder: Path) -> str:
             cells = [f"{100 * f[0]:.0f}% / {100 * f[1]:.0f}%" if f else "-" for f in found]
             lines.append(f"| {n} | " + " | ".join(cells) + " |")
         lines.append(
-            "\nPer decode-only step, ms: decode / sampling / other; roofline share of the H200's bandwidth\n"
+            "\nPer decode-only step, ms: decode / sampling / other; "
+            f"roofline share of the {name}'s bandwidth\n"
         )
         lines.append("| sequences | " + " | ".join(variants) + " | batched-bench roofline |")
         lines.append("|---" * (2 + len(variants)) + "|")
@@ -112,19 +127,18 @@ def report(folder: Path) -> str:
                 if "decode_only_step_ms" in r:
                     d = r["decode_only_step_ms"]
                     step = (d["decode"] + d["sample"] + d["other"]) / 1000
-                    share = roofline_share(shape, int(n), step, prompt, gen)
+                    share = roofline_share(shape, int(n), step, prompt, gen, bandwidth)
                     cells.append(
                         f"{d['decode']:.2f} / {d['sample']:.2f} / {d['other']:.2f} ({100 * share:.1f}%)"
                     )
                 else:
                     step = r["ms_per_step"] / 1000
-                    share = roofline_share(shape, int(n), step, prompt, gen)
+                    share = roofline_share(shape, int(n), step, prompt, gen, bandwidth)
                     launch = r["decode_call_ms_per_step"]
                     cells.append(f"{r['ms_per_step']:.2f} (launch {launch:.2f}; {100 * share:.1f}%)")
             ref = bb.get(int(n))
-            ref_cell = (
-                f"{100 * roofline_share(shape, int(n), int(n) / ref, prompt, gen):.1f}%" if ref else "-"
-            )
+            ref_share = roofline_share(shape, int(n), int(n) / ref, prompt, gen, bandwidth) if ref else 0.0
+            ref_cell = f"{100 * ref_share:.1f}%" if ref else "-"
             lines.append(f"| {n} | " + " | ".join(cells) + f" | {ref_cell} |")
     for turns_path in sorted(folder.glob("turns-*.json")):
         lines.extend(turns_table(json.loads(turns_path.read_text(encoding="utf-8")), folder.name))

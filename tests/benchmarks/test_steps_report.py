@@ -6,6 +6,8 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+import pytest
+
 from benchmarks import steps_report
 
 RECORDED = Path(__file__).parents[2] / "benchmarks/results/issue16/s10-cpu/turns-smollm2.json"
@@ -23,3 +25,17 @@ def test_the_long_stories_table_has_a_row_per_variant(tmp_path: Path) -> None:
     ]
     assert "4 conversations x 4 turns" in text
     assert "| 27 | 125 / 124 | 27 | 0 |" in rows[1]  # graphs built, micro-batches / steps, held rows
+
+
+def test_the_roofline_uses_the_bandwidth_of_the_gpu_the_log_names(tmp_path: Path) -> None:
+    """An H100's call is measured against 3.35 TB/s, not the H200's 4.8: the same step is a
+    larger share of the smaller bandwidth. Without a log, the H200."""
+    assert steps_report.gpu(tmp_path) == ("H200", 4.8e12)
+    (tmp_path / "device.log").write_text(
+        "name, memory.total [MiB]\nNVIDIA H100 80GB HBM3, 81559 MiB, 580.159.04\n", encoding="utf-8"
+    )
+    name, bandwidth = steps_report.gpu(tmp_path)
+    assert (name, bandwidth) == ("H100", 3.35e12)
+    h100 = steps_report.roofline_share("llama-1b", 16, 0.003, 64, 256, bandwidth)
+    h200 = steps_report.roofline_share("llama-1b", 16, 0.003, 64, 256, 4.8e12)
+    assert h100 == pytest.approx(h200 * 4.8 / 3.35)

@@ -23,7 +23,7 @@ import pytest
 from llama_cpp import _internals as internals
 
 from server.config import load_config
-from server.engine import graph_top_k, scheduler
+from server.engine import graph_top_k
 from server.engine.host_sampling import TOKEN_DATA
 from server.engine.host_tail import TailPlan, finish
 from server.engine.model import BatchedModel
@@ -115,9 +115,9 @@ def test_the_engine_samples_what_llama_cpps_cpu_chain_samples(
     four_slots: Engine, tail_from: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Four requests together, each with other settings: the batched top-k in the graph, then
-    the tail over all rows at once (or, below HOST_TAIL_MIN_ROWS generations, llama.cpp's chain
+    the tail over all rows at once (or, below `host_tail_min_rows` generations, llama.cpp's chain
     row by row) give, token for token, what llama.cpp's whole chain gives on the CPU."""
-    monkeypatch.setattr(scheduler, "HOST_TAIL_MIN_ROWS", tail_from)
+    monkeypatch.setattr(four_slots, "host_tail_min_rows", tail_from)
     stats = four_slots.stats
     before, sampled, tail_rows = graph_top_k.counts(), stats.backend_sampled, stats.tail_rows
     ours = run_jobs(four_slots, backend=True)
