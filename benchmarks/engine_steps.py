@@ -65,7 +65,7 @@ def configure(engine: Engine, variant: str) -> None:
     (how prompts share a step), `-hold` / `-nohold` (held rows, `HOLD_STEPS`), `-separate` /
     `-mixed` (prompt steps of their own, `SEPARATE_PROMPTS`), `-plain` (session 9's engine:
     fifo, no held rows, mixed steps), `-pool` / `-nopool` (rows finished by their llama.cpp
-    chain on the sampling threads from `POOL_CHAIN_MIN_ROWS` rows, or one after another), `-numpy` /
+    chain on the sampling threads from 8 rows, `POOL_CHAIN_MIN_ROWS`, or one after another), `-numpy` /
     `-chain` (every generation's tail over all rows in numpy, or row by row with its chain,
     whatever the number of rows: `HOST_TAIL_MIN_ROWS` 0 or unbounded)."""
     parts = set(variant.split("#")[0].split("-"))
@@ -80,7 +80,7 @@ def configure(engine: Engine, variant: str) -> None:
     if "separate" in parts or "mixed" in parts:
         engine.separate_prompts = "separate" in parts
     if "pool" in parts or "nopool" in parts:
-        engine.pool_chain_min_rows = scheduler.POOL_CHAIN_MIN_ROWS if "pool" in parts else 1 << 30
+        engine.pool_chain_min_rows = 8 if "pool" in parts else None
     if "numpy" in parts or "chain" in parts:
         engine.host_tail_min_rows = 0 if "numpy" in parts else 1 << 30
 
@@ -304,6 +304,11 @@ def write_config(path: Path, gguf: Path, args: argparse.Namespace, n_parallel: i
         "n_threads_batch": args.threads,
         "kv_unified": args.kv_unified,
     }
+    # The engine's own choices unless asked: backend sampling on a GPU, sampling threads by cores.
+    if args.backend_sampling is not None:
+        entry["backend_sampling"] = bool(args.backend_sampling)
+    if args.sampling_threads is not None:
+        entry["n_threads_sampling"] = args.sampling_threads
     path.write_text(json.dumps({"models": [entry]}), encoding="utf-8")
     return path
 
@@ -327,6 +332,10 @@ def add_model_arguments(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--threads", type=int, default=8)
     ap.add_argument("--gpu", action="store_true", help="full offload and flash attention")
     ap.add_argument("--kv-unified", action="store_true", help="one KV pool for all slots")
+    ap.add_argument(
+        "--backend-sampling", type=int, choices=(0, 1), default=None, help="1: graph samplers on the CPU too"
+    )
+    ap.add_argument("--sampling-threads", type=int, default=None, help="n_threads_sampling (default: auto)")
 
 
 def main(argv: list[str] | None = None) -> int:

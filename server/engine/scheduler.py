@@ -102,12 +102,14 @@ PROMPT_CHUNKS_CPU = "fifo"
 HOLD_STEPS = 32
 SEPARATE_PROMPTS = True
 
-# Rows whose graph chain left the CPU k candidates go through their request's llama.cpp chain
-# on the sampling threads, POOL_ROWS_PER_THREAD or more to a thread, the engine's thread taking
-# one share itself, once a step has at least POOL_CHAIN_MIN_ROWS of them: each costs about 11 µs
-# on an H100's host (one after another, 0.37 ms a step at 32 rows: BENCHMARKS.md, issue 16,
-# session 12), almost all of it in llama.cpp, where ctypes lets go of the GIL.
-POOL_CHAIN_MIN_ROWS = 8
+# Rows whose graph chain left the CPU k candidates can go through their request's llama.cpp
+# chain on the sampling threads, POOL_ROWS_PER_THREAD or more to a thread, the engine's thread
+# taking one share itself, once a step has at least POOL_CHAIN_MIN_ROWS of them (None: never).
+# Each row costs about 11 µs on an H100's host, one after another (0.37 ms a step at 32 rows),
+# mostly in llama.cpp, where ctypes lets go of the GIL. Off until measured on a GPU: on the
+# 2-core VM the hand-over cost more than it saved, 0.26 against 0.10 ms a step at 16 rows, 0.29-0.32
+# against 0.16 at 32 (BENCHMARKS.md, issue 16, session 12).
+POOL_CHAIN_MIN_ROWS: int | None = None
 POOL_ROWS_PER_THREAD = 4
 
 Event = tuple[str, Any]
@@ -893,10 +895,11 @@ class Engine:
         chains = {n: (g.sampler.sampler, outputs[n][1]) for n in rest if (g := gens[n]) is not None}
         on_cpu = [n for n in rest if outputs[n][0].attached is None]
         self.stats.backend_sampled += len(rest) - len(on_cpu)
-        # Full rows of logits to the threads from two on; rows of k candidates from
-        # `pool_chain_min_rows` on (each costs little, a thread's wake-up about as much).
+        # Full rows of logits to the threads from two on; rows of k candidates (each costs
+        # little, handing it over about as much) only from `pool_chain_min_rows` on, when set.
         pooled = on_cpu if len(on_cpu) >= 2 else []
-        if len(rest) - len(on_cpu) >= self.pool_chain_min_rows:
+        least = self.pool_chain_min_rows
+        if least is not None and len(rest) - len(on_cpu) >= least:
             pooled = rest
         if self._pool is None:
             pooled = []

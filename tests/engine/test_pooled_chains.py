@@ -52,7 +52,7 @@ def test_pooled_chains_pick_what_one_thread_picks(
     the engine's thread and a sampling thread: the tokens of the same engine one row after
     another, and of llama.cpp's whole chain on the CPU."""
     monkeypatch.setattr(scheduler, "POOL_ROWS_PER_THREAD", 1)
-    engine.pool_chain_min_rows = 1000
+    engine.pool_chain_min_rows = None
     before = engine.stats.pooled_rows
     one_thread = run_jobs(engine, backend=True, whole=False, tokens=60, penalties=penalties)
     assert engine.stats.pooled_rows == before
@@ -71,10 +71,13 @@ def test_pooled_chains_pick_what_one_thread_picks(
 
 
 def test_few_rows_stay_on_the_engine_s_thread(engine: Engine, threads_seen: Counter[str]) -> None:
-    """Below `pool_chain_min_rows` rows a step wakes no thread (the default is above four)."""
-    assert engine.pool_chain_min_rows > 4
-    before = engine.stats.pooled_rows
-    run_jobs(engine, backend=True, whole=False, tokens=20)
+    """Below `pool_chain_min_rows` rows a step wakes no thread."""
+    engine.pool_chain_min_rows = 5
+    try:
+        before = engine.stats.pooled_rows
+        run_jobs(engine, backend=True, whole=False, tokens=20)
+    finally:
+        engine.pool_chain_min_rows = scheduler.POOL_CHAIN_MIN_ROWS
     assert engine.stats.pooled_rows == before
     assert threads_seen["sampler"] == 0 and threads_seen["engine"] > 0
 
