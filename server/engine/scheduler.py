@@ -107,8 +107,9 @@ SEPARATE_PROMPTS = True
 # taking one share itself, once a step has at least POOL_CHAIN_MIN_ROWS of them (None: never).
 # Each row costs about 11 µs on an H100's host, one after another (0.37 ms a step at 32 rows),
 # mostly in llama.cpp, where ctypes lets go of the GIL. Off until measured on a GPU: on the
-# 2-core VM the hand-over cost more than it saved, 0.26 against 0.10 ms a step at 16 rows, 0.29-0.32
-# against 0.16 at 32 (BENCHMARKS.md, issue 16, session 12).
+# 2-core VM the hand-overs (a thread's wake-up, the GIL passed back and forth once a row) cost
+# more than they saved, 0.26 against 0.10 ms a step at 16 rows, 0.29-0.32 against 0.16 at 32
+# (BENCHMARKS.md, issue 16, session 12).
 POOL_CHAIN_MIN_ROWS: int | None = None
 POOL_ROWS_PER_THREAD = 4
 
