@@ -412,7 +412,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     try:
         for n in levels:
-            row: dict[str, Any] = {}
+            row: dict[str, Any] = results["levels"].setdefault(str(n), {})
             for variant in variants:
                 if variant.split("#")[0] in ("raw", "raw-spread", "raw-spread-filled"):
                     spread, fill = "spread" in variant, "filled" in variant
@@ -432,7 +432,8 @@ def main(argv: list[str] | None = None) -> int:
                     print(f"  steps with prompt tokens: {row[variant]['prompt_steps']}", file=sys.stderr)
                 if row[variant].get("split_ms_per_step"):
                     print(f"  host ms per step: {row[variant]['split_ms_per_step']}", file=sys.stderr)
-            results["levels"][str(n)] = row
+                if args.out:  # after every variant: a device call's deadline keeps what finished
+                    write_results(results, args.out)
     finally:
         model.close()
     write_results(results, args.out)

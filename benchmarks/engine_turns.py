@@ -167,6 +167,8 @@ def main(argv: list[str] | None = None) -> int:
                 f"{row['graph_builds']}, held rows {row['held_rows']}, fillers {row['gap_fillers']}",
                 file=sys.stderr,
             )
+            if args.out:  # after every variant: a device call's deadline keeps what finished
+                write_results(results, args.out)
     finally:
         model.close()
     write_results(results, args.out)

@@ -5,7 +5,8 @@ throughput in-process against llama.cpp's batched limit, the per-step profile, a
 
 Each DIR holds `batched-bench-<shape>.txt` and `steps-<shape>.json` as the device call left them
 (a copy is kept under benchmarks/results/), and `turns-<shape>.json` when the call ran the
-in-process long stories (`engine_turns`). Two shares of batched-bench: the generation phase
+in-process long stories (`engine_turns`); a variant the call's deadline stopped shows as "-"
+(both benchmarks write their file after every variant). Two shares of batched-bench: the generation phase
 (ours over its decode-only steps, all sequences generating, decode + sampling + Python: what S_TG
 times, batched-bench's generation steps with nothing sampled) and the whole run (ours from the
 first submission to the last token, prompts included, against batched-bench's generated tokens
@@ -101,6 +102,9 @@ def report(folder: Path) -> str:
             ref = bb.get(int(n))
             cells = []
             for v in variants:
+                if v not in row:  # the call's deadline came first
+                    cells.append("-")
+                    continue
                 rate = row[v]["tok_per_s"]
                 cells.append(f"{rate:,.0f} ({100 * rate / ref:.0f}%)" if ref else f"{rate:,.0f}")
             lines.append(f"| {n} | {ref:,.0f} | " + " | ".join(cells) + " |" if ref else f"| {n} | - | ...")
@@ -111,7 +115,7 @@ def report(folder: Path) -> str:
         lines.append("|---" * (1 + len(engines)) + "|")
         for n, row in levels.items():
             bench = rows.get(int(n))
-            found = [phase_shares(row[v], bench) if bench else None for v in engines]
+            found = [phase_shares(row[v], bench) if bench and v in row else None for v in engines]
             cells = [f"{100 * f[0]:.0f}% / {100 * f[1]:.0f}%" if f else "-" for f in found]
             lines.append(f"| {n} | " + " | ".join(cells) + " |")
         lines.append(
@@ -123,8 +127,10 @@ def report(folder: Path) -> str:
         for n, row in levels.items():
             cells = []
             for v in variants:
-                r = row[v]
-                if "decode_only_step_ms" in r:
+                r = row.get(v)
+                if r is None:
+                    cells.append("-")
+                elif "decode_only_step_ms" in r:
                     d = r["decode_only_step_ms"]
                     step = (d["decode"] + d["sample"] + d["other"]) / 1000
                     share = roofline_share(shape, int(n), step, prompt, gen, bandwidth)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -39,3 +40,27 @@ def test_a_story_that_cannot_fit_its_context_is_refused(
     with pytest.raises(SystemExit):
         engine_turns.main(["--model", str(tmp_path / "none.gguf"), "--turns", "12", "--n-ctx", "1024"])
     assert "a story needs about 7464 tokens of context; --n-ctx is 1024" in capsys.readouterr().err
+
+
+def test_a_run_cut_short_keeps_the_variants_that_finished(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A device call's deadline can stop the run between variants: the file already holds every
+    variant that finished, written after each."""
+    out = tmp_path / "turns.json"
+    real, calls = engine_turns.story_run, []
+
+    def cut_after_one(*args: Any) -> Any:
+        calls.append(args)
+        if len(calls) > 1:
+            raise KeyboardInterrupt  # what the deadline's signal does mid-run, as near as a test gets
+        return real(*args)
+
+    monkeypatch.setattr(engine_turns, "story_run", cut_after_one)
+    args = ["--model", str(locate(BUNDLED)), "--conversations", "2", "--turns", "2", "--gen", "12"]
+    args += ["--turn-tokens", "8", "--first-prompt", "16", "--n-ctx", "256", "--threads", "1"]
+    with pytest.raises(KeyboardInterrupt):
+        engine_turns.main([*args, "--variants", "engine-batched,engine-batched-plain", "--out", str(out)])
+    kept = json.loads(out.read_text(encoding="utf-8"))["variants"]
+    assert list(kept) == ["engine-batched"]
+    assert kept["engine-batched"]["tokens"] > 0

@@ -3,8 +3,11 @@
 
 from __future__ import annotations
 
+import json
+import re
 import shutil
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -39,3 +42,38 @@ def test_the_roofline_uses_the_bandwidth_of_the_gpu_the_log_names(tmp_path: Path
     h100 = steps_report.roofline_share("llama-1b", 16, 0.003, 64, 256, bandwidth)
     h200 = steps_report.roofline_share("llama-1b", 16, 0.003, 64, 256, 4.8e12)
     assert h100 == pytest.approx(h200 * 4.8 / 3.35)
+
+
+@pytest.mark.integration
+def test_a_steps_run_cut_short_keeps_what_finished_and_reports_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`engine_steps` writes its file after every variant, so a device call's deadline keeps what
+    finished; the report shows the variants that did not finish as "-" instead of failing."""
+    from benchmarks import engine_steps
+    from server.bundled import locate
+    from tests.support.servers import BUNDLED
+
+    real, calls = engine_steps.engine_run, []
+
+    def cut_after_one(*args: Any, **kwargs: Any) -> Any:
+        calls.append(args)
+        if len(calls) > 3:  # the second level's second variant
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(engine_steps, "engine_run", cut_after_one)
+    out = tmp_path / "steps-smollm2.json"
+    args = ["--model", str(locate(BUNDLED)), "--levels", "2,3", "--prompt", "8", "--gen", "8"]
+    args += ["--n-ctx", "64", "--threads", "1", "--variants", "engine-batched,engine-batched#2"]
+    with pytest.raises(KeyboardInterrupt):
+        engine_steps.main([*args, "--out", str(out)])
+    levels = json.loads(out.read_text(encoding="utf-8"))["levels"]
+    assert {n: list(row) for n, row in levels.items()} == {
+        "2": ["engine-batched", "engine-batched#2"],
+        "3": ["engine-batched"],
+    }
+    rows = [line for line in steps_report.report(tmp_path).splitlines() if line.startswith("| 3 |")]
+    assert rows[0] == "| 3 | - | ..."  # no batched-bench on the CPU
+    # The per-step table: engine-batched's step, engine-batched#2 never ran, no roofline reference.
+    assert re.fullmatch(r"\| 3 \| [\d.]+ / [\d.]+ / [\d.]+ \(nan%\) \| - \| - \|", rows[2])
