@@ -61,12 +61,11 @@ def measure(rows: int, k: int, n_vocab: int, reps: int, sweep: np.ndarray | None
         for token in rng.integers(0, 2000, 2 * PENALTY_HISTORY):
             counted[r].remember(int(token))
             matched[r].remember(int(token))
-    histories = [p.history for p in matched]
-    top_ids, top_logits = penalize(ids, logits, histories, counted)
+    top_ids, top_logits = penalize(ids, logits, counted)
     prepared = prepare(counted)
     cases: dict[str, Callable[[], object]] = {
-        "penalize_matched": lambda: penalize(ids, logits, histories, matched),
-        "penalize_counted": lambda: penalize(ids, logits, histories, counted),
+        "penalize_matched": lambda: penalize(ids, logits, matched),
+        "penalize_counted": lambda: penalize(ids, logits, counted),
         "finish_prepared": lambda: finish_prepared(top_ids, top_logits, prepared),
     }
     out: dict[str, Any] = {"rows": rows}

@@ -144,15 +144,16 @@ class PenaltyCounts:
         plan.counts, plan.count_row = self, row
 
 
-def _candidate_counts(ids: np.ndarray, histories: list[np.ndarray], plans: list[TailPlan]) -> np.ndarray:
+def _candidate_counts(ids: np.ndarray, plans: list[TailPlan]) -> np.ndarray:
     """How often each candidate (ids: (rows, n)) is in its row's history, as float32: from the
-    plans' `PenaltyCounts` rows when all have one, else by matching the histories."""
+    plans' `PenaltyCounts` rows when all have one, else by matching the plans' histories."""
     m, n = ids.shape
     shared = plans[0].counts
     if shared is not None and all(p.counts is shared for p in plans):
         rows = np.fromiter((p.count_row for p in plans), np.intp, m)
         return shared.table[rows[:, None], ids].astype(np.float32)
     # (row, token) keys looked up among the histories' distinct keys, all rows at once.
+    histories = [p.history for p in plans]
     span = np.int64(1) << 32
     rows = np.repeat(np.arange(m, dtype=np.int64), [len(h) for h in histories])
     tokens = np.concatenate(histories).astype(np.int64)
@@ -165,17 +166,15 @@ def _candidate_counts(ids: np.ndarray, histories: list[np.ndarray], plans: list[
     return np.where(keys[at] == wanted, counts[at], 0).reshape(m, n).astype(np.float32)
 
 
-def penalize(
-    ids: np.ndarray, logits: np.ndarray, histories: list[np.ndarray], plans: list[TailPlan]
-) -> tuple[np.ndarray, np.ndarray]:
+def penalize(ids: np.ndarray, logits: np.ndarray, plans: list[TailPlan]) -> tuple[np.ndarray, np.ndarray]:
     """The rows' top-k after their penalties, largest first (ids, logits: (rows, k)), from the
     k + PENALTY_HISTORY candidates the graph kept before them, as llama.cpp's penalties sampler
     and top-k compute it in float32: a token seen `count` times in the row's history (-1: no
     token) has a positive logit divided by the repetition penalty (any other multiplied), then
-    `count * frequency + presence` taken off. `histories` are matched only when some plan has
-    no `PenaltyCounts` row (tests, a generation whose slot went to another)."""
+    `count * frequency + presence` taken off. The plans' histories are matched only when some
+    plan has no `PenaltyCounts` row (tests, a generation whose slot went to another)."""
     m, k = len(plans), plans[0].top_k
-    count = _candidate_counts(ids, histories, plans)
+    count = _candidate_counts(ids, plans)
     penalties = np.array([p.penalties for p in plans], np.float32)
     repeat, frequency, presence = (penalties[:, c : c + 1] for c in range(3))
     changed = np.where(logits <= 0, logits * repeat, logits / repeat)

@@ -284,7 +284,9 @@ class EngineStats:
     chains_attached: int = 0  # chains attached to a sequence (each re-plans the graph once)
     chains_reused: int = 0  # requests that reused their slot's attached chain
     tail_rows: int = 0  # rows finished over the step's matrix (`host_tail`)
-    pooled_rows: int = 0  # rows sampled by their chain on the sampling threads (`POOL_CHAIN_MIN_ROWS`)
+    # rows shared out between the engine's and the sampling threads (full rows of logits, and
+    # rows of k candidates with `POOL_CHAIN_MIN_ROWS`)
+    pooled_rows: int = 0
     # steps whose rows after the batched top-k went back to `llama_sampler_sample` (`host_tail`)
     tail_fallbacks: int = 0
     graph_tail_rows: int = 0  # rows whose whole chain ran in the decode graph (`graph_tail`)
@@ -896,20 +898,21 @@ class Engine:
         chains = {n: (g.sampler.sampler, outputs[n][1]) for n in rest if (g := gens[n]) is not None}
         on_cpu = [n for n in rest if outputs[n][0].attached is None]
         self.stats.backend_sampled += len(rest) - len(on_cpu)
-        # Full rows of logits to the threads from two on; rows of k candidates (each costs
-        # little, handing it over about as much) only from `pool_chain_min_rows` on, when set.
-        pooled = on_cpu if len(on_cpu) >= 2 else []
-        least = self.pool_chain_min_rows
-        if least is not None and len(rest) - len(on_cpu) >= least:
-            pooled = rest
-        if self._pool is None:
-            pooled = []
-        inline = set(pooled)
+        # Rows of k candidates (each costs little, handing it over about as much) go to the
+        # threads, with the rest, only from `pool_chain_min_rows` on, when set; full rows of
+        # logits from two on, one a thread at least.
+        pooled: list[int] = []
+        per, least = 1, self.pool_chain_min_rows
+        if self._pool is not None and least is not None and len(rest) - len(on_cpu) >= least:
+            pooled, per = rest, POOL_ROWS_PER_THREAD
+        elif self._pool is not None and len(on_cpu) >= 2:
+            pooled = on_cpu
+        shared = set(pooled)
         for n in rest:
-            if n not in inline:
+            if n not in shared:
                 tokens[n] = llama_cpp.llama_sampler_sample(chains[n][0], ctx, chains[n][1])
         if pooled:
-            self._sample_pooled(pooled, chains, tokens, 1 if pooled is on_cpu else POOL_ROWS_PER_THREAD)
+            self._sample_pooled(pooled, chains, tokens, per)
         for (slot, _), token in zip(outputs, tokens, strict=True):
             gen = slot.gen
             if slot.attached is not None and gen is not None and gen.accept_graph:
@@ -962,7 +965,7 @@ class Engine:
         self.stats.tail_rows += len(rows)
         ids, logits = read
         if penalized:
-            ids, logits = penalize(ids, logits, [p.history for p in plans], plans)
+            ids, logits = penalize(ids, logits, plans)
         if prepared is None:  # a row the graph was to finish already took its draw before the decode
             prepared = prepare(plans, [p.uniform if p.in_graph else p.rng.next() for p in plans])
         return finish_prepared(ids, logits, prepared)

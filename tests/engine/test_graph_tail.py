@@ -149,12 +149,12 @@ def test_penalties_in_the_graph_pick_what_the_cpu_picks(penalties: tuple[float, 
         pool = np.concatenate([ids[r, : k + 10], rng.integers(0, 128_000, 20)])
         history[r, :size] = rng.choice(pool, size=size)  # repeats included
     plans = [TailPlan(k, 0.95, 0.05, 0.8, seed=r) for r in range(m)]
-    for p in plans:
-        p.penalties = penalties
+    for p, h in zip(plans, history, strict=True):
+        p.penalties, p.history = penalties, h
     u = rng.random(m)
     params = np.array([row_params(u[r], 0.95, 0.05, 0.8, penalties) for r in range(m)])
     ours = tail_on_cpu(ids, vals, params, history, k)
-    top_ids, top_vals = penalize(ids, vals, [h[h >= 0] for h in history], plans)
+    top_ids, top_vals = penalize(ids, vals, plans)
     theirs = np.array(finish(top_ids, top_vals, plans, u.tolist()))
     near = boundary_rows(top_vals, plans, u)
     assert len(near) < m // 40

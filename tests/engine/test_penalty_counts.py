@@ -85,13 +85,12 @@ def test_penalize_gives_the_same_with_counts_as_with_histories(penalties: tuple[
         pool = np.concatenate([ids[r, : k + 10], rng.integers(0, VOCAB, 20)])
         for token in rng.choice(pool, size=int(rng.integers(0, 3 * PENALTY_HISTORY))):
             plan.remember(int(token))
-    histories = [p.history for p in plans]
-    with_counts = penalize(ids, logits, histories, plans)
+    with_counts = penalize(ids, logits, plans)
     unbound = [penalized_plan(r, penalties) for r in range(m)]
     for plan, bound in zip(unbound, plans, strict=True):
         plan.history = bound.history
-    matched = penalize(ids, logits, histories, unbound)
-    mixed = penalize(ids, logits, histories, [*plans[:-1], unbound[-1]])
+    matched = penalize(ids, logits, unbound)
+    mixed = penalize(ids, logits, [*plans[:-1], unbound[-1]])
     for got in (matched, mixed):
         assert (with_counts[0] == got[0]).all() and (with_counts[1] == got[1]).all()
     assert (with_counts[0] != ids[:, :k]).any(axis=1).mean() > 0.5  # the penalties changed the rows
