@@ -9,7 +9,11 @@ costs that only an in-process run can separate, so this benchmark measures each 
    layout), one token per sequence per step, every row output, nothing sampled: what our
    context costs against batched-bench's; `raw-spread` the same on every other sequence (idle
    slots between running conversations), `raw-spread-filled` with a throwaway token in each
-   idle one between (the engine's `FILL_GAPS_UP_TO`);
+   idle one between (the engine's `FILL_GAPS_UP_TO`); `raw-lanesN` the same sequences over N
+   contexts on the same weights, driven in turn from one thread (`-threads`: a thread each),
+   and `raw-host` /
+   `raw-lanesN-host` with simulated host work after each step (`raw_lanes`): whether the host
+   time a step costs can hide behind another context's decode;
 2. `engine-host`: the real `Engine` (scheduler thread, batch building, text, events) sampling
    as it does by default: every row of logits back, top-k over all rows at once with numpy,
    llama.cpp's chain on the 40 survivors (`server/engine/host_sampling.py`);
@@ -139,6 +143,92 @@ def raw_decode(
         "tok_per_s": n * gen / wall,
         "ms_per_step": 1000 * wall / gen,
         "decode_call_ms_per_step": 1000 * launch / gen,
+    }
+
+
+def _spin(seconds: float) -> None:
+    """Hold the CPU (and the GIL) for `seconds`: the host's work on a step, simulated."""
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        pass
+
+
+def raw_lanes(
+    model: BatchedModel, n: int, prompt: int, gen: int, lanes: int, host_us_per_row: float, threads: bool = False
+) -> dict[str, float]:
+    """`raw_decode` over `lanes` contexts on the same weights (`BatchedModel.new_context`), n /
+    lanes sequences each, from one thread: each lane's step is launched, then the next lane's
+    previous step is waited for, given `host_us_per_row` µs a row of simulated host work
+    (sampling and Python), and launched again. With one lane the GPU waits for the host work;
+    with two or more it decodes one lane's step while the host works on another's. With
+    `threads` each lane runs on a thread of its own (the simulated work holds the GIL, as an
+    engine's Python would). Every row is an output, as in `raw_decode` and batched-bench."""
+    if n % lanes:
+        raise ValueError(f"{n} sequences do not split into {lanes} lanes")
+    per = n // lanes
+    contexts = [model.new_context(per) for _ in range(lanes)]
+    try:
+        batches = [_Batch(model.n_batch) for _ in range(lanes)]
+        for lane, context in enumerate(contexts):
+            batch = batches[lane]
+            for seq in range(per):
+                tokens = _prompt(model, prompt, seed=lane * per + seq)
+                for at in range(0, len(tokens), model.n_batch):
+                    batch.clear()
+                    chunk = tokens[at : at + model.n_batch]
+                    batch.add_run(chunk, at, seq, output_last=at + len(chunk) == len(tokens))
+                    if batch.decode(context.ctx) != 0:
+                        raise RuntimeError("prefill failed")
+            llama_cpp.llama_synchronize(context.ctx)
+        token = _prompt(model, 1, seed=9999)[0]
+        host = host_us_per_row * per / 1e6
+
+        def step(lane: int, at: int) -> None:
+            """Wait for the lane's last step, work on it, launch the next."""
+            ctx = contexts[lane].ctx
+            if at:
+                llama_cpp.llama_synchronize(ctx)
+                _spin(host)
+            batch = batches[lane]
+            batch.clear()
+            for seq in range(per):
+                batch.add(token, prompt + at, seq)
+            if batch.decode(ctx) != 0:
+                raise RuntimeError(f"decode failed at step {at}")
+
+        def finish(lane: int) -> None:
+            llama_cpp.llama_synchronize(contexts[lane].ctx)
+            _spin(host)
+
+        start = time.perf_counter()
+        if threads:  # each lane its own thread, as engines of their own would be
+
+            def run(lane: int) -> None:
+                for at in range(gen):
+                    step(lane, at)
+                finish(lane)
+
+            workers = [threading.Thread(target=run, args=(lane,)) for lane in range(lanes)]
+            for worker in workers:
+                worker.start()
+            for worker in workers:
+                worker.join()
+        else:
+            for at in range(gen):
+                for lane in range(lanes):
+                    step(lane, at)
+            for lane in range(lanes):
+                finish(lane)
+        wall = time.perf_counter() - start
+    finally:
+        for context in contexts:
+            context.close()
+    return {
+        "tok_per_s": n * gen / wall,
+        "ms_per_step": 1000 * wall / gen,
+        "lanes": lanes,
+        "threads": threads,
+        "host_us_per_row": host_us_per_row,
     }
 
 
@@ -380,6 +470,13 @@ def main(argv: list[str] | None = None) -> int:
         help="also time the engine's host parts (admission, staging, sampling, the sampling tail, "
         "accepting tokens, events) in ms per step; the timers add about a microsecond a call",
     )
+    ap.add_argument(
+        "--host-us-per-row",
+        type=float,
+        default=25.0,
+        help="`raw-host` / `raw-lanesN-host`: simulated host work a step, µs per row (the engine's sampling and "
+        "Python took 23-26 µs a row at 16 rows on the 1B shape, H100, session 12)",
+    )
     ap.add_argument("--out", type=Path, default=None, help="JSON file (default: stdout)")
     args = ap.parse_args(argv)
     levels = [int(x) for x in args.levels.split(",")]
@@ -414,7 +511,14 @@ def main(argv: list[str] | None = None) -> int:
         for n in levels:
             row: dict[str, Any] = results["levels"].setdefault(str(n), {})
             for variant in variants:
-                if variant.split("#")[0] in ("raw", "raw-spread", "raw-spread-filled"):
+                base = variant.split("#")[0]
+                if base.startswith("raw-lanes") or base == "raw-host":
+                    parts = base.split("-")
+                    lanes = next((int(p[5:]) for p in parts if p.startswith("lanes")), 1)
+                    host = args.host_us_per_row if "host" in parts else 0.0
+                    threads = "threads" in parts
+                    row[variant] = raw_lanes(model, n, args.prompt, args.gen, lanes, host, threads)
+                elif base in ("raw", "raw-spread", "raw-spread-filled"):
                     spread, fill = "spread" in variant, "filled" in variant
                     row[variant] = raw_decode(model, n, args.prompt, args.gen, spread, fill)
                 else:

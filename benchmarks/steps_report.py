@@ -109,7 +109,7 @@ def report(folder: Path) -> str:
                 cells.append(f"{rate:,.0f} ({100 * rate / ref:.0f}%)" if ref else f"{rate:,.0f}")
             lines.append(f"| {n} | {ref:,.0f} | " + " | ".join(cells) + " |" if ref else f"| {n} | - | ...")
         rows = batched_bench_rows(folder / f"batched-bench-{shape}.txt")
-        engines = [v for v in variants if v != "raw"]
+        engines = [v for v in variants if not v.startswith("raw")]
         lines.append("\nShare of batched-bench: generation phase / whole run (prompts included)\n")
         lines.append("| sequences | " + " | ".join(engines) + " |")
         lines.append("|---" * (1 + len(engines)) + "|")
@@ -140,8 +140,9 @@ def report(folder: Path) -> str:
                 else:
                     step = r["ms_per_step"] / 1000
                     share = roofline_share(shape, int(n), step, prompt, gen, bandwidth)
-                    launch = r["decode_call_ms_per_step"]
-                    cells.append(f"{r['ms_per_step']:.2f} (launch {launch:.2f}; {100 * share:.1f}%)")
+                    launch = r.get("decode_call_ms_per_step")  # `raw_lanes` does not time it
+                    head = f"launch {launch:.2f}; " if launch is not None else ""
+                    cells.append(f"{r['ms_per_step']:.2f} ({head}{100 * share:.1f}%)")
             ref = bb.get(int(n))
             ref_share = roofline_share(shape, int(n), int(n) / ref, prompt, gen, bandwidth) if ref else 0.0
             ref_cell = f"{100 * ref_share:.1f}%" if ref else "-"

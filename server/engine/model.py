@@ -86,25 +86,7 @@ class BatchedModel:
         mparams.use_extra_bufts = e.use_extra_bufts
         self.model = internals.LlamaModel(path_model=str(config.path), params=mparams, verbose=verbose)
         try:
-            cparams = llama_cpp.llama_context_default_params()
-            cparams.n_ctx = config.kv_pool
-            cparams.n_batch = e.n_batch
-            cparams.n_ubatch = min(e.n_ubatch, e.n_batch)
-            cparams.n_seq_max = self.n_parallel
-            cparams.n_threads = config.n_threads
-            cparams.n_threads_batch = config.n_threads_batch
-            cparams.flash_attn_type = (
-                llama_cpp.LLAMA_FLASH_ATTN_TYPE_ENABLED
-                if e.flash_attn
-                else llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED
-            )
-            cparams.offload_kqv = e.offload_kqv
-            if e.type_k is not None:
-                cparams.type_k = KV_CACHE_TYPE_IDS[e.type_k]
-            if e.type_v is not None:
-                cparams.type_v = KV_CACHE_TYPE_IDS[e.type_v]
-            cparams.kv_unified = e.kv_unified
-            cparams.no_perf = True
+            cparams = self._context_params(self.n_parallel, config.kv_pool)
             self.context = internals.LlamaContext(model=self.model, params=cparams, verbose=verbose)
         except BaseException:
             self.model.close()
@@ -116,6 +98,36 @@ class BatchedModel:
         self.n_batch = llama_cpp.llama_n_batch(self.ctx)
         self.load_seconds = time.perf_counter() - start
         self._chat_handler = self._make_chat_handler()
+
+    def _context_params(self, n_seq: int, n_cells: int) -> Any:
+        """The config's context settings for `n_seq` sequences over `n_cells` KV cells."""
+        e, config = self.config.entry, self.config
+        cparams = llama_cpp.llama_context_default_params()
+        cparams.n_ctx = n_cells
+        cparams.n_batch = e.n_batch
+        cparams.n_ubatch = min(e.n_ubatch, e.n_batch)
+        cparams.n_seq_max = n_seq
+        cparams.n_threads = config.n_threads
+        cparams.n_threads_batch = config.n_threads_batch
+        cparams.flash_attn_type = (
+            llama_cpp.LLAMA_FLASH_ATTN_TYPE_ENABLED if e.flash_attn else llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED
+        )
+        cparams.offload_kqv = e.offload_kqv
+        if e.type_k is not None:
+            cparams.type_k = KV_CACHE_TYPE_IDS[e.type_k]
+        if e.type_v is not None:
+            cparams.type_v = KV_CACHE_TYPE_IDS[e.type_v]
+        cparams.kv_unified = e.kv_unified
+        cparams.no_perf = True
+        return cparams
+
+    def new_context(self, n_seq: int) -> internals.LlamaContext:
+        """Another context on the same weights, with the config's settings and `n_seq` slots of
+        `n_ctx` cells each: its own KV cache, output buffers and (on a GPU) stream and CUDA graph,
+        so its decode can run while the host works on another context's step (benchmarks'
+        `raw-lanes`). The caller closes it."""
+        params = self._context_params(n_seq, n_seq * self.n_ctx_slot)
+        return internals.LlamaContext(model=self.model, params=params, verbose=False)
 
     def close(self) -> None:
         self.context.close()
