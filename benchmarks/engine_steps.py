@@ -154,7 +154,13 @@ def _spin(seconds: float) -> None:
 
 
 def raw_lanes(
-    model: BatchedModel, n: int, prompt: int, gen: int, lanes: int, host_us_per_row: float, threads: bool = False
+    model: BatchedModel,
+    n: int,
+    prompt: int,
+    gen: int,
+    lanes: int,
+    host_us_per_row: float,
+    threads: bool = False,
 ) -> dict[str, float]:
     """`raw_decode` over `lanes` contexts on the same weights (`BatchedModel.new_context`), n /
     lanes sequences each, from one thread: each lane's step is launched, then the next lane's
@@ -474,8 +480,8 @@ def main(argv: list[str] | None = None) -> int:
         "--host-us-per-row",
         type=float,
         default=25.0,
-        help="`raw-host` / `raw-lanesN-host`: simulated host work a step, µs per row (the engine's sampling and "
-        "Python took 23-26 µs a row at 16 rows on the 1B shape, H100, session 12)",
+        help="`raw-host` / `raw-lanesN-host`: simulated host work a step, µs per row (the engine's sampling "
+        "and Python took 23-26 µs a row at 16 rows on the 1B shape, H100, session 12)",
     )
     ap.add_argument("--out", type=Path, default=None, help="JSON file (default: stdout)")
     args = ap.parse_args(argv)

@@ -110,7 +110,9 @@ class BatchedModel:
         cparams.n_threads = config.n_threads
         cparams.n_threads_batch = config.n_threads_batch
         cparams.flash_attn_type = (
-            llama_cpp.LLAMA_FLASH_ATTN_TYPE_ENABLED if e.flash_attn else llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED
+            llama_cpp.LLAMA_FLASH_ATTN_TYPE_ENABLED
+            if e.flash_attn
+            else llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED
         )
         cparams.offload_kqv = e.offload_kqv
         if e.type_k is not None:
