@@ -31,6 +31,9 @@ costs that only an in-process run can separate, so this benchmark measures each 
    comes back;
 5. `engine-llama`: the same engine with llama.cpp's whole chain on the CPU for every row;
 
+any engine variant with `-lanesN` in its name runs its sequences over N lanes (contexts of their
+own on the same weights, an engine thread each: `server/engine/lanes.py`);
+
 each with the engine's own per-step profile (decode / sampling / other). `raw` also times
 `llama_decode`'s return apart from the synchronize: how much of a step the CPU could overlap.
 
@@ -58,6 +61,7 @@ import llama_cpp
 from server.config import load_config
 from server.engine import graph_tail, graph_top_k, scheduler
 from server.engine.app import set_switch_interval
+from server.engine.lanes import Lanes
 from server.engine.model import BatchedModel
 from server.engine.sampling import SamplingParams, build_chains
 from server.engine.scheduler import Engine, Event, Generation, _Batch
@@ -306,14 +310,23 @@ def engine_run(
     variant's name may end in `#<anything>`: the same variant again, as a repeat."""
     variant = variant.split("#")[0]
     _clear(model)
-    engine = Engine(model)
-    whole = variant == "engine-sampled"
+    n_lanes = next((int(p[5:]) for p in variant.split("-") if p.startswith("lanes") and p[5:].isdigit()), 1)
+    runner: Engine | Lanes
+    if n_lanes > 1:  # contexts of their own; the model's stays idle
+        runner = Lanes([model.lane(n // n_lanes) for _ in range(n_lanes)])
+        engines = runner.engines
+    else:
+        runner = Engine(model)
+        engines = [runner]
+    engine = engines[0]  # the per-step profile: the first lane's
+    whole = variant.startswith("engine-sampled")
     batched = variant.startswith("engine-batched") or whole
     graph, host = batched or variant == "engine-graph", variant == "engine-host"
     host_tail = variant != "engine-batched-chain"
     try:
-        engine._backend_sampling = graph  # the variant under test, whatever the config's default
-        configure(engine, variant)
+        for each in engines:
+            each._backend_sampling = graph  # the variant under test, whatever the config's default
+            configure(each, variant)
         done = _Done(n)
         gens = []
         for k in range(n):
@@ -332,20 +345,25 @@ def engine_run(
         with timers as spent:
             start = time.perf_counter()
             for g in gens:
-                engine.submit(g)
+                runner.submit(g)
             if not done.event.wait(600):
                 raise TimeoutError("the engine did not finish")
             wall = time.perf_counter() - start
         after = engine.stats.summary()
+        lane_steps = [e.stats.steps for e in engines]
     finally:
-        engine.close()
+        runner.close()
+        if isinstance(runner, Lanes):
+            runner.close_models()
     if done.errors:
         raise RuntimeError(f"generation errors: {done.errors[:3]}")
     produced = sum(g.predicted_n for g in gens)
-    row = after["decode_only_ms_per_step_by_sequences"].get(str(n), {})
+    row = after["decode_only_ms_per_step_by_sequences"].get(str(n // n_lanes), {})
     return {
         "tok_per_s": produced / wall,
         "tokens": produced,
+        "lanes": n_lanes,
+        "lane_steps": lane_steps,  # with lanes, the profile below is the first lane's
         "wall_s": wall,
         "ttft_ms_median": sorted(1000 * ((g.t_first or 0) - g.t_submit) for g in gens)[n // 2],
         "decode_only_step_ms": {k: row.get(k) for k in ("steps", "decode", "sample", "other", "decode_call")},

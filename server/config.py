@@ -44,6 +44,7 @@ _UNSUPPORTED_CHAT_FORMATS = {
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:/@+-]*$"
 # Sequences one llama.cpp context can hold (llama_max_parallel_sequences()).
 MAX_PARALLEL = 256
+MAX_LANES = 8
 # Slots of the batched engine when n_parallel is not set.
 DEFAULT_PARALLEL = 4
 
@@ -105,6 +106,7 @@ class LocalModelEntry(BaseModel):
     kv_unified: bool = False
     kv_pool: int | None = Field(None, ge=1)
     n_threads_sampling: int | None = Field(None, ge=1, le=64)
+    lanes: int | None = Field(None, ge=1, le=MAX_LANES)
     backend_sampling: bool | None = None
     host_top_k: bool = False
     graph_tail: bool = False
@@ -116,6 +118,7 @@ ENGINE_ONLY = (
     "kv_unified",
     "kv_pool",
     "n_threads_sampling",
+    "lanes",
     "backend_sampling",
     "host_top_k",
     "graph_tail",
@@ -184,6 +187,23 @@ class ModelConfig:
         if not self.on_gpu:
             return 1
         return max(1, min(8, self.n_parallel, default_threads() // 2))
+
+    @property
+    def lanes(self) -> int:
+        """Contexts the batched engine's slots are split over, each decoded by a thread of its
+        own, so that the host's work on one lane's step (sampling, Python) runs while another
+        lane's step decodes on the GPU (`server/engine/lanes.py`). Unless set: 1."""
+        return min(self.entry.lanes or 1, self.n_parallel)
+
+    @property
+    def lane_slots(self) -> list[int]:
+        """The slots of each lane: `n_parallel` split as evenly as it goes."""
+        whole, extra = divmod(self.n_parallel, self.lanes)
+        return [whole + (1 if k < extra else 0) for k in range(self.lanes)]
+
+    def lane_cells(self, slots: int) -> int:
+        """KV cells of a lane of `slots` slots: its share of the pool (`kv_pool`)."""
+        return max(self.kv_pool * slots // self.n_parallel, min(self.n_ctx, self.kv_pool))
 
     @property
     def backend_sampling(self) -> bool:
@@ -407,6 +427,11 @@ def _semantic_problems(cfg: ConfigFile) -> list[str]:
             problems.append(
                 f'{where}, field "kv_pool": {m.kv_pool} cells cannot hold one conversation at full '
                 f"length (n_ctx {m.n_ctx}); set kv_pool >= n_ctx"
+            )
+        if m.lanes is not None and m.lanes > (m.n_parallel or DEFAULT_PARALLEL):
+            problems.append(
+                f'{where}, field "lanes": {m.lanes} lanes need at least as many slots (n_parallel is '
+                f"{m.n_parallel or DEFAULT_PARALLEL}); lower lanes or raise n_parallel"
             )
         if m.graph_tail and m.backend_sampling is False:
             problems.append(

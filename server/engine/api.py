@@ -39,6 +39,7 @@ from llama_cpp.server.types import (
 from starlette.types import Receive, Scope, Send
 
 from server.engine.host import EngineHost
+from server.engine.lanes import Lanes
 from server.engine.model import BatchedModel
 from server.engine.sampling import Chains, SamplingParams, build_chains
 from server.engine.scheduler import Engine, Event, Generation
@@ -174,7 +175,7 @@ def _logit_bias(model: BatchedModel, body: Any) -> dict[int, float]:
 class Stream:
     """Submits a generation and hands its events to the event loop, step by step."""
 
-    def __init__(self, engine: Engine, prepared: Prepared, chains: Chains) -> None:
+    def __init__(self, engine: Engine | Lanes, prepared: Prepared, chains: Chains) -> None:
         self.engine = engine
         loop = asyncio.get_running_loop()
         self.queue: asyncio.Queue[list[Event]] = asyncio.Queue()

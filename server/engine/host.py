@@ -20,6 +20,7 @@ import anyio
 import llama_cpp
 
 from server.config import ModelConfig, ServerConfig
+from server.engine.lanes import Lanes, start_engine
 from server.engine.model import BatchedModel
 from server.engine.scheduler import Engine
 from server.openai_errors import UnknownModelError
@@ -32,7 +33,7 @@ class EngineHost:
         self.cfg = cfg
         self.verbose = verbose
         self.models: dict[str, ModelConfig] = {m.name: m for m in cfg.models}
-        self.engine: Engine | None = None
+        self.engine: Engine | Lanes | None = None
         self.swap_count = 0
         self.last_swap_s: float | None = None
         self.load_seconds: dict[str, float] = {}
@@ -57,7 +58,7 @@ class EngineHost:
 
     # --- residency ------------------------------------------------------------------------
 
-    def load(self, name: str) -> Engine:
+    def load(self, name: str) -> Engine | Lanes:
         """Make `name` the resident model (blocking; no request may be using the current one)."""
         if self.engine is not None and self.engine.model.name == name:
             return self.engine
@@ -68,10 +69,10 @@ class EngineHost:
         model = BatchedModel(config, verbose=self.verbose)
         self.load_seconds[name] = model.load_seconds
         log.info(
-            "loaded model %r from %s in %.2f s (batched engine: %d slots of %d tokens)",
-            name, config.path, model.load_seconds, model.n_parallel, model.n_ctx_slot,
+            "loaded model %r from %s in %.2f s (batched engine: %d slots of %d tokens, %d lanes)",
+            name, config.path, model.load_seconds, config.n_parallel, model.n_ctx_slot, config.lanes,
         )  # fmt: skip
-        self.engine = Engine(model)
+        self.engine = start_engine(model)
         self.swap_count += 1
         self.last_swap_s = time.perf_counter() - start
         log.info(
@@ -86,10 +87,13 @@ class EngineHost:
                 "engine stats for %r: %s", self.engine.model.name, json.dumps(self.engine.stats.summary())
             )
             self.engine.close()
-            self.engine.model.close()
+            if isinstance(self.engine, Lanes):
+                self.engine.close_models()
+            else:
+                self.engine.model.close()
             self.engine = None
 
-    async def acquire(self, name: str | None) -> Engine:
+    async def acquire(self, name: str | None) -> Engine | Lanes:
         """The engine of `name`, swapping models if needed; pair with `release()`."""
         name = self.resolve(name)
         if self._cond is None:
@@ -131,17 +135,19 @@ class EngineHost:
             "interrupt_requests": False,
             "logits_all": False,
             "engine": "batched",
-            "n_parallel": engine.model.n_parallel,
+            "n_parallel": engine.model.config.n_parallel,
+            "lanes": engine.model.config.lanes,
             "n_ctx": engine.model.n_ctx_slot,
             "n_ctx_seq": llama_cpp.llama_n_ctx_seq(ctx),
-            "n_ctx_total": llama_cpp.llama_n_ctx(ctx),
+            "n_ctx_total": llama_cpp.llama_n_ctx(ctx) * engine.model.config.lanes,
             "kv_pool": engine.model.pool,
             "n_batch": llama_cpp.llama_n_batch(ctx),
             "n_ubatch": llama_cpp.llama_n_ubatch(ctx),
             "n_threads": llama_cpp.llama_n_threads(ctx),
             "n_threads_batch": llama_cpp.llama_n_threads_batch(ctx),
             "slots": [
-                {"id": s.seq, "busy": s.gen is not None, "cached_tokens": len(s.cache)} for s in engine.slots
+                {"id": n, "busy": s.gen is not None, "cached_tokens": len(s.cache)}
+                for n, s in enumerate(engine.slots)
             ],
             "queued": engine.queued,
             "backend_sampling": engine.model.config.backend_sampling,

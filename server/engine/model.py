@@ -9,6 +9,7 @@ it, the slots draw on one pool of `kv_pool` cells, and a conversation holds only
 
 from __future__ import annotations
 
+import copy
 import ctypes
 import logging
 import time
@@ -65,11 +66,13 @@ class BatchedModel:
         e = config.entry
         self.config = config
         self.name = e.name
-        self.n_parallel = config.n_parallel
+        # The slots of this model's context: all of them, or the first lane's (`lanes`).
+        self.n_parallel = config.lane_slots[0]
         self.n_ctx_slot = config.n_ctx
         # With a unified KV cache, the cells all slots share (the engine admits requests so that
         # running ones never run out); None when each slot has its own n_ctx cells.
-        self.pool: int | None = config.kv_pool if e.kv_unified else None
+        self.pool: int | None = config.lane_cells(self.n_parallel) if e.kv_unified else None
+        self._owns_weights = True
         set_verbose(verbose)
         start = time.perf_counter()
         mparams = llama_cpp.llama_model_default_params()
@@ -86,7 +89,7 @@ class BatchedModel:
         mparams.use_extra_bufts = e.use_extra_bufts
         self.model = internals.LlamaModel(path_model=str(config.path), params=mparams, verbose=verbose)
         try:
-            cparams = self._context_params(self.n_parallel, config.kv_pool)
+            cparams = self._context_params(self.n_parallel, config.lane_cells(self.n_parallel))
             self.context = internals.LlamaContext(model=self.model, params=cparams, verbose=verbose)
         except BaseException:
             self.model.close()
@@ -123,17 +126,29 @@ class BatchedModel:
         cparams.no_perf = True
         return cparams
 
-    def new_context(self, n_seq: int) -> internals.LlamaContext:
-        """Another context on the same weights, with the config's settings and `n_seq` slots of
-        `n_ctx` cells each: its own KV cache, output buffers and (on a GPU) stream and CUDA graph,
-        so its decode can run while the host works on another context's step (benchmarks'
-        `raw-lanes`). The caller closes it."""
-        params = self._context_params(n_seq, n_seq * self.n_ctx_slot)
+    def lane(self, n_seq: int) -> BatchedModel:
+        """The same weights, tokenizer and chat template with a context of its own for `n_seq`
+        slots (`server/engine/lanes.py`); closing it closes only that context."""
+        other = copy.copy(self)
+        cells = self.config.lane_cells(n_seq)
+        other.context = self.new_context(n_seq, cells)
+        other.ctx, other.memory = other.context.ctx, other.context.memory
+        other.n_parallel, other._owns_weights = n_seq, False
+        other.pool = cells if self.pool is not None else None
+        return other
+
+    def new_context(self, n_seq: int, cells: int | None = None) -> internals.LlamaContext:
+        """Another context on the same weights, with the config's settings, `n_seq` slots and
+        `cells` KV cells (`n_ctx` a slot unless given): its own KV cache, output buffers and (on
+        a GPU) stream and CUDA graph, so its decode can run while the host works on another
+        context's step. The caller closes it."""
+        params = self._context_params(n_seq, cells or n_seq * self.n_ctx_slot)
         return internals.LlamaContext(model=self.model, params=params, verbose=False)
 
     def close(self) -> None:
         self.context.close()
-        self.model.close()
+        if self._owns_weights:
+            self.model.close()
 
     # --- tokens ----------------------------------------------------------------------------
 

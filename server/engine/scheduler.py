@@ -144,6 +144,7 @@ class Generation:
     stopped: bool = False  # a stop string was reached in text worked out during the next decode
     tokens: list[int] = field(default_factory=list)  # generated, the end-of-generation one excluded
     slot: int | None = None
+    lane: int | None = None  # the lane it went to (`lanes.Lanes`)
     cache_n: int = 0
     predicted_n: int = 0
     finish_reason: str | None = None
@@ -413,7 +414,8 @@ def _admitted(slot: Slot) -> float:
 class Engine:
     """The scheduler and its thread; one per loaded model."""
 
-    def __init__(self, model: BatchedModel) -> None:
+    def __init__(self, model: BatchedModel, lane: int | None = None) -> None:
+        """`lane`: this engine's number among the lanes that share the model (`lanes`)."""
         self.model = model
         self.slots = [Slot(seq=i) for i in range(model.n_parallel)]
         self.stats = EngineStats()
@@ -454,7 +456,8 @@ class Engine:
         )
         self._host = HostSampler()
         self._penalty_counts: PenaltyCounts | None = None  # the penalties' windows by slot (`host_tail`)
-        self._thread = threading.Thread(target=self._run, name=f"engine:{model.name}", daemon=True)
+        name = f"engine:{model.name}" if lane is None else f"engine:{model.name}:{lane}"
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
 
     # --- the HTTP side -------------------------------------------------------------------

@@ -1,0 +1,98 @@
+"""The batched engine's slots split over several contexts on one model's weights ("lanes"),
+each decoded by an `Engine` with a thread of its own.
+
+Why: on a GPU, `llama_decode` returns once the step is queued, but the next step of the same
+context can only be built once this one's tokens are sampled, so the GPU waits for the host's
+sampling and Python between steps: 0.37-0.42 ms of a 2.9 ms step at 16 sequences on an H100
+(BENCHMARKS.md, issue 16, session 12). With two lanes, each context with its own CUDA stream and
+graph, the host works on one lane's step while the other's decodes. The threads share the GIL,
+but each lets go of it while it waits for its decode.
+
+A request goes to the lane holding its conversation (the slot whose cache covers at least
+half its prompt: the next turn), else to the lane with the fewest busy and queued slots, so the
+lanes carry about as many rows each.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from server.engine.model import BatchedModel
+from server.engine.prefix import REUSE_FRACTION, choose_slot
+from server.engine.scheduler import Engine, Generation, Slot
+
+
+@dataclass
+class LaneStats:
+    """The lanes' `EngineStats`, summarised side by side."""
+
+    engines: list[Engine]
+
+    def summary(self) -> dict[str, Any]:
+        return {"lanes": [e.stats.summary() for e in self.engines]}
+
+
+class Lanes:
+    """What `EngineHost` and the API use of an `Engine`, over several."""
+
+    def __init__(self, models: list[BatchedModel]) -> None:
+        self.models = models
+        self.engines = [Engine(m, lane=k) for k, m in enumerate(models)]
+        self.model = models[0]  # weights, tokenizer and template: the same for every lane
+        self.stats = LaneStats(self.engines)
+
+    @property
+    def slots(self) -> list[Slot]:
+        return [s for e in self.engines for s in e.slots]
+
+    @property
+    def busy_slots(self) -> int:
+        return sum(e.busy_slots for e in self.engines)
+
+    @property
+    def queued(self) -> int:
+        return sum(e.queued for e in self.engines)
+
+    def submit(self, gen: Generation) -> None:
+        engine = self.choose(gen.prompt)
+        gen.lane = self.engines.index(engine)
+        engine.submit(gen)
+
+    def cancel(self, gen: Generation) -> None:
+        if gen.lane is not None:
+            self.engines[gen.lane].cancel(gen)
+
+    def choose(self, prompt: list[int]) -> Engine:
+        """The lane with an idle slot whose cache covers at least half of `prompt` (the longest
+        such cover), else the least loaded lane. Reads the lanes' slots from outside their
+        threads: a slot seen a moment late only costs a cache miss or an uneven step."""
+        best: tuple[int, Engine] | None = None
+        for engine in self.engines:
+            idle = [s for s in list(engine.slots) if s.gen is None]
+            if len(idle) <= engine.queued or not prompt:
+                continue
+            _, found = choose_slot(idle, prompt)
+            if found.kept >= REUSE_FRACTION * len(prompt) and (best is None or found.kept > best[0]):
+                best = (found.kept, engine)
+        if best is not None:
+            return best[1]
+        return min(self.engines, key=lambda e: e.busy_slots + e.queued)
+
+    def close(self, timeout: float = 30.0) -> None:
+        for engine in self.engines:
+            engine.close(timeout)
+
+    def close_models(self) -> None:
+        """The lanes' contexts, then the weights (the first model owns them)."""
+        for model in reversed(self.models):
+            model.close()
+
+
+def start_engine(model: BatchedModel) -> Engine | Lanes:
+    """An `Engine` for the model, or `Lanes` when its config asks for more than one lane (the
+    first lane is `model`'s own context, already sized for it)."""
+    sizes = model.config.lane_slots
+    if len(sizes) == 1:
+        return Engine(model)
+    return Lanes([model] + [model.lane(n) for n in sizes[1:]])
