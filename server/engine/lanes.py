@@ -10,7 +10,8 @@ but each lets go of it while it waits for its decode.
 
 A request goes to the lane holding its conversation (the slot whose cache covers at least
 half its prompt: the next turn), else to the lane with the fewest busy and queued slots, so the
-lanes carry about as many rows each.
+lanes carry about as many rows each, and among those to the one with an empty slot or the
+oldest cache.
 """
 
 from __future__ import annotations
@@ -77,7 +78,7 @@ class Lanes:
                 best = (found.kept, engine)
         if best is not None:
             return best[1]
-        return min(self.engines, key=lambda e: e.busy_slots + e.queued)
+        return min(self.engines, key=_load)
 
     def close(self, timeout: float = 30.0) -> None:
         for engine in self.engines:
@@ -87,6 +88,16 @@ class Lanes:
         """The lanes' contexts, then the weights (the first model owns them)."""
         for model in reversed(self.models):
             model.close()
+
+
+def _load(engine: Engine) -> tuple[int, int, float]:
+    """Busy and queued slots; then, for lanes equally busy, the one with more empty slots, then
+    the one whose idle slot was used longest ago: the cache a new conversation displaces is the
+    oldest one, across lanes as within one (`prefix.choose_slot`)."""
+    idle = [s for s in list(engine.slots) if s.gen is None]
+    empty = sum(1 for s in idle if not s.cache)
+    oldest = min((s.last_used for s in idle), default=float("inf"))
+    return engine.busy_slots + engine.queued, -empty, oldest
 
 
 def start_engine(model: BatchedModel) -> Engine | Lanes:

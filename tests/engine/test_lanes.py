@@ -1,0 +1,96 @@
+"""Lanes (`"lanes"`, `server/engine/lanes.py`): the batched engine's slots split over several
+contexts on the same weights, an engine thread each. On the CPU they only cost (the decode is
+the host's own work), but the code path is the GPU's, so these tests pin it with the bundled
+model: the config's split, a context per lane, requests spread over the lanes and answered as
+one lane answers them, and a conversation's next turn sent to the lane holding its cache."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import llama_cpp
+import pytest
+
+from server.config import ServerConfigError, load_config
+from server.engine.host import EngineHost
+from server.engine.lanes import Lanes, start_engine
+from server.engine.model import BatchedModel
+from server.engine.scheduler import Engine
+from tests.engine.conftest import batched_entry
+from tests.engine.test_engine import PROMPTS, Run, agreeing
+from tests.support.servers import MAIN_MODEL, write_config
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def lanes(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lanes]:
+    """Four slots in two lanes, otherwise the session engine's settings."""
+    tmp = tmp_path_factory.mktemp("lanes")
+    entry = batched_entry(n_ctx=512, n_parallel=4, n_threads_sampling=2, lanes=2)
+    model = BatchedModel(load_config(write_config(tmp / "c.json", [entry])).models[0])
+    running = start_engine(model)
+    assert isinstance(running, Lanes)
+    yield running
+    running.close()
+    running.close_models()
+
+
+def test_the_config_splits_the_slots_evenly(tmp_path: Path) -> None:
+    five = load_config(write_config(tmp_path / "a.json", [batched_entry(n_parallel=5, lanes=2)])).models[0]
+    assert five.lanes == 2 and five.lane_slots == [3, 2]
+    assert five.lane_cells(3) == 3 * five.n_ctx
+    one = load_config(write_config(tmp_path / "b.json", [batched_entry(n_parallel=5)])).models[0]
+    assert one.lanes == 1 and one.lane_slots == [5]
+    with pytest.raises(ServerConfigError) as err:
+        load_config(write_config(tmp_path / "c.json", [batched_entry(n_parallel=2, lanes=3)]))
+    assert 'field "lanes"' in str(err.value) and "n_parallel is 2" in str(err.value)
+
+
+def test_each_lane_has_a_context_and_a_thread_of_its_own(lanes: Lanes) -> None:
+    contexts = {id(e.model.context) for e in lanes.engines}
+    assert len(contexts) == 2
+    assert all(len(e.slots) == 2 and llama_cpp.llama_n_seq_max(e.model.ctx) == 2 for e in lanes.engines)
+    assert lanes.engines[1].model.model is lanes.model.model  # one copy of the weights
+    names = {e._thread.name for e in lanes.engines}
+    assert names == {f"engine:{MAIN_MODEL}:0", f"engine:{MAIN_MODEL}:1"}
+
+
+def test_requests_spread_over_the_lanes_and_answer_as_one_lane_does(lanes: Lanes, engine: Engine) -> None:
+    """Four greedy requests at once: two a lane; each answer agrees with the same prompt alone
+    on a one-lane engine (batches of other sizes may round a near tie the other way), and no
+    answer is another prompt's."""
+    alone = [Run(engine, p, 24).wait().gen.tokens for p in PROMPTS[:4]]
+    runs = [Run(lanes, p, 24) for p in PROMPTS[:4]]  # type: ignore[arg-type]
+    together = [r.wait().gen.tokens for r in runs]
+    assert sorted(r.gen.lane for r in runs) == [0, 0, 1, 1]
+    agree = [agreeing(a, b) for a, b in zip(alone, together, strict=True)]
+    assert all(n >= 8 for n in agree), (agree, alone, together)
+    for i, tokens in enumerate(together):
+        assert all(tokens[:8] != other[:8] for j, other in enumerate(alone) if j != i)
+    assert lanes.busy_slots == 0 and lanes.queued == 0
+
+
+def test_the_next_turn_goes_to_the_lane_holding_the_conversation(lanes: Lanes) -> None:
+    first = [Run(lanes, p, 16).wait() for p in PROMPTS[4:8]]  # type: ignore[arg-type]
+    for run, prompt in zip(first, PROMPTS[4:8], strict=True):
+        again = Run(lanes, prompt + run.text + " Then", 8).wait()  # type: ignore[arg-type]
+        assert again.gen.lane == run.gen.lane
+        assert again.gen.cache_n >= len(run.gen.prompt)  # the first turn's prompt came from the cache
+
+
+def test_the_host_loads_and_reports_lanes(tmp_path: Path) -> None:
+    cfg = load_config(write_config(tmp_path / "c.json", [batched_entry(n_ctx=256, n_parallel=3, lanes=2)]))
+    host = EngineHost(cfg)
+    try:
+        engine = host.load(MAIN_MODEL)
+        assert isinstance(engine, Lanes)
+        settings = host.loaded_settings()
+        assert settings["lanes"] == 2 and settings["n_parallel"] == 3
+        assert [s["id"] for s in settings["slots"]] == [0, 1, 2]
+        assert len(settings["stats"]["lanes"]) == 2
+        assert settings["n_ctx_total"] >= 3 * 256
+    finally:
+        host.free()
+    assert host.engine is None
