@@ -124,7 +124,7 @@ class Run:
         backend = {"auto": None, "on": True, "off": False}[a.ours_backend_sampling]
         ours = ours_server(spec, workdir, lib_dir, engine, parallel, backend_sampling=backend,
                            threads_sampling=a.ours_threads_sampling or None,
-                           graph_tail=a.ours_graph_tail)  # fmt: skip
+                           graph_tail=a.ours_graph_tail, lanes=a.ours_lanes or None)  # fmt: skip
         nat = native_server(tools, spec, workdir, 1)
         wanted = set(self.selected)
         nat_par = native_server(tools, spec, workdir, parallel) if wanted & set(_PARALLEL) else None
@@ -226,7 +226,8 @@ class Run:
             f"threads {a.threads or _threads()}; sampler temperature 0.7, top_p 0.95, top_k 40, min_p 0.05, "
             f"repeat_penalty 1.0, seed 1234 (both servers); {a.repeats} repeats, ours and native "
             f"alternating; ours: engine {a.ours_engine}, backend_sampling {a.ours_backend_sampling}, "
-            f"n_threads_sampling {a.ours_threads_sampling or 'auto'}, graph_tail {a.ours_graph_tail}"
+            f"n_threads_sampling {a.ours_threads_sampling or 'auto'}, graph_tail {a.ours_graph_tail}, "
+            f"lanes {a.ours_lanes or 'default'}"
         )
         if tools:
             for spec in a.model or ["bundled:smollm2-135m"]:
@@ -363,6 +364,13 @@ def parser() -> argparse.ArgumentParser:
         action="store_true",
         help='our config\'s `"graph_tail": true` (batched engine with backend sampling: top-p, min-p, '
         "temperature and the draw in the decode graph too, one token per row back)",
+    )
+    ap.add_argument(
+        "--ours-lanes",
+        type=int,
+        default=0,
+        help="our config's `lanes` (batched engine: slots over that many contexts, a thread each); "
+        "0 leaves it out (the server's default)",
     )
     ap.add_argument(
         "--ours-threads-sampling",

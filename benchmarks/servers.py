@@ -148,13 +148,14 @@ def ours(
     backend_sampling: bool | None = None,
     threads_sampling: int | None = None,
     graph_tail: bool = False,
+    lanes: int | None = None,
 ) -> ServerProcess:
     """Our server with a config file holding exactly this model's settings. `lib_dir`: load libllama
     from there (LLAMA_CPP_LIB_PATH) instead of llama-cpp-python's own build. `engine`: the config's
     engine (None: the server's default); "batched" gets `parallel` slots. `backend_sampling` and
     `threads_sampling` set the batched engine's `backend_sampling` and `n_threads_sampling`; None
     leaves the key out, so the server's own default applies. `graph_tail`: the whole chain in the
-    decode graph (`"graph_tail": true`)."""
+    decode graph (`"graph_tail": true`). `lanes`: the batched engine's `lanes` (None: left out)."""
     port = port or free_port()
     cfg = {
         "description": "written by benchmarks/servers.py",
@@ -184,6 +185,8 @@ def ours(
         cfg["models"][0]["n_threads_sampling"] = threads_sampling  # type: ignore[index]
     if graph_tail:
         cfg["models"][0]["graph_tail"] = True  # type: ignore[index]
+    if lanes is not None:
+        cfg["models"][0]["lanes"] = lanes  # type: ignore[index]
     workdir.mkdir(parents=True, exist_ok=True)
     path = workdir / f"ours-{model.name}.json"
     path.write_text(json.dumps(cfg, indent=2), encoding="utf-8")

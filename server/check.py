@@ -37,11 +37,14 @@ def _engine(model: ModelConfig) -> str:
     if model.entry.engine != "batched":
         return "llama-cpp-python (one request at a time)"
     kv = "one unified KV buffer" if model.entry.kv_unified else "a KV stream per slot"
+    split = "/".join(map(str, model.lane_slots))
+    lanes = f"{model.lanes} lanes of {split} slots, " if model.lanes > 1 else ""
     return (
         f"batched: {model.n_parallel} slots of n_ctx {model.n_ctx} "
         f"({model.n_parallel * model.n_ctx} tokens of KV cache, {kv}; "
         f"{model.n_threads_sampling} sampling thread(s), "
-        f"sampling {'in the decode graph where it can' if model.backend_sampling else 'on the CPU'})"
+        + lanes
+        + f"sampling {'in the decode graph where it can' if model.backend_sampling else 'on the CPU'})"
     )
 
 

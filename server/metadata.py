@@ -68,6 +68,7 @@ def model_entry(model: ModelConfig, current: str | None) -> dict[str, Any]:
         "kv_pool": e.kv_pool,
         "kv_unified": e.kv_unified,
         "n_threads_sampling": model.n_threads_sampling,
+        "lanes": model.lanes,
         "backend_sampling": model.backend_sampling,
         "host_top_k": model.entry.host_top_k,
         "graph_tail": model.entry.graph_tail,
