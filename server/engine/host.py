@@ -130,6 +130,7 @@ class EngineHost:
         if engine is None:
             return {"interrupt_requests": False, "logits_all": False, "n_ctx": None}
         ctx = engine.model.ctx
+        models = engine.models if isinstance(engine, Lanes) else [engine.model]
         return {
             # Requests never interrupt each other, and only sampled rows get logits.
             "interrupt_requests": False,
@@ -139,7 +140,7 @@ class EngineHost:
             "lanes": engine.model.config.lanes,
             "n_ctx": engine.model.n_ctx_slot,
             "n_ctx_seq": llama_cpp.llama_n_ctx_seq(ctx),
-            "n_ctx_total": llama_cpp.llama_n_ctx(ctx) * engine.model.config.lanes,
+            "n_ctx_total": sum(llama_cpp.llama_n_ctx(m.ctx) for m in models),
             "kv_pool": engine.model.pool,
             "n_batch": llama_cpp.llama_n_batch(ctx),
             "n_ubatch": llama_cpp.llama_n_ubatch(ctx),

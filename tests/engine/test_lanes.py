@@ -90,7 +90,7 @@ def test_the_host_loads_and_reports_lanes(tmp_path: Path) -> None:
         assert settings["lanes"] == 2 and settings["n_parallel"] == 3
         assert [s["id"] for s in settings["slots"]] == [0, 1, 2]
         assert len(settings["stats"]["lanes"]) == 2
-        assert settings["n_ctx_total"] >= 3 * 256
+        assert settings["n_ctx_total"] == 3 * 256  # two contexts, of two slots and of one
     finally:
         host.free()
     assert host.engine is None
