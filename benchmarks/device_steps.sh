@@ -40,6 +40,7 @@ HTTP_SHAPES=${HTTP_SHAPES:-$SHAPES}  # the shapes the HTTP benchmarks run on
 TURNS=${TURNS:-}             # e.g. 12: in-process long stories (benchmarks/engine_turns.py), 16 conversations
 STORY_VARIANTS=${STORY_VARIANTS:-engine-batched-plain,engine-batched,engine-batched-plain#2,engine-batched#2}
 DEADLINE_S=${DEADLINE_S:-570}
+STEPS_SHARE=${STEPS_SHARE:-3}  # engine_steps gets this fraction (1/STEPS_SHARE) of the time left
 mkdir -p "$OUT"
 exec > >(tee -a "$OUT/device.log") 2>&1
 start=$(date +%s)
@@ -76,7 +77,7 @@ for shape in $SHAPES; do
     stamp "batched-bench exit $?"; grep '^|' "$OUT/batched-bench-$shape.txt"
     stamp "$shape: engine_steps"
     # shellcheck disable=SC2086
-    timeout -k 10 "$(($(left) / 3))" python3 -m benchmarks.engine_steps --model "$f" --label "$label" --gpu \
+    timeout -k 10 "$(($(left) / STEPS_SHARE))" python3 -m benchmarks.engine_steps --model "$f" --label "$label" --gpu \
         --levels "$LEVELS" --prompt "$PROMPT" --gen "$GEN" --n-ctx "$CTX" --threads "$THREADS" \
         --variants "$VARIANTS" --out "$OUT/steps-$shape.json" $STEPS_ARGS
     stamp "engine_steps exit $?"
