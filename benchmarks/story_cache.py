@@ -38,12 +38,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--turn-tokens", type=int, default=200, help="new user tokens per turn (approx.)")
     ap.add_argument("--ctx", type=int, default=8192, help="context per conversation (slot)")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--lanes", type=int, default=None, help="our config's `lanes` (default: left out)")
     ap.add_argument("--out", type=Path, default=None, help="JSON file (default: stdout)")
     a = ap.parse_args(argv)
     path = bundled_model()
     spec = ModelSpec(model_label(path), path, a.ctx, 0, False, a.threads)
     with tempfile.TemporaryDirectory() as tmp:
-        srv = ours_server(spec, Path(tmp), engine="batched", parallel=a.conversations).start()
+        srv = ours_server(spec, Path(tmp), engine="batched", parallel=a.conversations, lanes=a.lanes).start()
         try:
             srv.wait_ready()
             ban = {str(t): -100.0 for t in eog_token_ids(path)}
@@ -58,6 +59,12 @@ def main(argv: list[str] | None = None) -> int:
             stats = asyncio.run(snapshot(srv)) or {}
         finally:
             srv.stop()
+    lanes = stats.get("lanes") or [stats]  # with lanes, each lane's stats
+
+    def total(key: str) -> int | None:
+        found = [lane.get(key) for lane in lanes if isinstance(lane, dict) and lane.get(key) is not None]
+        return sum(found) if found else None
+
     shares = [figures[f"cache{t}"] for t in range(2, a.turns + 1) if f"cache{t}" in figures]
     out: dict[str, Any] = {
         "benchmark": "story_cache",
@@ -67,8 +74,8 @@ def main(argv: list[str] | None = None) -> int:
         "lowest_turn_share": min(shares) if shares else None,
         "figures": figures,
         # Prompts that kept their cache past a re-tokenized answer (server/engine/prefix.py).
-        "prompts_respelled": stats.get("prompts_respelled"),
-        "tokens_respelled": stats.get("tokens_respelled"),
+        "prompts_respelled": total("prompts_respelled"),
+        "tokens_respelled": total("tokens_respelled"),
         "warnings": setup.warnings,
     }
     text = json.dumps(out, indent=1)

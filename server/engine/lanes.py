@@ -106,4 +106,12 @@ def start_engine(model: BatchedModel) -> Engine | Lanes:
     sizes = model.config.lane_slots
     if len(sizes) == 1:
         return Engine(model)
-    return Lanes([model] + [model.lane(n) for n in sizes[1:]])
+    others: list[BatchedModel] = []
+    try:
+        for n in sizes[1:]:
+            others.append(model.lane(n))
+    except BaseException:  # e.g. out of memory for one more context: nothing left half-made
+        for other in others:
+            other.close()
+        raise
+    return Lanes([model, *others])
