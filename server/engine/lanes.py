@@ -6,7 +6,9 @@ context can only be built once this one's tokens are sampled, so the GPU waits f
 sampling and Python between steps: 0.37-0.42 ms of a 2.9 ms step at 16 sequences on an H100
 (BENCHMARKS.md, issue 16, session 12). With two lanes, each context with its own CUDA stream and
 graph, the host works on one lane's step while the other's decodes. The threads share the GIL,
-but each lets go of it while it waits for its decode.
+but each lets go of it while it waits for its decode. Measured on an H100, 1B shape (session 13):
+two lanes decode 10-18% more at 64 conversations, about the same at 32, no more at 16 (two
+8-row steps cost more than one of 16); so one lane stays the default (`lanes` in the config).
 
 A request goes to the lane holding its conversation (the slot whose cache covers at least
 half its prompt: the next turn), else to the lane with the fewest busy and queued slots, so the
