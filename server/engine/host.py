@@ -141,7 +141,7 @@ class EngineHost:
             "n_ctx": engine.model.n_ctx_slot,
             "n_ctx_seq": llama_cpp.llama_n_ctx_seq(ctx),
             "n_ctx_total": sum(llama_cpp.llama_n_ctx(m.ctx) for m in models),
-            "kv_pool": engine.model.pool,
+            "kv_pool": None if engine.model.pool is None else sum(m.pool or 0 for m in models),
             "n_batch": llama_cpp.llama_n_batch(ctx),
             "n_ubatch": llama_cpp.llama_n_ubatch(ctx),
             "n_threads": llama_cpp.llama_n_threads(ctx),

@@ -81,7 +81,10 @@ def test_the_next_turn_goes_to_the_lane_holding_the_conversation(lanes: Lanes) -
 
 
 def test_the_host_loads_and_reports_lanes(tmp_path: Path) -> None:
-    cfg = load_config(write_config(tmp_path / "c.json", [batched_entry(n_ctx=256, n_parallel=3, lanes=2)]))
+    """Three slots in two lanes with a shared pool of 640 cells: each lane's context holds its
+    share (two slots' 426, one slot's 256 at least: a whole conversation), reported together."""
+    entry = batched_entry(n_ctx=256, n_parallel=3, lanes=2, kv_unified=True, kv_pool=640)
+    cfg = load_config(write_config(tmp_path / "c.json", [entry]))
     host = EngineHost(cfg)
     try:
         engine = host.load(MAIN_MODEL)
@@ -90,7 +93,9 @@ def test_the_host_loads_and_reports_lanes(tmp_path: Path) -> None:
         assert settings["lanes"] == 2 and settings["n_parallel"] == 3
         assert [s["id"] for s in settings["slots"]] == [0, 1, 2]
         assert len(settings["stats"]["lanes"]) == 2
-        assert settings["n_ctx_total"] == 3 * 256  # two contexts, of two slots and of one
+        assert [m.pool for m in engine.models] == [426, 256]
+        assert settings["kv_pool"] == 426 + 256
+        assert settings["n_ctx_total"] >= 426 + 256  # llama.cpp may round a context up
     finally:
         host.free()
     assert host.engine is None
