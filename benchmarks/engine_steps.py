@@ -32,7 +32,8 @@ costs that only an in-process run can separate, so this benchmark measures each 
 5. `engine-llama`: the same engine with llama.cpp's whole chain on the CPU for every row;
 
 any engine variant with `-lanesN` in its name runs its sequences over N lanes (contexts of their
-own on the same weights, an engine thread each: `server/engine/lanes.py`);
+own on the same weights, stepped in turn by one thread, `-threads`: a thread each;
+`server/engine/lanes.py`);
 
 each with the engine's own per-step profile (decode / sampling / other). `raw` also times
 `llama_decode`'s return apart from the synchronize: how much of a step the CPU could overlap.
@@ -313,7 +314,8 @@ def engine_run(
     n_lanes = next((int(p[5:]) for p in variant.split("-") if p.startswith("lanes") and p[5:].isdigit()), 1)
     runner: Engine | Lanes
     if n_lanes > 1:  # contexts of their own; the model's stays idle
-        runner = Lanes([model.lane(n // n_lanes) for _ in range(n_lanes)])
+        threads = "threads" in variant.split("-")  # a thread per lane, not one for all
+        runner = Lanes([model.lane(n // n_lanes) for _ in range(n_lanes)], one_thread=not threads)
         engines = runner.engines
     else:
         runner = Engine(model)

@@ -1,14 +1,15 @@
 """The batched engine's slots split over several contexts on one model's weights ("lanes"),
-each decoded by an `Engine` with a thread of its own.
+each an `Engine`, stepped in turn by one thread.
 
 Why: on a GPU, `llama_decode` returns once the step is queued, but the next step of the same
 context can only be built once this one's tokens are sampled, so the GPU waits for the host's
 sampling and Python between steps: 0.37-0.42 ms of a 2.9 ms step at 16 sequences on an H100
 (BENCHMARKS.md, issue 16, session 12). With two lanes, each context with its own CUDA stream and
-graph, the host works on one lane's step while the other's decodes. The threads share the GIL,
-but each lets go of it while it waits for its decode. Measured on an H100, 1B shape (session 13):
-two lanes decode 10-18% more at 64 conversations, about the same at 32, no more at 16 (two
-8-row steps cost more than one of 16); so one lane stays the default (`lanes` in the config).
+graph, the host works on one lane's step while the other's decodes. Measured on an H100, 1B
+shape (session 13), with a thread per lane: two lanes decode 10-18% more at 64 conversations,
+about the same at 32, no more at 16 (two 8-row steps cost more than one of 16); so one lane stays
+the default (`lanes` in the config). One thread for all lanes (`ONE_THREAD`) avoids the threads'
+waits for the GIL; not yet measured on a GPU.
 
 A request goes to the lane holding its conversation (the slot whose cache covers at least
 half its prompt: the next turn), else to the lane with the fewest busy and queued slots, so the
@@ -18,12 +19,19 @@ oldest cache.
 
 from __future__ import annotations
 
+import logging
+import threading
 from dataclasses import dataclass
 from typing import Any
 
 from server.engine.model import BatchedModel
 from server.engine.prefix import REUSE_FRACTION, choose_slot
-from server.engine.scheduler import Engine, Generation, Slot
+from server.engine.scheduler import Engine, Generation, Slot, _Launched
+
+log = logging.getLogger("storybench.server")
+
+# One thread steps all lanes in turn (True), or each lane's engine its own thread (False).
+ONE_THREAD = True
 
 
 @dataclass
@@ -37,13 +45,61 @@ class LaneStats:
 
 
 class Lanes:
-    """What `EngineHost` and the API use of an `Engine`, over several."""
+    """What `EngineHost` and the API use of an `Engine`, over several.
 
-    def __init__(self, models: list[BatchedModel]) -> None:
+    With `one_thread` (the default, `ONE_THREAD`) one thread steps every lane in turn: it
+    finishes a lane's step (waits for its decode, samples) and launches that lane's next one,
+    then goes to the next lane, whose step has been decoding meanwhile. Otherwise each lane's
+    engine runs its own thread; the threads then hand the GIL back and forth, and a lane's
+    llama.cpp call that returns while the other runs Python waits for it (BENCHMARKS.md, issue
+    16, session 13)."""
+
+    def __init__(self, models: list[BatchedModel], one_thread: bool | None = None) -> None:
         self.models = models
-        self.engines = [Engine(m, lane=k) for k, m in enumerate(models)]
+        self.one_thread = ONE_THREAD if one_thread is None else one_thread
+        self._cond: threading.Condition | None = threading.Condition() if self.one_thread else None
+        self.engines = [Engine(m, lane=k, cond=self._cond) for k, m in enumerate(models)]
         self.model = models[0]  # weights, tokenizer and template: the same for every lane
         self.stats = LaneStats(self.engines)
+        self._stopping = False
+        self._thread: threading.Thread | None = None
+        if self.one_thread:
+            name = f"engine:{self.model.name}:lanes"
+            self._thread = threading.Thread(target=self._drive, name=name, daemon=True)
+            self._thread.start()
+
+    def _drive(self) -> None:
+        """Each lane in turn: finish its step in flight, admit, launch its next step; wait
+        when no lane has anything to do."""
+        assert self._cond is not None
+        engines = self.engines
+        in_flight: list[_Launched | None] = [None] * len(engines)
+        while True:
+            with self._cond:
+                while (
+                    not self._stopping
+                    and not any(in_flight)
+                    and not any(e._pending or e._has_work() for e in engines)
+                ):
+                    for engine in engines:
+                        engine._last_step_end = None  # idle: the wait is not engine time
+                    self._cond.wait()
+                if self._stopping:
+                    return
+            for k, engine in enumerate(engines):
+                try:
+                    step, in_flight[k] = in_flight[k], None
+                    if step is not None:
+                        engine._finish(step)
+                    with self._cond:
+                        engine._admit()
+                    engine._drop_cancelled()
+                    if engine._has_work():
+                        in_flight[k] = engine._launch()
+                except Exception as exc:  # keep serving: fail what was in this lane's batch
+                    in_flight[k] = None
+                    engine._recover(exc)
+                engine._publish()
 
     @property
     def slots(self) -> list[Slot]:
@@ -83,8 +139,22 @@ class Lanes:
         return min(self.engines, key=_load)
 
     def close(self, timeout: float = 30.0) -> None:
+        if self._thread is None:
+            for engine in self.engines:
+                engine.close(timeout)
+            return
+        assert self._cond is not None
+        with self._cond:
+            self._stopping = True
+            for engine in self.engines:
+                engine._stopping = True
+            self._cond.notify_all()
+        self._thread.join(timeout)
+        if self._thread.is_alive():
+            log.warning("lanes thread of %r did not stop within %.0f s", self.model.name, timeout)
+            return
         for engine in self.engines:
-            engine.close(timeout)
+            engine.shut_down()
 
     def close_models(self) -> None:
         """The lanes' contexts, then the weights (the first model owns them)."""

@@ -407,6 +407,22 @@ class EngineStats:
         }
 
 
+@dataclass
+class _Launched:
+    """A step whose decode is queued (`Engine._launch`), for `Engine._finish`."""
+
+    start: float
+    outputs: list[tuple[Slot, int]]  # the rows sampled, by slot
+    fed: list[tuple[Slot, list[int]]]  # the tokens each slot's cache gains
+    fillers: set[int]
+    held: list[int]
+    generating: int
+    passes: int  # micro-batches llama.cpp cuts the step into
+    t0: float  # llama_decode called
+    launched: float  # llama_decode returned
+    tails: dict[TailKey, TailGroup] | None  # prepared while it decoded (`OVERLAP`), else None
+
+
 def _admitted(slot: Slot) -> float:
     return slot.gen.t_admit or 0.0 if slot.gen is not None else 0.0
 
@@ -414,13 +430,17 @@ def _admitted(slot: Slot) -> float:
 class Engine:
     """The scheduler and its thread; one per loaded model."""
 
-    def __init__(self, model: BatchedModel, lane: int | None = None) -> None:
-        """`lane`: this engine's number among the lanes that share the model (`lanes`)."""
+    def __init__(
+        self, model: BatchedModel, lane: int | None = None, cond: threading.Condition | None = None
+    ) -> None:
+        """`lane`: this engine's number among the lanes that share the model (`lanes`). `cond`:
+        a condition shared with the thread that drives it (`lanes.Lanes`); with it the engine
+        starts no thread of its own."""
         self.model = model
         self.slots = [Slot(seq=i) for i in range(model.n_parallel)]
         self.stats = EngineStats()
         self._pending: deque[Generation] = deque()
-        self._cond = threading.Condition()
+        self._cond = cond or threading.Condition()
         self._stopping = False
         self._batch = _Batch(model.n_batch)
         self._pieces = Pieces(model.vocab)
@@ -457,8 +477,10 @@ class Engine:
         self._host = HostSampler()
         self._penalty_counts: PenaltyCounts | None = None  # the penalties' windows by slot (`host_tail`)
         name = f"engine:{model.name}" if lane is None else f"engine:{model.name}:{lane}"
-        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
-        self._thread.start()
+        self._thread: threading.Thread | None = None
+        if cond is None:
+            self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+            self._thread.start()
 
     # --- the HTTP side -------------------------------------------------------------------
 
@@ -493,13 +515,21 @@ class Engine:
         """Stop the thread; generations still running or queued end with an error."""
         with self._cond:
             self._stopping = True
-            self._cond.notify()
-        self._thread.join(timeout)
+            self._cond.notify_all()
+        if self._thread is not None:
+            self._thread.join(timeout)
+            if self._thread.is_alive():
+                if self._pool is not None:
+                    self._pool.shutdown(wait=False)
+                log.warning("engine thread of %r did not stop within %.0f s", self.model.name, timeout)
+                return
+        self.shut_down()
+
+    def shut_down(self) -> None:
+        """Once no thread steps the engine: generations still running or queued end with an
+        error, and the slots' graph chains are freed."""
         if self._pool is not None:
             self._pool.shutdown(wait=False)
-        if self._thread.is_alive():
-            log.warning("engine thread of %r did not stop within %.0f s", self.model.name, timeout)
-            return
         for slot in self.slots:
             if slot.gen is not None:
                 self._fail(slot, "the server is shutting down")
@@ -524,16 +554,20 @@ class Engine:
             try:
                 self._drop_cancelled()
                 if self._has_work():
-                    self._step()
+                    self._finish(self._launch())
             except Exception as exc:  # keep serving: fail what was in the batch
-                log.exception("engine step failed")
-                self._texts.clear()
-                for slot in self.slots:
-                    if slot.gen is not None:
-                        self._fail(slot, f"generation failed: {exc}")
-                    else:  # a throwaway token (`_fillers`) may have stayed behind its cache
-                        llama_cpp.llama_memory_seq_rm(self.model.memory, slot.seq, len(slot.cache), -1)
+                self._recover(exc)
             self._publish()
+
+    def _recover(self, exc: Exception) -> None:
+        """After a failed step: fail what was in the batch, keep serving."""
+        log.exception("engine step failed")
+        self._texts.clear()
+        for slot in self.slots:
+            if slot.gen is not None:
+                self._fail(slot, f"generation failed: {exc}")
+            else:  # a throwaway token (`_fillers`) may have stayed behind its cache
+                llama_cpp.llama_memory_seq_rm(self.model.memory, slot.seq, len(slot.cache), -1)
 
     def _has_work(self) -> bool:
         return any(s.gen is not None for s in self.slots)
@@ -652,7 +686,10 @@ class Engine:
             if slot.gen is not None and slot.gen.cancelled:
                 self._release(slot, None)
 
-    def _step(self) -> None:
+    def _launch(self) -> _Launched:
+        """A step up to its decode queued on the device (and the host work that overlaps it);
+        `_finish` waits for it and takes its tokens. Apart, so that a thread driving several
+        lanes (`lanes.Lanes`) can finish one lane's step while another's decodes."""
         start = time.perf_counter()
         model, batch = self.model, self._batch
         batch.clear()
@@ -720,16 +757,20 @@ class Engine:
         seqs, counts = np.unique(batch.seq[: batch.n], return_counts=True)  # in batch order
         runs = list(zip(seqs.tolist(), counts.tolist(), strict=True))
         passes = micro_batches.passes(runs, self._n_ubatch, self._streams)
-        if self.overlap:  # while the GPU decodes
-            tails = self._overlapped(outputs)
+        tails = self._overlapped(outputs) if self.overlap else None  # while the GPU decodes
+        return _Launched(start, outputs, fed, fillers, held, generating, passes, t0, launched, tails)
+
+    def _finish(self, step: _Launched) -> None:
+        """Wait for a `_launch`ed step and take its tokens."""
+        model, batch = self.model, self._batch
+        outputs, fed, fillers, held, t0 = step.outputs, step.fed, step.fillers, step.held, step.t0
         llama_cpp.llama_synchronize(model.ctx)
         t1 = time.perf_counter()
         reused = llama_cpp.llama_perf_context(model.ctx).n_reused
-        built, self._reused = passes - (reused - self._reused), reused
+        built, self._reused = step.passes - (reused - self._reused), reused
         for seq in (*fillers, *held):  # the throwaway tokens out of the idle slots' caches
             llama_cpp.llama_memory_seq_rm(model.memory, seq, len(self.slots[seq].cache), -1)
-        if not self.overlap:
-            tails = self._prepare_tails(outputs)
+        tails = step.tails if step.tails is not None else self._prepare_tails(outputs)
         for slot, tokens in fed:
             slot.cache.extend(tokens)
         now = time.perf_counter()
@@ -741,11 +782,12 @@ class Engine:
             self._accept(slot, gen, token)
         t2 = time.perf_counter()
         # Back to back with the previous step: the gap (events, admission) counts as busy.
-        busy_from = start if self._last_step_end is None else self._last_step_end
-        prompt_tokens = batch.n - generating - len(fillers) - len(held)
+        busy_from = step.start if self._last_step_end is None else self._last_step_end
+        prompt_tokens = batch.n - step.generating - len(fillers) - len(held)
         self.stats.add(
-            generating, prompt_tokens, t1 - t0, t2 - t1, t2 - busy_from, launched - t0, passes, built
-        )
+            step.generating, prompt_tokens, t1 - t0, t2 - t1, t2 - busy_from, step.launched - t0,
+            step.passes, built,
+        )  # fmt: skip
         self._last_step_end = t2
 
     def _chunks(self, waiting: list[Slot], room: int) -> dict[int, int]:

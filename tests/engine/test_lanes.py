@@ -24,14 +24,18 @@ from tests.support.servers import MAIN_MODEL, write_config
 pytestmark = pytest.mark.integration
 
 
-@pytest.fixture(scope="module")
-def lanes(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lanes]:
-    """Four slots in two lanes, otherwise the session engine's settings."""
+@pytest.fixture(scope="module", params=[True, False], ids=["one-thread", "thread-a-lane"])
+def lanes(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lanes]:
+    """Four slots in two lanes, otherwise the session engine's settings; the lanes stepped by
+    one thread (the default) or each by its own."""
     tmp = tmp_path_factory.mktemp("lanes")
     entry = batched_entry(n_ctx=512, n_parallel=4, n_threads_sampling=2, lanes=2)
     model = BatchedModel(load_config(write_config(tmp / "c.json", [entry])).models[0])
-    running = start_engine(model)
-    assert isinstance(running, Lanes)
+    if request.param:
+        running = start_engine(model)
+        assert isinstance(running, Lanes) and running.one_thread
+    else:
+        running = Lanes([model, model.lane(2)], one_thread=False)
     yield running
     running.close()
     running.close_models()
@@ -48,13 +52,17 @@ def test_the_config_splits_the_slots_evenly(tmp_path: Path) -> None:
     assert 'field "lanes"' in str(err.value) and "n_parallel is 2" in str(err.value)
 
 
-def test_each_lane_has_a_context_and_a_thread_of_its_own(lanes: Lanes) -> None:
+def test_each_lane_has_a_context_of_its_own(lanes: Lanes) -> None:
     contexts = {id(e.model.context) for e in lanes.engines}
     assert len(contexts) == 2
     assert all(len(e.slots) == 2 and llama_cpp.llama_n_seq_max(e.model.ctx) == 2 for e in lanes.engines)
     assert lanes.engines[1].model.model is lanes.model.model  # one copy of the weights
-    names = {e._thread.name for e in lanes.engines}
-    assert names == {f"engine:{MAIN_MODEL}:0", f"engine:{MAIN_MODEL}:1"}
+    if lanes.one_thread:
+        assert all(e._thread is None for e in lanes.engines)
+        assert lanes._thread is not None and lanes._thread.name == f"engine:{MAIN_MODEL}:lanes"
+    else:
+        names = {e._thread.name for e in lanes.engines if e._thread is not None}
+        assert names == {f"engine:{MAIN_MODEL}:0", f"engine:{MAIN_MODEL}:1"}
 
 
 def test_requests_spread_over_the_lanes_and_answer_as_one_lane_does(lanes: Lanes, engine: Engine) -> None:
@@ -99,3 +107,21 @@ def test_the_host_loads_and_reports_lanes(tmp_path: Path) -> None:
     finally:
         host.free()
     assert host.engine is None
+
+
+def test_closing_ends_what_runs_and_what_waits(tmp_path: Path) -> None:
+    """Closing the lanes' thread mid-answer: the running and the queued generations end with an
+    error, none is left hanging."""
+    entry = batched_entry(n_ctx=512, n_parallel=2, lanes=2)
+    model = BatchedModel(load_config(write_config(tmp_path / "c.json", [entry])).models[0])
+    running = start_engine(model)
+    assert isinstance(running, Lanes)
+    try:
+        runs = [Run(running, p, 400) for p in PROMPTS[:3]]  # type: ignore[arg-type]
+        assert runs[0].done.wait(0.5) is False  # still generating
+    finally:
+        running.close()
+        running.close_models()
+    for run in runs:
+        assert run.done.wait(5)
+        assert run.events[-1] == ("error", "the server is shutting down"), run.events[-1]
