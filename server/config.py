@@ -190,9 +190,9 @@ class ModelConfig:
 
     @property
     def lanes(self) -> int:
-        """Contexts the batched engine's slots are split over, each decoded by a thread of its
-        own, so that the host's work on one lane's step (sampling, Python) runs while another
-        lane's step decodes on the GPU (`server/engine/lanes.py`). Unless set: 1 (two paid
+        """Contexts the batched engine's slots are split over, stepped in turn by one thread,
+        so that the host's work on one lane's step (sampling, Python) runs while another lane's
+        step decodes on the GPU (`server/engine/lanes.py`). Unless set: 1 (two paid
         only from about 64 conversations on an H100's 1B shape; docs/local_models.md)."""
         return min(self.entry.lanes or 1, self.n_parallel)
 
