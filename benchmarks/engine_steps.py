@@ -105,6 +105,20 @@ def _clear(model: BatchedModel) -> None:
     llama_cpp.llama_memory_clear(model.memory, True)
 
 
+def _prefill(model: BatchedModel, ctx: Any, batch: _Batch, seqs: list[tuple[int, int]], prompt: int) -> None:
+    """`prompt` tokens into each (sequence, seed) of `seqs`, one sequence per decode: prefill is
+    not what the raw variants measure."""
+    for seq, seed in seqs:
+        tokens = _prompt(model, prompt, seed=seed)
+        for at in range(0, len(tokens), model.n_batch):
+            batch.clear()
+            chunk = tokens[at : at + model.n_batch]
+            batch.add_run(chunk, at, seq, output_last=at + len(chunk) == len(tokens))
+            if batch.decode(ctx) != 0:
+                raise RuntimeError("prefill failed")
+    llama_cpp.llama_synchronize(ctx)
+
+
 def raw_decode(
     model: BatchedModel, n: int, prompt: int, gen: int, spread: bool = False, fill: bool = False
 ) -> dict[str, float]:
@@ -117,15 +131,7 @@ def raw_decode(
     batch = _Batch(model.n_batch)
     seqs = [2 * k if spread else k for k in range(n)]
     gaps = [s + 1 for s in seqs[:-1]] if spread and fill else []
-    for seq in seqs:  # prompts one sequence per decode: prefill is not what is measured
-        tokens = _prompt(model, prompt, seed=seq)
-        for at in range(0, len(tokens), model.n_batch):
-            batch.clear()
-            chunk = tokens[at : at + model.n_batch]
-            batch.add_run(chunk, at, seq, output_last=at + len(chunk) == len(tokens))
-            if batch.decode(model.ctx) != 0:
-                raise RuntimeError("prefill failed")
-    llama_cpp.llama_synchronize(model.ctx)
+    _prefill(model, model.ctx, batch, [(seq, seq) for seq in seqs], prompt)
     token = _prompt(model, 1, seed=9999)[0]
     launch = 0.0
     start = time.perf_counter()
@@ -181,16 +187,8 @@ def raw_lanes(
     try:
         batches = [_Batch(model.n_batch) for _ in range(lanes)]
         for lane, context in enumerate(contexts):
-            batch = batches[lane]
-            for seq in range(per):
-                tokens = _prompt(model, prompt, seed=lane * per + seq)
-                for at in range(0, len(tokens), model.n_batch):
-                    batch.clear()
-                    chunk = tokens[at : at + model.n_batch]
-                    batch.add_run(chunk, at, seq, output_last=at + len(chunk) == len(tokens))
-                    if batch.decode(context.ctx) != 0:
-                        raise RuntimeError("prefill failed")
-            llama_cpp.llama_synchronize(context.ctx)
+            seeded = [(seq, lane * per + seq) for seq in range(per)]
+            _prefill(model, context.ctx, batches[lane], seeded, prompt)
         token = _prompt(model, 1, seed=9999)[0]
         host = host_us_per_row * per / 1e6
 
