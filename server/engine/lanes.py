@@ -26,7 +26,7 @@ from typing import Any
 
 from server.engine.model import BatchedModel
 from server.engine.prefix import REUSE_FRACTION, choose_slot
-from server.engine.scheduler import Engine, Generation, Slot, _Launched
+from server.engine.scheduler import Engine, Generation, Launched, Slot
 
 log = logging.getLogger("storybench.server")
 
@@ -73,33 +73,18 @@ class Lanes:
         when no lane has anything to do."""
         assert self._cond is not None
         engines = self.engines
-        in_flight: list[_Launched | None] = [None] * len(engines)
+        in_flight: list[Launched | None] = [None] * len(engines)
         while True:
             with self._cond:
-                while (
-                    not self._stopping
-                    and not any(in_flight)
-                    and not any(e._pending or e._has_work() for e in engines)
-                ):
-                    for engine in engines:
-                        engine._last_step_end = None  # idle: the wait is not engine time
+                while not self._stopping and not any(in_flight) and not any(e.wants_step() for e in engines):
                     self._cond.wait()
                 if self._stopping:
                     return
             for k, engine in enumerate(engines):
-                try:
-                    step, in_flight[k] = in_flight[k], None
-                    if step is not None:
-                        engine._finish(step)
-                    with self._cond:
-                        engine._admit()
-                    engine._drop_cancelled()
-                    if engine._has_work():
-                        in_flight[k] = engine._launch()
-                except Exception as exc:  # keep serving: fail what was in this lane's batch
-                    in_flight[k] = None
-                    engine._recover(exc)
-                engine._publish()
+                step, in_flight[k] = in_flight[k], None
+                if step is not None:
+                    engine.finish_step(step)
+                in_flight[k] = engine.launch_step()
 
     @property
     def slots(self) -> list[Slot]:
@@ -146,15 +131,13 @@ class Lanes:
         assert self._cond is not None
         with self._cond:
             self._stopping = True
-            for engine in self.engines:
-                engine._stopping = True
             self._cond.notify_all()
         self._thread.join(timeout)
         if self._thread.is_alive():
             log.warning("lanes thread of %r did not stop within %.0f s", self.model.name, timeout)
             return
-        for engine in self.engines:
-            engine.shut_down()
+        for engine in self.engines:  # no thread of their own: each stops and ends what it had
+            engine.close(timeout)
 
     def close_models(self) -> None:
         """The lanes' contexts, then the weights (the first model owns them)."""

@@ -408,7 +408,7 @@ class EngineStats:
 
 
 @dataclass
-class _Launched:
+class Launched:
     """A step whose decode is queued (`Engine._launch`), for `Engine._finish`."""
 
     start: float
@@ -512,24 +512,18 @@ class Engine:
         return len(self._pending)
 
     def close(self, timeout: float = 30.0) -> None:
-        """Stop the thread; generations still running or queued end with an error."""
+        """Stop the thread (a lane's engine: once its driver stopped); generations still running
+        or queued end with an error."""
         with self._cond:
             self._stopping = True
             self._cond.notify_all()
         if self._thread is not None:
             self._thread.join(timeout)
-            if self._thread.is_alive():
-                if self._pool is not None:
-                    self._pool.shutdown(wait=False)
-                log.warning("engine thread of %r did not stop within %.0f s", self.model.name, timeout)
-                return
-        self.shut_down()
-
-    def shut_down(self) -> None:
-        """Once no thread steps the engine: generations still running or queued end with an
-        error, and the slots' graph chains are freed."""
         if self._pool is not None:
             self._pool.shutdown(wait=False)
+        if self._thread is not None and self._thread.is_alive():
+            log.warning("engine thread of %r did not stop within %.0f s", self.model.name, timeout)
+            return
         for slot in self.slots:
             if slot.gen is not None:
                 self._fail(slot, "the server is shutting down")
@@ -545,19 +539,43 @@ class Engine:
     def _run(self) -> None:
         while True:
             with self._cond:
-                while not self._stopping and not self._pending and not self._has_work():
-                    self._last_step_end = None  # idle: the wait is not engine time
+                while not self._stopping and not self.wants_step():
                     self._cond.wait()
                 if self._stopping:
                     return
-                self._admit()
-            try:
-                self._drop_cancelled()
-                if self._has_work():
-                    self._finish(self._launch())
-            except Exception as exc:  # keep serving: fail what was in the batch
-                self._recover(exc)
-            self._publish()
+            step = self.launch_step()
+            if step is not None:
+                self.finish_step(step)
+
+    def wants_step(self) -> bool:
+        """Whether a request waits or a slot generates (with the lock held)."""
+        return bool(self._pending) or self._has_work()
+
+    def launch_step(self) -> Launched | None:
+        """Admit what waits, then launch a step if any slot has work (None if none, or if it
+        failed: what was in the batch then ends with an error and the engine keeps serving).
+        With `finish_step`, what the engine's thread, or the thread driving its lane, runs."""
+        with self._cond:
+            self._admit()
+        step = None
+        try:
+            self._drop_cancelled()
+            if self._has_work():
+                step = self._launch()
+        except Exception as exc:
+            self._recover(exc)
+        if step is None:
+            self._last_step_end = None  # idle until the next step: not engine time
+        self._publish()
+        return step
+
+    def finish_step(self, step: Launched) -> None:
+        """Wait for a launched step and take its tokens (on failure, as `launch_step`)."""
+        try:
+            self._finish(step)
+        except Exception as exc:
+            self._recover(exc)
+        self._publish()
 
     def _recover(self, exc: Exception) -> None:
         """After a failed step: fail what was in the batch, keep serving."""
@@ -686,7 +704,7 @@ class Engine:
             if slot.gen is not None and slot.gen.cancelled:
                 self._release(slot, None)
 
-    def _launch(self) -> _Launched:
+    def _launch(self) -> Launched:
         """A step up to its decode queued on the device (and the host work that overlaps it);
         `_finish` waits for it and takes its tokens. Apart, so that a thread driving several
         lanes (`lanes.Lanes`) can finish one lane's step while another's decodes."""
@@ -758,9 +776,9 @@ class Engine:
         runs = list(zip(seqs.tolist(), counts.tolist(), strict=True))
         passes = micro_batches.passes(runs, self._n_ubatch, self._streams)
         tails = self._overlapped(outputs) if self.overlap else None  # while the GPU decodes
-        return _Launched(start, outputs, fed, fillers, held, generating, passes, t0, launched, tails)
+        return Launched(start, outputs, fed, fillers, held, generating, passes, t0, launched, tails)
 
-    def _finish(self, step: _Launched) -> None:
+    def _finish(self, step: Launched) -> None:
         """Wait for a `_launch`ed step and take its tokens."""
         model, batch = self.model, self._batch
         outputs, fed, fillers, held, t0 = step.outputs, step.fed, step.fillers, step.held, step.t0
