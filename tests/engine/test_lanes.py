@@ -16,7 +16,7 @@ from server.config import ServerConfigError, load_config
 from server.engine.host import EngineHost
 from server.engine.lanes import Lanes, start_engine
 from server.engine.model import BatchedModel
-from server.engine.scheduler import Engine
+from server.engine.scheduler import Engine, Slot
 from tests.engine.conftest import batched_entry
 from tests.engine.test_engine import PROMPTS, Run, agreeing
 from tests.support.servers import MAIN_MODEL, write_config
@@ -125,3 +125,43 @@ def test_closing_ends_what_runs_and_what_waits(tmp_path: Path) -> None:
     for run in runs:
         assert run.done.wait(5)
         assert run.events[-1] == ("error", "the server is shutting down"), run.events[-1]
+
+
+class _Lane:
+    """What `Lanes.choose` reads of an engine: its slots and its queue."""
+
+    def __init__(self, caches: list[list[int]], busy: int = 0, queued: int = 0, used: float = 0.0) -> None:
+        self.slots = [Slot(seq=k, cache=list(c), last_used=used) for k, c in enumerate(caches)]
+        for slot in self.slots[:busy]:
+            slot.gen = object()  # type: ignore[assignment]
+        self.queued = queued
+
+    @property
+    def busy_slots(self) -> int:
+        return sum(1 for s in self.slots if s.gen is not None)
+
+
+def _choose(lanes: list[_Lane], prompt: list[int]) -> int:
+    router = object.__new__(Lanes)
+    router.engines = lanes  # type: ignore[assignment]
+    return lanes.index(router.choose(prompt))  # type: ignore[arg-type]
+
+
+def test_a_turn_goes_where_its_history_is_cached_if_that_lane_has_room() -> None:
+    history = list(range(100, 160))
+    turn = history + [7, 8, 9]
+    assert _choose([_Lane([[1, 2], []]), _Lane([history, []], busy=0)], turn) == 1
+    # the lane holding it is busier: the cache still wins while it has an idle slot for it...
+    assert _choose([_Lane([[], []]), _Lane([history, [5]], busy=0, queued=1)], turn) == 1
+    # ...not once its idle slots are all spoken for
+    assert _choose([_Lane([[], []]), _Lane([[5], history], busy=1, queued=1)], turn) == 0
+    # a shared opening (less than half the prompt) is no reason: the least busy lane
+    shared = history[:20]
+    assert _choose([_Lane([shared, []], busy=1), _Lane([[], []])], shared + list(range(500, 560))) == 1
+
+
+def test_new_conversations_spread_to_empty_slots_then_the_oldest_cache() -> None:
+    fresh = list(range(900, 950))
+    assert _choose([_Lane([[1], []], busy=1), _Lane([[], []])], fresh) == 1  # fewer busy
+    assert _choose([_Lane([[1], []]), _Lane([[], []])], fresh) == 1  # more empty slots
+    assert _choose([_Lane([[1]], used=5.0), _Lane([[2]], used=3.0)], fresh) == 1  # older cache
