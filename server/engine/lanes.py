@@ -77,6 +77,8 @@ class Lanes:
         while True:
             with self._cond:
                 while not self._stopping and not any(in_flight) and not any(e.wants_step() for e in engines):
+                    for engine in engines:
+                        engine._last_step_end = None  # idle: the wait is not engine time
                     self._cond.wait()
                 if self._stopping:
                     return
@@ -113,7 +115,7 @@ class Lanes:
         threads: a slot seen a moment late only costs a cache miss or an uneven step."""
         best: tuple[int, Engine] | None = None
         for engine in self.engines:
-            idle = [s for s in list(engine.slots) if s.gen is None]
+            idle = [s for s in engine.slots if s.gen is None]
             if len(idle) <= engine.queued or not prompt:
                 continue
             _, found = choose_slot(idle, prompt)
@@ -149,7 +151,7 @@ def _load(engine: Engine) -> tuple[int, int, float]:
     """Busy and queued slots; then, for lanes equally busy, the one with more empty slots, then
     the one whose idle slot was used longest ago: the cache a new conversation displaces is the
     oldest one, across lanes as within one (`prefix.choose_slot`)."""
-    idle = [s for s in list(engine.slots) if s.gen is None]
+    idle = [s for s in engine.slots if s.gen is None]
     empty = sum(1 for s in idle if not s.cache)
     oldest = min((s.last_used for s in idle), default=float("inf"))
     return engine.busy_slots + engine.queued, -empty, oldest

@@ -540,6 +540,7 @@ class Engine:
         while True:
             with self._cond:
                 while not self._stopping and not self.wants_step():
+                    self._last_step_end = None  # idle: the wait is not engine time
                     self._cond.wait()
                 if self._stopping:
                     return

@@ -6,6 +6,7 @@ one lane answers them, and a conversation's next turn sent to the lane holding i
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -165,3 +166,23 @@ def test_new_conversations_spread_to_empty_slots_then_the_oldest_cache() -> None
     assert _choose([_Lane([[1], []], busy=1), _Lane([[], []])], fresh) == 1  # fewer busy
     assert _choose([_Lane([[1], []]), _Lane([[], []])], fresh) == 1  # more empty slots
     assert _choose([_Lane([[1]], used=5.0), _Lane([[2]], used=3.0)], fresh) == 1  # older cache
+
+
+def test_idle_time_between_requests_is_not_step_time(tmp_path: Path, lanes: Lanes) -> None:
+    """A pause between two requests counts in no step's host time (`ms_per_step` "other"),
+    neither for a one-lane engine's own thread nor for the lanes' thread."""
+    entry = batched_entry(n_ctx=256, n_parallel=1)
+    model = BatchedModel(load_config(write_config(tmp_path / "c.json", [entry])).models[0])
+    alone = Engine(model)
+    try:
+        for runner in (alone, lanes):
+            Run(runner, PROMPTS[0], 8).wait()  # type: ignore[arg-type]
+            time.sleep(0.6)
+            Run(runner, PROMPTS[1], 8).wait()  # type: ignore[arg-type]
+    finally:
+        alone.close()
+        model.close()
+    summaries = [alone.stats.summary(), *(e.stats.summary() for e in lanes.engines)]
+    for summary in summaries:
+        if summary["steps"]:
+            assert summary["ms_per_step"]["other"] < 20, summary["ms_per_step"]  # 0.6 s over < 30 steps
