@@ -173,7 +173,7 @@ def raw_lanes(
     host_us_per_row: float,
     threads: bool = False,
 ) -> dict[str, float]:
-    """`raw_decode` over `lanes` contexts on the same weights (`BatchedModel.new_context`), n /
+    """`raw_decode` over `lanes` contexts on the same weights (`BatchedModel.lane`), n /
     lanes sequences each, from one thread: each lane's step is launched, then the next lane's
     previous step is waited for, given `host_us_per_row` µs a row of simulated host work
     (sampling and Python), and launched again. With one lane the GPU waits for the host work;
@@ -183,7 +183,7 @@ def raw_lanes(
     if n % lanes:
         raise ValueError(f"{n} sequences do not split into {lanes} lanes")
     per = n // lanes
-    contexts = [model.new_context(per) for _ in range(lanes)]
+    contexts = [model.lane(per) for _ in range(lanes)]
     try:
         batches = [_Batch(model.n_batch) for _ in range(lanes)]
         for lane, context in enumerate(contexts):

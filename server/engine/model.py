@@ -128,22 +128,17 @@ class BatchedModel:
 
     def lane(self, n_seq: int) -> BatchedModel:
         """The same weights, tokenizer and chat template with a context of its own for `n_seq`
-        slots (`server/engine/lanes.py`); closing it closes only that context."""
+        slots and their share of the KV cells (`server/engine/lanes.py`): its own KV cache,
+        output buffers and (on a GPU) stream and CUDA graph, so its decode can run while the
+        host works on another context's step. Closing it closes only that context."""
         other = copy.copy(self)
         cells = self.config.lane_cells(n_seq)
-        other.context = self.new_context(n_seq, cells)
+        params = self._context_params(n_seq, cells)
+        other.context = internals.LlamaContext(model=self.model, params=params, verbose=False)
         other.ctx, other.memory = other.context.ctx, other.context.memory
         other.n_parallel, other._owns_weights = n_seq, False
         other.pool = cells if self.pool is not None else None
         return other
-
-    def new_context(self, n_seq: int, cells: int | None = None) -> internals.LlamaContext:
-        """Another context on the same weights, with the config's settings, `n_seq` slots and
-        `cells` KV cells (`n_ctx` a slot unless given): its own KV cache, output buffers and (on
-        a GPU) stream and CUDA graph, so its decode can run while the host works on another
-        context's step. The caller closes it."""
-        params = self._context_params(n_seq, cells or n_seq * self.n_ctx_slot)
-        return internals.LlamaContext(model=self.model, params=params, verbose=False)
 
     def close(self) -> None:
         self.context.close()
