@@ -11,10 +11,10 @@ about the same at 32, no more at 16 (two 8-row steps cost more than one of 16); 
 the default (`lanes` in the config). One thread for all lanes (`ONE_THREAD`) avoids the threads'
 waits for the GIL; not yet measured on a GPU.
 
-A request goes to the lane holding its conversation (the slot whose cache covers at least
-half its prompt: the next turn), else to the lane with the fewest busy and queued slots, so the
-lanes carry about as many rows each, and among those to the one with an empty slot or the
-oldest cache.
+A request goes to the lane holding its conversation (an idle slot whose cache its prompt
+continues, matched as admission matches it, or that covers at least half of it), else to the
+lane with the fewest busy and queued slots, so the lanes carry about as many rows each, and
+among those to the one with an empty slot or the oldest cache.
 """
 
 from __future__ import annotations
@@ -25,7 +25,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from server.engine.model import BatchedModel
-from server.engine.prefix import REUSE_FRACTION, choose_slot
 from server.engine.scheduler import Engine, Generation, Launched, Slot
 
 log = logging.getLogger("storybench.server")
@@ -101,7 +100,7 @@ class Lanes:
         return sum(e.queued for e in self.engines)
 
     def submit(self, gen: Generation) -> None:
-        engine = self.choose(gen.prompt)
+        engine = self.choose(gen)
         gen.lane = self.engines.index(engine)
         engine.submit(gen)
 
@@ -109,18 +108,17 @@ class Lanes:
         if gen.lane is not None:
             self.engines[gen.lane].cancel(gen)
 
-    def choose(self, prompt: list[int]) -> Engine:
-        """The lane with an idle slot whose cache covers at least half of `prompt` (the longest
-        such cover), else the least loaded lane. Reads the lanes' slots from outside their
-        threads: a slot seen a moment late only costs a cache miss or an uneven step."""
+    def choose(self, gen: Generation) -> Engine:
+        """The lane whose idle slot keeps the most of `gen`'s prompt in its cache, when that is
+        the next turn of its conversation or at least half the prompt (`Engine.reusable`, with
+        the text match admission uses: a story whose answer was re-spelled still goes home),
+        else the least loaded lane. A lane is read under its own lock, one after another: a
+        slot taken a moment later only costs a cache miss or an uneven step."""
         best: tuple[int, Engine] | None = None
         for engine in self.engines:
-            idle = [s for s in engine.slots if s.gen is None]
-            if len(idle) <= engine.queued or not prompt:
-                continue
-            _, found = choose_slot(idle, prompt)
-            if found.kept >= REUSE_FRACTION * len(prompt) and (best is None or found.kept > best[0]):
-                best = (found.kept, engine)
+            kept = engine.reusable(gen)
+            if kept and (best is None or kept > best[0]):
+                best = (kept, engine)
         if best is not None:
             return best[1]
         return min(self.engines, key=_load)

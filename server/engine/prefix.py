@@ -186,3 +186,19 @@ def choose_slot(idle: Sequence[S], prompt: list[int], match: Matcher = token_mat
         return empty[0], Match(0, prompt)
     oldest = min(range(len(idle)), key=lambda k: idle[k].last_used)
     return shared[oldest]
+
+
+def kept_for(idle: Sequence[S], prompt: list[int], match: Matcher = token_match) -> int:
+    """The cached tokens the slot `choose_slot` picks for a prompt keeps, when they make that
+    slot's engine the place for the prompt: the next turn of the slot's conversation (its whole
+    cache, or at least its last prompt, starts this one) or at least half of the prompt shared;
+    0 otherwise (a new conversation, or one sharing only an opening such as a system prompt).
+    Lanes route by it (`lanes.Lanes.choose`) with the matcher their admission uses: a story whose
+    early answer was re-spelled shares, token for token, less than half of its next prompt."""
+    if not idle or not prompt:
+        return 0
+    slot, found = choose_slot(idle, prompt, match)
+    continues = bool(slot.cache) and (
+        found.kept == len(slot.cache) or (slot.prompt_len > 0 and found.kept >= slot.prompt_len)
+    )
+    return found.kept if continues or found.kept >= REUSE_FRACTION * len(prompt) else 0

@@ -60,7 +60,15 @@ from server.engine.host_tail import (
     read_rows,
 )
 from server.engine.model import BatchedModel
-from server.engine.prefix import Matcher, Spelling, choose_slot, common_prefix, text_match, token_match
+from server.engine.prefix import (
+    Matcher,
+    Spelling,
+    choose_slot,
+    common_prefix,
+    kept_for,
+    text_match,
+    token_match,
+)
 from server.engine.sampling import Chains, SamplingParams, build_sampler
 from server.engine.text import Pieces, TextStream
 from server.timings import MS_DECIMALS, timings_object, usage_object
@@ -503,6 +511,23 @@ class Engine:
             gen.cancelled = True
             self._cond.notify()
 
+    def reusable(self, gen: Generation) -> int:
+        """The cached tokens an idle slot here would keep for `gen`, when they make this engine
+        the place for it (`prefix.kept_for`, with the matcher admission uses); 0 when its idle
+        slots are all spoken for by its queue. Lanes route by it (`lanes.Lanes.choose`)."""
+        with self._cond:
+            idle = [s for s in self.slots if s.gen is None]
+            if len(idle) <= len(self._pending):
+                return 0
+            return kept_for(idle, gen.prompt, self._matcher(gen.max_tokens))
+
+    def _matcher(self, max_tokens: int) -> Matcher:
+        """Token for token, or by text past a re-spelled answer (`prefix.text_match`); a spliced
+        prompt must leave room for `max_tokens`."""
+        if self._spell is None:
+            return token_match
+        return text_match(self._spell, self.model.n_ctx_slot - max_tokens)
+
     @property
     def busy_slots(self) -> int:
         return sum(1 for s in self.slots if s.gen is not None)
@@ -604,10 +629,7 @@ class Engine:
                 self._pending.popleft()
                 gen.close_samplers()
                 continue
-            match: Matcher = token_match
-            if self._spell is not None:  # a spliced prompt must leave room for max_tokens
-                match = text_match(self._spell, self.model.n_ctx_slot - gen.max_tokens)
-            slot, found = choose_slot(idle, gen.prompt, match)
+            slot, found = choose_slot(idle, gen.prompt, self._matcher(gen.max_tokens))
             if found.prompt is not gen.prompt:  # the same text on the tokens the cache holds
                 self.stats.prompts_respelled += 1
                 self.stats.tokens_respelled += found.kept - common_prefix(slot.cache, gen.prompt)

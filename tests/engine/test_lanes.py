@@ -6,9 +6,12 @@ one lane answers them, and a conversation's next turn sent to the lane holding i
 
 from __future__ import annotations
 
+import threading
 import time
-from collections.abc import Iterator
+from collections import deque
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from types import SimpleNamespace
 
 import llama_cpp
 import pytest
@@ -17,9 +20,12 @@ from server.config import ServerConfigError, load_config
 from server.engine.host import EngineHost
 from server.engine.lanes import Lanes, start_engine
 from server.engine.model import BatchedModel
+from server.engine.prefix import common_prefix
 from server.engine.scheduler import Engine, Slot
 from tests.engine.conftest import batched_entry
+from tests.engine.test_backend_sampling import Job, greedy
 from tests.engine.test_engine import PROMPTS, Run, agreeing
+from tests.engine.test_prefix import BOS, spell
 from tests.support.servers import MAIN_MODEL, write_config
 
 pytestmark = pytest.mark.integration
@@ -89,6 +95,23 @@ def test_the_next_turn_goes_to_the_lane_holding_the_conversation(lanes: Lanes) -
         assert again.gen.cache_n >= len(run.gen.prompt)  # the first turn's prompt came from the cache
 
 
+def test_a_respelled_answer_keeps_its_lane_and_its_cache(lanes: Lanes) -> None:
+    """A first turn holding " a" + "day", where the tokenizer says " ad" + "ay" (as a generated
+    answer can): the next turn, its text tokenized afresh, shares less than half of its tokens
+    with the cache, yet its lane offers all of it and it goes there."""
+    model = lanes.model
+    head = model.completion_prompt("Once upon a time, one")
+    first = head + [253, 1222] + model.tokenize(b" the dragon said", add_bos=False, special=False)
+    answer = Job(lanes, first, 24, greedy(lanes)).wait()  # type: ignore[arg-type]
+    text = "Once upon a time, one aday the dragon said" + answer.text + " Then they"
+    turn = model.completion_prompt(text)
+    assert common_prefix(turn, first) < len(turn) / 2  # token for token: a new conversation
+    home = lanes.engines[answer.gen.lane or 0]
+    again = Job(lanes, text, 4, greedy(lanes)).wait()  # type: ignore[arg-type]
+    assert again.gen.lane == answer.gen.lane, (home.stats.summary(), again.gen.lane)
+    assert again.gen.cache_n >= len(first)
+
+
 def test_the_host_loads_and_reports_lanes(tmp_path: Path) -> None:
     """Three slots in two lanes with a shared pool of 640 cells: each lane's context holds its
     share (two slots' 426, one slot's 256 at least: a whole conversation), reported together."""
@@ -129,13 +152,31 @@ def test_closing_ends_what_runs_and_what_waits(tmp_path: Path) -> None:
 
 
 class _Lane:
-    """What `Lanes.choose` reads of an engine: its slots and its queue."""
+    """An engine as `Lanes.choose` sees it: slots, a queue, a spelling; `Engine.reusable` and
+    `Engine._matcher` themselves run on them."""
 
-    def __init__(self, caches: list[list[int]], busy: int = 0, queued: int = 0, used: float = 0.0) -> None:
+    reusable = Engine.reusable
+    _matcher = Engine._matcher
+
+    def __init__(
+        self,
+        caches: list[list[int]],
+        busy: int = 0,
+        queued: int = 0,
+        used: float = 0.0,
+        spell: Callable[[int], bytes | None] | None = None,
+    ) -> None:
         self.slots = [Slot(seq=k, cache=list(c), last_used=used) for k, c in enumerate(caches)]
         for slot in self.slots[:busy]:
             slot.gen = object()  # type: ignore[assignment]
-        self.queued = queued
+        self._pending = deque([None] * queued)
+        self._cond = threading.Condition()
+        self._spell = spell
+        self.model = SimpleNamespace(n_ctx_slot=4096)
+
+    @property
+    def queued(self) -> int:
+        return len(self._pending)
 
     @property
     def busy_slots(self) -> int:
@@ -145,7 +186,8 @@ class _Lane:
 def _choose(lanes: list[_Lane], prompt: list[int]) -> int:
     router = object.__new__(Lanes)
     router.engines = lanes  # type: ignore[assignment]
-    return lanes.index(router.choose(prompt))  # type: ignore[arg-type]
+    gen = SimpleNamespace(prompt=prompt, max_tokens=16)
+    return lanes.index(router.choose(gen))  # type: ignore[arg-type]
 
 
 def test_a_turn_goes_where_its_history_is_cached_if_that_lane_has_room() -> None:
@@ -159,6 +201,18 @@ def test_a_turn_goes_where_its_history_is_cached_if_that_lane_has_room() -> None
     # a shared opening (less than half the prompt) is no reason: the least busy lane
     shared = history[:20]
     assert _choose([_Lane([shared, []], busy=1), _Lane([[], []])], shared + list(range(500, 560))) == 1
+
+
+def test_a_story_whose_answer_was_respelled_goes_back_to_its_lane() -> None:
+    """The next prompt spells the cached answer's " a" + "day" as " ad" + "ay" (the tokenizer's
+    way): token for token it shares less than half the cache; as text, all of it. The lane
+    routes as its admission matches (`prefix.text_match`); a lane that re-tokenizes answers
+    (`"retokenize_answers": true`, no spelling) matches token for token."""
+    words = list(range(100, 400))
+    cache = [BOS, *words[:10], 10, 11, *words[10:200]]
+    turn = [BOS, *words[:10], 12, 13, *words[10:]]
+    assert _choose([_Lane([[], []]), _Lane([[], cache], busy=1, spell=spell)], turn) == 1
+    assert _choose([_Lane([[], []]), _Lane([[], cache], busy=1)], turn) == 0  # the least busy
 
 
 def test_new_conversations_spread_to_empty_slots_then_the_oldest_cache() -> None:
