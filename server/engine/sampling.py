@@ -13,6 +13,7 @@ accepts the token it picks, or, for a chain attached to its sequence with `llama
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import llama_cpp
 from llama_cpp import _internals as internals
@@ -69,6 +70,28 @@ class Chains:
         self.sampler.close()
         if self.graph is not None:
             self.graph.close()
+
+
+def request_defaults() -> SamplingParams:
+    """What a chat request that sets no sampling field asks for: llama-cpp-python's request
+    defaults (`CreateChatCompletionRequest`), e.g. repeat_penalty 1.1 and top_k 40."""
+    from llama_cpp.server.types import CreateChatCompletionRequest
+
+    fields = CreateChatCompletionRequest.model_fields
+
+    def default(name: str) -> Any:
+        value = fields[name].default
+        return 0.0 if value is None else value
+
+    return SamplingParams(
+        temperature=default("temperature"),
+        top_k=default("top_k"),
+        top_p=default("top_p"),
+        min_p=default("min_p"),
+        repeat_penalty=default("repeat_penalty"),
+        presence_penalty=default("presence_penalty"),
+        frequency_penalty=default("frequency_penalty"),
+    )
 
 
 def in_graph(p: SamplingParams) -> bool:

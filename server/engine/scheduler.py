@@ -69,7 +69,7 @@ from server.engine.prefix import (
     text_match,
     token_match,
 )
-from server.engine.sampling import Chains, SamplingParams, build_sampler
+from server.engine.sampling import Chains, SamplingParams, build_chains, build_sampler, request_defaults
 from server.engine.text import Pieces, TextStream
 from server.timings import MS_DECIMALS, timings_object, usage_object
 
@@ -120,6 +120,14 @@ SEPARATE_PROMPTS = True
 # (BENCHMARKS.md, issue 16, session 12).
 POOL_CHAIN_MIN_ROWS: int | None = None
 POOL_ROWS_PER_THREAD = 4
+
+# With backend sampling, every slot starts with the graph chain of a request that sets no
+# sampling field (`sampling.request_defaults`) attached. Attaching a chain to a sequence makes
+# llama.cpp re-plan its compute buffers (`sched_reserve`) at the next decode; a slot keeps its
+# chain for later requests with the same key, so without this each slot's first request waits
+# for one re-plan (a one-stream request's first token: 134 ms against native's 15 ms on an H100,
+# BENCHMARKS.md, issue 16, session 14). Requests with other settings still attach their own.
+READY_CHAINS = True
 
 Event = tuple[str, Any]
 Sink = Callable[[list[Event]], None]
@@ -292,6 +300,7 @@ class EngineStats:
     backend_sampled: int = 0  # tokens picked in the decode graph
     chains_attached: int = 0  # chains attached to a sequence (each re-plans the graph once)
     chains_reused: int = 0  # requests that reused their slot's attached chain
+    chains_ready: int = 0  # chains attached at start, before any request (`READY_CHAINS`)
     tail_rows: int = 0  # rows finished over the step's matrix (`host_tail`)
     # rows shared out between the engine's and the sampling threads (full rows of logits, and
     # rows of k candidates with `POOL_CHAIN_MIN_ROWS`)
@@ -380,6 +389,7 @@ class EngineStats:
             "mean_sequences_per_step": round(self.sequences_per_step / steps, 3),
             "backend_sampled": self.backend_sampled,
             "chains_attached": self.chains_attached,
+            "chains_ready": self.chains_ready,
             "chains_reused": self.chains_reused,
             "tail_rows": self.tail_rows,
             "pooled_rows": self.pooled_rows,
@@ -484,6 +494,8 @@ class Engine:
         )
         self._host = HostSampler()
         self._penalty_counts: PenaltyCounts | None = None  # the penalties' windows by slot (`host_tail`)
+        if self._backend_sampling and READY_CHAINS:
+            self._ready_chains()
         name = f"engine:{model.name}" if lane is None else f"engine:{model.name}:{lane}"
         self._thread: threading.Thread | None = None
         if cond is None:
@@ -712,6 +724,28 @@ class Engine:
         assert gen.params is not None
         gen.sampler = build_sampler(self.model.model, gen.params)
         gen.accept_graph, gen.tail = False, None
+
+    def _ready_chains(self) -> None:
+        """Attach the graph chain of a request that sets no sampling field (`READY_CHAINS`) to
+        every slot before the first request: llama.cpp re-plans its compute buffers at the next
+        decode after any chain is attached, and a conversation's first request into a slot
+        would otherwise wait for that."""
+        entry = self.model.config.entry
+        params = request_defaults()
+        for slot in self.slots:
+            chains = build_chains(
+                self.model.model, params, True, entry.host_top_k, in_graph_tail=entry.graph_tail
+            )
+            chains.sampler.close()
+            graph = chains.graph
+            if graph is None:
+                return
+            graph_tail.bind(graph.sampler, slot.seq)
+            if not llama_cpp.llama_set_sampler(self.model.ctx, slot.seq, graph.sampler):
+                graph.close()
+                return
+            slot.attached, slot.attached_key = graph, chains.graph_key
+            self.stats.chains_ready += 1
 
     def _detach(self, slot: Slot) -> None:
         """Take the slot's graph chain off its sequence and free it (engine thread only)."""
