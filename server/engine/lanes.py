@@ -5,11 +5,12 @@ Why: on a GPU, `llama_decode` returns once the step is queued, but the next step
 context can only be built once this one's tokens are sampled, so the GPU waits for the host's
 sampling and Python between steps: 0.37-0.42 ms of a 2.9 ms step at 16 sequences on an H100
 (BENCHMARKS.md, issue 16, session 12). With two lanes, each context with its own CUDA stream and
-graph, the host works on one lane's step while the other's decodes. Measured on an H100, 1B
-shape (session 13), with a thread per lane: two lanes decode 10-18% more at 64 conversations,
-about the same at 32, no more at 16 (two 8-row steps cost more than one of 16); so one lane stays
-the default (`lanes` in the config). One thread for all lanes (`ONE_THREAD`) avoids the threads'
-waits for the GIL; not yet measured on a GPU.
+graph, the host works on one lane's step while the other's decodes. Measured on an H100
+(BENCHMARKS.md, issue 16, sessions 13-14): on the 1B shape two lanes in one thread
+(`ONE_THREAD`, the default) reach 100-102% of llama-batched-bench at 64 conversations in the
+generation phase against 77-84% for one lane, and stay within one lane's spread at 16 and 32 (two 8-row steps
+cost more than one of 16); on the 8B shape they lose below 64 (58% against 91-96% at 16). So one
+lane stays the default (`lanes` in the config).
 
 A request goes to the lane holding its conversation (an idle slot whose cache its prompt
 continues, matched as admission matches it, or that covers at least half of it), else to the

@@ -14,12 +14,15 @@ from collections.abc import Iterator
 
 import pytest
 from llama_cpp.llama_grammar import LlamaGrammar
+from llama_cpp.server.types import CreateChatCompletionRequest
 
 from server.config import load_config
+from server.engine import scheduler
+from server.engine.api import Seeds, prepare
 from server.engine.model import BatchedModel
-from server.engine.sampling import Chains, SamplingParams, build_chains, in_graph
+from server.engine.sampling import Chains, SamplingParams, build_chains, in_graph, request_defaults
 from server.engine.scheduler import Engine, Event, Generation
-from tests.engine.conftest import N_PARALLEL, batched_entry
+from tests.engine.conftest import N_PARALLEL, batched_entry, engine_on
 from tests.engine.test_engine import PROMPTS, agreeing, eog_tokens
 from tests.support.servers import write_config
 
@@ -155,3 +158,30 @@ def test_grammar_requests_are_sampled_on_the_cpu_beside_graph_ones(gpu_style: En
     grammar_tokens = sum(j.gen.predicted_n + 1 for j in json_jobs)  # + the end-of-generation token
     assert gpu_style.stats.backend_sampled - before == 4 * 16  # the JSON ones were not
     assert grammar_tokens > 0
+
+
+def test_every_slot_starts_with_the_chain_of_a_request_that_sets_nothing(
+    tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Attaching a chain makes llama.cpp re-plan its compute buffers at the next decode, so
+    every slot starts with the chain a request that sets no sampling field gets
+    (`READY_CHAINS`): such a request into a slot never used reuses it; other settings attach
+    their own. The ready chain's key is the API's: a chat body with no sampling field."""
+    tmp = tmp_path_factory.mktemp("ready")
+    with engine_on(tmp, backend_sampling=True, n_parallel=3, n_threads_sampling=1) as engine:
+        stats = engine.stats
+        assert stats.chains_ready == 3 and all(s.attached is not None for s in engine.slots)
+        body = CreateChatCompletionRequest(messages=[{"role": "user", "content": "Tell me a story."}])
+        sampling = prepare(engine.model, "chat", body, Seeds(1)).sampling
+        chains = build_chains(engine.model.model, sampling, True)
+        assert {s.attached_key for s in engine.slots} == {chains.graph_key}
+        chains.close()
+        Job(engine, "Once upon a time", 4, sampling).wait()
+        assert (stats.chains_attached, stats.chains_reused) == (0, 1)
+        Job(engine, "In a land far away", 4, greedy(engine)).wait()
+        assert (stats.chains_attached, stats.chains_reused) == (1, 1)
+    monkeypatch.setattr(scheduler, "READY_CHAINS", False)
+    with engine_on(tmp, backend_sampling=True, n_parallel=2, n_threads_sampling=1) as engine:
+        assert engine.stats.chains_ready == 0 and all(s.attached is None for s in engine.slots)
+        Job(engine, "Once upon a time", 4, request_defaults()).wait()
+        assert (engine.stats.chains_attached, engine.stats.chains_reused) == (1, 0)
