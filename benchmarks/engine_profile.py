@@ -73,6 +73,15 @@ def step_split(before: Stats | None, after: Stats | None, n: int | None) -> Step
     return StepSplit(steps, totals["decode"] / steps, totals["sample"] / steps, totals["other"] / steps)
 
 
+def lanes_of(stats: Stats | None) -> list[Stats | None]:
+    """Each lane's stats: a server with `"lanes"` reports `{"lanes": [...]}`, one engine's each;
+    otherwise the one engine's."""
+    lanes = (stats or {}).get("lanes")
+    if isinstance(lanes, list) and lanes:
+        return [lane if isinstance(lane, dict) else None for lane in lanes]
+    return [stats]
+
+
 def counter_delta(before: Stats | None, after: Stats | None, key: str) -> int | None:
     """How much a cumulative counter (e.g. `tokens_generated`) grew between two snapshots."""
     if before is None or after is None:
@@ -96,7 +105,10 @@ async def snapshot(server: ServerProcess) -> Stats | None:
 
 @dataclass
 class Profiler:
-    """One StepSplit per run of ours at `n` sequences, and records from them."""
+    """One StepSplit per run of ours at `n` sequences, and records from them. With lanes
+    (`"lanes"` in ours' config) the split is the first lane's, at its share of the `n`
+    sequences (its steps are the period in which every lane steps once); the counters are
+    summed over the lanes."""
 
     server: ServerProcess
     n: int
@@ -107,39 +119,51 @@ class Profiler:
     # Engine counters over the runs: steps, passes over the weights, graphs built afresh,
     # throwaway gap tokens, steps with prompt tokens (`EngineStats`); absent from older servers.
     counters: dict[str, int] = field(default_factory=dict)
+    lanes: int = 1
 
     async def measure(self, run: Awaitable[T]) -> T:
         before = await snapshot(self.server)
         result = await run
         after = await snapshot(self.server)
-        split = step_split(before, after, self.n)
-        if split is not None:
-            self.splits.append(split)
-            every = step_split(before, after, None)
-            if every is not None:
-                self.every.append(every)
-            self.generated += counter_delta(before, after, "tokens_generated") or 0
+        lanes = list(zip(lanes_of(before), lanes_of(after), strict=False))
+        self.lanes = len(lanes)
+        first_before, first_after = lanes[0]
+        split = step_split(first_before, first_after, self.n // self.lanes)
+        if split is None:
+            return result
+        self.splits.append(split)
+        every = step_split(first_before, first_after, None)
+        if every is not None:
+            self.every.append(every)
+        for b, a in lanes:
+            self.generated += counter_delta(b, a, "tokens_generated") or 0
             for key in COUNTERS:
-                grew = counter_delta(before, after, key)
-                if grew is not None:
-                    self.counters[key] = self.counters.get(key, 0) + grew
-            prompt = counter_delta(
-                (before or {}).get("prompt_steps"), (after or {}).get("prompt_steps"), "steps"
+                self._add(key, counter_delta(b, a, key))
+            self._add(
+                "prompt steps",
+                counter_delta((b or {}).get("prompt_steps"), (a or {}).get("prompt_steps"), "steps"),
             )
-            if prompt is not None:
-                self.counters["prompt steps"] = self.counters.get("prompt steps", 0) + prompt
-            picked = counter_delta(before, after, "backend_sampled")
+            picked = counter_delta(b, a, "backend_sampled")
             if picked is not None:
                 self.backend_sampled = (self.backend_sampled or 0) + picked
         return result
+
+    def _add(self, key: str, grew: int | None) -> None:
+        if grew is not None:
+            self.counters[key] = self.counters.get(key, 0) + grew
 
     def records(self, benchmark: str, model: str) -> list[Record]:
         if not self.splits:
             return []
         n, s = self.n, self.splits
+        rows = (
+            f"{n} generating sequences"
+            if self.lanes == 1
+            else (f"{n // self.lanes} generating sequences in the first of {self.lanes} lanes")
+        )
         note = (
             f"our engine's own timing (GET /storybench/models stats, difference around each run): "
-            f"decode-only steps with {n} generating sequences, "
+            f"decode-only steps with {rows}, "
             f"{' / '.join(str(x.steps) for x in s)} steps per run; no native counterpart"
         )
         if self.every:

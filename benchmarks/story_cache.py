@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks.engine_profile import snapshot
+from benchmarks.engine_profile import lanes_of, snapshot
 from benchmarks.harness import Setup
 from benchmarks.multiturn_concurrency import play
 from benchmarks.run import bundled_model, model_label
@@ -66,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
             stats = asyncio.run(snapshot(srv)) or {}
         finally:
             srv.stop()
-    lanes = stats.get("lanes") or [stats]  # with lanes, each lane's stats
+    lanes = lanes_of(stats)  # with lanes, each lane's stats
 
     def total(key: str) -> int | None:
         found = [lane.get(key) for lane in lanes if isinstance(lane, dict) and lane.get(key) is not None]

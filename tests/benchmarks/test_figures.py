@@ -3,11 +3,16 @@ per-step profile, the cached-token count a stream reports, and tables with ours-
 
 from __future__ import annotations
 
+import asyncio
 import math
+from types import SimpleNamespace
+
+import httpx
+import respx
 
 from benchmarks.client import StreamResult
 from benchmarks.common import make_record, markdown_table
-from benchmarks.engine_profile import OURS_ONLY, StepSplit, counter_delta, step_split
+from benchmarks.engine_profile import OURS_ONLY, Profiler, StepSplit, counter_delta, step_split
 from benchmarks.multiturn_concurrency import Turn, cache_percent, lowest_percent, summarize
 
 
@@ -92,3 +97,29 @@ def test_step_split_of_all_steps() -> None:
     split = step_split(before, after, None)
     assert split is not None and split.steps == 20
     assert math.isclose(split.decode_ms, (90 - 40) / 20) and math.isclose(split.other_ms, (15 - 10) / 20)
+
+
+def test_the_profile_of_lanes_is_the_first_lanes_steps_and_the_counters_of_all() -> None:
+    """With `"lanes": 2` the server's stats are `{"lanes": [...]}`: 32 conversations are 16
+    rows a lane; the split is the first lane's steps at 16, the counters both lanes'."""
+    lane = _stats(100, 2.0, 1.0, 0.5, tokens_generated=1600) | {"steps": 100}
+    grown = _stats(300, 3.0, 1.5, 0.5, tokens_generated=4800) | {"steps": 300}
+    other = _stats(100, 2.0, 1.0, 0.5, tokens_generated=2000) | {"steps": 150}  # the second lane's
+    answers = iter([{"lanes": [lane, lane]}, {"lanes": [grown, other]}])
+    server = SimpleNamespace(root_url="http://127.0.0.1:9")
+    profiler = Profiler(server, 32)  # type: ignore[arg-type]
+
+    async def run() -> str:
+        return "done"
+
+    with respx.mock:
+        respx.get("http://127.0.0.1:9/storybench/models").mock(
+            side_effect=lambda _: httpx.Response(
+                200, json={"loaded_model_settings": {"stats": next(answers)}}
+            )
+        )
+        assert asyncio.run(profiler.measure(run())) == "done"
+    assert profiler.lanes == 2
+    assert profiler.splits == [step_split(lane, grown, 16)]
+    assert profiler.generated == 3200 + 400 and profiler.counters["steps"] == 200 + 50
+    assert "16 generating sequences in the first of 2 lanes" in profiler.records("concurrency", "m")[0].note
