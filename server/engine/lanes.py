@@ -8,9 +8,9 @@ sampling and Python between steps: 0.37-0.42 ms of a 2.9 ms step at 16 sequences
 graph, the host works on one lane's step while the other's decodes. Measured on an H100
 (BENCHMARKS.md, issue 16, sessions 13-14): on the 1B shape two lanes in one thread
 (`ONE_THREAD`, the default) reach 100-102% of llama-batched-bench at 64 conversations in the
-generation phase against 77-84% for one lane, and stay within one lane's spread at 16 and 32 (two 8-row steps
-cost more than one of 16); on the 8B shape they lose below 64 (58% against 91-96% at 16). So one
-lane stays the default (`lanes` in the config).
+generation phase against 77-84% for one lane, and stay within one lane's spread at 16 and 32
+(two 8-row steps cost more than one of 16); on the 8B shape they lose below 64 (58% against
+91-96% at 16). So one lane stays the default (`lanes` in the config).
 
 A request goes to the lane holding its conversation (an idle slot whose cache its prompt
 continues, matched as admission matches it, or that covers at least half of it), else to the

@@ -125,8 +125,9 @@ POOL_ROWS_PER_THREAD = 4
 # sampling field (`sampling.request_defaults`) attached. Attaching a chain to a sequence makes
 # llama.cpp re-plan its compute buffers (`sched_reserve`) at the next decode; a slot keeps its
 # chain for later requests with the same key, so without this each slot's first request waits
-# for one re-plan (a one-stream request's first token: 134 ms against native's 15 ms on an H100,
-# BENCHMARKS.md, issue 16, session 14). Requests with other settings still attach their own.
+# for one re-plan: the likely cause of a one-stream request's first token after 134 ms against
+# native's 15 ms on an H100 (BENCHMARKS.md, issue 16, session 14; not yet measured apart). The
+# first request of all still waits for one. Requests with other settings attach their own.
 READY_CHAINS = True
 
 Event = tuple[str, Any]
