@@ -15,8 +15,10 @@
 #   multiturn_concurrency --turns 12 --multiturn-max-tokens 400 --turn-tokens 200"
 # Long stories in-process (~25 s a variant on 1B, ~70 s on 8B), the engine's switches alternating:
 #   VARIANTS=none HTTP_LEVELS=none TURNS=12 (STORY_VARIANTS: engine_steps.configure names)
+# A slot's first request (READY_CHAINS off and on) and one stream over HTTP (~100 s, 1B):
+#   VARIANTS=none SHAPES=llama-1b ATTACH="16 64" HTTP_LEVELS=1
 # The whole chain in the graph over HTTP (ours with "graph_tail": true): HTTP_ARGS="--ours-graph-tail".
-# Results in $OUT: steps-<shape>.json, batched-bench-<shape>.txt, http-<shape>.json, turns-<shape>.json, device.log.
+# Results in $OUT: steps-<shape>.json, attach-<shape>-<n>.json, batched-bench-<shape>.txt, http-<shape>.json, turns-<shape>.json, device.log.
 # `python -m benchmarks.steps_report <files_at>` prints the tables BENCHMARKS.md records.
 set -uo pipefail
 OUT=${OUT:-/tmp/sb-out}
@@ -37,6 +39,7 @@ UNPACKED=${UNPACKED:-}       # 1: engine-sampled again with graph_tail.PACKED of
 PENALTY=${PENALTY:-}         # e.g. 1.1: engine-graph, -batched and -sampled again with that repeat penalty
 REBUILD=${REBUILD:-}         # 1: engine-batched again with llama.cpp's graph reuse off (what a graph build costs)
 HTTP_SHAPES=${HTTP_SHAPES:-$SHAPES}  # the shapes the HTTP benchmarks run on
+ATTACH=${ATTACH:-}           # e.g. "16 64": benchmarks.attach_cost at those numbers of slots
 TURNS=${TURNS:-}             # e.g. 12: in-process long stories (benchmarks/engine_turns.py), 16 conversations
 STORY_VARIANTS=${STORY_VARIANTS:-engine-batched-plain,engine-batched,engine-batched-plain#2,engine-batched#2}
 DEADLINE_S=${DEADLINE_S:-570}
@@ -119,6 +122,12 @@ for shape in $SHAPES; do
             --out "$OUT/turns-$shape.json"
         stamp "engine_turns exit $?"
     fi
+    for n in $ATTACH; do  # first tokens into unused and used slots, READY_CHAINS off and on
+        stamp "$shape: attach_cost at $n slots"
+        timeout -k 10 "$(($(left) / 4))" python3 -m benchmarks.attach_cost --model "$f" --label "$label" --gpu \
+            --parallel "$n" --threads "$THREADS" --out "$OUT/attach-$shape-$n.json"
+        stamp "attach_cost exit $?"
+    done
     if [ -n "$DEEP_NPP" ]; then  # the long-story reference: batched-bench at a story's final depth
         stamp "$shape: llama-batched-bench at depth $DEEP_NPP"
         timeout -k 10 "$(($(left) / 4))" llama-batched-bench -m "$f" -ngl 99 -fa on -c $((CTX * 16)) -b 512 -ub 512 \
