@@ -127,7 +127,9 @@ POOL_ROWS_PER_THREAD = 4
 # chain for later requests with the same key, so without this each slot's first request waits
 # for one re-plan: the likely cause of a one-stream request's first token after 134 ms against
 # native's 15 ms on an H100 (BENCHMARKS.md, issue 16, session 14; not yet measured apart). The
-# first request of all still waits for one. Requests with other settings attach their own.
+# first request of all still waits for one. The defaults are what the evaluator's requests to a
+# local model leave them at (top-k 40, repetition penalty 1.1); requests with other settings
+# (e.g. repeat_penalty 1.0, as the benchmarks send both servers) attach their own.
 READY_CHAINS = True
 
 Event = tuple[str, Any]
