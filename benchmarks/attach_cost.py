@@ -33,7 +33,7 @@ from benchmarks.engine_steps import _clear, write_config, write_results
 from server.config import load_config
 from server.engine import scheduler
 from server.engine.model import BatchedModel
-from server.engine.sampling import SamplingParams, build_chains, request_defaults
+from server.engine.sampling import SamplingParams, chains_for, request_defaults
 from server.engine.scheduler import Engine, Event, Generation
 
 WORDS = [
@@ -64,12 +64,9 @@ def first_token_ms(engine: Engine, prompt: list[int], gen: int, params: Sampling
         if any(kind in ("done", "error") for kind, _ in events):
             done.set()
 
-    model = engine.model
-    entry = model.config.entry
-    chains = build_chains(
-        model.model, params, model.config.backend_sampling, entry.host_top_k, in_graph_tail=entry.graph_tail
+    g = Generation.sampled_by(
+        chains_for(engine.model, params), params, prompt=prompt, max_tokens=gen, sink=sink
     )
-    g = Generation.sampled_by(chains, params, prompt=prompt, max_tokens=gen, sink=sink)
     engine.submit(g)
     if not done.wait(120):
         raise TimeoutError("a request did not finish within 120 s")

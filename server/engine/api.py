@@ -21,7 +21,6 @@ import time
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from functools import partial
 from typing import Any
 
 import anyio
@@ -41,7 +40,7 @@ from starlette.types import Receive, Scope, Send
 from server.engine.host import EngineHost
 from server.engine.lanes import Lanes
 from server.engine.model import BatchedModel
-from server.engine.sampling import Chains, SamplingParams, build_chains
+from server.engine.sampling import Chains, SamplingParams, chains_for
 from server.engine.scheduler import Engine, Event, Generation
 from server.openai_errors import context_overflow, error_body
 
@@ -320,14 +319,7 @@ def build_router(host: EngineHost) -> APIRouter:
                 prepare, engine.model, kind, body, seeds[engine.model.name]
             )
             try:
-                entry = engine.model.config.entry
-                chains = await anyio.to_thread.run_sync(
-                    partial(build_chains, in_graph_tail=entry.graph_tail),
-                    engine.model.model,
-                    prepared.sampling,
-                    engine.model.config.backend_sampling,
-                    entry.host_top_k,
-                )
+                chains = await anyio.to_thread.run_sync(chains_for, engine.model, prepared.sampling)
             except ValueError as exc:
                 raise RequestError(400, error_body(str(exc), code=None, param="grammar")) from None
             stream = Stream(engine, prepared, chains)

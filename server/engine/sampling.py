@@ -13,7 +13,7 @@ accepts the token it picks, or, for a chain attached to its sequence with `llama
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import llama_cpp
 from llama_cpp import _internals as internals
@@ -23,6 +23,9 @@ from server.engine import graph_tail, graph_top_k
 from server.engine.host_sampling import HostPlan, make_plan, tail_chain
 from server.engine.host_tail import PENALTY_HISTORY, TailPlan
 from server.engine.tail_ops import lowers_only, settings
+
+if TYPE_CHECKING:
+    from server.engine.model import BatchedModel
 
 # llama-cpp-python's `last_n_tokens_size`: the window of the repetition penalties.
 PENALTY_LAST_N = PENALTY_HISTORY
@@ -213,6 +216,15 @@ def build_chains(
         raise
     accept = penalized and not late  # llama.cpp's penalties in the graph keep their history
     return Chains(tail, graph, key, accept_graph=accept, tail=tail_plan)
+
+
+def chains_for(model: BatchedModel, p: SamplingParams) -> Chains:
+    """The chains a request with these settings gets on this model: `build_chains` with the
+    model's config (backend sampling, `host_top_k`, `graph_tail`), as the API builds them."""
+    entry = model.config.entry
+    return build_chains(
+        model.model, p, model.config.backend_sampling, entry.host_top_k, in_graph_tail=entry.graph_tail
+    )
 
 
 def build_sampler(model: internals.LlamaModel, p: SamplingParams) -> internals.LlamaSampler:

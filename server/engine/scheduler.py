@@ -69,7 +69,7 @@ from server.engine.prefix import (
     text_match,
     token_match,
 )
-from server.engine.sampling import Chains, SamplingParams, build_chains, build_sampler, request_defaults
+from server.engine.sampling import Chains, SamplingParams, build_sampler, chains_for, request_defaults
 from server.engine.text import Pieces, TextStream
 from server.timings import MS_DECIMALS, timings_object, usage_object
 
@@ -733,12 +733,9 @@ class Engine:
         every slot before the first request: llama.cpp re-plans its compute buffers at the next
         decode after any chain is attached, and a conversation's first request into a slot
         would otherwise wait for that."""
-        entry = self.model.config.entry
         params = request_defaults()
         for slot in self.slots:
-            chains = build_chains(
-                self.model.model, params, True, entry.host_top_k, in_graph_tail=entry.graph_tail
-            )
+            chains = chains_for(self.model, params)
             chains.sampler.close()
             graph = chains.graph
             if graph is None:

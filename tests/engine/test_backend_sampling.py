@@ -20,7 +20,14 @@ from server.config import load_config
 from server.engine import scheduler
 from server.engine.api import Seeds, prepare
 from server.engine.model import BatchedModel
-from server.engine.sampling import Chains, SamplingParams, build_chains, in_graph, request_defaults
+from server.engine.sampling import (
+    Chains,
+    SamplingParams,
+    build_chains,
+    chains_for,
+    in_graph,
+    request_defaults,
+)
 from server.engine.scheduler import Engine, Event, Generation
 from tests.engine.conftest import N_PARALLEL, batched_entry, engine_on
 from tests.engine.test_engine import PROMPTS, agreeing, eog_tokens
@@ -173,7 +180,7 @@ def test_every_slot_starts_with_the_chain_of_a_request_that_sets_nothing(
         assert stats.chains_ready == 3 and all(s.attached is not None for s in engine.slots)
         body = CreateChatCompletionRequest(messages=[{"role": "user", "content": "Tell me a story."}])
         sampling = prepare(engine.model, "chat", body, Seeds(1)).sampling
-        chains = build_chains(engine.model.model, sampling, True)
+        chains = chains_for(engine.model, sampling)
         assert {s.attached_key for s in engine.slots} == {chains.graph_key}
         chains.close()
         Job(engine, "Once upon a time", 4, sampling).wait()
