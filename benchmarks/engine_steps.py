@@ -24,7 +24,7 @@ costs that only an in-process run can separate, so this benchmark measures each 
    at once with numpy (`server/engine/host_tail.py`): the GPU default; `engine-batched-serial`
    the same with each step's text worked out before the next decode, not during it
    (`scheduler.OVERLAP`); `engine-batched-fifo` / `-even` with the step's prompt tokens shared
-   in arrival order / in equal chunks (`scheduler.PROMPT_CHUNKS_GPU`), and the other switches
+   in arrival order / in equal chunks (`scheduler.PROMPT_CHUNKS`), and the other switches
    of `configure`; `engine-batched-chain`
    finishes each row with llama.cpp's chain instead; `engine-sampled` finishes every row in the
    decode graph too (`server/engine/graph_tail.py`, `"graph_tail": true`): one token per row

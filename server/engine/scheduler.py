@@ -20,9 +20,8 @@ the text of the tokens it feeds (detokenizing, stop strings, events) and the set
 of the rows the CPU finishes (`host_tail.prepare`). A stop string found then ends the generation
 at the end of that step, whose extra token is dropped (its KV cell stays in the slot's cache,
 which the next turn's prompt no longer matches there). On a GPU, idle slots between the step's
-sequences get a throwaway token (`FILL_GAPS_UP_TO`), so llama.cpp decodes the step in one pass,
-and the prompts being evaluated share a step's room in equal chunks (`PROMPT_CHUNKS_GPU`), which
-llama.cpp also decodes in one pass (`micro_batches`).
+sequences get a throwaway token (`FILL_GAPS_UP_TO`), so llama.cpp decodes the step in one pass
+(`micro_batches`); the prompts being evaluated fill a step's room in arrival order (`PROMPT_CHUNKS`).
 
 About 1,000 lines on purpose: the step loop, admission and the per-slot state they mutate are one
 piece of code that a single thread owns; split across modules, the invariant "only the engine
@@ -88,15 +87,16 @@ FILL_GAPS_UP_TO = 16
 OVERLAP = True
 
 # How a step's room (n_batch less its generating rows) goes to the prompts being evaluated.
-# "even": every prompt gets the same share, capped at what it has left (water filling), so a
-# step's chunks are of one length and, over consecutive slots, llama.cpp decodes them in one
-# micro-batch (`micro_batches`); prompts that arrive together then finish together and the
-# steps before that carry no one-token rows to cut them. "fifo": the prompts in arrival order,
-# each as much as is left, the last cut short. On a GPU "even" (a pass costs about the same
-# whatever its rows); on the CPU, where rows cost as much as passes, "fifo" gives the first
-# arrivals their first token soonest (BENCHMARKS.md, issue 16, session 10).
-PROMPT_CHUNKS_GPU = "even"
-PROMPT_CHUNKS_CPU = "fifo"
+# "fifo": the prompts in arrival order, each as much as is left, the last cut short, so the first
+# to arrive get their first token soonest. "even": every prompt the same share, capped at what it
+# has left (water filling), so a step's chunks are of one length and llama.cpp decodes them in one
+# micro-batch (`micro_batches`), but prompts that arrive together all finish last. "even" was
+# the GPU's default while generating rows shared prompt steps (session 10); since prompt steps
+# carry no generating rows (`SEPARATE_PROMPTS`) "fifo" costs no more passes, and on an H100 it
+# gave the first token sooner at equal tokens/s: 64 prompts at once, median 111-123 against
+# 159-173 ms (1B) and 365-447 against 489-491 ms (8B); long stories over HTTP, turns 2-5 at
+# 163-356 ms against session 14's 447-545 with "even" (BENCHMARKS.md, issue 16, session 15).
+PROMPT_CHUNKS = "fifo"
 
 # llama.cpp reuses a step's graph only when the next step has the same shape (the same sequences,
 # tokens and output rows); any other shape is built afresh, on the CPU and again as a CUDA graph.
@@ -471,7 +471,7 @@ class Engine:
         self._last_step_end: float | None = None
         self.overlap = OVERLAP
         self.fill_gaps = FILL_GAPS_UP_TO if model.config.on_gpu else 0
-        self.prompt_chunks = PROMPT_CHUNKS_GPU if model.config.on_gpu else PROMPT_CHUNKS_CPU
+        self.prompt_chunks = PROMPT_CHUNKS
         # One KV stream per slot: llama.cpp's micro-batches follow `micro_batches.sizes`.
         self._streams = model.pool is None and not model.config.entry.kv_unified
         # Not with the whole chain in the graph (its staged rows are the real ones only); held
@@ -867,7 +867,7 @@ class Engine:
 
     def _chunks(self, waiting: list[Slot], room: int) -> dict[int, int]:
         """The prompt tokens each waiting slot (in arrival order) evaluates this step, within
-        `room` (`PROMPT_CHUNKS_GPU`): "even" gives them all the largest equal share that fits,
+        `room` (`PROMPT_CHUNKS`): "even" gives them all the largest equal share that fits,
         or what a prompt has left if less; "fifo", or "even" when not every waiting prompt can
         have a token, fills the room in arrival order."""
         left = [len(s.gen.prompt) - s.at for s in waiting if s.gen is not None]

@@ -1,11 +1,12 @@
 """The mirror of llama.cpp's micro-batch split (`micro_batches`), and the prompt chunks the engine
-shapes with it (`scheduler.PROMPT_CHUNKS_GPU`): checked against llama.cpp's own split, which it
+shapes with it (`scheduler.PROMPT_CHUNKS`): checked against llama.cpp's own split, which it
 logs with LLAMA_BATCH_DEBUG, on the bundled model."""
 
 from __future__ import annotations
 
 import re
 from pathlib import Path
+from types import SimpleNamespace
 
 import llama_cpp
 import pytest
@@ -114,13 +115,17 @@ def test_even_chunks_evaluate_prompts_that_arrive_together_in_one_pass_a_step(tm
 
 
 @pytest.mark.integration
-def test_prompt_chunks_are_even_on_a_gpu_only(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_prompts_that_arrive_together_fill_a_step_in_arrival_order_on_a_gpu_too(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The first to arrive gets its whole prompt into the step and so its first token soonest;
+    the last gets what is left or waits (`PROMPT_CHUNKS`: measured on an H100, session 15)."""
     from server.config import ModelConfig
 
-    (tmp_path / "cpu").mkdir()
-    with engine_on(tmp_path / "cpu", n_ctx=256, n_parallel=2) as engine:
-        assert engine.prompt_chunks == scheduler.PROMPT_CHUNKS_CPU == "fifo"
+    waiting = [SimpleNamespace(seq=k, at=0, gen=SimpleNamespace(prompt=[7] * 40)) for k in range(3)]
     monkeypatch.setattr(ModelConfig, "on_gpu", property(lambda self: True))
-    (tmp_path / "gpu").mkdir()
-    with engine_on(tmp_path / "gpu", n_ctx=256, n_parallel=2) as engine:
-        assert engine.prompt_chunks == scheduler.PROMPT_CHUNKS_GPU == "even"
+    with engine_on(tmp_path, n_ctx=256, n_parallel=3) as engine:
+        assert engine.prompt_chunks == scheduler.PROMPT_CHUNKS == "fifo"
+        assert engine._chunks(waiting, 64) == {0: 40, 1: 24}  # type: ignore[arg-type]
+        engine.prompt_chunks = "even"
+        assert engine._chunks(waiting, 64) == {0: 21, 1: 21, 2: 21}  # type: ignore[arg-type]
