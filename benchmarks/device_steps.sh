@@ -14,7 +14,7 @@
 #   VARIANTS=none HTTP_LEVELS=16 CTX=8192 GEN=400 DEEP_NPP=7000 HTTP_ARGS="--benchmarks
 #   multiturn_concurrency --turns 12 --multiturn-max-tokens 400 --turn-tokens 200"
 # Long stories in-process (~25 s a variant on 1B, ~70 s on 8B), the engine's switches alternating:
-#   VARIANTS=none HTTP_LEVELS=none TURNS=12 (STORY_VARIANTS: engine_steps.configure names)
+#   VARIANTS=none HTTP_LEVELS=none TURNS=12 (STORY_VARIANTS: engine_steps.configure names; TURNS_ARGS)
 # A slot's first request (READY_CHAINS off and on) and one stream over HTTP (~100 s, 1B):
 #   VARIANTS=none SHAPES=llama-1b ATTACH="16 64" HTTP_LEVELS=1
 # The whole chain in the graph over HTTP (ours with "graph_tail": true): HTTP_ARGS="--ours-graph-tail".
@@ -42,6 +42,7 @@ HTTP_SHAPES=${HTTP_SHAPES:-$SHAPES}  # the shapes the HTTP benchmarks run on
 ATTACH=${ATTACH:-}           # e.g. "16 64": benchmarks.attach_cost at those numbers of slots
 TURNS=${TURNS:-}             # e.g. 12: in-process long stories (benchmarks/engine_turns.py), 16 conversations
 STORY_VARIANTS=${STORY_VARIANTS:-engine-batched-plain,engine-batched,engine-batched-plain#2,engine-batched#2}
+TURNS_ARGS=${TURNS_ARGS:-}   # more engine_turns arguments, e.g. --jitter 0 (answers of one length, as over HTTP)
 DEADLINE_S=${DEADLINE_S:-570}
 STEPS_SHARE=${STEPS_SHARE:-3}  # engine_steps gets this fraction (1/STEPS_SHARE) of the time left
 mkdir -p "$OUT"
@@ -117,9 +118,10 @@ for shape in $SHAPES; do
     fi
     if [ -n "$TURNS" ]; then  # long stories without HTTP: the engine's shape-keeping switches, alternating
         stamp "$shape: engine_turns"
+        # shellcheck disable=SC2086
         timeout -k 10 "$(($(left) / 2))" python3 -m benchmarks.engine_turns --model "$f" --label "$label" --gpu \
             --conversations 16 --turns "$TURNS" --threads "$THREADS" --variants "$STORY_VARIANTS" \
-            --out "$OUT/turns-$shape.json"
+            --out "$OUT/turns-$shape.json" $TURNS_ARGS
         stamp "engine_turns exit $?"
     fi
     for n in $ATTACH; do  # first tokens into unused and used slots, READY_CHAINS off and on
