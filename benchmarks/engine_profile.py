@@ -43,20 +43,28 @@ class StepSplit:
         return 100.0 * (self.sample_ms + self.other_ms) / total if total > 0 else float("nan")
 
 
-def _row(stats: Stats, n: int | None) -> dict[str, Any] | None:
-    """{steps, decode, sample, other}: of the decode-only steps with `n` sequences, or of all steps."""
+PROMPT = "prompt"  # `step_split`'s name for the steps with prompt tokens
+
+
+def _row(stats: Stats, n: int | str | None) -> dict[str, Any] | None:
+    """{steps, decode, sample, other}: of the decode-only steps with `n` sequences, of the steps
+    with prompt tokens (`PROMPT`), or of all steps (None)."""
     if n is None:
         means = stats.get("ms_per_step")
         return {"steps": stats.get("steps"), **means} if isinstance(means, dict) else None
+    if n == PROMPT:
+        prompt = stats.get("prompt_steps")
+        return prompt if isinstance(prompt, dict) else None
     rows = stats.get("decode_only_ms_per_step_by_sequences")
     row = rows.get(str(n)) if isinstance(rows, dict) else None
     return row if isinstance(row, dict) else None
 
 
-def step_split(before: Stats | None, after: Stats | None, n: int | None) -> StepSplit | None:
-    """The decode-only steps with exactly `n` generating sequences (None: all steps) taken between
-    two snapshots. The server reports means per step; means times step counts give totals, whose
-    difference is the run's. None when either snapshot or the row is missing, or no such step."""
+def step_split(before: Stats | None, after: Stats | None, n: int | str | None) -> StepSplit | None:
+    """The decode-only steps with exactly `n` generating sequences (None: all steps; `PROMPT`: the
+    steps with prompt tokens) taken between two snapshots. The server reports means per step;
+    means times step counts give totals, whose difference is the run's. None when either
+    snapshot or the row is missing, or no such step."""
     if before is None or after is None:
         return None
     a = _row(after, n)
@@ -114,6 +122,7 @@ class Profiler:
     n: int
     splits: list[StepSplit] = field(default_factory=list)
     every: list[StepSplit] = field(default_factory=list)  # all steps, prompt chunks included
+    prompts: list[StepSplit] = field(default_factory=list)  # the steps with prompt tokens
     generated: int = 0
     backend_sampled: int | None = None
     # Engine counters over the runs: steps, passes over the weights, graphs built afresh,
@@ -133,8 +142,11 @@ class Profiler:
             return result
         self.splits.append(split)
         every = step_split(first_before, first_after, None)
+        prompts = step_split(first_before, first_after, PROMPT)
         if every is not None:
             self.every.append(every)
+            # A run with no prompt step still has a row, so that runs line up with `every`.
+            self.prompts.append(prompts or StepSplit(0, 0.0, 0.0, 0.0))
         for b, a in lanes:
             self.generated += counter_delta(b, a, "tokens_generated") or 0
             for key in COUNTERS:
@@ -172,6 +184,8 @@ class Profiler:
                 "; all steps (prompt chunks and fewer sequences included), ms decode / sampling / other: "
                 + ", ".join(f"{x.decode_ms:.2f} / {x.sample_ms:.2f} / {x.other_ms:.2f}" for x in e)
             )
+        if self.every:
+            note += "; " + _rest(s, self.every, self.prompts)
         if self.backend_sampled is not None:
             picked = f"{self.backend_sampled} of {self.generated}"
             note += f"; tokens picked in the decode graph (backend sampling): {picked}"
@@ -191,3 +205,21 @@ class Profiler:
             rec("other (Python, between steps)", "ms", [x.other_ms for x in s]),
             rec("sampling + other, share of the step", "%", [x.share for x in s]),
         ]
+
+
+def _rest(full: list[StepSplit], every: list[StepSplit], prompts: list[StepSplit]) -> str:
+    """Where the steps that are not full decode steps went, per run: the steps with prompt
+    tokens, and the decode-only steps with fewer sequences (all steps less those two kinds),
+    each as a count and mean ms a step (decode + sampling + other). In a long story these are
+    a quarter of the run's time (BENCHMARKS.md, issue 16, session 15)."""
+
+    def total(x: StepSplit) -> float:
+        return x.steps * (x.decode_ms + x.sample_ms + x.other_ms)
+
+    runs = []
+    for f, e, p in zip(full, every, prompts, strict=False):
+        fewer = e.steps - f.steps - p.steps
+        fewer_ms = (total(e) - total(f) - total(p)) / fewer if fewer > 0 else 0.0
+        prompt_ms = total(p) / p.steps if p.steps else 0.0
+        runs.append(f"{p.steps} at {prompt_ms:.2f} ms / {fewer} at {fewer_ms:.2f} ms")
+    return "steps with prompt tokens / decode-only steps with fewer sequences, ms a step: " + ", ".join(runs)

@@ -123,3 +123,36 @@ def test_the_profile_of_lanes_is_the_first_lanes_steps_and_the_counters_of_all()
     assert profiler.splits == [step_split(lane, grown, 16)]
     assert profiler.generated == 3200 + 400 and profiler.counters["steps"] == 200 + 50
     assert "16 generating sequences in the first of 2 lanes" in profiler.records("concurrency", "m")[0].note
+
+
+def test_the_profile_says_where_the_steps_that_are_not_full_went() -> None:
+    """150 full steps at 3 ms, 20 prompt steps at 12 ms and 30 decode-only steps with fewer
+    sequences at 4 ms: the note gives the last two kinds, the third derived from all steps."""
+    zero = {"decode": 0.0, "sample": 0.0, "other": 0.0}
+    before = {"steps": 0, "ms_per_step": zero, "decode_only_ms_per_step_by_sequences": {},
+              "prompt_steps": {"steps": 0, **zero}}  # fmt: skip
+    after = {
+        "steps": 200,
+        "ms_per_step": {"decode": 630 / 200, "sample": 90 / 200, "other": 90 / 200},
+        "decode_only_ms_per_step_by_sequences": {
+            "16": {"steps": 150, "decode": 2.0, "sample": 0.5, "other": 0.5}
+        },
+        "prompt_steps": {"steps": 20, "prompt_tokens": 5000, "decode": 12.0, "sample": 0.0, "other": 0.0},
+    }
+    answers = iter([before, after])
+    server = SimpleNamespace(root_url="http://127.0.0.1:9")
+    profiler = Profiler(server, 16)  # type: ignore[arg-type]
+
+    async def run() -> None:
+        return None
+
+    with respx.mock:
+        respx.get("http://127.0.0.1:9/storybench/models").mock(
+            side_effect=lambda _: httpx.Response(
+                200, json={"loaded_model_settings": {"stats": next(answers)}}
+            )
+        )
+        asyncio.run(profiler.measure(run()))
+    assert profiler.prompts == [StepSplit(20, 12.0, 0.0, 0.0)]
+    note = profiler.records("multiturn_concurrency", "m")[0].note
+    assert "decode-only steps with fewer sequences, ms a step: 20 at 12.00 ms / 30 at 4.00 ms" in note
