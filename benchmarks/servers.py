@@ -149,13 +149,15 @@ def ours(
     threads_sampling: int | None = None,
     graph_tail: bool = False,
     lanes: int | None = None,
+    kv_pool: int | None = None,
 ) -> ServerProcess:
     """Our server with a config file holding exactly this model's settings. `lib_dir`: load libllama
     from there (LLAMA_CPP_LIB_PATH) instead of llama-cpp-python's own build. `engine`: the config's
     engine (None: the server's default); "batched" gets `parallel` slots. `backend_sampling` and
     `threads_sampling` set the batched engine's `backend_sampling` and `n_threads_sampling`; None
     leaves the key out, so the server's own default applies. `graph_tail`: the whole chain in the
-    decode graph (`"graph_tail": true`). `lanes`: the batched engine's `lanes` (None: left out)."""
+    decode graph (`"graph_tail": true`). `lanes`: the batched engine's `lanes` (None: left out).
+    `kv_pool`: the slots share one pool of that many KV cells (`"kv_unified": true`)."""
     port = port or free_port()
     cfg = {
         "description": "written by benchmarks/servers.py",
@@ -187,6 +189,8 @@ def ours(
         cfg["models"][0]["graph_tail"] = True  # type: ignore[index]
     if lanes is not None:
         cfg["models"][0]["lanes"] = lanes  # type: ignore[index]
+    if kv_pool is not None:
+        cfg["models"][0].update(kv_unified=True, kv_pool=kv_pool)  # type: ignore[index,attr-defined]
     workdir.mkdir(parents=True, exist_ok=True)
     path = workdir / f"ours-{model.name}.json"
     path.write_text(json.dumps(cfg, indent=2), encoding="utf-8")
@@ -202,9 +206,11 @@ def native(
     parallel: int = 1,
     port: int | None = None,
     backend_sampling: bool = False,
+    kv_unified: bool = False,
 ) -> ServerProcess:
     """Native llama-server; `parallel` slots of `n_ctx` each, continuous batching (default on).
-    `backend_sampling`: its experimental `-bs` (the sampler chain runs in the decode graph)."""
+    `backend_sampling`: its experimental `-bs` (the sampler chain runs in the decode graph).
+    `kv_unified`: `-kvu`, the slots share the `n_ctx x parallel` cells (each may use them all)."""
     port = port or free_port()
     command = [
         str(tools.server),
@@ -229,6 +235,9 @@ def native(
     if backend_sampling:
         command.append("-bs")
         label += "-bs"
+    if kv_unified:
+        command.append("-kvu")
+        label += "-kvu"
     return ServerProcess(label, model, command, workdir / f"{label}-{model.name}.log", port, parallel)
 
 
