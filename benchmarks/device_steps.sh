@@ -18,7 +18,8 @@
 # A slot's first request (READY_CHAINS off and on) and one stream over HTTP (~100 s, 1B):
 #   VARIANTS=none SHAPES=llama-1b ATTACH="16 64" HTTP_LEVELS=1
 # The whole chain in the graph over HTTP (ours with "graph_tail": true): HTTP_ARGS="--ours-graph-tail".
-# Results in $OUT: steps-<shape>.json, attach-<shape>-<n>.json, batched-bench-<shape>.txt, http-<shape>.json, turns-<shape>.json, device.log.
+# Shared KV pool against native's slots (goal 4): VARIANTS=none HTTP_LEVELS=none KV_POOL="<kv_pool args>".
+# Results in $OUT: steps-<shape>.json, attach-<shape>-<n>.json, kv-pool-<shape>.json, batched-bench-<shape>.txt, http-<shape>.json, turns-<shape>.json, device.log.
 # `python -m benchmarks.steps_report <files_at>` prints the tables BENCHMARKS.md records.
 set -uo pipefail
 OUT=${OUT:-/tmp/sb-out}
@@ -43,6 +44,7 @@ ATTACH=${ATTACH:-}           # e.g. "16 64": benchmarks.attach_cost at those num
 TURNS=${TURNS:-}             # e.g. 12: in-process long stories (benchmarks/engine_turns.py), 16 conversations
 STORY_VARIANTS=${STORY_VARIANTS:-engine-batched-plain,engine-batched,engine-batched-plain#2,engine-batched#2}
 TURNS_ARGS=${TURNS_ARGS:-}   # more engine_turns arguments, e.g. --jitter 0 (answers of one length, as over HTTP)
+KV_POOL=${KV_POOL:-}         # e.g. "--conversations 32 --turns 6 --answer 256 --ctx 8192 --pool 65536": benchmarks.kv_pool
 DEADLINE_S=${DEADLINE_S:-570}
 STEPS_SHARE=${STEPS_SHARE:-3}  # engine_steps gets this fraction (1/STEPS_SHARE) of the time left
 mkdir -p "$OUT"
@@ -130,6 +132,13 @@ for shape in $SHAPES; do
             --parallel "$n" --threads "$THREADS" --out "$OUT/attach-$shape-$n.json"
         stamp "attach_cost exit $?"
     done
+    if [ -n "$KV_POOL" ]; then  # conversations held per GiB of KV: ours' pool against native's slots
+        stamp "$shape: kv_pool $KV_POOL"
+        # shellcheck disable=SC2086
+        timeout -k 10 "$(($(left) / 2))" python3 -m benchmarks.kv_pool --model "$f" --gpu --threads "$THREADS" \
+            $KV_POOL --out "$OUT/kv-pool-$shape.json"
+        stamp "kv_pool exit $?"
+    fi
     if [ -n "$DEEP_NPP" ]; then  # the long-story reference: batched-bench at a story's final depth
         stamp "$shape: llama-batched-bench at depth $DEEP_NPP"
         timeout -k 10 "$(($(left) / 4))" llama-batched-bench -m "$f" -ngl 99 -fa on -c $((CTX * 16)) -b 512 -ub 512 \

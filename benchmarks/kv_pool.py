@@ -207,7 +207,10 @@ def main(argv: list[str] | None = None) -> int:
                 Held(f"native -np {a.conversations} -kvu", a.pool),
             ),
             (
-                ours(spec(a.ctx), work, engine="batched", parallel=a.conversations, kv_pool=a.pool),
+                # The libllama the native tools use, as in benchmarks.run: only the servers differ.
+                ours(
+                    spec(a.ctx), work, tools.lib_dir, engine="batched", parallel=a.conversations, kv_pool=a.pool
+                ),
                 Held(f"ours, {a.conversations} slots, kv_pool", a.pool),
             ),
         ]
