@@ -208,9 +208,7 @@ def main(argv: list[str] | None = None) -> int:
             ),
             (
                 # The libllama the native tools use, as in benchmarks.run: only the servers differ.
-                ours(
-                    spec(a.ctx), work, tools.lib_dir, engine="batched", parallel=a.conversations, kv_pool=a.pool
-                ),
+                ours(spec(a.ctx), work, tools.lib_dir, "batched", a.conversations, kv_pool=a.pool),
                 Held(f"ours, {a.conversations} slots, kv_pool", a.pool),
             ),
         ]
