@@ -8,11 +8,11 @@ the decode and the server ends every running conversation with an error ("Contex
 exceeded"). Ours with `"kv_pool"` admits a request only when it fits beside the running ones at
 their full length, so stories wait instead of failing.
 
-Three servers, each with the same P cells, get the same C stories at once (each turn sends the
+Four servers, each with the same P cells, get the same C stories at once (each turn sends the
 full history; end of generation banned so every answer has its full length):
-- `native-reserved`: native `-np P/n_ctx -c P`;
-- `native-shared`: native `-np C -kvu -c P`;
-- `ours-pool`: ours with C slots of `n_ctx` in a `kv_pool` of P.
+- native `-np P/n_ctx -c P` (slots reserved up front), and ours with as many slots of `n_ctx`;
+- native `-np C -kvu -c P` (shared, unchecked);
+- ours with C slots of `n_ctx` in a `kv_pool` of P (shared, admitted when a request fits).
 Per server: the KV cells and their MiB (llama.cpp's own `KV buffer size` from native's log,
 as MiB a cell, times each server's cells), the server process's peak resident memory, the
 most and the mean conversations running at once (polled: ours' slots, native's `/slots`),
@@ -31,6 +31,7 @@ import re
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -61,6 +62,7 @@ class Held:
     first_failure: str = ""
     wall_s: float = 0.0
     pool: dict[str, int] = field(default_factory=dict)  # ours: pool_waits, pool_evictions, pool_peak
+    command: str = ""  # how the server was started (native's extra arguments included)
 
     @property
     def per_gib(self) -> float:
@@ -134,6 +136,7 @@ async def play(srv: ServerProcess, held: Held, a: argparse.Namespace, ban: dict[
 
 
 def serve(srv: ServerProcess, held: Held, a: argparse.Namespace, ban: dict[str, float]) -> Held:
+    held.command = srv.shown_command()
     srv.start()
     try:
         srv.wait_ready()
@@ -198,23 +201,30 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         reserved = a.pool // a.ctx
-        runs = [
-            (native(tools, spec(a.ctx), work, parallel=reserved), Held(f"native -np {reserved}", a.pool)),
+        shared = spec(a.pool // a.conversations)  # -c is n_ctx x -np: the pool
+        # Each server made when its turn comes: a port is free only until the one before binds it.
+        runs: list[tuple[Callable[[], ServerProcess], Held]] = [
             (
-                native(
-                    tools, spec(a.pool // a.conversations), work, parallel=a.conversations, kv_unified=True
-                ),
-                Held(f"native -np {a.conversations} -kvu", a.pool),
+                lambda: native(tools, spec(a.ctx), work, parallel=reserved, verbosity=4),
+                Held(f"native -np {reserved}", a.pool),
             ),
             (
                 # The libllama the native tools use, as in benchmarks.run: only the servers differ.
-                ours(spec(a.ctx), work, tools.lib_dir, "batched", a.conversations, kv_pool=a.pool),
+                lambda: ours(spec(a.ctx), work, tools.lib_dir, "batched", reserved),
+                Held(f"ours, {reserved} slots", a.pool),
+            ),
+            (
+                lambda: native(tools, shared, work, a.conversations, kv_unified=True, verbosity=4),
+                Held(f"native -np {a.conversations} -kvu", a.pool),
+            ),
+            (
+                lambda: ours(spec(a.ctx), work, tools.lib_dir, "batched", a.conversations, kv_pool=a.pool),
                 Held(f"ours, {a.conversations} slots, kv_pool", a.pool),
             ),
         ]
-        for srv, held in runs:
+        for make, held in runs:
             print(f"{held.label}: {a.conversations} stories of {a.turns} turns", file=sys.stderr)
-            results.append(serve(srv, held, a, ban))
+            results.append(serve(make(), held, a, ban))
     # llama.cpp's own MiB a cell (native's log), for the server whose log does not say it.
     per_cell = next((h.kv_mib / h.cells for h in results if h.kv_mib > 0), 0.0)
     for h in results:

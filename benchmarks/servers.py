@@ -207,10 +207,12 @@ def native(
     port: int | None = None,
     backend_sampling: bool = False,
     kv_unified: bool = False,
+    verbosity: int | None = None,
 ) -> ServerProcess:
     """Native llama-server; `parallel` slots of `n_ctx` each, continuous batching (default on).
     `backend_sampling`: its experimental `-bs` (the sampler chain runs in the decode graph).
-    `kv_unified`: `-kvu`, the slots share the `n_ctx x parallel` cells (each may use them all)."""
+    `kv_unified`: `-kvu`, the slots share the `n_ctx x parallel` cells (each may use them all).
+    `verbosity`: `-lv N` (4 logs llama.cpp's own buffer sizes)."""
     port = port or free_port()
     command = [
         str(tools.server),
@@ -238,6 +240,8 @@ def native(
     if kv_unified:
         command.append("-kvu")
         label += "-kvu"
+    if verbosity is not None:
+        command += ["-lv", str(verbosity)]
     return ServerProcess(label, model, command, workdir / f"{label}-{model.name}.log", port, parallel)
 
 
