@@ -38,6 +38,7 @@ class StreamResult:
     finish_reason: str | None = None
     usage: dict[str, Any] | None = None
     timings: dict[str, Any] | None = None
+    error: str | None = None  # an error event's message (llama-server ends a failed stream so)
 
     @property
     def text(self) -> str:
@@ -163,6 +164,9 @@ async def stream_chat(client: httpx.AsyncClient, base_url: str, body: dict[str, 
             if data == "[DONE]":
                 break
             chunk = json.loads(data)
+            if chunk.get("error"):
+                err = chunk["error"]
+                result.error = str(err.get("message", err) if isinstance(err, dict) else err)
             if chunk.get("timings"):
                 result.timings = chunk["timings"]
             if chunk.get("usage"):

@@ -110,7 +110,8 @@ async def story(
         except (RuntimeError, httpx.HTTPError, ValueError) as exc:
             return t, f"turn {t + 1}: {exc}"[:300]
         if r.finish_reason != "length" or r.completion_tokens != a.answer:
-            return t, f"turn {t + 1}: {r.completion_tokens} tokens, finish_reason {r.finish_reason}"
+            why = f"turn {t + 1}: {r.completion_tokens} tokens, finish_reason {r.finish_reason}"
+            return t, why + (f", error: {r.error}" if r.error else "")
         messages.append({"role": "assistant", "content": r.text})
     return a.turns, ""
 

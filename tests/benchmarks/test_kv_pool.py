@@ -93,7 +93,8 @@ def test_a_story_ends_at_the_first_turn_that_errs_or_ends_short() -> None:
             return await story(client, server("native-np8-kvu"), 0, a, {"2": -100.0})
 
     done, why = asyncio.run(go())
-    assert done == 1 and why == "turn 2: 0 tokens, finish_reason None"
+    assert done == 1
+    assert why == "turn 2: 0 tokens, finish_reason None, error: Context size has been exceeded."
     assert route.call_count == 2
     second = json.loads(route.calls[1].request.content)
     assert [m["role"] for m in second["messages"]] == ["system", "user", "assistant", "user"]
