@@ -44,7 +44,7 @@ ATTACH=${ATTACH:-}           # e.g. "16 64": benchmarks.attach_cost at those num
 TURNS=${TURNS:-}             # e.g. 12: in-process long stories (benchmarks/engine_turns.py), 16 conversations
 STORY_VARIANTS=${STORY_VARIANTS:-engine-batched-plain,engine-batched,engine-batched-plain#2,engine-batched#2}
 TURNS_ARGS=${TURNS_ARGS:-}   # more engine_turns arguments, e.g. --jitter 0 (answers of one length, as over HTTP)
-KV_POOL=${KV_POOL:-}         # e.g. "--conversations 32 --turns 6 --answer 256 --ctx 8192 --pool 65536": benchmarks.kv_pool
+KV_POOL=${KV_POOL:-}         # e.g. "--conversations 32 --turns 6 --answer 256 --turn-tokens 200 --ctx 8192 --pool 32768": benchmarks.kv_pool
 DEADLINE_S=${DEADLINE_S:-570}
 STEPS_SHARE=${STEPS_SHARE:-3}  # engine_steps gets this fraction (1/STEPS_SHARE) of the time left
 mkdir -p "$OUT"
