@@ -8,9 +8,10 @@ the decode and the server ends every running conversation with an error ("Contex
 exceeded"). Ours with `"kv_pool"` admits a request only when it fits beside the running ones at
 their full length, so stories wait instead of failing.
 
-Four servers, each with the same P cells, get the same C stories at once (each turn sends the
+Five servers, each with the same P cells, get the same C stories at once (each turn sends the
 full history; end of generation banned so every answer has its full length):
-- native `-np P/n_ctx -c P` (slots reserved up front), and ours with as many slots of `n_ctx`;
+- native `-np P/n_ctx -c P` (slots reserved up front, its host prompt cache on by default), and
+  ours with as many slots of `n_ctx`, without and with `host_cache_mib`;
 - native `-np C -kvu -c P` (shared, unchecked);
 - ours with C slots of `n_ctx` in a `kv_pool` of P (shared, admitted when a request fits).
 Per server: the KV cells and their MiB (llama.cpp's own `KV buffer size` from native's log,
@@ -185,6 +186,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--turn-tokens", type=int, default=60, help="new user tokens per turn (approx.)")
     ap.add_argument("--ctx", type=int, default=1024, help="a story's most tokens: context per slot")
     ap.add_argument("--pool", type=int, default=2048, help="KV cells every server gets")
+    ap.add_argument(
+        "--host-cache", type=int, default=1024, help="ours' host_cache_mib where it has one (native: 8192)"
+    )
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--gpu", action="store_true", help="full offload and flash attention")
     ap.add_argument("--out", type=Path, default=None, help="JSON file (default: stdout)")
@@ -203,6 +207,7 @@ def main(argv: list[str] | None = None) -> int:
         work = Path(tmp)
         reserved = a.pool // a.ctx
         shared = spec(a.pool // a.conversations)  # -c is n_ctx x -np: the pool
+        mib = a.host_cache
         # Each server made when its turn comes: a port is free only until the one before binds it.
         runs: list[tuple[Callable[[], ServerProcess], Held]] = [
             (
@@ -213,6 +218,10 @@ def main(argv: list[str] | None = None) -> int:
                 # The libllama the native tools use, as in benchmarks.run: only the servers differ.
                 lambda: ours(spec(a.ctx), work, tools.lib_dir, "batched", reserved),
                 Held(f"ours, {reserved} slots", a.pool),
+            ),
+            (
+                lambda: ours(spec(a.ctx), work, tools.lib_dir, "batched", reserved, host_cache_mib=mib),
+                Held(f"ours, {reserved} slots, host_cache_mib {mib}", a.pool),
             ),
             (
                 lambda: native(tools, shared, work, a.conversations, kv_unified=True, verbosity=4),

@@ -150,6 +150,7 @@ def ours(
     graph_tail: bool = False,
     lanes: int | None = None,
     kv_pool: int | None = None,
+    host_cache_mib: int | None = None,
 ) -> ServerProcess:
     """Our server with a config file holding exactly this model's settings. `lib_dir`: load libllama
     from there (LLAMA_CPP_LIB_PATH) instead of llama-cpp-python's own build. `engine`: the config's
@@ -157,7 +158,8 @@ def ours(
     `threads_sampling` set the batched engine's `backend_sampling` and `n_threads_sampling`; None
     leaves the key out, so the server's own default applies. `graph_tail`: the whole chain in the
     decode graph (`"graph_tail": true`). `lanes`: the batched engine's `lanes` (None: left out).
-    `kv_pool`: the slots share one pool of that many KV cells (`"kv_unified": true`)."""
+    `kv_pool`: the slots share one pool of that many KV cells (`"kv_unified": true`).
+    `host_cache_mib`: host memory for conversations whose slot another one took."""
     port = port or free_port()
     cfg = {
         "description": "written by benchmarks/servers.py",
@@ -191,6 +193,8 @@ def ours(
         cfg["models"][0]["lanes"] = lanes  # type: ignore[index]
     if kv_pool is not None:
         cfg["models"][0].update(kv_unified=True, kv_pool=kv_pool)  # type: ignore[index,attr-defined]
+    if host_cache_mib is not None:
+        cfg["models"][0]["host_cache_mib"] = host_cache_mib  # type: ignore[index]
     workdir.mkdir(parents=True, exist_ok=True)
     path = workdir / f"ours-{model.name}.json"
     path.write_text(json.dumps(cfg, indent=2), encoding="utf-8")

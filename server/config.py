@@ -111,6 +111,7 @@ class LocalModelEntry(BaseModel):
     host_top_k: bool = False
     graph_tail: bool = False
     retokenize_answers: bool = False
+    host_cache_mib: int = Field(0, ge=0)
 
 
 # Entry fields only the batched engine reads.
@@ -123,6 +124,7 @@ ENGINE_ONLY = (
     "host_top_k",
     "graph_tail",
     "retokenize_answers",
+    "host_cache_mib",
 )
 
 
@@ -428,6 +430,11 @@ def _semantic_problems(cfg: ConfigFile) -> list[str]:
             problems.append(
                 f'{where}, field "kv_pool": {m.kv_pool} cells cannot hold one conversation at full '
                 f"length (n_ctx {m.n_ctx}); set kv_pool >= n_ctx"
+            )
+        if m.host_cache_mib and m.kv_pool is not None:
+            problems.append(
+                f'{where}, field "host_cache_mib": conversations cannot be put back into a shared '
+                "pool (kv_pool), whose admission counts the cells in use; remove one of the two"
             )
         if m.lanes is not None and m.lanes > (m.n_parallel or DEFAULT_PARALLEL):
             problems.append(

@@ -73,6 +73,7 @@ def model_entry(model: ModelConfig, current: str | None) -> dict[str, Any]:
         "host_top_k": model.entry.host_top_k,
         "graph_tail": model.entry.graph_tail,
         "retokenize_answers": model.entry.retokenize_answers,
+        "host_cache_mib": model.entry.host_cache_mib,
         "chat_format": e.chat_format,
         "chat_template_source": model.chat_template_source,
         "chat_template_sha256": model.chat_template_sha256,

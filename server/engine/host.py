@@ -155,6 +155,7 @@ class EngineHost:
             "host_top_k": engine.model.config.entry.host_top_k,
             "graph_tail": engine.model.config.entry.graph_tail,
             "retokenize_answers": engine.model.config.entry.retokenize_answers,
+            "host_cache_mib": engine.model.config.entry.host_cache_mib,
             "switch_interval_ms": round(sys.getswitchinterval() * 1000.0, 3),
             "stats": engine.stats.summary(),
         }

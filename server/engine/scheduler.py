@@ -46,6 +46,7 @@ import numpy as np
 from llama_cpp import _internals as internals
 
 from server.engine import graph_tail, graph_top_k, micro_batches, tail_ops
+from server.engine.host_cache import HostCache
 from server.engine.host_sampling import HostPlan, HostSampler
 from server.engine.host_tail import (
     HOST_TAIL_MIN_ROWS,
@@ -60,6 +61,7 @@ from server.engine.host_tail import (
 )
 from server.engine.model import BatchedModel
 from server.engine.prefix import (
+    Match,
     Matcher,
     Spelling,
     choose_slot,
@@ -125,12 +127,17 @@ POOL_ROWS_PER_THREAD = 4
 # sampling field (`sampling.request_defaults`) attached. Attaching a chain to a sequence makes
 # llama.cpp re-plan its compute buffers (`sched_reserve`) at the next decode; a slot keeps its
 # chain for later requests with the same key, so without this each slot's first request waits
-# for one re-plan: the likely cause of a one-stream request's first token after 134 ms against
-# native's 15 ms on an H100 (BENCHMARKS.md, issue 16, session 14; not yet measured apart). The
-# first request of all still waits for one. The defaults are what the evaluator's requests to a
-# local model leave them at (top-k 40, repetition penalty 1.1); requests with other settings
-# (e.g. repeat_penalty 1.0, as the benchmarks send both servers) attach their own.
+# for one re-plan: 8-12 ms on an H100 or H200, against 4-5 ms into a used slot (BENCHMARKS.md,
+# issue 16, session 15). The first request of all still waits for one. The defaults are what
+# the evaluator's requests to a local model leave them at (top-k 40, repetition penalty 1.1);
+# requests with other settings (e.g. repeat_penalty 1.0, as the benchmarks send both servers)
+# attach their own.
 READY_CHAINS = True
+
+# With `"host_cache_mib"`, a slot's cache of at least this many tokens is copied to host memory
+# before another conversation takes the slot, and a saved one goes back into a slot when a
+# prompt continues it by at least this many tokens more than any slot's cache (`host_cache`).
+HOST_CACHE_MIN_TOKENS = 64
 
 Event = tuple[str, Any]
 Sink = Callable[[list[Event]], None]
@@ -322,6 +329,10 @@ class EngineStats:
     # tokens that kept beyond the token-for-token prefix.
     prompts_respelled: int = 0
     tokens_respelled: int = 0
+    # Host copies of slots' caches (`host_cache_mib`): saved, put back, and the tokens put back.
+    host_cache_saves: int = 0
+    host_cache_restores: int = 0
+    host_cache_tokens: int = 0
     # Host work done while a step decoded (`OVERLAP`): seconds, and the generations a stop
     # string ended one step late (their extra token dropped).
     overlapped_s: float = 0.0
@@ -404,6 +415,9 @@ class EngineStats:
             "pool_peak": self.pool_peak,
             "prompts_respelled": self.prompts_respelled,
             "tokens_respelled": self.tokens_respelled,
+            "host_cache_saves": self.host_cache_saves,
+            "host_cache_restores": self.host_cache_restores,
+            "host_cache_tokens": self.host_cache_tokens,
             "overlapped_ms_per_step": round(self.overlapped_s * 1000 / steps, 3),
             "decode_call_ms_per_step": round(self.launch_s * 1000 / steps, 3),
             "stops_overlapped": self.stops_overlapped,
@@ -467,6 +481,10 @@ class Engine:
         self._pieces = Pieces(model.vocab)
         # Kept unless the config asks for every prompt tokenized afresh (`prefix.text_match`).
         self._spell = None if model.config.entry.retokenize_answers else Spelling(model.vocab, self._pieces)
+        # Not with a shared pool, whose admission counts cells (`_make_room`); a lane's share.
+        entry = model.config.entry
+        share = (entry.host_cache_mib << 20) // (entry.lanes or 1)
+        self._saved = HostCache(share) if share and model.pool is None else None
         self._eog: dict[int, bool] = {}
         self._last_step_end: float | None = None
         self.overlap = OVERLAP
@@ -644,7 +662,10 @@ class Engine:
                 self._pending.popleft()
                 gen.close_samplers()
                 continue
-            slot, found = choose_slot(idle, gen.prompt, self._matcher(gen.max_tokens))
+            match = self._matcher(gen.max_tokens)
+            slot, found = choose_slot(idle, gen.prompt, match)
+            if self._saved is not None:
+                found = self._from_host(slot, found, gen.prompt, match)
             if found.prompt is not gen.prompt:  # the same text on the tokens the cache holds
                 self.stats.prompts_respelled += 1
                 self.stats.tokens_respelled += found.kept - common_prefix(slot.cache, gen.prompt)
@@ -655,6 +676,8 @@ class Engine:
                 return
             self._pending.popleft()
             if keep < len(slot.cache):
+                if keep < len(slot.cache) // 2:  # another conversation takes the slot
+                    self._save(slot)
                 mem = self.model.memory
                 if not llama_cpp.llama_memory_seq_rm(mem, slot.seq, keep, -1):
                     llama_cpp.llama_memory_seq_rm(mem, slot.seq, -1, -1)
@@ -663,6 +686,34 @@ class Engine:
             slot.gen, slot.at, slot.next_token, slot.prompt_len = gen, keep, None, len(gen.prompt)
             gen.slot, gen.cache_n, gen.t_admit = slot.seq, keep, time.perf_counter()
             self._attach(slot, gen)
+
+    def _from_host(self, slot: Slot, found: Match, prompt: list[int], match: Matcher) -> Match:
+        """Put back into `slot` the saved conversation (`host_cache`) this prompt continues
+        furthest, when that beats what the slot keeps by HOST_CACHE_MIN_TOKENS (the slot's own
+        cache saved first); the match admission goes on with."""
+        assert self._saved is not None
+        best = self._saved.best(prompt, match)
+        if best is None or best[1].kept < found.kept + HOST_CACHE_MIN_TOKENS:
+            return found
+        self._save(slot)
+        tokens = self._saved.restore(self.model.ctx, self.model.memory, best[0], slot.seq)
+        slot.cache[:] = tokens or []
+        if tokens is None:
+            log.warning("llama.cpp refused a saved conversation for slot %d; evaluating it", slot.seq)
+            return Match(0, prompt)
+        self.stats.host_cache_restores += 1
+        self.stats.host_cache_tokens += best[1].kept
+        return best[1]
+
+    def _save(self, slot: Slot) -> None:
+        """Copy the slot's cache to host memory (`host_cache`) before it is dropped."""
+        saved = self._saved
+        if (
+            saved is not None
+            and len(slot.cache) >= HOST_CACHE_MIN_TOKENS
+            and saved.save(self.model.ctx, slot.seq, slot.cache)
+        ):
+            self.stats.host_cache_saves += 1
 
     def _make_room(self, slot: Slot, keep: int, gen: Generation, idle: list[Slot]) -> bool:
         """Whether `gen` fits the KV pool in `slot` (keeping `keep` cached tokens) beside the
