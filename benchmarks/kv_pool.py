@@ -62,7 +62,8 @@ class Held:
     stories_failed: int = 0
     first_failure: str = ""
     wall_s: float = 0.0
-    pool: dict[str, int] = field(default_factory=dict)  # ours: pool_waits, pool_evictions, pool_peak
+    # ours: pool_waits, pool_evictions, pool_peak and the host_cache_* counters over the run
+    pool: dict[str, int] = field(default_factory=dict)
     command: str = ""  # how the server was started (native's extra arguments included)
 
     @property
@@ -160,7 +161,11 @@ def _pool_stats(srv: ServerProcess) -> dict[str, int]:
     stats = httpx.get(f"{srv.root_url}/storybench/models", timeout=60).json()["loaded_model_settings"][
         "stats"
     ]
-    return {k: int(stats.get(k) or 0) for k in ("pool_waits", "pool_evictions", "pool_peak")}
+    keys = (
+        *("pool_waits", "pool_evictions", "pool_peak"),
+        *("host_cache_saves", "host_cache_restores", "host_cache_tokens"),
+    )
+    return {k: int(stats.get(k) or 0) for k in keys}
 
 
 def table(results: list[Held]) -> str:
