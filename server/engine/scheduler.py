@@ -23,7 +23,7 @@ which the next turn's prompt no longer matches there). On a GPU, idle slots betw
 sequences get a throwaway token (`FILL_GAPS_UP_TO`), so llama.cpp decodes the step in one pass
 (`micro_batches`); the prompts being evaluated fill a step's room in arrival order (`PROMPT_CHUNKS`).
 
-About 1,000 lines on purpose: the step loop, admission and the per-slot state they mutate are one
+About 1,200 lines on purpose: the step loop, admission and the per-slot state they mutate are one
 piece of code that a single thread owns; split across modules, the invariant "only the engine
 thread touches llama.cpp state" would no longer be visible in one file. Which slot a prompt goes
 to, a pure function of the slots' tokens, is `prefix.py`.
