@@ -63,7 +63,7 @@ class Held:
     first_failure: str = ""
     wall_s: float = 0.0
     # ours: pool_waits, pool_evictions, pool_peak and the host_cache_* counters over the run
-    pool: dict[str, int] = field(default_factory=dict)
+    counters: dict[str, int] = field(default_factory=dict)
     command: str = ""  # how the server was started (native's extra arguments included)
 
     @property
@@ -143,10 +143,10 @@ def serve(srv: ServerProcess, held: Held, a: argparse.Namespace, ban: dict[str, 
     srv.start()
     try:
         srv.wait_ready()
-        before = _pool_stats(srv)
+        before = _engine_counters(srv)
         asyncio.run(play(srv, held, a, ban))
-        after = _pool_stats(srv)
-        held.pool = {k: after[k] - before.get(k, 0) if k != "pool_peak" else after[k] for k in after}
+        after = _engine_counters(srv)
+        held.counters = {k: after[k] - before.get(k, 0) if k != "pool_peak" else after[k] for k in after}
         assert srv.proc is not None
         held.rss_peak_mib = peak_rss_mib(srv.proc.pid)
     finally:
@@ -155,7 +155,7 @@ def serve(srv: ServerProcess, held: Held, a: argparse.Namespace, ban: dict[str, 
     return held
 
 
-def _pool_stats(srv: ServerProcess) -> dict[str, int]:
+def _engine_counters(srv: ServerProcess) -> dict[str, int]:
     if not srv.label.startswith("ours"):
         return {}
     stats = httpx.get(f"{srv.root_url}/storybench/models", timeout=60).json()["loaded_model_settings"][

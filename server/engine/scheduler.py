@@ -692,6 +692,8 @@ class Engine:
         furthest, when that beats what the slot keeps by HOST_CACHE_MIN_TOKENS (the slot's own
         cache saved first); the match admission goes on with."""
         assert self._saved is not None
+        if found.kept + HOST_CACHE_MIN_TOKENS > len(prompt):  # no saved copy can beat the slot
+            return found
         best = self._saved.best(prompt, match)
         if best is None or best[1].kept < found.kept + HOST_CACHE_MIN_TOKENS:
             return found
