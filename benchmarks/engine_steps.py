@@ -76,8 +76,12 @@ def configure(engine: Engine, variant: str) -> None:
     fifo, no held rows, mixed steps), `-pool` / `-nopool` (rows finished by their llama.cpp
     chain on the sampling threads from 8 rows, `POOL_CHAIN_MIN_ROWS`, or one after another), `-numpy` /
     `-chain` (every generation's tail over all rows in numpy, or row by row with its chain,
-    whatever the number of rows: `HOST_TAIL_MIN_ROWS` 0 or unbounded)."""
+    whatever the number of rows: `HOST_TAIL_MIN_ROWS` 0 or unbounded), `-burst<N>` (up to N
+    prompt steps in a row while rows generate, `PROMPT_BURST`)."""
     parts = set(variant.split("#")[0].split("-"))
+    for part in parts:
+        if part.startswith("burst") and part[5:].isdigit():
+            engine.prompt_burst = int(part[5:])
     engine.overlap = "serial" not in parts
     if "plain" in parts:
         engine.prompt_chunks, engine.hold_steps, engine.separate_prompts = "fifo", 0, False

@@ -112,6 +112,13 @@ PROMPT_CHUNKS = "fifo"
 HOLD_STEPS = 32
 SEPARATE_PROMPTS = True
 
+# With SEPARATE_PROMPTS, how many steps of prompt tokens may run back to back while some slot
+# generates, before one decode step of the generating rows. 1: prompts and generating rows take
+# turns. Each turn changes the step's shape twice (a graph built, a CUDA graph re-captured);
+# more lets a wave of prompts (every story's next turn at once) finish before the rows that
+# already generate go on, at the cost of their pausing that long.
+PROMPT_BURST = 1
+
 # Rows whose graph chain left the CPU k candidates can go through their request's llama.cpp
 # chain on the sampling threads, POOL_ROWS_PER_THREAD or more to a thread, the engine's thread
 # taking one share itself, once a step has at least POOL_CHAIN_MIN_ROWS of them (None: never).
@@ -497,9 +504,10 @@ class Engine:
         on_gpu = model.config.on_gpu and not model.config.entry.graph_tail
         self.hold_steps = HOLD_STEPS if on_gpu and self._streams else 0
         self.separate_prompts = SEPARATE_PROMPTS and on_gpu
+        self.prompt_burst = PROMPT_BURST
         self.pool_chain_min_rows = POOL_CHAIN_MIN_ROWS
         self.host_tail_min_rows = HOST_TAIL_MIN_ROWS  # read at admission: a benchmark may set it
-        self._prompt_only = False  # the last step evaluated prompts without its generating rows
+        self._prompt_run = 0  # prompt-only steps in a row just before this one (`PROMPT_BURST`)
         self._n_ubatch = llama_cpp.llama_n_ubatch(model.ctx)
         self._reused = llama_cpp.llama_perf_context(model.ctx).n_reused  # graphs llama.cpp reused
         # Tokens accepted last step whose text waits for this step's decode (`OVERLAP`).
@@ -826,11 +834,12 @@ class Engine:
         active = [s for s in self.slots if s.gen is not None]
         generating = sum(1 for s in active if s.next_token is not None)
         waiting = sorted((s for s in active if s.next_token is None), key=_admitted)
-        # With SEPARATE_PROMPTS, waiting prompts and generating rows take turns.
-        prompt_only = self.separate_prompts and bool(waiting) and (not generating or not self._prompt_only)
+        # With SEPARATE_PROMPTS, waiting prompts and generating rows take turns (`PROMPT_BURST`).
+        prompt_only = self.separate_prompts and bool(waiting)
+        prompt_only = prompt_only and (not generating or self._prompt_run < self.prompt_burst)
         if self.separate_prompts and generating and not prompt_only:
             waiting = []
-        self._prompt_only = prompt_only
+        self._prompt_run = self._prompt_run + 1 if prompt_only else 0
         if prompt_only:
             generating = 0
         # Prompt chunks share what is left of n_batch (`prompt_chunks`)...

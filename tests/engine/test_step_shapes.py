@@ -109,6 +109,48 @@ def test_prompt_tokens_take_steps_of_their_own(tmp_path: Path) -> None:
     assert mixed_prompt_steps["micro_batches"] > mixed_prompt_steps["steps"]
 
 
+def bursting_story(folder: Path, burst: int) -> tuple[list[list[int]], list[int]]:
+    """A 40-token prompt arrives, in steps of 16 tokens, while another conversation generates.
+    The tokens, and each step's prompt tokens in order (0: a decode step)."""
+    folder.mkdir()
+    with engine_on(folder, n_ctx=256, n_parallel=2, n_batch=16, n_ubatch=16) as engine:
+        engine.separate_prompts, engine.prompt_burst = True, burst
+        prompt_tokens: list[int] = []
+        add = engine.stats.add
+
+        def record(generating: int, prompt: int, *rest: float) -> None:
+            prompt_tokens.append(prompt)
+            add(generating, prompt, *rest)
+
+        engine.stats.add = record  # type: ignore[method-assign]
+        started = threading.Event()
+        first = greedy(engine, PROMPTS[0][:8], 60, started)
+        assert started.wait(120)
+        second = greedy(engine, [3000 + i for i in range(40)], 8)
+        wait(first, second)
+        return [first.tokens, second.tokens], prompt_tokens
+
+
+def test_a_burst_of_prompt_steps_runs_back_to_back(tmp_path: Path) -> None:
+    """`PROMPT_BURST`: with 1 the second prompt's three steps take turns with the first
+    conversation's decode steps; with 3 they run one after another. The same tokens either way."""
+    turns, turn_steps = bursting_story(tmp_path / "turns", 1)
+    burst, burst_steps = bursting_story(tmp_path / "burst", 3)
+    assert scheduler.PROMPT_BURST == 1
+    assert turns == burst
+
+    def prompt_runs(steps: list[int]) -> list[list[int]]:
+        runs: list[list[int]] = []
+        for before, now in zip([0, *steps], steps, strict=False):
+            if now:
+                runs.append([now]) if not before else runs[-1].append(now)
+        return runs
+
+    # The first prompt (8 tokens) runs alone; then the second prompt's chunks.
+    assert prompt_runs(turn_steps)[1:] == [[16], [16], [8]], turn_steps
+    assert prompt_runs(burst_steps)[1:] == [[16, 16, 8]], burst_steps
+
+
 def test_held_rows_and_separate_prompts_are_on_a_gpu_only(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
