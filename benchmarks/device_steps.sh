@@ -19,7 +19,8 @@
 #   VARIANTS=none SHAPES=llama-1b ATTACH="16 64" HTTP_LEVELS=1
 # The whole chain in the graph over HTTP (ours with "graph_tail": true): HTTP_ARGS="--ours-graph-tail".
 # Shared KV pool against native's slots (goal 4): VARIANTS=none HTTP_LEVELS=none KV_POOL="<kv_pool args>".
-# Results in $OUT: steps-<shape>.json, attach-<shape>-<n>.json, kv-pool-<shape>.json, batched-bench-<shape>.txt, http-<shape>.json, turns-<shape>.json, device.log.
+# A prompt micro-batch's cost (issue 16, session 16): VARIANTS=none HTTP_LEVELS=none CTX=8192 PROMPT_COST=0,3500,7000.
+# Results in $OUT: steps-<shape>.json, attach-<shape>-<n>.json, kv-pool-<shape>.json, prompt-cost-<shape>.json, batched-bench-<shape>.txt, http-<shape>.json, turns-<shape>.json, device.log.
 # `python -m benchmarks.steps_report <files_at>` prints the tables BENCHMARKS.md records.
 set -uo pipefail
 OUT=${OUT:-/tmp/sb-out}
@@ -44,6 +45,7 @@ ATTACH=${ATTACH:-}           # e.g. "16 64": benchmarks.attach_cost at those num
 TURNS=${TURNS:-}             # e.g. 12: in-process long stories (benchmarks/engine_turns.py), 16 conversations
 STORY_VARIANTS=${STORY_VARIANTS:-engine-batched-plain,engine-batched,engine-batched-plain#2,engine-batched#2}
 TURNS_ARGS=${TURNS_ARGS:-}   # more engine_turns arguments, e.g. --jitter 0 (answers of one length, as over HTTP)
+PROMPT_COST=${PROMPT_COST:-}   # e.g. "0,3500,7000": benchmarks.prompt_cost at those depths (16 slots of CTX)
 KV_POOL=${KV_POOL:-}         # e.g. "--conversations 32 --turns 6 --answer 256 --turn-tokens 200 --ctx 8192 --pool 32768": benchmarks.kv_pool
 DEADLINE_S=${DEADLINE_S:-570}
 STEPS_SHARE=${STEPS_SHARE:-3}  # engine_steps gets this fraction (1/STEPS_SHARE) of the time left
@@ -125,6 +127,12 @@ for shape in $SHAPES; do
             --conversations 16 --turns "$TURNS" --threads "$THREADS" --variants "$STORY_VARIANTS" \
             --out "$OUT/turns-$shape.json" $TURNS_ARGS
         stamp "engine_turns exit $?"
+    fi
+    if [ -n "$PROMPT_COST" ]; then  # a prompt micro-batch's cost by tokens, sequences and depth
+        stamp "$shape: prompt_cost at depths $PROMPT_COST"
+        timeout -k 10 "$(($(left) / 4))" python3 -m benchmarks.prompt_cost --model "$f" --label "$label" --gpu \
+            --slots 16 --n-ctx "$CTX" --depths "$PROMPT_COST" --threads "$THREADS" --out "$OUT/prompt-cost-$shape.json"
+        stamp "prompt_cost exit $?"
     fi
     for n in $ATTACH; do  # first tokens into unused and used slots, READY_CHAINS off and on
         stamp "$shape: attach_cost at $n slots"
