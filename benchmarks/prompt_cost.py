@@ -119,7 +119,8 @@ def main(argv: list[str] | None = None) -> int:
     if depths != sorted(depths) or depths[-1] + 512 > args.n_ctx:
         ap.error(f"--depths must rise and leave 512 tokens of the {args.n_ctx}-token context: {args.depths}")
     with tempfile.TemporaryDirectory() as tmp:
-        model = BatchedModel(load_config(write_config(Path(tmp) / "c.json", args.model, args, args.slots)).models[0])
+        config = load_config(write_config(Path(tmp) / "c.json", args.model, args, args.slots))
+        model = BatchedModel(config.models[0])
     results: dict[str, Any] = {
         "model": args.label or args.model.name,
         "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
