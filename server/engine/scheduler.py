@@ -116,7 +116,11 @@ SEPARATE_PROMPTS = True
 # generates, before one decode step of the generating rows. 1: prompts and generating rows take
 # turns. Each turn changes the step's shape twice (a graph built, a CUDA graph re-captured);
 # more lets a wave of prompts (every story's next turn at once) finish before the rows that
-# already generate go on, at the cost of their pausing that long.
+# already generate go on, at the cost of their pausing that long. Measured on an H100 (1B long
+# stories in the engine, answers of one length): 4 or 32 gave 3,415-3,756 tok/s against 3,602-
+# 3,741 for 1, and later first tokens at turns 2-4 (84-110 against 36-70 ms). A shape change
+# costs the two decode steps after it 1.2-1.4 ms in all (`benchmarks.prompt_cost`); bursts saved
+# a tenth of the builds, too few to pay for the pause (BENCHMARKS.md, issue 16, session 16).
 PROMPT_BURST = 1
 
 # Rows whose graph chain left the CPU k candidates can go through their request's llama.cpp
