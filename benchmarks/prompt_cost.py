@@ -116,8 +116,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=None, help="JSON file (default: stdout)")
     args = ap.parse_args(argv)
     depths = [int(d) for d in args.depths.split(",")]
-    if depths != sorted(depths) or depths[-1] + 512 > args.n_ctx:
-        ap.error(f"--depths must rise and leave 512 tokens of the {args.n_ctx}-token context: {args.depths}")
+    room = max(each for _, each in SHAPES)  # the longest chunk a slot takes on top of its depth
+    if depths != sorted(depths) or depths[-1] + room > args.n_ctx:
+        context = f"{args.n_ctx}-token context"
+        ap.error(f"--depths must rise and leave {room} tokens of the {context}: {args.depths}")
     with tempfile.TemporaryDirectory() as tmp:
         config = load_config(write_config(Path(tmp) / "c.json", args.model, args, args.slots))
         model = BatchedModel(config.models[0])
