@@ -23,14 +23,12 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks.engine_steps import _clear, write_config, write_results
-from server.config import load_config
+from benchmarks.engine_steps import _clear, load_model, write_results
 from server.engine import scheduler
 from server.engine.model import BatchedModel
 from server.engine.sampling import SamplingParams, chains_for, request_defaults
@@ -118,9 +116,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=None, help="JSON file (default: stdout)")
     a = ap.parse_args(argv)
     a.n_batch, a.n_ubatch, a.kv_unified, a.sampling_threads = 512, 512, False, None
-    with tempfile.TemporaryDirectory() as tmp:
-        config = load_config(write_config(Path(tmp) / "c.json", a.model, a, a.parallel))
-        model = BatchedModel(config.models[0])
+    model = load_model(a, a.parallel)
     settings = vars(a) | {"model": str(a.model), "out": str(a.out) if a.out else None}
     results: dict[str, Any] = {"model": a.label or a.model.name, "settings": settings}
     runs: list[dict[str, Any]] = []

@@ -431,6 +431,22 @@ def write_config(path: Path, gguf: Path, args: argparse.Namespace, n_parallel: i
     return path
 
 
+def load_model(args: argparse.Namespace, n_parallel: int) -> BatchedModel:
+    """`args.model` in this process, as the server loads a config entry with these settings
+    (`write_config`): the benchmarks measure the engine the server runs."""
+    with tempfile.TemporaryDirectory() as tmp:
+        config = load_config(write_config(Path(tmp) / "c.json", args.model, args, n_parallel))
+        return BatchedModel(config.models[0])
+
+
+def run_header(args: argparse.Namespace) -> dict[str, Any]:
+    """The start of a benchmark's JSON document: the model's name and the run's settings."""
+    return {
+        "model": args.label or args.model.name,
+        "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+    }
+
+
 def write_results(results: dict[str, Any], out: Path | None) -> None:
     """One JSON document, to `out` or to stdout."""
     text = json.dumps(results, indent=1)
@@ -518,23 +534,16 @@ def main(argv: list[str] | None = None) -> int:
         scheduler.HOST_TAIL_MIN_ROWS = args.host_tail_min_rows
     if args.graph_tail_packed is not None:
         graph_tail.PACKED = bool(args.graph_tail_packed)
-    with tempfile.TemporaryDirectory() as tmp:
-        slots = max(levels) * (2 if any("spread" in v for v in variants) else 1)
-        config = load_config(write_config(Path(tmp) / "c.json", args.model, args, slots))
-        t0 = time.perf_counter()
-        model = BatchedModel(config.models[0])
-        load_s = time.perf_counter() - t0
+    slots = max(levels) * (2 if any("spread" in v for v in variants) else 1)
+    t0 = time.perf_counter()
+    model = load_model(args, slots)
+    load_s = time.perf_counter() - t0
     params = SamplingParams(
         temperature=0.7, top_k=40, top_p=0.95, min_p=0.05, repeat_penalty=args.repeat_penalty
     )
     if args.eog_bias:
         params.logit_bias = {t: -100.0 for t in range(model.n_vocab) if model.is_eog(t)}
-    results: dict[str, Any] = {
-        "model": args.label or args.model.name,
-        "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
-        "load_s": load_s,
-        "levels": {},
-    }
+    results: dict[str, Any] = run_header(args) | {"load_s": load_s, "levels": {}}
     try:
         for n in levels:
             row: dict[str, Any] = results["levels"].setdefault(str(n), {})

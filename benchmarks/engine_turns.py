@@ -22,7 +22,6 @@ import argparse
 import random
 import statistics
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
@@ -33,10 +32,10 @@ from benchmarks.engine_steps import (
     _prompt,
     add_model_arguments,
     configure,
-    write_config,
+    load_model,
+    run_header,
     write_results,
 )
-from server.config import load_config
 from server.engine.app import set_switch_interval
 from server.engine.model import BatchedModel
 from server.engine.sampling import SamplingParams, build_chains
@@ -148,14 +147,8 @@ def main(argv: list[str] | None = None) -> int:
     if need > args.n_ctx:
         ap.error(f"a story needs about {need} tokens of context; --n-ctx is {args.n_ctx}")
     set_switch_interval()
-    with tempfile.TemporaryDirectory() as tmp:
-        config = load_config(write_config(Path(tmp) / "c.json", args.model, args, args.conversations))
-        model = BatchedModel(config.models[0])
-    results: dict[str, Any] = {
-        "model": args.label or args.model.name,
-        "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
-        "variants": {},
-    }
+    model = load_model(args, args.conversations)
+    results: dict[str, Any] = run_header(args) | {"variants": {}}
     try:
         for variant in args.variants.split(","):
             row = results["variants"][variant] = story_run(model, args, variant)

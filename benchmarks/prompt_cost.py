@@ -21,15 +21,20 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 import llama_cpp
 
-from benchmarks.engine_steps import _Batch, _prompt, add_model_arguments, write_config, write_results
-from server.config import load_config
+from benchmarks.engine_steps import (
+    _Batch,
+    _prompt,
+    add_model_arguments,
+    load_model,
+    run_header,
+    write_results,
+)
 from server.engine.model import BatchedModel
 
 # (sequences, tokens each): one sequence's chunk of several sizes, then 512 tokens over 2-16.
@@ -120,14 +125,8 @@ def main(argv: list[str] | None = None) -> int:
     if depths != sorted(depths) or depths[-1] + room > args.n_ctx:
         context = f"{args.n_ctx}-token context"
         ap.error(f"--depths must rise and leave {room} tokens of the {context}: {args.depths}")
-    with tempfile.TemporaryDirectory() as tmp:
-        config = load_config(write_config(Path(tmp) / "c.json", args.model, args, args.slots))
-        model = BatchedModel(config.models[0])
-    results: dict[str, Any] = {
-        "model": args.label or args.model.name,
-        "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
-        "depths": {},
-    }
+    model = load_model(args, args.slots)
+    results: dict[str, Any] = run_header(args) | {"depths": {}}
     try:
         batch, filled = _Batch(model.n_batch), 0
         for depth in depths:

@@ -5,7 +5,6 @@ sees the slots at the same depth, and the report names every shape that fits the
 from __future__ import annotations
 
 import json
-import tempfile
 from argparse import Namespace
 from pathlib import Path
 
@@ -13,10 +12,8 @@ import llama_cpp
 import pytest
 
 from benchmarks import prompt_cost
-from benchmarks.engine_steps import _Batch, write_config
+from benchmarks.engine_steps import _Batch, load_model
 from server.bundled import locate
-from server.config import load_config
-from server.engine.model import BatchedModel
 from tests.support.servers import BUNDLED
 
 pytestmark = pytest.mark.integration
@@ -25,12 +22,10 @@ pytestmark = pytest.mark.integration
 def test_every_measurement_leaves_the_slots_at_their_depth(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(prompt_cost, "SHAPES", [(1, 8), (2, 4), (4, 2)])
     args = Namespace(
-        n_ctx=256, n_batch=64, n_ubatch=64, gpu=False, threads=2, kv_unified=False,
+        model=locate(BUNDLED), n_ctx=256, n_batch=64, n_ubatch=64, gpu=False, threads=2, kv_unified=False,
         backend_sampling=None, sampling_threads=None,
     )  # fmt: skip
-    with tempfile.TemporaryDirectory() as tmp:
-        config = load_config(write_config(Path(tmp) / "c.json", locate(BUNDLED), args, 3))
-        model = BatchedModel(config.models[0])
+    model = load_model(args, 3)
     try:
         prompt_cost._fill(model, _Batch(model.n_batch), 3, 0, 40)
         result = prompt_cost.measure(model, 3, 40, repeats=2)
