@@ -15,6 +15,7 @@
 #   multiturn_concurrency --turns 12 --multiturn-max-tokens 400 --turn-tokens 200"
 # Long stories in-process (~25 s a variant on 1B, ~70 s on 8B), the engine's switches alternating:
 #   VARIANTS=none HTTP_LEVELS=none TURNS=12 (STORY_VARIANTS: engine_steps.configure names; TURNS_ARGS)
+#   (the whole chain in the graph against the default: STORY_VARIANTS=engine-batched,engine-sampled,...)
 # A slot's first request (READY_CHAINS off and on) and one stream over HTTP (~100 s, 1B):
 #   VARIANTS=none SHAPES=llama-1b ATTACH="16 64" HTTP_LEVELS=1
 # The whole chain in the graph over HTTP (ours with "graph_tail": true): HTTP_ARGS="--ours-graph-tail".

@@ -8,7 +8,8 @@ ends, its next prompt arrives a moment later and is evaluated, it comes back. Ea
 shape makes llama.cpp build a new graph, and a prompt mixed with one-token rows costs two
 micro-batches, so the engine's shape-keeping switches are compared here, alternating, at a
 fraction of an HTTP run's device time: the variant names of `engine_steps.configure`
-(`engine-batched` is the engine's defaults; `engine-batched-plain` is session 9's engine).
+(`engine-batched` is the engine's defaults; `engine-batched-plain` is session 9's engine;
+`engine-sampled...` the same with the whole chain in the decode graph, `graph_tail`).
 
 Runs on the GPU machine (`TURNS=12 benchmarks/device_steps.sh`) and on the CPU with the bundled
 model (`python -m benchmarks.engine_turns --model <gguf> --conversations 4 --turns 3 --gen 24
@@ -41,11 +42,17 @@ from server.engine.model import BatchedModel
 from server.engine.sampling import SamplingParams, build_chains
 from server.engine.scheduler import Engine, Event, Generation
 
-COUNTERS = ("steps", "micro_batches", "graph_builds", "gap_fillers", "held_rows", "tokens_prompt")
+COUNTERS = (
+    "steps", "micro_batches", "graph_builds", "gap_fillers", "held_rows", "tokens_prompt",
+    "graph_tail_rows", "graph_tail_cpu_rows",
+)  # fmt: skip
 
 
-def _turn(engine: Engine, prompt: list[int], max_tokens: int, params: SamplingParams) -> Generation:
-    """One turn: submitted, waited for; its generation (tokens, timings) once done."""
+def _turn(
+    engine: Engine, prompt: list[int], max_tokens: int, params: SamplingParams, whole: bool = False
+) -> Generation:
+    """One turn: submitted, waited for; its generation (tokens, timings) once done. `whole`:
+    the whole chain in the decode graph (`graph_tail`), else the batched top-k and host tail."""
     done = threading.Event()
     errors: list[str] = []
 
@@ -57,7 +64,7 @@ def _turn(engine: Engine, prompt: list[int], max_tokens: int, params: SamplingPa
                 done.set()
 
     model = engine.model.model
-    chains = build_chains(model, params, backend=True)  # engine-batched's chain: the batched top-k, host tail
+    chains = build_chains(model, params, backend=True, in_graph_tail=whole)
     gen = Generation.sampled_by(chains, params, prompt=prompt, max_tokens=max_tokens, sink=sink)
     engine.submit(gen)
     if not done.wait(600):
@@ -73,6 +80,7 @@ def story_run(model: BatchedModel, args: argparse.Namespace, variant: str) -> di
     engine = Engine(model)
     engine._backend_sampling = True  # engine-batched's sampling, whatever the config's default
     configure(engine, variant)
+    whole = variant.startswith("engine-sampled")  # engine_steps' name for the chain in the graph
     latencies: list[list[float]] = [[] for _ in range(args.turns)]
     firsts: list[list[float]] = [[] for _ in range(args.turns)]
     cached: list[list[float]] = [[] for _ in range(args.turns)]
@@ -86,7 +94,7 @@ def story_run(model: BatchedModel, args: argparse.Namespace, variant: str) -> di
         try:
             for t in range(args.turns):
                 answer = rng.randint(int(args.gen * (1 - args.jitter)), args.gen)
-                gen = _turn(engine, list(history), answer, params)
+                gen = _turn(engine, list(history), answer, params, whole)
                 latencies[t].append(1000 * ((gen.t_end or 0) - gen.t_submit))
                 firsts[t].append(1000 * ((gen.t_first or 0) - gen.t_submit))
                 cached[t].append(100 * gen.cache_n / len(gen.prompt))

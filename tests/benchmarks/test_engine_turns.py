@@ -34,6 +34,24 @@ def test_engine_turns_reports_each_variants_stories(tmp_path: Path) -> None:
     assert kept["micro_batches"] == kept["steps"]  # prompts alone, two consecutive slots
 
 
+def test_engine_sampled_stories_pick_every_token_in_the_graph(tmp_path: Path) -> None:
+    """`engine-sampled`: the whole chain in the decode graph (`graph_tail`), so the tokens were
+    picked there, but for a turn's first where llama.cpp split its step (on the CPU a prompt
+    shares its step with the other story's row: the CPU finishes that row with the same draw);
+    `engine-batched` leaves the chain's tail to the CPU."""
+    out = tmp_path / "turns.json"
+    args = ["--model", str(locate(BUNDLED)), "--conversations", "2", "--turns", "2", "--gen", "12"]
+    args += ["--turn-tokens", "8", "--first-prompt", "16", "--n-ctx", "256", "--threads", "1"]
+    args += ["--jitter", "0"]
+    assert engine_turns.main([*args, "--variants", "engine-sampled,engine-batched", "--out", str(out)]) == 0
+    result = json.loads(out.read_text(encoding="utf-8"))["variants"]
+    sampled, batched = result["engine-sampled"], result["engine-batched"]
+    assert sampled["tokens"] == batched["tokens"] == 2 * 2 * 12
+    assert sampled["graph_tail_rows"] + sampled["graph_tail_cpu_rows"] == sampled["tokens"]
+    assert sampled["graph_tail_cpu_rows"] <= 2 * 2  # at most each turn's first token
+    assert batched["graph_tail_rows"] == batched["graph_tail_cpu_rows"] == 0
+
+
 def test_a_story_that_cannot_fit_its_context_is_refused(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
