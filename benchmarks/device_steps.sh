@@ -148,10 +148,11 @@ for shape in $SHAPES; do
             $KV_POOL --out "$OUT/kv-pool-$shape.json"
         stamp "kv_pool exit $?"
     fi
-    if [ -n "$DEEP_NPP" ]; then  # the long-story reference: batched-bench at a story's final depth
+    if [ -n "$DEEP_NPP" ]; then  # the long-story reference: batched-bench at PROMPT and a story's final depth
+        # (two depths: `benchmarks.story_bound` interpolates the stories' decode steps between them)
         stamp "$shape: llama-batched-bench at depth $DEEP_NPP"
         timeout -k 10 "$(($(left) / 4))" llama-batched-bench -m "$f" -ngl 99 -fa on -c $((CTX * 16)) -b 512 -ub 512 \
-            -t "$THREADS" -npp "$DEEP_NPP" -ntg "$GEN" -npl 16 > "$OUT/batched-bench-deep-$shape.txt" 2>&1
+            -t "$THREADS" -npp "$PROMPT,$DEEP_NPP" -ntg "$GEN" -npl 16 > "$OUT/batched-bench-deep-$shape.txt" 2>&1
         stamp "deep batched-bench exit $?"; grep '^|' "$OUT/batched-bench-deep-$shape.txt"
     fi
     [ "$HTTP_LEVELS" = none ] && continue

@@ -38,19 +38,25 @@ def batched_bench(path: Path) -> dict[int, float]:
 
 def batched_bench_rows(path: Path) -> dict[int, dict[str, float]]:
     """Every column of llama-batched-bench's table (PP, TG, B, N_KV, T_PP s, S_PP t/s, ...) by
-    number of sequences, named without their units; none when the run had no batched-bench (the
-    CPU)."""
-    out: dict[int, dict[str, float]] = {}
+    number of sequences (the last row of each), named without their units; none when the run
+    had no batched-bench (the CPU)."""
+    return {int(row["B"]): row for row in batched_bench_table(path)}
+
+
+def batched_bench_table(path: Path) -> list[dict[str, float]]:
+    """llama-batched-bench's table, row by row (several prompt lengths give several rows of one
+    number of sequences); empty when there is no file."""
+    rows: list[dict[str, float]] = []
     names: list[str] = []
     if not path.exists():
-        return out
+        return rows
     for line in path.read_text(encoding="utf-8").splitlines():
         cells = [c.strip() for c in line.strip().strip("|").split("|")]
         if len(cells) == 10 and cells[0] == "PP":
             names = [c.split(" ")[0] for c in cells]
         elif names and len(cells) == 10 and re.fullmatch(r"\d+", cells[2]):
-            out[int(cells[2])] = dict(zip(names, map(float, cells), strict=True))
-    return out
+            rows.append(dict(zip(names, map(float, cells), strict=True)))
+    return rows
 
 
 def phase_shares(row: dict[str, object], bench: dict[str, float]) -> tuple[float, float] | None:
