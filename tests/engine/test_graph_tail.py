@@ -184,13 +184,19 @@ PENALTIES = [(1.1, 0.0, 0.0), (1.3, 0.4, 0.2), (1.0, 0.0, 0.0), (1.1, 0.0, 0.0)]
 def run_jobs(
     engine: Engine, backend: bool, whole: bool, n: int = 4, tokens: int = 40, penalties: bool = False
 ) -> list[list[int]]:
+    """`n` requests admitted together: submitted while the test holds the engine's lock (its
+    condition's lock is reentrant), so the engine thread cannot start a step until all are in.
+    Two runs then share every step's rows, and so llama.cpp's kernels and their rounding:
+    submitted one by one, a request could start a step before the next arrived, and the two runs
+    compared could differ by a token at a near tie."""
     jobs = []
-    for i in range(n):
-        params = job_params(i)
-        if penalties:
-            params.repeat_penalty, params.frequency_penalty, params.presence_penalty = PENALTIES[i]
-        chains = build_chains(engine.model.model, params, backend, in_graph_tail=whole)
-        jobs.append(Job(engine, PROMPTS[i], tokens, params, chains=chains))
+    with engine._cond:
+        for i in range(n):
+            params = job_params(i)
+            if penalties:
+                params.repeat_penalty, params.frequency_penalty, params.presence_penalty = PENALTIES[i]
+            chains = build_chains(engine.model.model, params, backend, in_graph_tail=whole)
+            jobs.append(Job(engine, PROMPTS[i], tokens, params, chains=chains))
     return [job.wait().gen.tokens for job in jobs]
 
 
