@@ -28,7 +28,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks.engine_steps import _clear, load_model, write_results
+from benchmarks.engine_steps import _clear, load_model, run_header, write_results
 from server.engine import scheduler
 from server.engine.model import BatchedModel
 from server.engine.sampling import SamplingParams, chains_for, request_defaults
@@ -117,8 +117,7 @@ def main(argv: list[str] | None = None) -> int:
     a = ap.parse_args(argv)
     a.n_batch, a.n_ubatch, a.kv_unified, a.sampling_threads = 512, 512, False, None
     model = load_model(a, a.parallel)
-    settings = vars(a) | {"model": str(a.model), "out": str(a.out) if a.out else None}
-    results: dict[str, Any] = {"model": a.label or a.model.name, "settings": settings}
+    results: dict[str, Any] = run_header(a)
     runs: list[dict[str, Any]] = []
     try:
         for r in range(a.repeats):

@@ -98,6 +98,12 @@ def configure(engine: Engine, variant: str) -> None:
         engine.host_tail_min_rows = 0 if "numpy" in parts else 1 << 30
 
 
+def whole_chain_in_graph(variant: str) -> bool:
+    """Whether a variant samples with the whole chain in the decode graph (`graph_tail`): the
+    `engine-sampled` names, here and in `engine_turns`."""
+    return variant.startswith("engine-sampled")
+
+
 def _prompt(model: BatchedModel, n: int, seed: int) -> list[int]:
     """`n` token ids drawn from the ordinary vocabulary (no control tokens), one per seed."""
     rng = random.Random(seed)
@@ -323,7 +329,7 @@ def engine_run(
         runner = Engine(model)
         engines = [runner]
     engine = engines[0]  # the per-step profile: the first lane's
-    whole = variant.startswith("engine-sampled")
+    whole = whole_chain_in_graph(variant)
     batched = variant.startswith("engine-batched") or whole
     graph, host = batched or variant == "engine-graph", variant == "engine-host"
     host_tail = variant != "engine-batched-chain"

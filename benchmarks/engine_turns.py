@@ -35,6 +35,7 @@ from benchmarks.engine_steps import (
     configure,
     load_model,
     run_header,
+    whole_chain_in_graph,
     write_results,
 )
 from server.engine.app import set_switch_interval
@@ -80,7 +81,7 @@ def story_run(model: BatchedModel, args: argparse.Namespace, variant: str) -> di
     engine = Engine(model)
     engine._backend_sampling = True  # engine-batched's sampling, whatever the config's default
     configure(engine, variant)
-    whole = variant.startswith("engine-sampled")  # engine_steps' name for the chain in the graph
+    whole = whole_chain_in_graph(variant)
     latencies: list[list[float]] = [[] for _ in range(args.turns)]
     firsts: list[list[float]] = [[] for _ in range(args.turns)]
     cached: list[list[float]] = [[] for _ in range(args.turns)]

@@ -67,6 +67,8 @@ def read_story(path: Path) -> Story:
     match = _AGGREGATE.fullmatch(head["metric"])
     assert match is not None
     turns, answer = int(match[1]), int(match[2])
+    if turns < 2:
+        raise ValueError(f"{path}: a run of {turns} turn has no history notes to take depths from")
     history: dict[int, tuple[float, float]] = {}
     for r in runs:
         turn, note = _TURN.fullmatch(r["metric"]), _NOTE.search(r.get("note", ""))

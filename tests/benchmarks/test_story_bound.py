@@ -63,6 +63,11 @@ def test_a_run_without_every_turns_notes_is_refused(tmp_path: Path) -> None:
         story_bound.read_story(http)
 
 
+def test_a_one_turn_run_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="a run of 1 turn has no history notes"):
+        story_bound.read_story(write_run(tmp_path, {1: (30, 20)}))
+
+
 def test_one_depth_is_not_enough(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     http = write_run(tmp_path, {2: (30, 20), 3: (70, 55)})
     bench = tmp_path / "bench.txt"
