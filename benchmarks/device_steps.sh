@@ -21,6 +21,9 @@
 # The whole chain in the graph over HTTP (ours with "graph_tail": true): HTTP_ARGS="--ours-graph-tail".
 # Shared KV pool against native's slots (goal 4): VARIANTS=none HTTP_LEVELS=none KV_POOL="<kv_pool args>".
 # A prompt micro-batch's cost (issue 16, session 16): VARIANTS=none HTTP_LEVELS=none CTX=8192 PROMPT_COST=0,3500,7000.
+# The host's tail and the whole chain in the graph at the levels short of 90% (issue 16, session 17):
+#   SHAPES=llama-1b LEVELS=16,32 HTTP_LEVELS=none STEPS_ARGS=--split VARIANTS=engine-batched,engine-batched-chain,
+#   engine-sampled,engine-sampled-packed,engine-batched#2,engine-batched-chain#2,engine-sampled#2,engine-sampled-packed#2
 # Results in $OUT: steps-<shape>.json, attach-<shape>-<n>.json, kv-pool-<shape>.json, prompt-cost-<shape>.json, batched-bench-<shape>.txt, http-<shape>.json, turns-<shape>.json, device.log.
 # `python -m benchmarks.steps_report <files_at>` prints the tables BENCHMARKS.md records.
 set -uo pipefail
@@ -38,7 +41,6 @@ STEPS_ARGS=${STEPS_ARGS:-}   # more engine_steps arguments, e.g. --kv-unified
 HTTP_ARGS=${HTTP_ARGS:-}     # more benchmarks.run arguments, e.g. --ours-backend-sampling on
 DEEP_NPP=${DEEP_NPP:-}       # e.g. 7000: batched-bench at 16 sequences of that depth (long stories' goal)
 TOPK_BLOCKS=${TOPK_BLOCKS:-} # e.g. "1024:0 512:256": engine-batched again with other graph_top_k BLOCK:PRESELECT
-UNPACKED=${UNPACKED:-}       # 1: engine-sampled again with graph_tail.PACKED off (tokens back one per row)
 PENALTY=${PENALTY:-}         # e.g. 1.1: engine-graph, -batched and -sampled again with that repeat penalty
 REBUILD=${REBUILD:-}         # 1: engine-batched again with llama.cpp's graph reuse off (what a graph build costs)
 HTTP_SHAPES=${HTTP_SHAPES:-$SHAPES}  # the shapes the HTTP benchmarks run on
@@ -112,13 +114,6 @@ for shape in $SHAPES; do
             --label "$label, graph reuse off" --gpu --levels "$LEVELS" --prompt "$PROMPT" --gen "$GEN" \
             --n-ctx "$CTX" --threads "$THREADS" --variants engine-batched,engine-batched#2 \
             --out "/tmp/sb-run/steps-$shape-rebuild.json"
-    fi
-    if [ -n "$UNPACKED" ]; then  # graph_tail's tokens one per row (llama.cpp's copies) instead of one array
-        mkdir -p /tmp/sb-run
-        timeout -k 10 "$(($(left) / 4))" python3 -m benchmarks.engine_steps --model "$f" \
-            --label "$label, graph tail unpacked" --gpu --levels "$LEVELS" --prompt "$PROMPT" --gen "$GEN" \
-            --n-ctx "$CTX" --threads "$THREADS" --variants engine-sampled --graph-tail-packed 0 \
-            --out "/tmp/sb-run/steps-$shape-unpacked.json"
     fi
     fi
     if [ -n "$TURNS" ]; then  # long stories without HTTP: the engine's shape-keeping switches, alternating

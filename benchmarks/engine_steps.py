@@ -77,7 +77,8 @@ def configure(engine: Engine, variant: str) -> None:
     chain on the sampling threads from 8 rows, `POOL_CHAIN_MIN_ROWS`, or one after another), `-numpy` /
     `-chain` (every generation's tail over all rows in numpy, or row by row with its chain,
     whatever the number of rows: `HOST_TAIL_MIN_ROWS` 0 or unbounded), `-burst<N>` (up to N
-    prompt steps in a row while rows generate, `PROMPT_BURST`)."""
+    prompt steps in a row while rows generate, `PROMPT_BURST`). `-packed` / `-unpacked` are
+    module-wide: `packing`, around the run."""
     parts = set(variant.split("#")[0].split("-"))
     for part in parts:
         if part.startswith("burst") and part[5:].isdigit():
@@ -96,6 +97,21 @@ def configure(engine: Engine, variant: str) -> None:
         engine.pool_chain_min_rows = 8 if "pool" in parts else None
     if "numpy" in parts or "chain" in parts:
         engine.host_tail_min_rows = 0 if "numpy" in parts else 1 << 30
+
+
+@contextlib.contextmanager
+def packing(variant: str) -> Iterator[None]:
+    """`-packed` / `-unpacked`: `graph_tail`'s tokens written into one array of ours, or copied
+    back one per row by llama.cpp (`graph_tail.PACKED`, which is module-wide), for one run only,
+    so that both alternate in one process."""
+    parts = set(variant.split("#")[0].split("-"))
+    saved = graph_tail.PACKED
+    if parts & {"packed", "unpacked"}:
+        graph_tail.PACKED = "packed" in parts
+    try:
+        yield
+    finally:
+        graph_tail.PACKED = saved
 
 
 def whole_chain_in_graph(variant: str) -> bool:
@@ -352,7 +368,7 @@ def engine_run(
         timers: contextlib.AbstractContextManager[collections.Counter[str]] = (
             split_timers() if split else contextlib.nullcontext(collections.Counter())
         )
-        with timers as spent:
+        with timers as spent, packing(variant):
             start = time.perf_counter()
             for g in gens:
                 runner.submit(g)

@@ -34,6 +34,7 @@ from benchmarks.engine_steps import (
     add_model_arguments,
     configure,
     load_model,
+    packing,
     run_header,
     whole_chain_in_graph,
     write_results,
@@ -108,12 +109,13 @@ def story_run(model: BatchedModel, args: argparse.Namespace, variant: str) -> di
     before = engine.stats.summary()
     threads = [threading.Thread(target=story, args=(k,)) for k in range(args.conversations)]
     try:
-        start = time.perf_counter()
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
-        wall = time.perf_counter() - start
+        with packing(variant):
+            start = time.perf_counter()
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join()
+            wall = time.perf_counter() - start
         after = engine.stats.summary()
     finally:
         engine.close()

@@ -6,8 +6,8 @@ Why: with the top-k alone in the graph, llama.cpp still copies two small tensors
 row (its k candidates and their logits: 128 device-to-host copies a step at 64 sequences) and the
 CPU finishes the chain after the GPU is done (`host_tail`, 0.3-1.1 ms a step on the H200's host).
 The GPU is idle meanwhile. Here the same few dozen kernels finish every row of the step at once,
-and the graph writes the step's tokens into an array of ours: one copy to the host (`PACKED`;
-otherwise llama.cpp copies back one token per row).
+and only each row's token comes back (llama.cpp copies it; `PACKED` writes them all into one
+array of ours instead).
 
 Repetition penalties that only lower logits come first (llama-cpp-python's default request has
 1.1): the top-k then keeps k + 64 candidates, which hold the k largest after the penalties, since
@@ -58,8 +58,15 @@ _SEQ_SHIFT = graph_top_k.SEQ_SHIFT  # the same layout of the sequence as the top
 _TENSORS_PER_CONTEXT = 256
 _ALIGN = 64
 # The tokens go into an array of ours in one copy (True), or come back row by row as llama.cpp's
-# sampled tokens (False); `--graph-tail-packed` in benchmarks/engine_steps.py compares them.
-PACKED = True
+# sampled tokens (False). Row by row on purpose: the array is host memory, so the graph's last
+# operation writing into it is a CPU split after the GPU's, and ggml's scheduler synchronizes the
+# GPU before copying that split's input. `llama_decode` then returns only once the GPU is done,
+# and the host work meant to overlap the decode (`scheduler.OVERLAP`) runs after it: in session
+# 12's H100 runs (1B, 16 rows) the packed `llama_decode` call took 3.15 of its 3.43 ms decode,
+# against 0.57 of 2.91 with the top-k alone. Row by row was as fast or faster even before the
+# overlap existed (session 8: 3,961 / 5,630 / 7,114 against 3,898 / 5,629 / 6,854 tok/s at 16 /
+# 32 / 64). `engine_steps`' `-packed` / `-unpacked` variants compare them (BENCHMARKS.md, issue 16).
+PACKED = False
 _PACKED_KS = 4  # distinct k in one graph whose tokens are packed; more come back row by row
 
 

@@ -86,6 +86,35 @@ def test_the_tail_draws_what_llama_cpps_chain_draws(k: int) -> None:
             c.close()
 
 
+# Settings at the edges of each step: top-p of 0 (keep one), 1 and past 1 (off: llama.cpp keeps
+# every candidate even where the running sum reaches 1 early, as it does in float32 on a steep
+# row), min-p of 1 (only the largest) and below 0 (off), a near-greedy and a flat temperature.
+EDGES = [(0.0, 0.0, 1.0), (1.5, 1.0, 0.7), (0.3, -0.5, 0.05), (1.0, 0.99, 2.0), (1.0, 0.0, 50.0)]
+
+
+@pytest.mark.parametrize("k", [1, 3, 40])
+def test_the_tail_at_the_edges_of_its_settings_draws_what_llama_cpps_chain_draws(k: int) -> None:
+    """The tail finds where each step stops from sorted rows and rising sums (`finish_prepared`):
+    settings that keep one candidate, all of them, or switch a step off pick llama.cpp's token.
+    The values of a row are distinct: llama.cpp's top-p sorts the candidates again, and puts
+    equal logits in an order of its own."""
+    rng = np.random.default_rng(7 + k)
+    plans = [TailPlan(k, p, m, t, seed=300 + i) for i, (p, m, t) in enumerate(EDGES)]
+    chains = [llama_tail(p, m, t, 300 + i) for i, (p, m, t) in enumerate(EDGES)]
+    try:
+        for step in range(100):
+            spread = (0.01, 0.2, 2.0)[step % 3]  # many candidates near the top, few, or one
+            values = np.stack([rng.choice(1000, k, replace=False) * spread for _ in EDGES]) - 5
+            logits = -np.sort(-values.astype(np.float32), axis=1)
+            ids = np.stack([rng.permutation(50_000)[:k] for _ in EDGES]).astype(np.int32)
+            ours = finish(ids, logits, plans)
+            theirs = [llama_pick(c, ids[r], logits[r]) for r, c in enumerate(chains)]
+            assert ours == theirs
+    finally:
+        for c in chains:
+            c.close()
+
+
 def job_params(i: int) -> SamplingParams:
     top_p, min_p, temp = PARAMS[i % len(PARAMS)]
     top_k = (40, 20)[i % 2]  # rows of one step with different k
