@@ -22,9 +22,10 @@
 # Shared KV pool against native's slots (goal 4): VARIANTS=none HTTP_LEVELS=none KV_POOL="<kv_pool args>".
 # A prompt micro-batch's cost (issue 16, session 16): VARIANTS=none HTTP_LEVELS=none CTX=8192 PROMPT_COST=0,3500,7000.
 # The host's tail and the whole chain in the graph at the levels short of 90% (issue 16, session 17):
-#   SHAPES=llama-1b LEVELS=16,32 HTTP_LEVELS=none STEPS_ARGS=--split VARIANTS=engine-batched,engine-batched-chain,
-#   engine-sampled,engine-sampled-packed,engine-batched#2,engine-batched-chain#2,engine-sampled#2,engine-sampled-packed#2
-# Results in $OUT: steps-<shape>.json, attach-<shape>-<n>.json, kv-pool-<shape>.json, prompt-cost-<shape>.json, batched-bench-<shape>.txt, http-<shape>.json, turns-<shape>.json, device.log.
+#   SHAPES=llama-1b LEVELS=16,32 HTTP_LEVELS=none STEPS_ARGS=--split HOST_PATH=8,16,32,64 VARIANTS=engine-batched,
+#   engine-batched-chain,engine-sampled,engine-sampled-packed,engine-batched#2,engine-batched-chain#2,engine-sampled#2,
+#   engine-sampled-packed#2
+# Results in $OUT: steps-<shape>.json, host-path-<shape>.json, attach-<shape>-<n>.json, kv-pool-<shape>.json, prompt-cost-<shape>.json, batched-bench-<shape>.txt, http-<shape>.json, turns-<shape>.json, device.log.
 # `python -m benchmarks.steps_report <files_at>` prints the tables BENCHMARKS.md records.
 set -uo pipefail
 OUT=${OUT:-/tmp/sb-out}
@@ -49,6 +50,7 @@ TURNS=${TURNS:-}             # e.g. 12: in-process long stories (benchmarks/engi
 STORY_VARIANTS=${STORY_VARIANTS:-engine-batched-plain,engine-batched,engine-batched-plain#2,engine-batched#2}
 TURNS_ARGS=${TURNS_ARGS:-}   # more engine_turns arguments, e.g. --jitter 0 (answers of one length, as over HTTP)
 PROMPT_COST=${PROMPT_COST:-}   # e.g. "0,3500,7000": benchmarks.prompt_cost at those depths (16 slots of CTX)
+HOST_PATH=${HOST_PATH:-}     # e.g. "8,16,32,64": benchmarks.host_path, the host's part of a step, decode skipped
 KV_POOL=${KV_POOL:-}         # e.g. "--conversations 32 --turns 6 --answer 256 --turn-tokens 200 --ctx 8192 --pool 32768": benchmarks.kv_pool
 DEADLINE_S=${DEADLINE_S:-570}
 STEPS_SHARE=${STEPS_SHARE:-3}  # engine_steps gets this fraction (1/STEPS_SHARE) of the time left
@@ -129,6 +131,12 @@ for shape in $SHAPES; do
         timeout -k 10 "$(($(left) / 4))" python3 -m benchmarks.prompt_cost --model "$f" --label "$label" --gpu \
             --slots 16 --n-ctx "$CTX" --depths "$PROMPT_COST" --threads "$THREADS" --out "$OUT/prompt-cost-$shape.json"
         stamp "prompt_cost exit $?"
+    fi
+    if [ -n "$HOST_PATH" ]; then  # the host's part of a step on this machine, its decode skipped (seconds)
+        stamp "$shape: host_path at $HOST_PATH"
+        timeout -k 10 "$(($(left) / 4))" python3 -m benchmarks.host_path --model "$f" --label "$label" --gpu \
+            --levels "$HOST_PATH" --n-ctx "$CTX" --threads "$THREADS" --split --out "$OUT/host-path-$shape.json"
+        stamp "host_path exit $?"
     fi
     for n in $ATTACH; do  # first tokens into unused and used slots, READY_CHAINS off and on
         stamp "$shape: attach_cost at $n slots"

@@ -321,6 +321,40 @@ class _Done:
                 self.event.set()
 
 
+def configure_sampling(engine: Engine, variant: str) -> None:
+    """The variant's switches (`configure`), and backend sampling on for the variants whose
+    chains run in the decode graph, whatever the config's default."""
+    engine._backend_sampling = _chains_of(variant)[0]
+    configure(engine, variant)
+
+
+def _chains_of(variant: str) -> tuple[bool, bool, bool, bool, bool]:
+    """`build_chains`' switches for a variant: (in the graph, on the host, batched top-k, the
+    host's tail over all rows, the whole chain in the graph)."""
+    whole = whole_chain_in_graph(variant)
+    batched = variant.startswith("engine-batched") or whole
+    graph, host = batched or variant == "engine-graph", variant == "engine-host"
+    return graph, host, batched, variant != "engine-batched-chain", whole
+
+
+def generations(
+    model: BatchedModel, n: int, prompt: int, gen: int, variant: str, params: SamplingParams, sink: Any
+) -> list[Generation]:
+    """`n` requests of `gen` tokens after `prompt` tokens each, with the variant's chains and a
+    seed of their own, not yet submitted."""
+    switches = _chains_of(variant)
+    made = []
+    for k in range(n):
+        p = SamplingParams(**{**params.__dict__, "seed": 1234 + k})
+        made.append(
+            Generation.sampled_by(
+                build_chains(model.model, p, *switches), p,
+                prompt=_prompt(model, prompt, seed=k), max_tokens=gen, sink=sink,
+            )
+        )  # fmt: skip
+    return made
+
+
 def engine_run(
     model: BatchedModel,
     n: int,
@@ -345,24 +379,11 @@ def engine_run(
         runner = Engine(model)
         engines = [runner]
     engine = engines[0]  # the per-step profile: the first lane's
-    whole = whole_chain_in_graph(variant)
-    batched = variant.startswith("engine-batched") or whole
-    graph, host = batched or variant == "engine-graph", variant == "engine-host"
-    host_tail = variant != "engine-batched-chain"
     try:
         for each in engines:
-            each._backend_sampling = graph  # the variant under test, whatever the config's default
-            configure(each, variant)
+            configure_sampling(each, variant)
         done = _Done(n)
-        gens = []
-        for k in range(n):
-            p = SamplingParams(**{**params.__dict__, "seed": 1234 + k})
-            gens.append(
-                Generation.sampled_by(
-                    build_chains(model.model, p, graph, host, batched, host_tail, whole), p,
-                    prompt=_prompt(model, prompt, seed=k), max_tokens=gen, sink=done.sink,
-                )
-            )  # fmt: skip
+        gens = generations(model, n, prompt, gen, variant, params, done.sink)
         before, top_k = engine.stats.summary(), graph_top_k.counts()
         tail_built = graph_tail.counts()
         timers: contextlib.AbstractContextManager[collections.Counter[str]] = (

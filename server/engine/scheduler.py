@@ -1191,15 +1191,13 @@ class Engine:
     def _work_out_texts(self) -> None:
         """The text of the tokens accepted last step, while this step decodes them, and its
         events handed over. A stop string marks the generation `stopped`: it ends when this
-        step's sample comes back, and that sample is dropped."""
-        start = time.perf_counter()
+        step's sample comes back, and that sample is dropped. Timed as part of `_overlapped`."""
         for slot, gen, token in self._texts:
             if slot.gen is gen and not gen.stopped and self._push_text(gen, token):
                 gen.stopped = True
                 self.stats.stops_overlapped += 1
         self._texts.clear()
         self._publish()
-        self.stats.overlapped_s += time.perf_counter() - start
 
     def _release(self, slot: Slot, reason: str | None) -> None:
         """End the slot's generation (reason None: cancelled); its cache stays for reuse."""
