@@ -23,7 +23,7 @@ which the next turn's prompt no longer matches there). On a GPU, idle slots betw
 sequences get a throwaway token (`FILL_GAPS_UP_TO`), so llama.cpp decodes the step in one pass
 (`micro_batches`); the prompts being evaluated fill a step's room in arrival order (`PROMPT_CHUNKS`).
 
-About 1,200 lines on purpose: the step loop, admission and the per-slot state they mutate are one
+About 1,300 lines on purpose: the step loop, admission and the per-slot state they mutate are one
 piece of code that a single thread owns; split across modules, the invariant "only the engine
 thread touches llama.cpp state" would no longer be visible in one file. Which slot a prompt goes
 to, a pure function of the slots' tokens, is `prefix.py`.
@@ -284,6 +284,17 @@ class _Batch:
         i = self.n
         self.token[i], self.pos[i], self.seq[i], self.logits[i] = token, pos, seq, 1
         self.n += 1
+        return i
+
+    def add_rows(self, slots: list[Slot], tokens: list[int]) -> int:
+        """One output row per slot: its token, after its cache, in its sequence; the first row's
+        index."""
+        i, k = self.n, len(slots)
+        self.token[i : i + k] = tokens
+        self.pos[i : i + k] = [len(s.cache) for s in slots]
+        self.seq[i : i + k] = [s.seq for s in slots]
+        self.logits[i : i + k] = 1
+        self.n += k
         return i
 
     def add_run(self, tokens: list[int], pos: int, seq: int, output_last: bool) -> int:
@@ -835,9 +846,17 @@ class Engine:
         batch.clear()
         outputs: list[tuple[Slot, int]] = []
         fed: list[tuple[Slot, list[int]]] = []
-        active = [s for s in self.slots if s.gen is not None]
-        generating = sum(1 for s in active if s.next_token is not None)
-        waiting = sorted((s for s in active if s.next_token is None), key=_admitted)
+        rows: list[Slot] = []  # the generating slots, in sequence order
+        waiting: list[Slot] = []  # the slots whose prompt is being evaluated
+        in_graph = False  # whether some generation's whole chain runs in the graph (`graph_tail`)
+        for slot in self.slots:  # one pass: this runs while the GPU waits, every step
+            gen = slot.gen
+            if gen is None:
+                continue
+            (waiting if slot.next_token is None else rows).append(slot)
+            in_graph = in_graph or (gen.tail is not None and gen.tail.in_graph)
+        generating = len(rows)
+        waiting.sort(key=_admitted)
         # With SEPARATE_PROMPTS, waiting prompts and generating rows take turns (`PROMPT_BURST`).
         prompt_only = self.separate_prompts and bool(waiting)
         prompt_only = prompt_only and (not generating or self._prompt_run < self.prompt_burst)
@@ -850,7 +869,6 @@ class Engine:
         chunks = self._chunks(waiting, batch.capacity - generating)
         # Not in a step with prompt tokens (it changes shape anyway), nor beside rows whose whole
         # chain runs in the graph (`graph_tail` stages the real rows only).
-        in_graph = any(s.gen is not None and s.gen.tail is not None and s.gen.tail.in_graph for s in active)
         held = [] if chunks or in_graph else self._held()
         # ...and go into the batch in sequence order: with a KV stream per sequence llama.cpp
         # splits a batch into micro-batches of consecutive sequence ids (`_fillers`). The
@@ -866,7 +884,13 @@ class Engine:
             over = generating + len(held) + sum(chunks.values()) + len(fillers) - batch.capacity
         self.stats.gap_fillers += len(fillers)
         self.stats.held_rows += len(held)
-        for slot in self.slots:
+        alone = not (fillers or held or chunks or prompt_only)
+        if alone:  # the generating rows alone (most steps): into the batch at once
+            tokens = [token for slot in rows if (token := slot.next_token) is not None]  # all of them
+            first = batch.add_rows(rows, tokens)
+            outputs = [(slot, first + i) for i, slot in enumerate(rows)]
+            fed = [(slot, [token]) for slot, token in zip(rows, tokens, strict=True)]
+        for slot in () if alone else self.slots:
             gen = slot.gen
             if slot.seq in fillers:
                 batch.add_run([slot.cache[-1] if slot.cache else 0], len(slot.cache), slot.seq, False)
@@ -889,7 +913,7 @@ class Engine:
                 if done:
                     outputs.append((slot, last))
                 self.stats.tokens_prompt += len(chunk)
-        self._stage(outputs, held)
+        self._stage(outputs, held, in_graph)
         t0 = time.perf_counter()
         rc = batch.decode(model.ctx)
         if rc != 0:
@@ -987,14 +1011,21 @@ class Engine:
         runs = [(seq, chunks.get(seq, 1)) for seq in fed]
         return fillers if micro_batches.worth_filling(runs, fillers, self._n_ubatch) else set()
 
-    def _stage(self, outputs: list[tuple[Slot, int]], held: list[int] | None = None) -> None:
+    def _stage(
+        self, outputs: list[tuple[Slot, int]], held: list[int] | None = None, in_graph: bool = True
+    ) -> None:
         """Before the decode: each output row's sequence, and for the rows whose chain runs
-        whole in the graph (`graph_tail`), this step's draw and settings. Held rows (`_held`)
-        are staged like generating ones, so a graph built now is the one their step reuses."""
+        whole in the graph (`graph_tail`), this step's draw and settings (`in_graph` False: no
+        generation has such a chain). Held rows (`_held`) are staged like generating ones, so a
+        graph built now is the one their step reuses."""
         if not self._backend_sampling:
             return
-        plans = [(s.gen.tail if s.gen is not None and s.attached is not None else None) for s, _ in outputs]
         seqs = [s.seq for s, _ in outputs]
+        plans = (
+            [(s.gen.tail if s.gen is not None and s.attached is not None else None) for s, _ in outputs]
+            if in_graph
+            else []
+        )
         if not any(p is not None and p.in_graph for p in plans):
             # which sequences are in the step: the others' samplers idle
             graph_tail.stage(sorted(seqs + held) if held else seqs)
@@ -1050,29 +1081,46 @@ class Engine:
         ctx = self.model.ctx
         tokens = [-1] * len(outputs)
         gens = [slot.gen for slot, _ in outputs]
-        rows = [(n, g.host, g.sampler) for n, g in enumerate(gens) if g is not None and g.host is not None]
-        host = [n for n, _, _ in rows]
+        # One pass over the rows (this runs while the GPU waits): those sampled over the step's
+        # logits on the host, those whose whole chain ran in the graph, and those whose picks
+        # go into a penalties' history afterwards.
+        rows: list[tuple[int, HostPlan, Any]] = []
+        in_graph: list[tuple[int, TailPlan]] = []
+        accepted: list[tuple[int, Any]] = []  # the graph chain's own penalties keep the history
+        remembered: list[tuple[int, TailPlan]] = []  # `host_tail`'s and `graph_tail`'s penalties keep it
+        for n, (slot, _) in enumerate(outputs):
+            g = slot.gen
+            if g is None:
+                continue
+            if g.host is not None:
+                rows.append((n, g.host, g.sampler))
+            plan = g.tail
+            if slot.attached is not None and plan is not None and plan.in_graph:
+                in_graph.append((n, plan))
+            if slot.attached is not None and g.accept_graph:
+                accepted.append((n, slot.attached.sampler))
+            elif plan is not None and plan.penalties is not None:
+                remembered.append((n, plan))
         if rows:
+            host = [n for n, _, _ in rows]
             shape = (len(outputs), self.model.n_vocab)
             logits = np.ctypeslib.as_array(llama_cpp.llama_get_logits(ctx), shape=shape)
             map_ = self._pool.map if self._pool is not None and len(host) > 1 else map
             for n, token in zip(host, self._host.sample(logits, rows, map_, self._pool_size), strict=True):
                 tokens[n] = token
         left: dict[TailKey, list[int]] = {}  # `graph_tail` rows the graph left to the CPU, by kind
-        for n, g in enumerate(gens):
-            plan = g.tail if g is not None and outputs[n][0].attached is not None else None
-            if plan is not None and plan.in_graph:
-                penalized = plan.penalties is not None
-                token = graph_tail.packed_token(ctx, outputs[n][1], n, plan.top_k, penalized)
-                if token < 0:  # not packed (`graph_tail.PACKED`), or left to the CPU
-                    token = llama_cpp.llama_get_sampled_token_ith(ctx, outputs[n][1])
-                if token >= 0:
-                    tokens[n] = token
-                    self.stats.graph_tail_rows += 1
-                    self.stats.backend_sampled += 1
-                    continue
-                self.stats.graph_tail_cpu_rows += 1
-                left.setdefault((plan.candidates, penalized), []).append(n)
+        for n, plan in in_graph:
+            penalized = plan.penalties is not None
+            token = graph_tail.packed_token(ctx, outputs[n][1], n, plan.top_k, penalized)
+            if token < 0:  # not packed (`graph_tail.PACKED`), or left to the CPU
+                token = llama_cpp.llama_get_sampled_token_ith(ctx, outputs[n][1])
+            if token >= 0:
+                tokens[n] = token
+                self.stats.graph_tail_rows += 1
+                self.stats.backend_sampled += 1
+                continue
+            self.stats.graph_tail_cpu_rows += 1
+            left.setdefault((plan.candidates, penalized), []).append(n)
         finishing: list[tuple[TailKey, list[int], TailRows | None]]
         finishing = [(key, rows, prepared) for key, (rows, prepared) in tails.items()]
         finishing += [(key, rows, None) for key, rows in left.items()]
@@ -1080,8 +1128,7 @@ class Engine:
             picked = self._finish_tails(outputs, gens, finished, k, penalized, prepared)
             for n, token in zip(finished, picked, strict=True):
                 tokens[n] = token
-        rest = [n for n in range(len(outputs)) if tokens[n] == -1]
-        chains = {n: (g.sampler.sampler, outputs[n][1]) for n in rest if (g := gens[n]) is not None}
+        rest = [n for n, token in enumerate(tokens) if token == -1]
         on_cpu = [n for n in rest if outputs[n][0].attached is None]
         self.stats.backend_sampled += len(rest) - len(on_cpu)
         # Rows of k candidates (each costs little, handing it over about as much) go to the
@@ -1093,18 +1140,22 @@ class Engine:
             pooled, per = rest, POOL_ROWS_PER_THREAD
         elif self._pool is not None and len(on_cpu) >= 2:
             pooled = on_cpu
-        shared = set(pooled)
-        for n in rest:
-            if n not in shared:
-                tokens[n] = llama_cpp.llama_sampler_sample(chains[n][0], ctx, chains[n][1])
         if pooled:
+            chains = {n: (g.sampler.sampler, outputs[n][1]) for n in rest if (g := gens[n]) is not None}
+            shared = set(pooled)
+            for n in rest:
+                if n not in shared:
+                    tokens[n] = llama_cpp.llama_sampler_sample(chains[n][0], ctx, chains[n][1])
             self._sample_pooled(pooled, chains, tokens, per)
-        for (slot, _), token in zip(outputs, tokens, strict=True):
-            gen = slot.gen
-            if slot.attached is not None and gen is not None and gen.accept_graph:
-                llama_cpp.llama_sampler_accept(slot.attached.sampler, token)  # penalties' history
-            elif gen is not None and gen.tail is not None and gen.tail.penalties is not None:
-                gen.tail.remember(token)  # the penalties' history, for `host_tail` and `graph_tail`
+        else:
+            sample = llama_cpp.llama_sampler_sample
+            for n in rest:
+                if (g := gens[n]) is not None:
+                    tokens[n] = sample(g.sampler.sampler, ctx, outputs[n][1])
+        for n, chain in accepted:
+            llama_cpp.llama_sampler_accept(chain, tokens[n])
+        for n, plan in remembered:
+            plan.remember(tokens[n])
         return tokens
 
     def _sample_pooled(
