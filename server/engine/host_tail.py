@@ -32,7 +32,7 @@ import numpy as np
 # chain cost about 11.5 µs a row (`_sample` 0.18-0.21 ms a step at 16 rows, 0.37-0.39 at 32), the
 # numpy passes about 0.27 ms a step whatever the rows (0.27-0.31 at 16, 0.28-0.33 at 32): even
 # near 23 rows. Since session 17 `finish_prepared` takes 30% less (the 2-core VM: 22.6 against
-# 32.5 µs at 16 rows). On the VM the chain costs 4-5 µs a row, but there backend sampling is off.
+# 32.5 µs at 16 rows). There the chain costs 1.7 µs a row warm, but the CPU samples in no graph.
 HOST_TAIL_MIN_ROWS = 24
 PENALTY_HISTORY = 64  # `sampling.PENALTY_LAST_N`: the extra candidates kept for the penalties
 NO_HISTORY = np.full(PENALTY_HISTORY, -1, np.int32)  # shared, never written: nothing picked yet
@@ -233,7 +233,7 @@ def finish(
 def finish_prepared(ids: np.ndarray, logits: np.ndarray, rows: TailRows) -> list[int]:
     """`finish` with the rows' settings and draws worked out beforehand (`prepare`).
 
-    About 40% less time than masking each step (issue 16: this runs while the GPU waits, and a
+    About 30% less time than masking each step (issue 16: this runs while the GPU waits, and a
     numpy call costs about a microsecond whatever the rows): the running sums only rise and the
     row is sorted, so where each step stops is the first column past its bound, one `argmax`
     over a comparison with a last column that is always past it; and the draw may search past

@@ -1011,9 +1011,7 @@ class Engine:
         runs = [(seq, chunks.get(seq, 1)) for seq in fed]
         return fillers if micro_batches.worth_filling(runs, fillers, self._n_ubatch) else set()
 
-    def _stage(
-        self, outputs: list[tuple[Slot, int]], held: list[int] | None = None, in_graph: bool = True
-    ) -> None:
+    def _stage(self, outputs: list[tuple[Slot, int]], held: list[int], in_graph: bool) -> None:
         """Before the decode: each output row's sequence, and for the rows whose chain runs
         whole in the graph (`graph_tail`), this step's draw and settings (`in_graph` False: no
         generation has such a chain). Held rows (`_held`) are staged like generating ones, so a

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import ctypes
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -63,27 +63,40 @@ def llama_pick(chain: internals.LlamaSampler, ids: np.ndarray, logits: np.ndarra
     return int(data["id"][array.selected])
 
 
-@pytest.mark.parametrize("k", [1, 2, 40])
-def test_the_tail_draws_what_llama_cpps_chain_draws(k: int) -> None:
-    """200 steps of 5 rows with different settings: every token equal, so the per-request
-    generators stay in step with llama.cpp's `std::mt19937` draw after draw."""
-    rng = np.random.default_rng(k)
-    plans = [TailPlan(k, p, m, t, seed=100 + i) for i, (p, m, t) in enumerate(PARAMS)]
-    chains = [llama_tail(p, m, t, 100 + i) for i, (p, m, t) in enumerate(PARAMS)]
+Rows = Callable[[np.random.Generator, int, int], tuple[np.ndarray, np.ndarray]]
+
+
+def assert_tail_draws_as_llama(
+    settings: list[tuple[float, float, float]], k: int, seed: int, rows: Rows
+) -> None:
+    """Steps of one row per setting (`rows(rng, step, k)`: ids and logits, each row sorted):
+    every token `finish` picks equals llama.cpp's chain's, so the per-request generators stay in
+    step with llama.cpp's `std::mt19937` draw after draw."""
+    rng = np.random.default_rng(seed)
+    plans = [TailPlan(k, p, m, t, seed=seed + i) for i, (p, m, t) in enumerate(settings)]
+    chains = [llama_tail(p, m, t, seed + i) for i, (p, m, t) in enumerate(settings)]
     try:
-        for _ in range(200):
-            logits = -np.sort(-(rng.standard_normal((len(PARAMS), k)) * 3).astype(np.float32), axis=1)
-            ids = (
-                rng.choice(50_000, size=(len(PARAMS), k), replace=False).astype(np.int32)
-                if k > 1
-                else (rng.integers(0, 50_000, size=(len(PARAMS), 1)).astype(np.int32))
-            )
-            ours = finish(ids, logits, plans)
-            theirs = [llama_pick(c, ids[r], logits[r]) for r, c in enumerate(chains)]
-            assert ours == theirs
+        for step in range(200):
+            ids, logits = rows(rng, step, k)
+            assert finish(ids, logits, plans) == [
+                llama_pick(c, ids[r], logits[r]) for r, c in enumerate(chains)
+            ]
     finally:
         for c in chains:
             c.close()
+
+
+@pytest.mark.parametrize("k", [1, 2, 40])
+def test_the_tail_draws_what_llama_cpps_chain_draws(k: int) -> None:
+    """200 steps of 5 rows with different settings."""
+
+    def rows(rng: np.random.Generator, _step: int, k: int) -> tuple[np.ndarray, np.ndarray]:
+        logits = -np.sort(-(rng.standard_normal((len(PARAMS), k)) * 3).astype(np.float32), axis=1)
+        if k == 1:
+            return rng.integers(0, 50_000, size=(len(PARAMS), 1)).astype(np.int32), logits
+        return rng.choice(50_000, size=(len(PARAMS), k), replace=False).astype(np.int32), logits
+
+    assert_tail_draws_as_llama(PARAMS, k, 100, rows)
 
 
 # Settings at the edges of each step: top-p of 0 (keep one), 1 and past 1 (off: llama.cpp keeps
@@ -98,21 +111,14 @@ def test_the_tail_at_the_edges_of_its_settings_draws_what_llama_cpps_chain_draws
     settings that keep one candidate, all of them, or switch a step off pick llama.cpp's token.
     The values of a row are distinct: llama.cpp's top-p sorts the candidates again, and puts
     equal logits in an order of its own."""
-    rng = np.random.default_rng(7 + k)
-    plans = [TailPlan(k, p, m, t, seed=300 + i) for i, (p, m, t) in enumerate(EDGES)]
-    chains = [llama_tail(p, m, t, 300 + i) for i, (p, m, t) in enumerate(EDGES)]
-    try:
-        for step in range(100):
-            spread = (0.01, 0.2, 2.0)[step % 3]  # many candidates near the top, few, or one
-            values = np.stack([rng.choice(1000, k, replace=False) * spread for _ in EDGES]) - 5
-            logits = -np.sort(-values.astype(np.float32), axis=1)
-            ids = np.stack([rng.permutation(50_000)[:k] for _ in EDGES]).astype(np.int32)
-            ours = finish(ids, logits, plans)
-            theirs = [llama_pick(c, ids[r], logits[r]) for r, c in enumerate(chains)]
-            assert ours == theirs
-    finally:
-        for c in chains:
-            c.close()
+
+    def rows(rng: np.random.Generator, step: int, k: int) -> tuple[np.ndarray, np.ndarray]:
+        spread = (0.01, 0.2, 2.0)[step % 3]  # many candidates near the top, few, or one
+        values = np.stack([rng.choice(1000, k, replace=False) * spread for _ in EDGES]) - 5
+        ids = np.stack([rng.permutation(50_000)[:k] for _ in EDGES]).astype(np.int32)
+        return ids, -np.sort(-values.astype(np.float32), axis=1)
+
+    assert_tail_draws_as_llama(EDGES, k, 300, rows)
 
 
 def job_params(i: int) -> SamplingParams:
