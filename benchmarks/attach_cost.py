@@ -28,7 +28,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks.engine_steps import _clear, load_model, run_header, write_results
+from benchmarks.engine_steps import _clear, keep_progress, load_model, run_header, write_results
 from server.engine import scheduler
 from server.engine.model import BatchedModel
 from server.engine.sampling import SamplingParams, chains_for, request_defaults
@@ -132,8 +132,7 @@ def main(argv: list[str] | None = None) -> int:
                     file=sys.stderr,
                 )
                 results["runs"] = runs
-                if a.out:
-                    write_results(results, a.out)
+                keep_progress(results, a.out)
     finally:
         model.close()
     write_results(results, a.out)

@@ -499,6 +499,14 @@ def write_results(results: dict[str, Any], out: Path | None) -> None:
         print(text)
 
 
+def keep_progress(results: dict[str, Any], out: Path | None) -> None:
+    """After each measured item: the results so far into `out`, so that a device call's
+    deadline keeps what finished; without a file nothing (stdout gets the whole document once,
+    at the end, from `write_results`)."""
+    if out:
+        write_results(results, out)
+
+
 def add_model_arguments(ap: argparse.ArgumentParser) -> None:
     """The model and context options `write_config` reads (shared with `engine_turns`)."""
     ap.add_argument("--model", type=Path, required=True, help="a GGUF file")
@@ -616,8 +624,7 @@ def main(argv: list[str] | None = None) -> int:
                     print(f"  steps with prompt tokens: {row[variant]['prompt_steps']}", file=sys.stderr)
                 if row[variant].get("split_ms_per_step"):
                     print(f"  host ms per step: {row[variant]['split_ms_per_step']}", file=sys.stderr)
-                if args.out:  # after every variant: a device call's deadline keeps what finished
-                    write_results(results, args.out)
+                keep_progress(results, args.out)
     finally:
         model.close()
     write_results(results, args.out)

@@ -33,6 +33,7 @@ from benchmarks.engine_steps import (
     _prompt,
     add_model_arguments,
     configure,
+    keep_progress,
     load_model,
     packing,
     run_header,
@@ -171,8 +172,7 @@ def main(argv: list[str] | None = None) -> int:
                 f"{row['graph_builds']}, held rows {row['held_rows']}, fillers {row['gap_fillers']}",
                 file=sys.stderr,
             )
-            if args.out:  # after every variant: a device call's deadline keeps what finished
-                write_results(results, args.out)
+            keep_progress(results, args.out)
     finally:
         model.close()
     write_results(results, args.out)

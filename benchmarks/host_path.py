@@ -36,6 +36,7 @@ from benchmarks.engine_steps import (
     add_model_arguments,
     configure_sampling,
     generations,
+    keep_progress,
     load_model,
     packing,
     run_header,
@@ -179,7 +180,7 @@ def main(argv: list[str] | None = None) -> int:
                     f"overlapped {r['overlapped_us_per_step']})",
                     file=sys.stderr,
                 )
-                write_results(results, args.out)
+                keep_progress(results, args.out)
     finally:
         model.close()
     write_results(results, args.out)
@@ -187,4 +188,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    raise SystemExit(main())

@@ -31,6 +31,7 @@ from benchmarks.engine_steps import (
     _Batch,
     _prompt,
     add_model_arguments,
+    keep_progress,
     load_model,
     run_header,
     write_results,
@@ -134,8 +135,7 @@ def main(argv: list[str] | None = None) -> int:
                 _fill(model, batch, args.slots, filled, depth)
                 filled = depth
             results["depths"][str(depth)] = measure(model, args.slots, depth, args.repeats)
-            if args.out:
-                write_results(results, args.out)
+            keep_progress(results, args.out)
     finally:
         model.close()
     write_results(results, args.out)

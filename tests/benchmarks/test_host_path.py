@@ -34,3 +34,22 @@ def test_only_the_warm_up_decodes_and_the_timed_steps_are_the_hosts(tmp_path: Pa
             assert 0 < split["_sample"] <= run["sample_us_per_step"]
             # The engine's own count of the overlapped work is the time of `_overlapped`, once.
             assert 0 < run["overlapped_us_per_step"] <= split["_overlapped"] + 0.5
+
+
+def test_without_a_file_the_results_go_to_stdout_once(capsys: pytest.CaptureFixture[str]) -> None:
+    """Progress is written after each variant only into a file (`keep_progress`): stdout gets
+    one JSON document, which a pipe can read."""
+    args = ["--model", str(locate(BUNDLED)), "--levels", "2", "--prompt", "8", "--warmup", "2"]
+    args += [
+        "--steps",
+        "5",
+        "--n-ctx",
+        "256",
+        "--threads",
+        "1",
+        "--variants",
+        "engine-batched,engine-batched-chain",
+    ]
+    assert host_path.main(args) == 0
+    document = json.loads(capsys.readouterr().out)  # one document, or this raises
+    assert set(document["levels"]["2"]) == {"engine-batched", "engine-batched-chain"}
