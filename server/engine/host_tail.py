@@ -308,21 +308,18 @@ def read_rows(
 ) -> tuple[np.ndarray, np.ndarray] | None:
     """The candidates and their logits that the graph left for the given outputs, read from
     llama.cpp's host buffers without a call per row: its sampled rows lie `n_vocab` apart in
-    output order, which two pointers confirm. `batch_rows` are batch indices, `out_rows` the
-    matching output numbers (ascending). None when the layout is not the expected one."""
+    output order, which the first and last rows' logits confirm (the candidates share their
+    row numbers). `batch_rows` are batch indices, `out_rows` the matching output numbers
+    (ascending). None when the layout is not the expected one. Four calls, not six: each one
+    synchronizes with the GPU's stream first."""
     first, last = batch_rows[0], batch_rows[-1]
     base_l = _address(llama_cpp.llama_get_sampled_logits_ith(ctx, first))
     base_c = _address(llama_cpp.llama_get_sampled_candidates_ith(ctx, first))
-    counts = {llama_cpp.llama_get_sampled_logits_count_ith(ctx, i) for i in (first, last)}
-    if not base_l or not base_c or counts != {k}:
+    if not base_l or not base_c or llama_cpp.llama_get_sampled_logits_count_ith(ctx, first) != k:
         return None
     span = out_rows[-1] - out_rows[0]
-    if span:
-        step = span * n_vocab * 4
-        end_l = _address(llama_cpp.llama_get_sampled_logits_ith(ctx, last))
-        end_c = _address(llama_cpp.llama_get_sampled_candidates_ith(ctx, last))
-        if end_l - base_l != step or end_c - base_c != step:
-            return None
+    if span and _address(llama_cpp.llama_get_sampled_logits_ith(ctx, last)) - base_l != span * n_vocab * 4:
+        return None
     ids, logits = _view(base_c, base_l, span + 1, n_vocab)
     if len(out_rows) == span + 1:  # every row in between: plain slices
         return ids[:, :k], logits[:, :k]

@@ -652,12 +652,13 @@ class Engine:
         return step
 
     def finish_step(self, step: Launched) -> None:
-        """Wait for a launched step and take its tokens (on failure, as `launch_step`)."""
+        """Wait for a launched step and take its tokens (on failure, as `launch_step`). Its
+        events go out with the next `launch_step`'s, once the next decode runs: here the GPU
+        would wait for them. A generation that ends sends its own (`_release`, `_fail`)."""
         try:
             self._finish(step)
         except Exception as exc:
             self._recover(exc)
-        self._publish()
 
     def _recover(self, exc: Exception) -> None:
         """After a failed step: fail what was in the batch, keep serving."""
