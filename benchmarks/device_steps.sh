@@ -26,7 +26,7 @@
 #   engine-batched-chain,engine-sampled,engine-sampled-packed,engine-batched#2,engine-batched-chain#2,engine-sampled#2,
 #   engine-sampled-packed#2
 # llama.cpp's CPU threads in the real engine (the GPU host's sampling runs 2x its host_path figure, session 18):
-#   SHAPES=llama-1b LEVELS=16,32 VARIANTS=none HTTP_LEVELS=none THREADS_AB="8 1"
+#   SHAPES=llama-1b LEVELS=16,32 VARIANTS=engine-batched HTTP_LEVELS=none THREADS_AB="8 1 8p"
 # Results in $OUT: steps-<shape>.json, threads-<shape>-<t>-<run>.json, host-path-<shape>.json, attach-<shape>-<n>.json, kv-pool-<shape>.json, prompt-cost-<shape>.json, batched-bench-<shape>.txt, http-<shape>.json, turns-<shape>.json, device.log.
 # `python -m benchmarks.steps_report <files_at>` prints the tables BENCHMARKS.md records.
 set -uo pipefail
@@ -53,7 +53,7 @@ STORY_VARIANTS=${STORY_VARIANTS:-engine-batched-plain,engine-batched,engine-batc
 TURNS_ARGS=${TURNS_ARGS:-}   # more engine_turns arguments, e.g. --jitter 0 (answers of one length, as over HTTP)
 PROMPT_COST=${PROMPT_COST:-}   # e.g. "0,3500,7000": benchmarks.prompt_cost at those depths (16 slots of CTX)
 HOST_PATH=${HOST_PATH:-}     # e.g. "8,16,32,64": benchmarks.host_path, the host's part of a step, decode skipped
-THREADS_AB=${THREADS_AB:-}   # e.g. "8 1": engine_steps (engine-batched, --split) at each llama.cpp CPU thread count, twice, alternating
+THREADS_AB=${THREADS_AB:-}   # e.g. "8 1 8p": engine_steps (engine-batched, --split) at each llama.cpp CPU thread count, twice, alternating
 KV_POOL=${KV_POOL:-}         # e.g. "--conversations 32 --turns 6 --answer 256 --turn-tokens 200 --ctx 8192 --pool 32768": benchmarks.kv_pool
 DEADLINE_S=${DEADLINE_S:-570}
 STEPS_SHARE=${STEPS_SHARE:-3}  # engine_steps gets this fraction (1/STEPS_SHARE) of the time left
@@ -122,11 +122,13 @@ for shape in $SHAPES; do
     fi
     fi
     for rep in ${THREADS_AB:+1 2}; do  # the real decode's effect on the host's part of a step, by CPU threads
-        for t in $THREADS_AB; do
+        for t in $THREADS_AB; do  # "8p": 8 threads with OpenMP's idle threads asleep at once (OMP_WAIT_POLICY=passive)
+            policy=${OMP_WAIT_POLICY:-}
+            [ "${t%p}" != "$t" ] && policy=passive
             stamp "$shape: engine_steps with $t CPU threads, run $rep"
-            timeout -k 10 "$(($(left) / 4))" python3 -m benchmarks.engine_steps --model "$f" \
+            env ${policy:+OMP_WAIT_POLICY=$policy} timeout -k 10 "$(($(left) / 4))" python3 -m benchmarks.engine_steps --model "$f" \
                 --label "$label, $t CPU threads" --gpu --levels "$LEVELS" --prompt "$PROMPT" --gen "$GEN" \
-                --n-ctx "$CTX" --threads "$t" --variants engine-batched --split --out "$OUT/threads-$shape-$t-$rep.json"
+                --n-ctx "$CTX" --threads "${t%p}" --variants engine-batched --split --out "$OUT/threads-$shape-$t-$rep.json"
         done
     done
     if [ -n "$TURNS" ]; then  # long stories without HTTP: the engine's shape-keeping switches, alternating
