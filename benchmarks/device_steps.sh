@@ -25,7 +25,7 @@
 #   SHAPES=llama-1b LEVELS=16,32 HTTP_LEVELS=none STEPS_ARGS=--split HOST_PATH=8,16,32,64 VARIANTS=engine-batched,
 #   engine-batched-chain,engine-sampled,engine-sampled-packed,engine-batched#2,engine-batched-chain#2,engine-sampled#2,
 #   engine-sampled-packed#2
-# llama.cpp's CPU threads in the real engine (the GPU host's sampling runs 2x its host_path figure, session 18):
+# llama.cpp's CPU threads in the real engine (beside the GPU's decode the host's part ran 2x its host_path figure in session 17):
 #   SHAPES=llama-1b LEVELS=16,32 VARIANTS=engine-batched HTTP_LEVELS=none THREADS_AB="8 1 8p"
 # Results in $OUT: steps-<shape>.json, threads-<shape>-<t>-<run>.json, host-path-<shape>.json, attach-<shape>-<n>.json, kv-pool-<shape>.json, prompt-cost-<shape>.json, batched-bench-<shape>.txt, http-<shape>.json, turns-<shape>.json, device.log.
 # `python -m benchmarks.steps_report <files_at>` prints the tables BENCHMARKS.md records.
