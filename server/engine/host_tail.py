@@ -310,8 +310,8 @@ def read_rows(
     llama.cpp's host buffers without a call per row: its sampled rows lie `n_vocab` apart in
     output order, which the first and last rows' logits confirm (the candidates share their
     row numbers). `batch_rows` are batch indices, `out_rows` the matching output numbers
-    (ascending). None when the layout is not the expected one. Four calls, not six: each one
-    synchronizes with the GPU's stream first."""
+    (ascending). None when the layout is not the expected one. At most four calls, since each
+    one synchronizes with the GPU's stream first."""
     first, last = batch_rows[0], batch_rows[-1]
     base_l = _address(llama_cpp.llama_get_sampled_logits_ith(ctx, first))
     base_c = _address(llama_cpp.llama_get_sampled_candidates_ith(ctx, first))

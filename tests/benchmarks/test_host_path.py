@@ -40,16 +40,8 @@ def test_without_a_file_the_results_go_to_stdout_once(capsys: pytest.CaptureFixt
     """Progress is written after each variant only into a file (`keep_progress`): stdout gets
     one JSON document, which a pipe can read."""
     args = ["--model", str(locate(BUNDLED)), "--levels", "2", "--prompt", "8", "--warmup", "2"]
-    args += [
-        "--steps",
-        "5",
-        "--n-ctx",
-        "256",
-        "--threads",
-        "1",
-        "--variants",
-        "engine-batched,engine-batched-chain",
-    ]
+    args += ["--steps", "5", "--n-ctx", "256", "--threads", "1"]
+    args += ["--variants", "engine-batched,engine-batched-chain"]
     assert host_path.main(args) == 0
     document = json.loads(capsys.readouterr().out)  # one document, or this raises
     assert set(document["levels"]["2"]) == {"engine-batched", "engine-batched-chain"}
