@@ -27,7 +27,7 @@
 #   engine-sampled-packed#2
 # llama.cpp's CPU threads in the real engine (beside the GPU's decode the host's part ran 2x its host_path figure in session 17):
 #   SHAPES=llama-1b LEVELS=16,32 VARIANTS=engine-batched HTTP_LEVELS=none THREADS_AB="8 1 8p"
-# Results in $OUT: steps-<shape>.json, threads-<shape>-<t>-<run>.json, host-path-<shape>.json, attach-<shape>-<n>.json, kv-pool-<shape>.json, prompt-cost-<shape>.json, batched-bench-<shape>.txt, http-<shape>.json, turns-<shape>.json, device.log.
+# Results in $OUT: steps-<shape>.json, threads-<shape>.tgz (threads-<shape>-<t>-<run>.json inside), host-path-<shape>.json, attach-<shape>-<n>.json, kv-pool-<shape>.json, prompt-cost-<shape>.json, batched-bench-<shape>.txt, http-<shape>.json, turns-<shape>.json, device.log.
 # `python -m benchmarks.steps_report <files_at>` prints the tables BENCHMARKS.md records.
 set -uo pipefail
 OUT=${OUT:-/tmp/sb-out}
@@ -121,6 +121,7 @@ for shape in $SHAPES; do
             --out "/tmp/sb-run/steps-$shape-rebuild.json"
     fi
     fi
+    [ -n "$THREADS_AB" ] && mkdir -p /tmp/sb-threads
     for rep in ${THREADS_AB:+1 2}; do  # the real decode's effect on the host's part of a step, by CPU threads
         for t in $THREADS_AB; do  # "8p": 8 threads with OpenMP's idle threads asleep at once (OMP_WAIT_POLICY=passive)
             policy=${OMP_WAIT_POLICY:-}
@@ -128,9 +129,12 @@ for shape in $SHAPES; do
             stamp "$shape: engine_steps with $t CPU threads, run $rep"
             env ${policy:+OMP_WAIT_POLICY=$policy} timeout -k 10 "$(($(left) / 4))" python3 -m benchmarks.engine_steps --model "$f" \
                 --label "$label, $t CPU threads" --gpu --levels "$LEVELS" --prompt "$PROMPT" --gen "$GEN" \
-                --n-ctx "$CTX" --threads "${t%p}" --variants engine-batched --split --out "$OUT/threads-$shape-$t-$rep.json"
+                --n-ctx "$CTX" --threads "${t%p}" --variants engine-batched --split --out "/tmp/sb-threads/threads-$shape-$t-$rep.json"
         done
     done
+    if [ -n "$THREADS_AB" ]; then  # one archive: at most 8 files come back (session 19 lost three of six)
+        tar -czf "$OUT/threads-$shape.tgz" -C /tmp/sb-threads . && rm -rf /tmp/sb-threads
+    fi
     if [ -n "$TURNS" ]; then  # long stories without HTTP: the engine's shape-keeping switches, alternating
         stamp "$shape: engine_turns"
         # shellcheck disable=SC2086
