@@ -27,7 +27,9 @@
 #   engine-sampled-packed#2
 # llama.cpp's CPU threads in the real engine (beside the GPU's decode the host's part ran 2x its host_path figure in session 17):
 #   SHAPES=llama-1b LEVELS=16,32 VARIANTS=engine-batched HTTP_LEVELS=none THREADS_AB="8 1 8p"
-# Results in $OUT: steps-<shape>.json, threads-<shape>.tgz (threads-<shape>-<t>-<run>.json inside), host-path-<shape>.json, attach-<shape>-<n>.json, kv-pool-<shape>.json, prompt-cost-<shape>.json, batched-bench-<shape>.txt, http-<shape>.json, turns-<shape>.json, device.log.
+# The load's warm-up (server/engine/model.py warm_up), first run of a fresh process off and on (~60 s):
+#   SHAPES=llama-1b LEVELS=16 VARIANTS=none HTTP_LEVELS=none WARMUP_AB=1
+# Results in $OUT: steps-<shape>.json, threads-<shape>.tgz (threads-<shape>-<t>-<run>.json inside), warm-up-<shape>.tgz (warm-up-<shape>-<0|1>-<run>.json), host-path-<shape>.json, attach-<shape>-<n>.json, kv-pool-<shape>.json, prompt-cost-<shape>.json, batched-bench-<shape>.txt, http-<shape>.json, turns-<shape>.json, device.log.
 # `python -m benchmarks.steps_report <files_at>` prints the tables BENCHMARKS.md records.
 set -uo pipefail
 OUT=${OUT:-/tmp/sb-out}
@@ -53,6 +55,7 @@ STORY_VARIANTS=${STORY_VARIANTS:-engine-batched-plain,engine-batched,engine-batc
 TURNS_ARGS=${TURNS_ARGS:-}   # more engine_turns arguments, e.g. --jitter 0 (answers of one length, as over HTTP)
 PROMPT_COST=${PROMPT_COST:-}   # e.g. "0,3500,7000": benchmarks.prompt_cost at those depths (16 slots of CTX)
 HOST_PATH=${HOST_PATH:-}     # e.g. "8,16,32,64": benchmarks.host_path, the host's part of a step, decode skipped
+WARMUP_AB=${WARMUP_AB:-}     # 1: engine_steps in fresh processes with the load's warm-up off and on, twice, alternating
 THREADS_AB=${THREADS_AB:-}   # e.g. "8 1 8p": engine_steps (engine-batched, --split) at each llama.cpp CPU thread count, twice, alternating
 KV_POOL=${KV_POOL:-}         # e.g. "--conversations 32 --turns 6 --answer 256 --turn-tokens 200 --ctx 8192 --pool 32768": benchmarks.kv_pool
 DEADLINE_S=${DEADLINE_S:-570}
@@ -120,6 +123,19 @@ for shape in $SHAPES; do
             --n-ctx "$CTX" --threads "$THREADS" --variants engine-batched,engine-batched#2 \
             --out "/tmp/sb-run/steps-$shape-rebuild.json"
     fi
+    fi
+    if [ -n "$WARMUP_AB" ]; then  # the load's warm-up (entry warm_up): a fresh process each, off and on, twice
+        mkdir -p /tmp/sb-warm
+        for rep in 1 2; do
+            for w in 0 1; do
+                stamp "$shape: engine_steps, warm-up $w, run $rep"
+                timeout -k 10 "$(($(left) / 4))" python3 -m benchmarks.engine_steps --model "$f" \
+                    --label "$label, warm-up $w" --gpu --levels "$LEVELS" --prompt "$PROMPT" --gen "$GEN" \
+                    --n-ctx "$CTX" --threads "$THREADS" --warm-up "$w" --variants engine-batched,engine-batched#2 \
+                    --out "/tmp/sb-warm/warm-up-$shape-$w-$rep.json"
+            done
+        done
+        tar -czf "$OUT/warm-up-$shape.tgz" -C /tmp/sb-warm . && rm -rf /tmp/sb-warm
     fi
     [ -n "$THREADS_AB" ] && mkdir -p /tmp/sb-threads
     for rep in ${THREADS_AB:+1 2}; do  # the real decode's effect on the host's part of a step, by CPU threads

@@ -470,6 +470,8 @@ def write_config(path: Path, gguf: Path, args: argparse.Namespace, n_parallel: i
         entry["backend_sampling"] = bool(args.backend_sampling)
     if args.sampling_threads is not None:
         entry["n_threads_sampling"] = args.sampling_threads
+    if getattr(args, "warm_up", None) is not None:
+        entry["warm_up"] = bool(args.warm_up)
     path.write_text(json.dumps({"models": [entry]}), encoding="utf-8")
     return path
 
@@ -521,6 +523,13 @@ def add_model_arguments(ap: argparse.ArgumentParser) -> None:
         "--backend-sampling", type=int, choices=(0, 1), default=None, help="1: graph samplers on the CPU too"
     )
     ap.add_argument("--sampling-threads", type=int, default=None, help="n_threads_sampling (default: auto)")
+    ap.add_argument(
+        "--warm-up",
+        type=int,
+        choices=(0, 1),
+        default=None,
+        help="the entry's warm_up: 0 off, 1 on (default: the server's, on with --gpu)",
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -74,6 +74,7 @@ def model_entry(model: ModelConfig, current: str | None) -> dict[str, Any]:
         "graph_tail": model.entry.graph_tail,
         "retokenize_answers": model.entry.retokenize_answers,
         "host_cache_mib": model.entry.host_cache_mib,
+        "warm_up": model.warm_up,
         "chat_format": e.chat_format,
         "chat_template_source": model.chat_template_source,
         "chat_template_sha256": model.chat_template_sha256,

@@ -156,6 +156,7 @@ class EngineHost:
             "graph_tail": engine.model.config.entry.graph_tail,
             "retokenize_answers": engine.model.config.entry.retokenize_answers,
             "host_cache_mib": engine.model.config.entry.host_cache_mib,
+            "warm_up_ms": engine.model.warm_up_ms,
             "switch_interval_ms": round(sys.getswitchinterval() * 1000.0, 3),
             "stats": engine.stats.summary(),
         }
