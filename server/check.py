@@ -44,7 +44,9 @@ def _engine(model: ModelConfig) -> str:
         f"({model.n_parallel * model.n_ctx} tokens of KV cache, {kv}; "
         f"{model.n_threads_sampling} sampling thread(s), "
         + lanes
-        + f"sampling {'in the decode graph where it can' if model.backend_sampling else 'on the CPU'})"
+        + f"sampling {'in the decode graph where it can' if model.backend_sampling else 'on the CPU'}"
+        + ("; a warm-up decode at load" if model.warm_up else "")
+        + ")"
     )
 
 

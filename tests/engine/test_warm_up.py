@@ -11,6 +11,7 @@ import llama_cpp
 import pytest
 
 from server import config as config_module
+from server.check import model_report
 from server.config import load_config
 from server.engine.scheduler import Engine
 from tests.engine.conftest import batched_entry, engine_on
@@ -73,3 +74,5 @@ def test_warm_up_is_on_by_default_only_with_gpu_layers(
     ]
     models = load_config(write_config(tmp_path / "c.json", entries)).models
     assert [m.warm_up for m in models] == [True, False, False, True]
+    engine_lines = [next(line for line in model_report(m, False)[0] if "engine" in line) for m in models]
+    assert ["a warm-up decode at load" in line for line in engine_lines] == [True, False, False, True]
