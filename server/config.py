@@ -222,10 +222,9 @@ class ModelConfig:
 
     @property
     def warm_up(self) -> bool:
-        """Whether loading the model ends with two throwaway decodes (batched engine), as
-        llama-server's start does: unless set, only when the model runs on a GPU, where the
-        first request otherwise paid for loading the kernels (session 19, H200: its prompt step
-        87 against 19 ms). On the CPU there is nothing of the kind to pay ahead."""
+        """Whether loading ends with `BatchedModel.warm_up` (batched engine). Unless set, only
+        when the model runs on a GPU, where the first use of each shape of step loads kernels;
+        on the CPU there are none to load, and the warm-up's prompt chunk would cost a second."""
         if self.entry.warm_up is not None:
             return self.entry.warm_up
         return self.on_gpu

@@ -13,6 +13,8 @@ import pytest
 from server import config as config_module
 from server.check import model_report
 from server.config import load_config
+from server.engine.lanes import Lanes, start_engine
+from server.engine.model import BatchedModel
 from server.engine.scheduler import Engine
 from tests.engine.conftest import batched_entry, engine_on
 from tests.engine.test_engine import PROMPTS, Run
@@ -60,6 +62,19 @@ def test_warm_up_fits_a_shared_pool_and_leaves_it_whole(
             words.append("word")
         run = Run(warm, " ".join(words), 8).wait()
         assert run.gen.finish_reason == "length", run.events[-1]
+
+
+def test_every_lane_warms_up_its_own_context(tmp_path: Path) -> None:
+    """A lane is a context of its own (`BatchedModel.lane`): it warms up and is emptied too."""
+    entry = batched_entry(n_ctx=256, n_parallel=4, lanes=2, warm_up=True)
+    running = start_engine(BatchedModel(load_config(write_config(tmp_path / "c.json", [entry])).models[0]))
+    assert isinstance(running, Lanes)
+    try:
+        assert all(e.model.warm_up_ms is not None for e in running.engines)
+        assert [_empty(e) for e in running.engines] == [[-1, -1], [-1, -1]]
+    finally:
+        running.close()
+        running.close_models()
 
 
 def test_warm_up_is_on_by_default_only_with_gpu_layers(
