@@ -115,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("--out", type=Path, default=None, help="JSON file (default: stdout)")
     a = ap.parse_args(argv)
-    a.n_batch, a.n_ubatch, a.kv_unified, a.sampling_threads = 512, 512, False, None
+    a.n_batch, a.n_ubatch, a.kv_unified, a.sampling_threads, a.warm_up = 512, 512, False, None, None
     model = load_model(a, a.parallel)
     results: dict[str, Any] = run_header(a)
     runs: list[dict[str, Any]] = []

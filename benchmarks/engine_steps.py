@@ -470,7 +470,7 @@ def write_config(path: Path, gguf: Path, args: argparse.Namespace, n_parallel: i
         entry["backend_sampling"] = bool(args.backend_sampling)
     if args.sampling_threads is not None:
         entry["n_threads_sampling"] = args.sampling_threads
-    if getattr(args, "warm_up", None) is not None:
+    if args.warm_up is not None:
         entry["warm_up"] = bool(args.warm_up)
     path.write_text(json.dumps({"models": [entry]}), encoding="utf-8")
     return path

@@ -23,7 +23,7 @@ def test_every_measurement_leaves_the_slots_at_their_depth(monkeypatch: pytest.M
     monkeypatch.setattr(prompt_cost, "SHAPES", [(1, 8), (2, 4), (4, 2)])
     args = Namespace(
         model=locate(BUNDLED), n_ctx=256, n_batch=64, n_ubatch=64, gpu=False, threads=2, kv_unified=False,
-        backend_sampling=None, sampling_threads=None,
+        backend_sampling=None, sampling_threads=None, warm_up=None,
     )  # fmt: skip
     model = load_model(args, 3)
     try:
