@@ -28,7 +28,8 @@
 # llama.cpp's CPU threads in the real engine (beside the GPU's decode the host's part ran 2x its host_path figure in session 17):
 #   SHAPES=llama-1b LEVELS=16,32 VARIANTS=engine-batched HTTP_LEVELS=none THREADS_AB="8 1 8p"
 # The load's warm-up (server/engine/model.py warm_up), first run of a fresh process off and on (~60 s):
-#   SHAPES=llama-1b LEVELS=16 VARIANTS=none HTTP_LEVELS=none WARMUP_AB=1
+#   SHAPES=llama-1b LEVELS=16 VARIANTS=none HTTP_LEVELS=none WARMUP_AB=1 (STEPS_ARGS="--repeat-penalty 1.1": the
+#   requests take the ready chains, READY_CHAINS, as the evaluator's do)
 # Results in $OUT: steps-<shape>.json, threads-<shape>.tgz (threads-<shape>-<t>-<run>.json inside), warm-up-<shape>.tgz (warm-up-<shape>-<0|1>-<run>.json), host-path-<shape>.json, attach-<shape>-<n>.json, kv-pool-<shape>.json, prompt-cost-<shape>.json, batched-bench-<shape>.txt, http-<shape>.json, turns-<shape>.json, device.log.
 # `python -m benchmarks.steps_report <files_at>` prints the tables BENCHMARKS.md records.
 set -uo pipefail
@@ -132,7 +133,7 @@ for shape in $SHAPES; do
                 timeout -k 10 "$(($(left) / 4))" python3 -m benchmarks.engine_steps --model "$f" \
                     --label "$label, warm-up $w" --gpu --levels "$LEVELS" --prompt "$PROMPT" --gen "$GEN" \
                     --n-ctx "$CTX" --threads "$THREADS" --warm-up "$w" --variants engine-batched,engine-batched#2 \
-                    --out "/tmp/sb-warm/warm-up-$shape-$w-$rep.json"
+                    --out "/tmp/sb-warm/warm-up-$shape-$w-$rep.json" $STEPS_ARGS
             done
         done
         tar -czf "$OUT/warm-up-$shape.tgz" -C /tmp/sb-warm . && rm -rf /tmp/sb-warm
